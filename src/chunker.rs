@@ -1,0 +1,213 @@
+//! Stage 1 of ingest: splits a byte stream into content-defined chunks (FastCDC 2020).
+//!
+//! Cut points depend only on the bytes and [`ChunkerParams`]; changing the params moves every
+//! boundary, which is why each manifest records them. The cut function, masks and gear table are
+//! the `fastcdc` crate's own (`v2020::cut_gear`, normalization level 1, seed 0), so boundaries are
+//! identical to `fastcdc::v2020::FastCDC` and `StreamCDC` with the same sizes; the fixture test in
+//! `tests/` pins them. Unlike `StreamCDC`, which copies its buffer once per chunk, this reader cuts
+//! whole blocks of several MiB and copies only the unfinished tail, so one core cuts faster than
+//! the rest of the pipeline consumes.
+
+use std::io::{ErrorKind, Read};
+use std::ops::Range;
+
+use fastcdc::v2020::{MASKS, Normalization, cut_gear, get_gear_with_seed, logarithm2};
+
+use crate::config::ChunkerParams;
+
+/// Default bytes read per block = 4 MiB: big enough that the tail copy is cheap, small enough
+/// that a few blocks in flight stay well inside the memory budget.
+pub const DEFAULT_BLOCK_SIZE: usize = 4 * 1024 * 1024;
+
+/// The precomputed constants of one FastCDC 2020 configuration.
+#[derive(Clone)]
+pub struct Cutter {
+    params: ChunkerParams,
+    mask_s: u64,
+    mask_l: u64,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+}
+
+impl Cutter {
+    /// Prepares masks and the gear table for `params` (already validated).
+    pub fn new(params: ChunkerParams) -> Self {
+        let bits = logarithm2(params.avg);
+        let norm = Normalization::Level1.bits();
+        let (gear, gear_ls) = get_gear_with_seed(0);
+        Cutter {
+            params,
+            mask_s: MASKS[(bits + norm) as usize],
+            mask_l: MASKS[(bits - norm) as usize],
+            gear,
+            gear_ls,
+        }
+    }
+
+    /// Length of the chunk starting at `data[0]`, given that `data` either reaches the end of
+    /// the stream or holds at least `max` bytes.
+    pub fn next_len(&self, data: &[u8]) -> usize {
+        let p = &self.params;
+        cut_gear(
+            data,
+            p.min as usize,
+            p.avg as usize,
+            p.max as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        )
+        .1
+    }
+
+    /// Chunk lengths of a whole in-memory buffer (tests, benches, small inputs).
+    pub fn lengths(&self, data: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            let n = self.next_len(&data[pos..]);
+            out.push(n);
+            pos += n;
+        }
+        out
+    }
+}
+
+/// A run of whole chunks cut from the stream, in order.
+pub struct Block {
+    /// Offset of `data[0]` in the stream.
+    pub offset: u64,
+    /// The bytes of the chunks, back to back.
+    pub data: Vec<u8>,
+    /// Length of each chunk in `data`.
+    pub lens: Vec<u32>,
+}
+
+impl Block {
+    /// Byte ranges of the chunks within `data`.
+    pub fn spans(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.lens.iter().scan(0usize, |pos, &len| {
+            let start = *pos;
+            *pos += len as usize;
+            Some(start..*pos)
+        })
+    }
+}
+
+/// Reads a stream and hands out [`Block`]s of whole chunks.
+pub struct Chunker<R> {
+    reader: R,
+    cutter: Cutter,
+    block_size: usize,
+    /// Bytes read but not yet cut (always fewer than `max` unless at EOF).
+    tail: Vec<u8>,
+    offset: u64,
+    eof: bool,
+    spare: Option<Vec<u8>>,
+}
+
+impl<R: Read> Chunker<R> {
+    /// Cuts `reader` with `params`, reading about `block_size` bytes per block.
+    pub fn new(reader: R, params: ChunkerParams, block_size: usize) -> Self {
+        Chunker {
+            reader,
+            cutter: Cutter::new(params),
+            block_size: block_size.max(2 * params.max as usize),
+            tail: Vec::new(),
+            offset: 0,
+            eof: false,
+            spare: None,
+        }
+    }
+
+    /// Gives a consumed block's buffer back for reuse, saving an allocation per block.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.spare = Some(buf);
+    }
+
+    /// The next block of chunks, or `None` at the end of the stream.
+    ///
+    /// # Errors
+    /// The reader's error; the stream position is then undefined.
+    pub fn next_block(&mut self) -> std::io::Result<Option<Block>> {
+        let mut buf = self.spare.take().unwrap_or_default();
+        buf.clear();
+        buf.reserve(self.block_size);
+        buf.extend_from_slice(&self.tail);
+        self.tail.clear();
+        let mut filled = buf.len();
+        buf.resize(self.block_size, 0);
+        while !self.eof && filled < buf.len() {
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let max = self.cutter.params.max as usize;
+        let mut lens = Vec::with_capacity(filled / self.cutter.params.avg as usize + 2);
+        let mut pos = 0;
+        while pos < filled && (self.eof || filled - pos >= max) {
+            let n = self.cutter.next_len(&buf[pos..]);
+            lens.push(n as u32);
+            pos += n;
+        }
+        self.tail.extend_from_slice(&buf[pos..]);
+        buf.truncate(pos);
+        let block = Block {
+            offset: self.offset,
+            data: buf,
+            lens,
+        };
+        self.offset += pos as u64;
+        Ok(Some(block))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blocks_cut_exactly_like_the_fastcdc_crate() {
+        let p = ChunkerParams::new(1024, 4096, 16384).unwrap();
+        let data = noise(1_000_003, 7);
+        let expected: Vec<usize> = fastcdc::v2020::FastCDC::new(&data, p.min, p.avg, p.max)
+            .map(|c| c.length)
+            .collect();
+        for block_size in [1, 40_000, 65_536, 1 << 20] {
+            let mut ch = Chunker::new(&data[..], p, block_size);
+            let mut got = Vec::new();
+            let mut offset = 0u64;
+            while let Some(b) = ch.next_block().unwrap() {
+                assert_eq!(b.offset, offset);
+                assert_eq!(b.data.len(), b.lens.iter().map(|&l| l as usize).sum::<usize>());
+                offset += b.data.len() as u64;
+                got.extend(b.lens.iter().map(|&l| l as usize));
+                ch.recycle(b.data);
+            }
+            assert_eq!(got, expected, "block size {block_size}");
+        }
+        assert_eq!(Cutter::new(p).lengths(&data), expected);
+    }
+}

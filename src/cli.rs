@@ -1,0 +1,306 @@
+//! The command line: clap structs, their validation into library config, and one function per
+//! command. Errors get their context (which file, which store) here, with anyhow.
+
+use std::fs::File;
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use hoard::config::{DEFAULT_AVG, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
+use hoard::store::{ChunkStore, LocalStore};
+use hoard::{ChunkerParams, StoreConfig, ingest, names, restore};
+use serde_json::json;
+
+use crate::output;
+
+/// Content-defined dedup store for large files that change a little between versions.
+#[derive(Parser)]
+#[command(name = "hoard", version, about)]
+pub struct Cli {
+    /// Store directory [default: $HOARD_STORE, else the XDG data dir, e.g. ~/.local/share/hoard].
+    #[arg(long, global = true, env = "HOARD_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a store with chosen chunker params (otherwise the first import creates one).
+    Init(InitArgs),
+    /// Store a file (or `-` for stdin); prints its id and how much of it was new.
+    Import(ImportArgs),
+    /// Rebuild a stored file by NAME, NAME@N or id (prefix) into OUT (or `-` for stdout).
+    Export(ExportArgs),
+    /// List stored files and their versions.
+    Ls(JsonArg),
+    /// Show totals: files, chunks, logical and stored bytes, dedup ratio.
+    Stats(JsonArg),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Minimum chunk size in bytes (K and M suffixes allowed).
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_MIN)]
+    min: u32,
+    /// Average chunk size in bytes.
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_AVG)]
+    avg: u32,
+    /// Maximum chunk size in bytes.
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_MAX)]
+    max: u32,
+    /// zstd level for stored chunks, 1..=19.
+    #[arg(long, default_value_t = DEFAULT_LEVEL, allow_negative_numbers = true)]
+    level: i32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// File to import, or `-` for stdin.
+    file: PathBuf,
+    /// Name to record it under [default: the file's name; none for stdin].
+    #[arg(long)]
+    name: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// NAME, NAME@N (N-th version, 1 = oldest), a file id or an id prefix of 8+ hex digits.
+    file: String,
+    /// Output path, or `-` for stdout.
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct JsonArg {
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Accepts `65536`, `64K`, `64KiB`, `1M`, `1MiB`.
+fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (digits, mult) = match t.find(|c: char| !c.is_ascii_digit()) {
+        None => (t, 1),
+        Some(i) => match t[i..].to_ascii_lowercase().as_str() {
+            "k" | "kib" => (&t[..i], 1024),
+            "m" | "mib" => (&t[..i], 1024 * 1024),
+            _ => return Err(format!("{s:?} is not a size (use bytes, or a K or M suffix)")),
+        },
+    };
+    digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size that fits in 32 bits"))
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<()> {
+    let root = match &cli.store {
+        Some(p) => p.clone(),
+        None => LocalStore::default_path()
+            .ok_or_else(|| anyhow!("no store directory: pass --store DIR or set HOARD_STORE"))?,
+    };
+    match cli.command {
+        Command::Init(a) => init(&root, &a),
+        Command::Import(a) => import(&open(&root)?, &a),
+        Command::Export(a) => export(&open(&root)?, &a),
+        Command::Ls(a) => ls(&open(&root)?, a.json),
+        Command::Stats(a) => stats(&open(&root)?, a.json),
+    }
+}
+
+fn open(root: &Path) -> Result<LocalStore> {
+    let (store, _) = LocalStore::open(root, None)
+        .with_context(|| format!("cannot open store {}", root.display()))?;
+    Ok(store)
+}
+
+fn init(root: &Path, a: &InitArgs) -> Result<()> {
+    let config = StoreConfig::new(ChunkerParams::new(a.min, a.avg, a.max)?, a.level)?;
+    let (store, created) = LocalStore::open(root, Some(config))
+        .with_context(|| format!("cannot initialise store {}", root.display()))?;
+    if a.json {
+        println!(
+            "{}",
+            json!({ "store": root, "created": created, "min": config.chunker.min,
+                    "avg": config.chunker.avg, "max": config.chunker.max, "level": config.level })
+        );
+    } else {
+        let verb = if created { "created" } else { "already initialised:" };
+        println!("{verb} store {} ({})", store.root().display(), store.config());
+    }
+    Ok(())
+}
+
+fn import(store: &LocalStore, a: &ImportArgs) -> Result<()> {
+    let stdin = a.file.as_os_str() == "-";
+    let name = match (&a.name, stdin) {
+        (Some(n), _) => Some(n.clone()),
+        (None, true) => None,
+        (None, false) => a.file.file_name().map(|n| n.to_string_lossy().into_owned()),
+    };
+    if let Some(n) = &name {
+        names::validate(n).context("choose another name with --name")?;
+    }
+    let (reader, total): (Box<dyn Read + Send>, Option<u64>) = if stdin {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let f = File::open(&a.file).with_context(|| format!("cannot open {}", a.file.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let what = if stdin { "stdin".to_owned() } else { a.file.display().to_string() };
+    let pb = output::bar(total, "importing");
+    let (manifest, report) = ingest::ingest(store, reader, &|n| pb.inc(n))
+        .with_context(|| format!("cannot import {what}"))?;
+    pb.finish_and_clear();
+    let version = match &name {
+        Some(n) => Some(names::record(store, n, &manifest)?.versions.len()),
+        None => None,
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["name"] = json!(name);
+        v["version"] = json!(version);
+        println!("{v}");
+    } else {
+        println!("{}  {}", report.id, name.as_deref().unwrap_or("-"));
+        let known = if report.size == 0 {
+            100.0
+        } else {
+            (report.size - report.new_bytes) as f64 * 100.0 / report.size as f64
+        };
+        println!(
+            "{}, {} chunks, {} new ({known:.1}% already stored)",
+            output::bytes(report.size),
+            output::count(report.chunks),
+            output::bytes(report.new_bytes),
+        );
+    }
+    Ok(())
+}
+
+fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
+    let found = names::resolve(store, &a.file)?;
+    let m = &found.manifest;
+    let pb = output::bar(Some(m.file_len), "exporting");
+    let progress = |n| pb.inc(n);
+    let context = || format!("cannot export {} ({})", found.label, m.file_id);
+    if a.out.as_os_str() == "-" {
+        let out = BufWriter::with_capacity(1 << 20, std::io::stdout());
+        restore::restore(store, m, out, &progress).with_context(context)?;
+    } else {
+        // Written beside the target and renamed into place only once verified, so a failed
+        // export never leaves a file with wrong bytes under the requested name.
+        let dir = match a.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".hoard-export-")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        restore::restore(store, m, out, &progress).with_context(context)?;
+        tmp.as_file().sync_all().with_context(|| format!("cannot write {}", a.out.display()))?;
+        tmp.persist(&a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+fn date(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
+    let named = store.names()?;
+    let mut referenced = std::collections::HashSet::new();
+    let mut files = Vec::new();
+    for (name, rec) in &named {
+        let versions: Vec<_> = rec
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                referenced.insert(v.file_id);
+                json!({ "version": i + 1, "id": v.file_id, "size": v.size, "added": date(v.added) })
+            })
+            .collect();
+        let cur = rec.versions.last().ok_or_else(|| anyhow!("name {name} has no versions"))?;
+        files.push(json!({ "name": name, "id": cur.file_id, "size": cur.size,
+                           "added": date(cur.added), "versions": versions }));
+    }
+    for m in store.manifests()? {
+        if !referenced.contains(&m.file_id) {
+            files.push(json!({ "name": null, "id": m.file_id, "size": m.file_len, "versions": [] }));
+        }
+    }
+    if as_json {
+        println!("{}", json!({ "files": files }));
+        return Ok(());
+    }
+    if files.is_empty() {
+        eprintln!("no files stored yet; add one with `hoard import FILE`");
+        return Ok(());
+    }
+    println!("{:<16}  {:>10}  {:>3}  {:<20}  NAME", "ID", "SIZE", "VER", "ADDED");
+    for f in &files {
+        let id = f["id"].as_str().unwrap_or_default();
+        println!(
+            "{:<16}  {:>10}  {:>3}  {:<20}  {}",
+            &id[..16.min(id.len())],
+            output::bytes(f["size"].as_u64().unwrap_or(0)),
+            f["versions"].as_array().map_or(0, Vec::len),
+            f["added"].as_str().unwrap_or("-"),
+            f["name"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
+    let manifests = store.manifests()?;
+    let names = store.names()?.len();
+    let logical: u64 = manifests.iter().map(|m| m.file_len).sum();
+    let totals = store.chunk_totals()?;
+    let stored = store.chunk_data_bytes()?;
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "files": manifests.len(), "names": names, "chunks": totals.chunks,
+                "logical_bytes": logical, "unique_bytes": totals.raw_bytes,
+                "stored_bytes": stored, "dedup_ratio": ratio(logical, totals.raw_bytes),
+                "compression_ratio": ratio(totals.raw_bytes, stored),
+                "overall_ratio": ratio(logical, stored),
+            })
+        );
+        return Ok(());
+    }
+    let c = store.config();
+    println!("store     {}", store.root().display());
+    println!("params    {c}");
+    println!("files     {} ({} names)", output::count(manifests.len() as u64), output::count(names as u64));
+    println!("chunks    {}", output::count(totals.chunks));
+    println!("logical   {}", output::bytes(logical));
+    println!("unique    {} (dedup {:.2}x)", output::bytes(totals.raw_bytes), ratio(logical, totals.raw_bytes));
+    println!("stored    {} (overall {:.2}x)", output::bytes(stored), ratio(logical, stored));
+    if manifests.is_empty() && totals.chunks > 0 {
+        bail!("store holds chunks but no files; run `hoard fsck`");
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The library's one error type: typed, matchable, and never repeating its source in its message.
+//!
+//! Policy: a variant names the offending value (a chunk id, a name, a path) and says what failed;
+//! the underlying cause travels as `source` so `{:#}` prints the whole chain once. The binary maps
+//! these to exit codes in `cli.rs` (and later the server to HTTP statuses in one place).
+
+use std::path::PathBuf;
+
+use crate::hash::Hash;
+
+/// Everything that can go wrong in hoard's library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on a path failed.
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was being done, e.g. "cannot read".
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An I/O operation on a stream (stdin, stdout) failed.
+    #[error("{0}")]
+    Stream(&'static str, #[source] std::io::Error),
+    /// The sled index failed.
+    #[error("index operation failed")]
+    Index(#[from] sled::Error),
+    /// Another process has the store open.
+    #[error(
+        "store {} is in use by another hoard process; wait for it to finish or stop `hoard serve`",
+        .0.display()
+    )]
+    Locked(PathBuf),
+    /// Chunker parameters or a compression level are out of range.
+    #[error("invalid parameters: {0}")]
+    InvalidParams(String),
+    /// The store was created with other parameters than the ones given.
+    #[error("store was created with {existing}, not {requested}; chunker params are fixed per store")]
+    ParamsMismatch {
+        /// What the store records.
+        existing: String,
+        /// What the caller asked for.
+        requested: String,
+    },
+    /// The store's on-disk format is newer (or other) than this binary understands.
+    #[error("{what} has format version {found}, this hoard understands {expected}; upgrade hoard")]
+    Version {
+        /// Which record.
+        what: &'static str,
+        /// Version found on disk.
+        found: u32,
+        /// Version this build writes.
+        expected: u32,
+    },
+    /// A record in the index could not be decoded.
+    #[error("index record {what} is damaged; run `hoard fsck`")]
+    Decode {
+        /// Which record.
+        what: String,
+        /// The decoder's complaint.
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+    /// A chunk id is not in the store.
+    #[error("chunk {0} is not in the store")]
+    ChunkNotFound(Hash),
+    /// A stored chunk failed verification: its bytes are not what its id says.
+    #[error("chunk {id} is corrupt ({detail})")]
+    Corrupt {
+        /// The chunk that failed.
+        id: Hash,
+        /// What was wrong: hash mismatch, bad header, undecodable payload.
+        detail: String,
+    },
+    /// A rebuilt file did not hash to its id.
+    #[error("file {expected} rebuilt to the wrong content (hashes to {actual})")]
+    FileMismatch {
+        /// The id the manifest promised.
+        expected: Hash,
+        /// What the bytes hashed to.
+        actual: Hash,
+    },
+    /// No name, version or id matched.
+    #[error("no file named or with id {0:?}; `hoard ls` lists what is stored")]
+    NotFound(String),
+    /// An id prefix matched several files.
+    #[error("id prefix {prefix:?} is ambiguous: it matches {count} files; give more hex digits")]
+    Ambiguous {
+        /// The prefix given.
+        prefix: String,
+        /// How many files matched.
+        count: usize,
+    },
+    /// A name is not acceptable.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A manifest references a page that is not in the index.
+    #[error("manifest page {0} of a file is missing; run `hoard fsck`")]
+    PageNotFound(Hash),
+    /// A manifest or page does not add up (lengths, counts).
+    #[error("manifest of file {0} is inconsistent; run `hoard fsck`")]
+    BadManifest(Hash),
+}
+
+impl Error {
+    /// Wraps an I/O error with the action and path it belongs to.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { action, path, source }
+    }
+}
+
+/// `Result` with hoard's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

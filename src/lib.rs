@@ -1,0 +1,29 @@
+//! hoard: a content-defined dedup store for large files that change a little between versions.
+//!
+//! The pipeline is the architecture; each stage is a module:
+//!
+//! ```text
+//! import:  file ─chunker─▶ Block of chunks ─hash─▶ ids ─store.missing─▶ codec::compress ─▶ pack append
+//!                                                    └────────────────▶ ManifestBuilder ─▶ manifest ─▶ name
+//! export:  name ─names::resolve─▶ Manifest ─▶ pages ─▶ store.read_chunk ─▶ codec::decode ─▶ Hash::of == id? ─▶ out
+//! ```
+//!
+//! The core is synchronous and deterministic; parallelism is a bounded rayon fan-out inside
+//! [`ingest`] and [`restore`]. Storage sits behind [`store::ChunkStore`], implemented by
+//! [`store::LocalStore`] (sled index + pack files) and [`store::MemoryStore`].
+
+pub mod chunker;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod hash;
+pub mod ingest;
+pub mod manifest;
+pub mod names;
+pub mod record;
+pub mod restore;
+pub mod store;
+
+pub use config::{ChunkerParams, StoreConfig};
+pub use error::{Error, Result};
+pub use hash::Hash;

@@ -1,0 +1,131 @@
+//! Names: human labels with a history of file ids, and how `NAME|NAME@N|ID` is resolved.
+//!
+//! Resolution order: an exact name (its newest version); then `NAME@N`, the N-th version
+//! (1 = oldest); then a file id or an unambiguous id prefix of at least [`MIN_PREFIX`] hex
+//! characters. Names that could be read as `NAME@N` are refused, so the order never matters.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+use crate::store::{ChunkStore, NameRecord, NameVersion};
+
+/// Shortest id prefix accepted, in hex characters.
+pub const MIN_PREFIX: usize = 8;
+/// Longest name, in bytes.
+pub const MAX_NAME: usize = 1024;
+
+/// Checks that `name` can be stored: printable, a relative slash-separated path without `.`
+/// or `..` components, not ending in `@<digits>`.
+///
+/// # Errors
+/// [`Error::InvalidName`] saying why.
+pub fn validate(name: &str) -> Result<()> {
+    let bad = |reason| Err(Error::InvalidName { name: name.to_owned(), reason });
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("it is longer than 1024 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("it contains control characters");
+    }
+    if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return bad("it must be a relative path without empty, `.` or `..` components");
+    }
+    if split_version(name).is_some() {
+        return bad("it ends in @<number>, which is version syntax");
+    }
+    Ok(())
+}
+
+fn split_version(spec: &str) -> Option<(&str, usize)> {
+    let (name, v) = spec.rsplit_once('@')?;
+    if name.is_empty() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((name, v.parse().ok()?))
+}
+
+/// A resolved file: its manifest and how the user named it.
+pub struct Resolved {
+    /// The file's manifest.
+    pub manifest: Manifest,
+    /// The name (with `@N` if a version was asked for), or the id.
+    pub label: String,
+}
+
+/// Resolves `NAME`, `NAME@N`, an id or an id prefix.
+///
+/// # Errors
+/// [`Error::NotFound`], [`Error::Ambiguous`], or store errors.
+pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
+    let by_id = |id: Hash, label: String| -> Result<Resolved> {
+        let manifest = store.get_manifest(&id)?.ok_or_else(|| Error::NotFound(spec.to_owned()))?;
+        Ok(Resolved { manifest, label })
+    };
+    if let Some(rec) = store.get_name(spec)?
+        && let Some(v) = rec.versions.last()
+    {
+        return by_id(v.file_id, spec.to_owned());
+    }
+    if let Some((name, n)) = split_version(spec)
+        && let Some(rec) = store.get_name(name)?
+    {
+        let v = n.checked_sub(1).and_then(|i| rec.versions.get(i)).ok_or_else(|| {
+            Error::NotFound(format!("{spec} ({name} has {} versions)", rec.versions.len()))
+        })?;
+        return by_id(v.file_id, spec.to_owned());
+    }
+    let hex = spec.to_ascii_lowercase();
+    if (MIN_PREFIX..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let even = &hex[..hex.len() / 2 * 2];
+        let raw: Vec<u8> = (0..even.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&even[i..i + 2], 16).expect("checked hex"))
+            .collect();
+        let matches: Vec<Hash> = store
+            .file_ids_with_prefix(&raw)?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&hex))
+            .collect();
+        return match matches.as_slice() {
+            [id] => by_id(*id, id.to_hex()),
+            [] => Err(Error::NotFound(spec.to_owned())),
+            many => Err(Error::Ambiguous { prefix: spec.to_owned(), count: many.len() }),
+        };
+    }
+    Err(Error::NotFound(spec.to_owned()))
+}
+
+/// Points `name` at `manifest`'s file as its newest version (unless it already is).
+///
+/// # Errors
+/// [`Error::InvalidName`] or store errors.
+pub fn record(store: &dyn ChunkStore, name: &str, manifest: &Manifest) -> Result<NameRecord> {
+    validate(name)?;
+    if let Some(rec) = store.get_name(name)?
+        && rec.versions.last().is_some_and(|v| v.file_id == manifest.file_id)
+    {
+        return Ok(rec);
+    }
+    let added = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    store.push_name(name, NameVersion { file_id: manifest.file_id, size: manifest.file_len, added })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        for ok in ["a", "vm/base.qcow2", "user@host.img", "a@b1", "日本.bin"] {
+            validate(ok).unwrap();
+        }
+        for bad in ["", "/abs", "a/../b", "..", "a//b", "a/", "x@2", "tab\there", "nul\0"] {
+            assert!(validate(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

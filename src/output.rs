@@ -1,0 +1,75 @@
+//! What the binary shows people: byte sizes, counts, progress bars on a terminal.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// `1.00 GiB`, `11.8 MiB`, `512 B`: binary units, three significant digits.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let u = UNITS[unit];
+    if v < 9.995 {
+        format!("{v:.2} {u}")
+    } else if v < 99.95 {
+        format!("{v:.1} {u}")
+    } else {
+        format!("{v:.0} {u}")
+    }
+}
+
+/// `16 384`: digits grouped by three with spaces.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A byte progress bar on stderr, or a hidden one when stderr is not a terminal.
+pub fn bar(total: Option<u64>, verb: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = match total {
+        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+    };
+    let template = if total.is_some() {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+    } else {
+        "{msg} {spinner} {bytes} {binary_bytes_per_sec}"
+    };
+    pb.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    pb.set_message(verb.to_owned());
+    pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_counts_read_well() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1 << 30), "1.00 GiB");
+        assert_eq!(bytes(12_373_196), "11.8 MiB");
+        assert_eq!(bytes(300 * 1024), "300 KiB");
+        assert_eq!(count(16384), "16 384");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1_000_000), "1 000 000");
+    }
+}

@@ -1,0 +1,262 @@
+//! The on-disk store: one directory holding the sled index and the pack files.
+//!
+//! ```text
+//! STORE/index/   sled database (see index.rs for its trees)
+//! STORE/packs/   {n:016x}.pack, append-only chunk bodies (see pack.rs)
+//! ```
+//!
+//! Durability order (DESIGN.md, "Storage"): pack bytes are fsynced before the index entries
+//! that point at them are inserted; a manifest is written (and the index flushed) only after
+//! all its chunks are committed; a name moves only after its manifest is durable. A crash
+//! leaves at worst pack bytes no index entry points at, which gc reclaims.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::codec::Codec;
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+use crate::store::index::Index;
+use crate::store::pack::{ChunkLoc, PACK_TARGET_LEN, PackReader, PackWriter, pack_path};
+use crate::store::{ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion, StoredChunk};
+
+/// A store in a local directory.
+pub struct LocalStore {
+    root: PathBuf,
+    index: Index,
+    packs: PackReader,
+    config: StoreConfig,
+}
+
+impl LocalStore {
+    /// The default store directory: `$XDG_DATA_HOME/hoard` (usually `~/.local/share/hoard`).
+    pub fn default_path() -> Option<PathBuf> {
+        dirs::data_dir().map(|d| d.join("hoard"))
+    }
+
+    /// Opens the store at `root`, creating it with `requested` (or the defaults) if it does not
+    /// exist yet. Returns the store and whether it was created just now.
+    ///
+    /// # Errors
+    /// I/O errors creating the directories, [`Error::Locked`] if another process has it open,
+    /// [`Error::ParamsMismatch`] if `requested` differs from what the store was created with.
+    pub fn open(root: &Path, requested: Option<StoreConfig>) -> Result<(Self, bool)> {
+        let packs = root.join("packs");
+        std::fs::create_dir_all(&packs).map_err(Error::io("cannot create store directory", &packs))?;
+        let index = Index::open(&root.join("index"), root)?;
+        let (config, created) = match (index.config()?, requested) {
+            (Some(existing), Some(req)) if existing != req => {
+                return Err(Error::ParamsMismatch {
+                    existing: existing.to_string(),
+                    requested: req.to_string(),
+                });
+            }
+            (Some(existing), _) => (existing, false),
+            (None, req) => {
+                let config = req.unwrap_or_default();
+                index.init(&config)?;
+                (config, true)
+            }
+        };
+        let store = LocalStore {
+            root: root.to_owned(),
+            index,
+            packs: PackReader::new(packs),
+            config,
+        };
+        Ok((store, created))
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    /// Where chunk `id` is stored, if indexed (for tools and tests that inspect packs).
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn locate(&self, id: &Hash) -> Result<Option<(PathBuf, ChunkLoc)>> {
+        Ok(self.index.loc(id)?.map(|loc| (pack_path(&self.packs_dir(), loc.pack), loc)))
+    }
+
+    fn new_pack(&self) -> Result<PackWriter> {
+        loop {
+            let id = self.index.db.generate_id()?;
+            match PackWriter::create(&self.packs_dir(), id) {
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Writes chunks into a pack of its own; indexes them at commit.
+struct LocalWriter<'a> {
+    store: &'a LocalStore,
+    pack: Option<PackWriter>,
+    pending: Vec<(Hash, ChunkLoc)>,
+    pending_bytes: u64,
+}
+
+impl ChunkWriter for LocalWriter<'_> {
+    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        if self.pack.as_ref().is_some_and(|p| p.len() >= PACK_TARGET_LEN) {
+            // The full pack is synced now so the pending entries in it are durable at commit.
+            self.pack.take().expect("checked").sync()?;
+        }
+        let pack = match &mut self.pack {
+            Some(p) => p,
+            None => self.pack.insert(self.store.new_pack()?),
+        };
+        let loc = pack.append(id, codec, raw_len, payload)?;
+        self.pending.push((*id, loc));
+        self.pending_bytes += u64::from(loc.stored_len);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Some(pack) = &mut self.pack {
+            pack.sync()?;
+        }
+        let mut batch = sled::Batch::default();
+        for (id, loc) in self.pending.drain(..) {
+            batch.insert(id.as_bytes(), Index::encode_loc(&loc));
+        }
+        self.store.index.chunks.apply_batch(batch)?;
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+}
+
+impl Drop for LocalWriter<'_> {
+    fn drop(&mut self) {
+        // A pack that never received an entry is just noise in the directory.
+        if let Some(p) = &self.pack
+            && p.is_empty()
+        {
+            let _ = std::fs::remove_file(pack_path(&self.store.packs_dir(), p.id));
+        }
+    }
+}
+
+impl ChunkStore for LocalStore {
+    fn config(&self) -> StoreConfig {
+        self.config
+    }
+
+    fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        let has = |id: &Hash| self.index.chunks.contains_key(id.as_bytes()).map(|h| !h);
+        if ids.len() < 4096 {
+            ids.iter().map(has).collect::<sled::Result<_>>().map_err(Into::into)
+        } else {
+            ids.par_iter().map(has).collect::<sled::Result<_>>().map_err(Into::into)
+        }
+    }
+
+    fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
+        Ok(Box::new(LocalWriter { store: self, pack: None, pending: Vec::new(), pending_bytes: 0 }))
+    }
+
+    fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
+        let loc = self.index.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
+        let (codec, payload) = self.packs.read(id, &loc)?;
+        Ok(StoredChunk { id: *id, codec, raw_len: loc.raw_len, payload })
+    }
+
+    fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
+        self.index.pages.insert(hash.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    fn get_page(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let v = self.index.pages.get(hash.as_bytes())?.ok_or(Error::PageNotFound(*hash))?;
+        Ok(v.to_vec())
+    }
+
+    fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        self.index.files.insert(manifest.file_id.as_bytes(), manifest.encode())?;
+        self.index.db.flush()?;
+        Ok(())
+    }
+
+    fn get_manifest(&self, file_id: &Hash) -> Result<Option<Manifest>> {
+        self.index.files.get(file_id.as_bytes())?.map(|v| Manifest::decode(&v)).transpose()
+    }
+
+    fn file_ids_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Hash>> {
+        self.index
+            .files
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| {
+                let k = k?;
+                Hash::from_slice(&k).ok_or_else(|| Error::NotFound(format!("{k:?}")))
+            })
+            .collect()
+    }
+
+    fn manifests(&self) -> Result<Vec<Manifest>> {
+        self.index.files.iter().values().map(|v| Manifest::decode(&v?)).collect()
+    }
+
+    fn push_name(&self, name: &str, version: NameVersion) -> Result<NameRecord> {
+        loop {
+            let old = self.index.names.get(name)?;
+            let mut rec = match &old {
+                Some(v) => Index::decode_name(v)?,
+                None => NameRecord::default(),
+            };
+            rec.versions.push(version.clone());
+            let swapped = self.index.names.compare_and_swap(name, old, Some(Index::encode_name(&rec)))?;
+            if swapped.is_ok() {
+                self.index.db.flush()?;
+                return Ok(rec);
+            }
+        }
+    }
+
+    fn get_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        self.index.names.get(name)?.map(|v| Index::decode_name(&v)).transpose()
+    }
+
+    fn names(&self) -> Result<Vec<(String, NameRecord)>> {
+        self.index
+            .names
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), Index::decode_name(&v)?))
+            })
+            .collect()
+    }
+
+    fn chunk_totals(&self) -> Result<ChunkTotals> {
+        let mut t = ChunkTotals::default();
+        for v in self.index.chunks.iter().values() {
+            let loc = Index::decode_loc(&v?)?;
+            t.chunks += 1;
+            t.raw_bytes += u64::from(loc.raw_len);
+            t.encoded_bytes += u64::from(loc.stored_len);
+        }
+        Ok(t)
+    }
+
+    fn chunk_data_bytes(&self) -> Result<u64> {
+        self.packs.total_bytes()
+    }
+}

@@ -1,0 +1,146 @@
+//! An in-memory store: the reference behaviour of the [`ChunkStore`] contract, and a fast
+//! backend for tests of the pipeline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::codec::Codec;
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+use crate::store::{ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion, StoredChunk};
+
+#[derive(Default)]
+struct Inner {
+    chunks: HashMap<Hash, StoredChunk>,
+    pages: HashMap<Hash, Vec<u8>>,
+    files: BTreeMap<Hash, Manifest>,
+    names: BTreeMap<String, NameRecord>,
+}
+
+/// Everything in maps behind one mutex.
+#[derive(Default)]
+pub struct MemoryStore {
+    config: StoreConfig,
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store with `config`.
+    pub fn new(config: StoreConfig) -> Self {
+        MemoryStore { config, inner: Mutex::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces a stored chunk's payload (tests of corruption handling).
+    pub fn tamper(&self, id: &Hash, payload: Vec<u8>) {
+        if let Some(c) = self.lock().chunks.get_mut(id) {
+            c.payload = payload;
+        }
+    }
+}
+
+struct MemoryWriter<'a> {
+    store: &'a MemoryStore,
+    pending: Vec<StoredChunk>,
+    pending_bytes: u64,
+}
+
+impl ChunkWriter for MemoryWriter<'_> {
+    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        self.pending_bytes += payload.len() as u64;
+        self.pending.push(StoredChunk { id: *id, codec, raw_len, payload: payload.to_vec() });
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let mut inner = self.store.lock();
+        for c in self.pending.drain(..) {
+            inner.chunks.entry(c.id).or_insert(c);
+        }
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+}
+
+impl ChunkStore for MemoryStore {
+    fn config(&self) -> StoreConfig {
+        self.config
+    }
+
+    fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        let inner = self.lock();
+        Ok(ids.iter().map(|id| !inner.chunks.contains_key(id)).collect())
+    }
+
+    fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
+        Ok(Box::new(MemoryWriter { store: self, pending: Vec::new(), pending_bytes: 0 }))
+    }
+
+    fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
+        self.lock().chunks.get(id).cloned().ok_or(Error::ChunkNotFound(*id))
+    }
+
+    fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
+        self.lock().pages.insert(*hash, bytes.to_vec());
+        Ok(())
+    }
+
+    fn get_page(&self, hash: &Hash) -> Result<Vec<u8>> {
+        self.lock().pages.get(hash).cloned().ok_or(Error::PageNotFound(*hash))
+    }
+
+    fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        self.lock().files.insert(manifest.file_id, manifest.clone());
+        Ok(())
+    }
+
+    fn get_manifest(&self, file_id: &Hash) -> Result<Option<Manifest>> {
+        Ok(self.lock().files.get(file_id).cloned())
+    }
+
+    fn file_ids_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Hash>> {
+        Ok(self.lock().files.keys().filter(|k| k.as_bytes().starts_with(prefix)).copied().collect())
+    }
+
+    fn manifests(&self) -> Result<Vec<Manifest>> {
+        Ok(self.lock().files.values().cloned().collect())
+    }
+
+    fn push_name(&self, name: &str, version: NameVersion) -> Result<NameRecord> {
+        let mut inner = self.lock();
+        let rec = inner.names.entry(name.to_owned()).or_default();
+        rec.versions.push(version);
+        Ok(rec.clone())
+    }
+
+    fn get_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        Ok(self.lock().names.get(name).cloned())
+    }
+
+    fn names(&self) -> Result<Vec<(String, NameRecord)>> {
+        Ok(self.lock().names.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn chunk_totals(&self) -> Result<ChunkTotals> {
+        let inner = self.lock();
+        Ok(inner.chunks.values().fold(ChunkTotals::default(), |mut t, c| {
+            t.chunks += 1;
+            t.raw_bytes += u64::from(c.raw_len);
+            t.encoded_bytes += c.payload.len() as u64;
+            t
+        }))
+    }
+
+    fn chunk_data_bytes(&self) -> Result<u64> {
+        Ok(self.chunk_totals()?.encoded_bytes)
+    }
+}

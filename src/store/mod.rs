@@ -1,0 +1,176 @@
+//! The store contract between the pipeline and the storage: chunks, manifests and names.
+//!
+//! [`ChunkStore`] is what `ingest` and `restore` talk to. Two implementations keep each other
+//! honest: [`LocalStore`] (sled index + append-only pack files, the real thing) and
+//! [`MemoryStore`] (maps in memory, the reference behaviour). The contract tests in `tests/`
+//! run the same assertions on both. Nothing here takes a process-wide lock the trait cannot
+//! express, so an object-store backend can implement it later.
+
+mod index;
+mod local;
+mod memory;
+pub mod pack;
+
+use serde::{Deserialize, Serialize};
+
+pub use local::LocalStore;
+pub use memory::MemoryStore;
+
+use crate::codec::Codec;
+use crate::config::StoreConfig;
+use crate::error::Result;
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+
+/// A chunk as it is stored: encoded payload plus what is needed to decode and check it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// The id the store filed it under.
+    pub id: Hash,
+    /// How `payload` is encoded.
+    pub codec: Codec,
+    /// Length of the decoded chunk.
+    pub raw_len: u32,
+    /// The encoded bytes.
+    pub payload: Vec<u8>,
+}
+
+/// One version of a name: the file it pointed at and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameVersion {
+    /// The file.
+    pub file_id: Hash,
+    /// Its length, so listings need not load the manifest.
+    pub size: u64,
+    /// Seconds since the Unix epoch when this version was recorded.
+    pub added: u64,
+}
+
+/// The history of one name, oldest first; the last entry is current.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord {
+    /// Every version, oldest first (`NAME@1` is the first).
+    pub versions: Vec<NameVersion>,
+}
+
+/// Totals over the chunks a store holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChunkTotals {
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// Sum of their uncompressed lengths.
+    pub raw_bytes: u64,
+    /// Sum of their encoded lengths.
+    pub encoded_bytes: u64,
+}
+
+/// Appends chunks; they become durable and visible to [`ChunkStore::missing`] and
+/// [`ChunkStore::read_chunk`] only at [`ChunkWriter::commit`].
+pub trait ChunkWriter: Send {
+    /// Adds one encoded chunk.
+    ///
+    /// # Errors
+    /// I/O errors of the backing storage.
+    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()>;
+
+    /// Makes everything appended so far durable, then visible.
+    ///
+    /// # Errors
+    /// I/O or index errors; the chunks since the last commit are then not stored.
+    fn commit(&mut self) -> Result<()>;
+
+    /// Encoded bytes appended since the last commit.
+    fn pending_bytes(&self) -> u64;
+}
+
+/// What the pipeline needs from a store.
+pub trait ChunkStore: Send + Sync {
+    /// The params the store was created with.
+    fn config(&self) -> StoreConfig;
+
+    /// For each id in `ids`, true if and only if the store lacks that chunk. One call asks
+    /// about many ids, so a remote store answers in one round trip.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>>;
+
+    /// Starts appending chunks.
+    ///
+    /// # Errors
+    /// When the storage cannot be opened for writing.
+    fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>>;
+
+    /// Reads a chunk's stored form, not yet decoded or verified (see `restore::read_verified`).
+    ///
+    /// # Errors
+    /// [`Error::ChunkNotFound`](crate::Error::ChunkNotFound), I/O errors, or
+    /// [`Error::Corrupt`](crate::Error::Corrupt) when the stored entry does not match the index.
+    fn read_chunk(&self, id: &Hash) -> Result<StoredChunk>;
+
+    /// Stores an encoded manifest page under its hash (idempotent).
+    ///
+    /// # Errors
+    /// Index errors.
+    fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()>;
+
+    /// Reads an encoded manifest page.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`](crate::Error::PageNotFound) or index errors.
+    fn get_page(&self, hash: &Hash) -> Result<Vec<u8>>;
+
+    /// Records a manifest; durable on return. Its pages and chunks must already be stored.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn put_manifest(&self, manifest: &Manifest) -> Result<()>;
+
+    /// The manifest of a file, if stored.
+    ///
+    /// # Errors
+    /// Index or decode errors.
+    fn get_manifest(&self, file_id: &Hash) -> Result<Option<Manifest>>;
+
+    /// Ids of stored files whose raw id starts with `prefix`.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn file_ids_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Hash>>;
+
+    /// Every stored manifest, in id order.
+    ///
+    /// # Errors
+    /// Index or decode errors.
+    fn manifests(&self) -> Result<Vec<Manifest>>;
+
+    /// Appends a version to `name` (creating it); durable on return. Returns the new record.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn push_name(&self, name: &str, version: NameVersion) -> Result<NameRecord>;
+
+    /// The history of `name`, if it exists.
+    ///
+    /// # Errors
+    /// Index or decode errors.
+    fn get_name(&self, name: &str) -> Result<Option<NameRecord>>;
+
+    /// Every name with its history, in name order.
+    ///
+    /// # Errors
+    /// Index or decode errors.
+    fn names(&self) -> Result<Vec<(String, NameRecord)>>;
+
+    /// Counts and sizes of the stored chunks.
+    ///
+    /// # Errors
+    /// Index or decode errors.
+    fn chunk_totals(&self) -> Result<ChunkTotals>;
+
+    /// Bytes the chunk data takes on disk (pack files, with their headers).
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn chunk_data_bytes(&self) -> Result<u64>;
+}

@@ -1,0 +1,221 @@
+//! Append-only pack files: where chunk bodies live.
+//!
+//! File format (version 1), all integers little-endian:
+//!
+//! ```text
+//! pack   = "HOARDPK" 0x01, then entries back to back
+//! entry  = "hCk1" | codec u8 | 3 zero bytes | raw_len u32 | stored_len u32 | chunk id [32] | payload
+//! ```
+//!
+//! Every entry names its chunk, codec and lengths, so the index can be rebuilt from the packs
+//! alone. A writer owns its pack file exclusively (a new file per writer), so concurrent
+//! imports never interleave bytes. Durability: [`PackWriter::sync`] flushes and fsyncs before
+//! the caller lets the index point at the new entries.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+
+/// First bytes of every pack file; the last byte is the format version.
+pub const PACK_MAGIC: [u8; 8] = *b"HOARDPK\x01";
+/// First bytes of every entry.
+pub const ENTRY_MAGIC: [u8; 4] = *b"hCk1";
+/// Bytes of an entry header = 48.
+pub const ENTRY_HEADER_LEN: usize = 48;
+/// A writer starts a new pack once its current one passes this size = 256 MiB.
+pub const PACK_TARGET_LEN: u64 = 256 * 1024 * 1024;
+/// Open pack handles kept for reading.
+const MAX_OPEN_PACKS: usize = 64;
+
+/// Where a chunk's entry is: the index value of the `chunks` tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLoc {
+    /// Pack number (file `packs/{pack:016x}.pack`).
+    pub pack: u64,
+    /// Offset of the entry header in the pack.
+    pub offset: u64,
+    /// Encoded payload length.
+    pub stored_len: u32,
+    /// Decoded chunk length.
+    pub raw_len: u32,
+    /// Codec tag of the payload.
+    pub codec: u8,
+}
+
+/// Encodes an entry header.
+pub fn entry_header(id: &Hash, codec: Codec, raw_len: u32, stored_len: u32) -> [u8; ENTRY_HEADER_LEN] {
+    let mut h = [0u8; ENTRY_HEADER_LEN];
+    h[0..4].copy_from_slice(&ENTRY_MAGIC);
+    h[4] = codec as u8;
+    h[8..12].copy_from_slice(&raw_len.to_le_bytes());
+    h[12..16].copy_from_slice(&stored_len.to_le_bytes());
+    h[16..48].copy_from_slice(id.as_bytes());
+    h
+}
+
+/// Decodes an entry header: `(id, codec tag, raw_len, stored_len)`, or `None` if the magic is wrong.
+pub fn parse_entry_header(h: &[u8; ENTRY_HEADER_LEN]) -> Option<(Hash, u8, u32, u32)> {
+    if h[0..4] != ENTRY_MAGIC {
+        return None;
+    }
+    let raw_len = u32::from_le_bytes(h[8..12].try_into().ok()?);
+    let stored_len = u32::from_le_bytes(h[12..16].try_into().ok()?);
+    Some((Hash::from_slice(&h[16..48])?, h[4], raw_len, stored_len))
+}
+
+/// The path of pack `n` under `dir`.
+pub fn pack_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:016x}.pack"))
+}
+
+/// Appends entries to one pack file.
+pub struct PackWriter {
+    /// Pack number.
+    pub id: u64,
+    path: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl PackWriter {
+    /// Creates pack `id` in `dir`; fails if it exists (packs are never reopened for writing).
+    ///
+    /// # Errors
+    /// I/O errors, including `AlreadyExists`.
+    pub fn create(dir: &Path, id: u64) -> Result<Self> {
+        let path = pack_path(dir, id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(Error::io("cannot create pack", &path))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&PACK_MAGIC).map_err(Error::io("cannot write pack", &path))?;
+        // The new directory entry must survive a crash before any index entry names the pack.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::io("cannot sync directory", dir))?;
+        Ok(PackWriter { id, path, out, len: PACK_MAGIC.len() as u64 })
+    }
+
+    /// Appends one entry; returns its location.
+    ///
+    /// # Errors
+    /// I/O errors (a full disk among them).
+    pub fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<ChunkLoc> {
+        let stored_len = payload.len() as u32;
+        let offset = self.len;
+        let header = entry_header(id, codec, raw_len, stored_len);
+        self.out
+            .write_all(&header)
+            .and_then(|()| self.out.write_all(payload))
+            .map_err(Error::io("cannot write pack", &self.path))?;
+        self.len += (ENTRY_HEADER_LEN + payload.len()) as u64;
+        Ok(ChunkLoc { pack: self.id, offset, stored_len, raw_len, codec: codec as u8 })
+    }
+
+    /// Flushes and fsyncs: after this, every appended entry survives a crash.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&mut self) -> Result<()> {
+        self.out
+            .flush()
+            .and_then(|()| self.out.get_ref().sync_data())
+            .map_err(Error::io("cannot sync pack", &self.path))
+    }
+
+    /// Bytes in the pack so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True if and only if nothing but the pack header was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == PACK_MAGIC.len() as u64
+    }
+}
+
+/// Reads entries from the packs of one directory, keeping a few files open.
+pub struct PackReader {
+    dir: PathBuf,
+    open: Mutex<HashMap<u64, Arc<File>>>,
+}
+
+impl PackReader {
+    /// Reads packs in `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        PackReader { dir, open: Mutex::new(HashMap::new()) }
+    }
+
+    fn file(&self, pack: u64) -> Result<Arc<File>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(&pack) {
+            return Ok(f.clone());
+        }
+        let path = pack_path(&self.dir, pack);
+        let f = Arc::new(File::open(&path).map_err(Error::io("cannot open pack", &path))?);
+        if open.len() >= MAX_OPEN_PACKS {
+            open.clear();
+        }
+        open.insert(pack, f.clone());
+        Ok(f)
+    }
+
+    /// Reads the entry at `loc` and checks its header against the index: the payload comes back
+    /// only if magic, id, codec and lengths all agree.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for a header that disagrees or a short file; I/O errors otherwise.
+    pub fn read(&self, id: &Hash, loc: &ChunkLoc) -> Result<(Codec, Vec<u8>)> {
+        let file = self.file(loc.pack)?;
+        let mut buf = vec![0u8; ENTRY_HEADER_LEN + loc.stored_len as usize];
+        let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
+        match file.read_exact_at(&mut buf, loc.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                return Err(corrupt(format!("pack {:016x} is truncated", loc.pack)));
+            }
+            Err(e) => return Err(Error::io("cannot read pack", pack_path(&self.dir, loc.pack))(e)),
+        }
+        let header: &[u8; ENTRY_HEADER_LEN] = buf[..ENTRY_HEADER_LEN].try_into().expect("sized");
+        let codec = match parse_entry_header(header) {
+            Some((hid, tag, raw, stored))
+                if hid == *id && tag == loc.codec && raw == loc.raw_len && stored == loc.stored_len =>
+            {
+                Codec::from_tag(tag)
+            }
+            _ => None,
+        }
+        .ok_or_else(|| {
+            corrupt(format!("entry header at pack {:016x} offset {} does not match the index", loc.pack, loc.offset))
+        })?;
+        buf.drain(..ENTRY_HEADER_LEN);
+        Ok((codec, buf))
+    }
+
+    /// Sum of the sizes of all pack files.
+    ///
+    /// # Errors
+    /// I/O errors listing the directory.
+    pub fn total_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        let entries = std::fs::read_dir(&self.dir).map_err(Error::io("cannot list packs in", &self.dir))?;
+        for e in entries {
+            let e = e.map_err(Error::io("cannot list packs in", &self.dir))?;
+            if e.path().extension().is_some_and(|x| x == "pack") {
+                total += e.metadata().map_err(Error::io("cannot stat", e.path()))?.len();
+            }
+        }
+        Ok(total)
+    }
+}
