@@ -201,7 +201,10 @@ mod tests {
             let mut offset = 0u64;
             while let Some(b) = ch.next_block().unwrap() {
                 assert_eq!(b.offset, offset);
-                assert_eq!(b.data.len(), b.lens.iter().map(|&l| l as usize).sum::<usize>());
+                assert_eq!(
+                    b.data.len(),
+                    b.lens.iter().map(|&l| l as usize).sum::<usize>()
+                );
                 offset += b.data.len() as u64;
                 got.extend(b.lens.iter().map(|&l| l as usize));
                 ch.recycle(b.data);

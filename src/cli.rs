@@ -95,7 +95,11 @@ fn parse_size(s: &str) -> Result<u32, String> {
         Some(i) => match t[i..].to_ascii_lowercase().as_str() {
             "k" | "kib" => (&t[..i], 1024),
             "m" | "mib" => (&t[..i], 1024 * 1024),
-            _ => return Err(format!("{s:?} is not a size (use bytes, or a K or M suffix)")),
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a size (use bytes, or a K or M suffix)"
+                ));
+            }
         },
     };
     digits
@@ -138,8 +142,16 @@ fn init(root: &Path, a: &InitArgs) -> Result<()> {
                     "avg": config.chunker.avg, "max": config.chunker.max, "level": config.level })
         );
     } else {
-        let verb = if created { "created" } else { "already initialised:" };
-        println!("{verb} store {} ({})", store.root().display(), store.config());
+        let verb = if created {
+            "created"
+        } else {
+            "already initialised:"
+        };
+        println!(
+            "{verb} store {} ({})",
+            store.root().display(),
+            store.config()
+        );
     }
     Ok(())
 }
@@ -161,7 +173,11 @@ fn import(store: &LocalStore, a: &ImportArgs) -> Result<()> {
         let len = f.metadata().ok().map(|m| m.len());
         (Box::new(f), len)
     };
-    let what = if stdin { "stdin".to_owned() } else { a.file.display().to_string() };
+    let what = if stdin {
+        "stdin".to_owned()
+    } else {
+        a.file.display().to_string()
+    };
     let pb = output::bar(total, "importing");
     let (manifest, report) = ingest::ingest(store, reader, &|n| pb.inc(n))
         .with_context(|| format!("cannot import {what}"))?;
@@ -203,7 +219,8 @@ fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
         restore::restore(store, m, out, &progress).with_context(context)?;
     } else {
         // Written beside the target and renamed into place only once verified, so a failed
-        // export never leaves a file with wrong bytes under the requested name.
+        // export never leaves a file with wrong bytes under the requested name. Like cp and
+        // casync, no fsync: the store still holds the data if the machine crashes.
         let dir = match a.out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -214,8 +231,8 @@ fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
             .with_context(|| format!("cannot create a file in {}", dir.display()))?;
         let out = BufWriter::with_capacity(1 << 20, tmp.as_file());
         restore::restore(store, m, out, &progress).with_context(context)?;
-        tmp.as_file().sync_all().with_context(|| format!("cannot write {}", a.out.display()))?;
-        tmp.persist(&a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
+        tmp.persist(&a.out)
+            .with_context(|| format!("cannot write {}", a.out.display()))?;
     }
     pb.finish_and_clear();
     Ok(())
@@ -239,13 +256,17 @@ fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
                 json!({ "version": i + 1, "id": v.file_id, "size": v.size, "added": date(v.added) })
             })
             .collect();
-        let cur = rec.versions.last().ok_or_else(|| anyhow!("name {name} has no versions"))?;
+        let cur = rec
+            .versions
+            .last()
+            .ok_or_else(|| anyhow!("name {name} has no versions"))?;
         files.push(json!({ "name": name, "id": cur.file_id, "size": cur.size,
                            "added": date(cur.added), "versions": versions }));
     }
     for m in store.manifests()? {
         if !referenced.contains(&m.file_id) {
-            files.push(json!({ "name": null, "id": m.file_id, "size": m.file_len, "versions": [] }));
+            files
+                .push(json!({ "name": null, "id": m.file_id, "size": m.file_len, "versions": [] }));
         }
     }
     if as_json {
@@ -256,7 +277,10 @@ fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
         eprintln!("no files stored yet; add one with `hoard import FILE`");
         return Ok(());
     }
-    println!("{:<16}  {:>10}  {:>3}  {:<20}  NAME", "ID", "SIZE", "VER", "ADDED");
+    println!(
+        "{:<16}  {:>10}  {:>3}  {:<20}  NAME",
+        "ID", "SIZE", "VER", "ADDED"
+    );
     for f in &files {
         let id = f["id"].as_str().unwrap_or_default();
         println!(
@@ -294,11 +318,23 @@ fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
     let c = store.config();
     println!("store     {}", store.root().display());
     println!("params    {c}");
-    println!("files     {} ({} names)", output::count(manifests.len() as u64), output::count(names as u64));
+    println!(
+        "files     {} ({} names)",
+        output::count(manifests.len() as u64),
+        output::count(names as u64)
+    );
     println!("chunks    {}", output::count(totals.chunks));
     println!("logical   {}", output::bytes(logical));
-    println!("unique    {} (dedup {:.2}x)", output::bytes(totals.raw_bytes), ratio(logical, totals.raw_bytes));
-    println!("stored    {} (overall {:.2}x)", output::bytes(stored), ratio(logical, stored));
+    println!(
+        "unique    {} (dedup {:.2}x)",
+        output::bytes(totals.raw_bytes),
+        ratio(logical, totals.raw_bytes)
+    );
+    println!(
+        "stored    {} (overall {:.2}x)",
+        output::bytes(stored),
+        ratio(logical, stored)
+    );
     if manifests.is_empty() && totals.chunks > 0 {
         bail!("store holds chunks but no files; run `hoard fsck`");
     }

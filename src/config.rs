@@ -45,7 +45,9 @@ impl ChunkerParams {
     /// # Errors
     /// [`Error::InvalidParams`] naming the first value out of range.
     pub fn new(min: u32, avg: u32, max: u32) -> Result<Self> {
-        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
         let check = |what: &str, v: u32, lo: u32, hi: u32| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -75,7 +77,11 @@ impl Default for ChunkerParams {
 
 impl fmt::Display for ChunkerParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FastCDC 2020 min/avg/max {}/{}/{} bytes", self.min, self.avg, self.max)
+        write!(
+            f,
+            "FastCDC 2020 min/avg/max {}/{}/{} bytes",
+            self.min, self.avg, self.max
+        )
     }
 }
 
@@ -125,7 +131,13 @@ mod tests {
     #[test]
     fn params_are_checked_not_panicked_on() {
         assert!(ChunkerParams::new(16384, 65536, 262144).is_ok());
-        for (min, avg, max) in [(0, 65536, 262144), (16384, 100, 262144), (16384, 65536, u32::MAX), (65536, 16384, 262144), (4096, 4096, 8192)] {
+        for (min, avg, max) in [
+            (0, 65536, 262144),
+            (16384, 100, 262144),
+            (16384, 65536, u32::MAX),
+            (65536, 16384, 262144),
+            (4096, 4096, 8192),
+        ] {
             let err = ChunkerParams::new(min, avg, max).unwrap_err();
             assert!(matches!(err, Error::InvalidParams(_)), "{err}");
         }

@@ -39,7 +39,9 @@ pub enum Error {
     #[error("invalid parameters: {0}")]
     InvalidParams(String),
     /// The store was created with other parameters than the ones given.
-    #[error("store was created with {existing}, not {requested}; chunker params are fixed per store")]
+    #[error(
+        "store was created with {existing}, not {requested}; chunker params are fixed per store"
+    )]
     ParamsMismatch {
         /// What the store records.
         existing: String,
@@ -113,9 +115,16 @@ pub enum Error {
 
 impl Error {
     /// Wraps an I/O error with the action and path it belongs to.
-    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { action, path, source }
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
     }
 }
 

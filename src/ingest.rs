@@ -1,14 +1,20 @@
 //! Import: bytes → chunks → ids → which are missing? → zstd → pack → index → manifest.
 //!
-//! Threads: one reader cuts blocks of chunks (FastCDC) and hashes the whole file as they pass;
-//! the caller's thread fans each block out over the rayon pool to hash its chunks, asks the
-//! store about all of a block's ids in one call, fans out again to compress only the missing
-//! chunks, then appends them in order. Between the reader and the rest sits a queue of
-//! [`QUEUE_BLOCKS`] blocks, so memory is bounded by a few blocks whatever the file size, and
-//! chunking of the next block overlaps hashing and compression of this one.
+//! Three stages, each on its own thread, joined by queues of [`QUEUE_BLOCKS`] blocks:
+//!
+//! 1. the reader reads blocks of a few MiB and cuts them into chunks (FastCDC);
+//! 2. the caller's thread fans each block out over the rayon pool to hash its chunks, asks the
+//!    store about all of the block's ids in one call, and fans out again to compress only the
+//!    missing chunks;
+//! 3. the writer appends the new chunks in order, commits them every [`COMMIT_BYTES`], and
+//!    hashes the whole file as the blocks pass.
+//!
+//! Memory is bounded by a few blocks whatever the file size, and all stages overlap, so both
+//! cores stay busy.
 
 use std::collections::HashSet;
 use std::io::Read;
+use std::ops::Range;
 use std::sync::mpsc;
 
 use rayon::prelude::*;
@@ -19,7 +25,7 @@ use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest, ManifestBuilder};
-use crate::store::{ChunkStore, ChunkWriter};
+use crate::store::ChunkStore;
 
 /// Blocks queued between the reader and the hashing/compressing stage.
 const QUEUE_BLOCKS: usize = 2;
@@ -61,7 +67,6 @@ pub fn ingest<R: Read + Send>(
         let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
         let reader_thread = s.spawn(move || {
             let mut chunker = Chunker::new(reader, config.chunker, DEFAULT_BLOCK_SIZE);
-            let mut hasher = blake3::Hasher::new();
             loop {
                 if let Ok(buf) = recycle_rx.try_recv() {
                     chunker.recycle(buf);
@@ -69,7 +74,6 @@ pub fn ingest<R: Read + Send>(
                 let msg = chunker.next_block();
                 let done = !matches!(msg, Ok(Some(_)));
                 if let Ok(Some(b)) = &msg {
-                    hasher.update(&b.data);
                     progress(b.data.len() as u64);
                 }
                 if let Some(msg) = msg.transpose()
@@ -81,39 +85,114 @@ pub fn ingest<R: Read + Send>(
                     break;
                 }
             }
-            Hash::from(hasher.finalize())
         });
 
-        let mut stage = StoreStage::new(store)?;
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(QUEUE_BLOCKS);
+        let (acks_tx, acks_rx) = mpsc::channel::<()>();
+        let mut chunk_writer = store.writer()?;
+        let writer_thread = s.spawn(move || -> Result<Hash> {
+            // The writer sees every block in order, so it also hashes the whole file: this
+            // keeps the reader thread, the one sequential stage, down to reading and cutting.
+            let mut hasher = blake3::Hasher::new();
+            for job in jobs_rx {
+                match job {
+                    Job::Append { data, items } => {
+                        hasher.update(&data);
+                        for it in &items {
+                            let raw = &data[it.span.clone()];
+                            let (codec, payload) = match &it.compressed {
+                                Some(z) => (Codec::Zstd, z.as_slice()),
+                                None => (Codec::Raw, raw),
+                            };
+                            chunk_writer.append(&it.id, codec, raw.len() as u32, payload)?;
+                        }
+                        let _ = recycle_tx.send(data);
+                    }
+                    Job::Commit => {
+                        chunk_writer.commit()?;
+                        let _ = acks_tx.send(());
+                    }
+                }
+            }
+            chunk_writer.commit()?;
+            Ok(Hash::from(hasher.finalize()))
+        });
+
+        let mut stage = StoreStage::new(store, jobs_tx, acks_rx);
+        let mut failed = None;
         for msg in blocks_rx {
-            let block = msg.map_err(|e| Error::Stream("cannot read input", e))?;
-            stage.block(&block)?;
-            let _ = recycle_tx.send(block.data);
+            let step = msg
+                .map_err(|e| Error::Stream("cannot read input", e))
+                .and_then(|block| stage.block(block));
+            if let Err(e) = step {
+                failed = Some(e);
+                break;
+            }
         }
-        let file_id = reader_thread.join().expect("reader thread panicked");
-        stage.finish(file_id)
+        let StoreStage {
+            builder,
+            report,
+            jobs,
+            ..
+        } = stage;
+        drop(jobs); // closes the writer's queue
+        let written = writer_thread.join().expect("writer thread panicked");
+        reader_thread.join().expect("reader thread panicked");
+        // A writer error explains a closed queue better than the send failure that followed it.
+        let file_id = written?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        finish(store, builder, report, file_id)
     })
 }
 
-/// The consumer side of the pipeline: everything after chunking.
+/// Work for the writer thread, in order.
+enum Job {
+    /// Append these chunks of `data` (then give the buffer back to the reader).
+    Append { data: Vec<u8>, items: Vec<Item> },
+    /// Make everything appended so far durable and visible, then acknowledge.
+    Commit,
+}
+
+/// A new chunk: where it is in its block, and its compressed form if that is smaller.
+struct Item {
+    id: Hash,
+    span: Range<usize>,
+    compressed: Option<Vec<u8>>,
+}
+
+/// The hash/compress stage, on the caller's thread with the rayon pool.
 struct StoreStage<'a> {
     store: &'a dyn ChunkStore,
-    writer: Box<dyn ChunkWriter + 'a>,
     level: i32,
+    jobs: mpsc::SyncSender<Job>,
+    acks: mpsc::Receiver<()>,
     builder: ManifestBuilder,
-    /// Ids appended since the last commit: not yet visible to `missing`, but stored all the same.
-    uncommitted: HashSet<Hash>,
+    /// Ids sent to the writer since its last commit was requested: stored, but not yet
+    /// visible to `missing`, so later copies in this file must not be sent again.
+    current: HashSet<Hash>,
+    /// Ids of the commit in flight, until the writer acknowledges it.
+    committing: Option<HashSet<Hash>>,
+    since_commit: u64,
     report: IngestReport,
 }
 
 impl<'a> StoreStage<'a> {
-    fn new(store: &'a dyn ChunkStore) -> Result<Self> {
-        Ok(StoreStage {
+    fn new(
+        store: &'a dyn ChunkStore,
+        jobs: mpsc::SyncSender<Job>,
+        acks: mpsc::Receiver<()>,
+    ) -> Self {
+        StoreStage {
             store,
-            writer: store.writer()?,
             level: store.config().level,
+            jobs,
+            acks,
             builder: ManifestBuilder::default(),
-            uncommitted: HashSet::new(),
+            current: HashSet::new(),
+            committing: None,
+            since_commit: 0,
             report: IngestReport {
                 id: Hash::of(b""),
                 size: 0,
@@ -122,53 +201,91 @@ impl<'a> StoreStage<'a> {
                 new_bytes: 0,
                 stored_bytes: 0,
             },
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        // A closed queue means the writer failed; the caller reports the writer's error.
+        self.jobs.send(job).map_err(|_| {
+            Error::Stream(
+                "chunk writer stopped",
+                std::io::ErrorKind::BrokenPipe.into(),
+            )
         })
     }
 
-    fn block(&mut self, block: &Block) -> Result<()> {
+    fn block(&mut self, block: Block) -> Result<()> {
+        if self.acks.try_recv().is_ok() {
+            self.committing = None;
+        }
         let spans: Vec<_> = block.spans().collect();
-        let ids: Vec<Hash> = spans.par_iter().map(|r| Hash::of(&block.data[r.clone()])).collect();
-        let missing = self.store.missing(&ids)?;
-        let new: Vec<usize> = (0..ids.len())
-            .filter(|&i| missing[i] && self.uncommitted.insert(ids[i]))
-            .collect();
-        let encoded: Vec<Option<Vec<u8>>> = new
+        let ids: Vec<Hash> = spans
             .par_iter()
-            .map(|&i| codec::compress(&block.data[spans[i].clone()], self.level))
+            .map(|r| Hash::of(&block.data[r.clone()]))
             .collect();
-        for (&i, enc) in new.iter().zip(&encoded) {
-            let raw = &block.data[spans[i].clone()];
-            let (codec, payload) = match enc {
-                Some(z) => (Codec::Zstd, z.as_slice()),
-                None => (Codec::Raw, raw),
-            };
-            self.writer.append(&ids[i], codec, raw.len() as u32, payload)?;
+        let missing = self.store.missing(&ids)?;
+        let in_flight = |id: &Hash| self.committing.as_ref().is_some_and(|c| c.contains(id));
+        let mut new = Vec::new();
+        for i in 0..ids.len() {
+            if missing[i] && !in_flight(&ids[i]) && self.current.insert(ids[i]) {
+                new.push(i);
+            }
+        }
+        let level = self.level;
+        let items: Vec<Item> = new
+            .par_iter()
+            .map(|&i| Item {
+                id: ids[i],
+                span: spans[i].clone(),
+                compressed: codec::compress(&block.data[spans[i].clone()], level),
+            })
+            .collect();
+        for it in &items {
+            let stored = it.compressed.as_ref().map_or(it.span.len(), Vec::len) as u64;
             self.report.new_chunks += 1;
-            self.report.new_bytes += raw.len() as u64;
-            self.report.stored_bytes += payload.len() as u64;
+            self.report.new_bytes += it.span.len() as u64;
+            self.report.stored_bytes += stored;
+            self.since_commit += stored;
         }
         for (id, span) in ids.iter().zip(&spans) {
-            if let Some(page) = self.builder.push(ChunkRef { id: *id, len: span.len() as u32 }) {
+            if let Some(page) = self.builder.push(ChunkRef {
+                id: *id,
+                len: span.len() as u32,
+            }) {
                 self.store.put_page(&page.pref.hash, &page.bytes)?;
             }
         }
         self.report.chunks += ids.len() as u64;
         self.report.size += block.data.len() as u64;
-        if self.writer.pending_bytes() >= COMMIT_BYTES {
-            self.writer.commit()?;
-            self.uncommitted.clear();
+        self.send(Job::Append {
+            data: block.data,
+            items,
+        })?;
+        if self.since_commit >= COMMIT_BYTES {
+            if self.committing.is_some() {
+                // Bound memory: wait for the previous commit before starting another.
+                let _ = self.acks.recv();
+            }
+            self.send(Job::Commit)?;
+            self.committing = Some(std::mem::take(&mut self.current));
+            self.since_commit = 0;
         }
         Ok(())
     }
+}
 
-    fn finish(mut self, file_id: Hash) -> Result<(Manifest, IngestReport)> {
-        self.writer.commit()?;
-        let (manifest, last) = self.builder.finish(file_id, self.store.config().chunker);
-        if let Some(page) = last {
-            self.store.put_page(&page.pref.hash, &page.bytes)?;
-        }
-        self.store.put_manifest(&manifest)?;
-        self.report.id = file_id;
-        Ok((manifest, self.report))
+/// Records the manifest once every chunk is committed.
+fn finish(
+    store: &dyn ChunkStore,
+    builder: ManifestBuilder,
+    mut report: IngestReport,
+    file_id: Hash,
+) -> Result<(Manifest, IngestReport)> {
+    let (manifest, last) = builder.finish(file_id, store.config().chunker);
+    if let Some(page) = last {
+        store.put_page(&page.pref.hash, &page.bytes)?;
     }
+    store.put_manifest(&manifest)?;
+    report.id = file_id;
+    Ok((manifest, report))
 }

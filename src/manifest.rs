@@ -152,7 +152,11 @@ impl ManifestBuilder {
     }
 
     /// Seals the last partial page (if any) and builds the header.
-    pub fn finish(mut self, file_id: Hash, chunker: ChunkerParams) -> (Manifest, Option<SealedPage>) {
+    pub fn finish(
+        mut self,
+        file_id: Hash,
+        chunker: ChunkerParams,
+    ) -> (Manifest, Option<SealedPage>) {
         let last = (!self.current.chunks.is_empty()).then(|| self.seal());
         let m = Manifest {
             file_id,
@@ -174,7 +178,10 @@ mod tests {
         let mut b = ManifestBuilder::default();
         let mut sealed = Vec::new();
         for i in 0..(PAGE_CHUNKS * 2 + 5) {
-            let r = ChunkRef { id: Hash::of(&i.to_le_bytes()), len: 100 };
+            let r = ChunkRef {
+                id: Hash::of(&i.to_le_bytes()),
+                len: 100,
+            };
             sealed.extend(b.push(r));
         }
         assert_eq!(sealed.len(), 2);
@@ -194,6 +201,9 @@ mod tests {
     fn inconsistent_header_is_refused() {
         let (mut m, _) = ManifestBuilder::default().finish(Hash::of(b""), ChunkerParams::DEFAULT);
         m.file_len = 9;
-        assert!(matches!(Manifest::decode(&m.encode()), Err(Error::BadManifest(_))));
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(Error::BadManifest(_))
+        ));
     }
 }

@@ -22,7 +22,12 @@ pub const MAX_NAME: usize = 1024;
 /// # Errors
 /// [`Error::InvalidName`] saying why.
 pub fn validate(name: &str) -> Result<()> {
-    let bad = |reason| Err(Error::InvalidName { name: name.to_owned(), reason });
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -32,7 +37,10 @@ pub fn validate(name: &str) -> Result<()> {
     if name.chars().any(char::is_control) {
         return bad("it contains control characters");
     }
-    if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if name
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return bad("it must be a relative path without empty, `.` or `..` components");
     }
     if split_version(name).is_some() {
@@ -63,7 +71,9 @@ pub struct Resolved {
 /// [`Error::NotFound`], [`Error::Ambiguous`], or store errors.
 pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
     let by_id = |id: Hash, label: String| -> Result<Resolved> {
-        let manifest = store.get_manifest(&id)?.ok_or_else(|| Error::NotFound(spec.to_owned()))?;
+        let manifest = store
+            .get_manifest(&id)?
+            .ok_or_else(|| Error::NotFound(spec.to_owned()))?;
         Ok(Resolved { manifest, label })
     };
     if let Some(rec) = store.get_name(spec)?
@@ -74,9 +84,15 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
     if let Some((name, n)) = split_version(spec)
         && let Some(rec) = store.get_name(name)?
     {
-        let v = n.checked_sub(1).and_then(|i| rec.versions.get(i)).ok_or_else(|| {
-            Error::NotFound(format!("{spec} ({name} has {} versions)", rec.versions.len()))
-        })?;
+        let v = n
+            .checked_sub(1)
+            .and_then(|i| rec.versions.get(i))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{spec} ({name} has {} versions)",
+                    rec.versions.len()
+                ))
+            })?;
         return by_id(v.file_id, spec.to_owned());
     }
     let hex = spec.to_ascii_lowercase();
@@ -94,7 +110,10 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
         return match matches.as_slice() {
             [id] => by_id(*id, id.to_hex()),
             [] => Err(Error::NotFound(spec.to_owned())),
-            many => Err(Error::Ambiguous { prefix: spec.to_owned(), count: many.len() }),
+            many => Err(Error::Ambiguous {
+                prefix: spec.to_owned(),
+                count: many.len(),
+            }),
         };
     }
     Err(Error::NotFound(spec.to_owned()))
@@ -107,12 +126,24 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
 pub fn record(store: &dyn ChunkStore, name: &str, manifest: &Manifest) -> Result<NameRecord> {
     validate(name)?;
     if let Some(rec) = store.get_name(name)?
-        && rec.versions.last().is_some_and(|v| v.file_id == manifest.file_id)
+        && rec
+            .versions
+            .last()
+            .is_some_and(|v| v.file_id == manifest.file_id)
     {
         return Ok(rec);
     }
-    let added = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    store.push_name(name, NameVersion { file_id: manifest.file_id, size: manifest.file_len, added })
+    let added = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    store.push_name(
+        name,
+        NameVersion {
+            file_id: manifest.file_id,
+            size: manifest.file_len,
+            added,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -124,7 +155,17 @@ mod tests {
         for ok in ["a", "vm/base.qcow2", "user@host.img", "a@b1", "日本.bin"] {
             validate(ok).unwrap();
         }
-        for bad in ["", "/abs", "a/../b", "..", "a//b", "a/", "x@2", "tab\there", "nul\0"] {
+        for bad in [
+            "",
+            "/abs",
+            "a/../b",
+            "..",
+            "a//b",
+            "a/",
+            "x@2",
+            "tab\there",
+            "nul\0",
+        ] {
             assert!(validate(bad).is_err(), "{bad:?} accepted");
         }
     }

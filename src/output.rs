@@ -53,7 +53,11 @@ pub fn bar(total: Option<u64>, verb: &str) -> ProgressBar {
     } else {
         "{msg} {spinner} {bytes} {binary_bytes_per_sec}"
     };
-    pb.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     pb.set_message(verb.to_owned());
     pb
 }

@@ -25,14 +25,24 @@ pub fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
 /// [`Error::Version`] for another version byte, [`Error::Decode`] for damaged bytes.
 pub fn decode<T: DeserializeOwned>(what: &'static str, version: u8, bytes: &[u8]) -> Result<T> {
     let Some((&found, body)) = bytes.split_first() else {
-        return Err(Error::Version { what, found: 0, expected: version.into() });
+        return Err(Error::Version {
+            what,
+            found: 0,
+            expected: version.into(),
+        });
     };
     if found != version {
-        return Err(Error::Version { what, found: found.into(), expected: version.into() });
+        return Err(Error::Version {
+            what,
+            found: found.into(),
+            expected: version.into(),
+        });
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, config()).map_err(|source| {
-        Error::Decode { what: what.to_owned(), source }
-    })?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|source| Error::Decode {
+            what: what.to_owned(),
+            source,
+        })?;
     if used != body.len() {
         return Err(Error::Decode {
             what: what.to_owned(),

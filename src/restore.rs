@@ -22,24 +22,40 @@ const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// Batches queued for the writer.
 const QUEUE_BATCHES: usize = 2;
 
-/// Reads chunk `r.id`, decodes it and checks its length and hash.
+/// Reads chunk `r.id`, decodes it into `out` (exactly `r.len` bytes) and checks its hash.
 ///
 /// # Errors
 /// [`Error::ChunkNotFound`], [`Error::Corrupt`], or the store's errors.
-pub fn read_verified(store: &dyn ChunkStore, r: &ChunkRef) -> Result<Vec<u8>> {
+pub fn read_verified_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) -> Result<()> {
     let stored = store.read_chunk(&r.id)?;
-    if stored.raw_len != r.len {
+    if stored.raw_len != r.len || out.len() != r.len as usize {
         return Err(Error::Corrupt {
             id: r.id,
-            detail: format!("stored length {} differs from the manifest's {}", stored.raw_len, r.len),
+            detail: format!(
+                "stored length {} differs from the manifest's {}",
+                stored.raw_len, r.len
+            ),
         });
     }
-    let data = codec::decode(&r.id, stored.codec, &stored.payload, r.len as usize)?;
-    let actual = Hash::of(&data);
+    codec::decode_into(&r.id, stored.codec, &stored.payload, out)?;
+    let actual = Hash::of(out);
     if actual != r.id {
-        return Err(Error::Corrupt { id: r.id, detail: format!("content hashes to {actual}") });
+        return Err(Error::Corrupt {
+            id: r.id,
+            detail: format!("content hashes to {actual}"),
+        });
     }
-    Ok(data)
+    Ok(())
+}
+
+/// Reads chunk `r.id` into a new buffer, decoded and verified.
+///
+/// # Errors
+/// As [`read_verified_into`].
+pub fn read_verified(store: &dyn ChunkStore, r: &ChunkRef) -> Result<Vec<u8>> {
+    let mut out = vec![0; r.len as usize];
+    read_verified_into(store, r, &mut out)?;
+    Ok(out)
 }
 
 /// Calls `f` with each page of `manifest`, in order, after checking it against the header.
@@ -77,23 +93,21 @@ pub fn restore<W: Write + Send>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(QUEUE_BATCHES);
-        let writer = s.spawn(move || -> Result<Hash> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_BATCHES);
+        let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+        let writer = s.spawn(move || -> Result<()> {
             let mut out = out;
-            let mut hasher = blake3::Hasher::new();
             for batch in rx {
-                let mut n = 0;
-                for chunk in &batch {
-                    hasher.update(chunk);
-                    out.write_all(chunk).map_err(|e| Error::Stream("cannot write output", e))?;
-                    n += chunk.len() as u64;
-                }
-                progress(n);
+                out.write_all(&batch)
+                    .map_err(|e| Error::Stream("cannot write output", e))?;
+                progress(batch.len() as u64);
+                let _ = recycle_tx.send(batch);
             }
-            out.flush().map_err(|e| Error::Stream("cannot write output", e))?;
-            Ok(Hash::from(hasher.finalize()))
+            out.flush()
+                .map_err(|e| Error::Stream("cannot write output", e))
         });
 
+        let mut hasher = blake3::Hasher::new();
         let fed = for_each_page(store, manifest, |page| {
             let mut start = 0;
             while start < page.chunks.len() {
@@ -103,10 +117,22 @@ pub fn restore<W: Write + Send>(
                     bytes += u64::from(page.chunks[end].len);
                     end += 1;
                 }
-                let batch: Vec<Vec<u8>> = page.chunks[start..end]
-                    .par_iter()
-                    .map(|r| read_verified(store, r))
-                    .collect::<Result<_>>()?;
+                let refs = &page.chunks[start..end];
+                // Decode straight into one contiguous buffer: one write, no per-chunk copies.
+                let mut batch = recycle_rx.try_recv().unwrap_or_default();
+                batch.resize(bytes as usize, 0);
+                let mut slices = Vec::with_capacity(refs.len());
+                let mut rest = batch.as_mut_slice();
+                for r in refs {
+                    let (head, tail) = rest.split_at_mut(r.len as usize);
+                    slices.push(head);
+                    rest = tail;
+                }
+                slices
+                    .into_par_iter()
+                    .zip(refs)
+                    .try_for_each(|(out, r)| read_verified_into(store, r, out))?;
+                hasher.update_rayon(&batch);
                 if tx.send(batch).is_err() {
                     return Ok(()); // the writer failed; its error is reported below
                 }
@@ -117,9 +143,13 @@ pub fn restore<W: Write + Send>(
         drop(tx);
         let written = writer.join().expect("writer thread panicked");
         fed?;
-        let actual = written?;
+        written?;
+        let actual = Hash::from(hasher.finalize());
         if actual != manifest.file_id {
-            return Err(Error::FileMismatch { expected: manifest.file_id, actual });
+            return Err(Error::FileMismatch {
+                expected: manifest.file_id,
+                actual,
+            });
         }
         Ok(())
     })

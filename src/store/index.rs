@@ -74,7 +74,11 @@ impl Index {
         if let Some(v) = self.meta.get("format")? {
             let found = v.first().copied().unwrap_or(0);
             if found != STORE_FORMAT {
-                return Err(Error::Version { what: "store", found: found.into(), expected: STORE_FORMAT.into() });
+                return Err(Error::Version {
+                    what: "store",
+                    found: found.into(),
+                    expected: STORE_FORMAT.into(),
+                });
             }
         }
         self.meta
@@ -118,7 +122,10 @@ impl Index {
     /// # Errors
     /// Index errors or a damaged record.
     pub fn loc(&self, id: &Hash) -> Result<Option<ChunkLoc>> {
-        self.chunks.get(id.as_bytes())?.map(|v| Self::decode_loc(&v)).transpose()
+        self.chunks
+            .get(id.as_bytes())?
+            .map(|v| Self::decode_loc(&v))
+            .transpose()
     }
 
     /// Decodes a `names` value.

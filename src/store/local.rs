@@ -45,7 +45,8 @@ impl LocalStore {
     /// [`Error::ParamsMismatch`] if `requested` differs from what the store was created with.
     pub fn open(root: &Path, requested: Option<StoreConfig>) -> Result<(Self, bool)> {
         let packs = root.join("packs");
-        std::fs::create_dir_all(&packs).map_err(Error::io("cannot create store directory", &packs))?;
+        std::fs::create_dir_all(&packs)
+            .map_err(Error::io("cannot create store directory", &packs))?;
         let index = Index::open(&root.join("index"), root)?;
         let (config, created) = match (index.config()?, requested) {
             (Some(existing), Some(req)) if existing != req => {
@@ -84,14 +85,21 @@ impl LocalStore {
     /// # Errors
     /// Index errors.
     pub fn locate(&self, id: &Hash) -> Result<Option<(PathBuf, ChunkLoc)>> {
-        Ok(self.index.loc(id)?.map(|loc| (pack_path(&self.packs_dir(), loc.pack), loc)))
+        Ok(self
+            .index
+            .loc(id)?
+            .map(|loc| (pack_path(&self.packs_dir(), loc.pack), loc)))
     }
 
     fn new_pack(&self) -> Result<PackWriter> {
         loop {
             let id = self.index.db.generate_id()?;
             match PackWriter::create(&self.packs_dir(), id) {
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    continue;
+                }
                 other => return other,
             }
         }
@@ -108,7 +116,11 @@ struct LocalWriter<'a> {
 
 impl ChunkWriter for LocalWriter<'_> {
     fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
-        if self.pack.as_ref().is_some_and(|p| p.len() >= PACK_TARGET_LEN) {
+        if self
+            .pack
+            .as_ref()
+            .is_some_and(|p| p.len() >= PACK_TARGET_LEN)
+        {
             // The full pack is synced now so the pending entries in it are durable at commit.
             self.pack.take().expect("checked").sync()?;
         }
@@ -162,20 +174,36 @@ impl ChunkStore for LocalStore {
     fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
         let has = |id: &Hash| self.index.chunks.contains_key(id.as_bytes()).map(|h| !h);
         if ids.len() < 4096 {
-            ids.iter().map(has).collect::<sled::Result<_>>().map_err(Into::into)
+            ids.iter()
+                .map(has)
+                .collect::<sled::Result<_>>()
+                .map_err(Into::into)
         } else {
-            ids.par_iter().map(has).collect::<sled::Result<_>>().map_err(Into::into)
+            ids.par_iter()
+                .map(has)
+                .collect::<sled::Result<_>>()
+                .map_err(Into::into)
         }
     }
 
     fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
-        Ok(Box::new(LocalWriter { store: self, pack: None, pending: Vec::new(), pending_bytes: 0 }))
+        Ok(Box::new(LocalWriter {
+            store: self,
+            pack: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }))
     }
 
     fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
         let loc = self.index.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
         let (codec, payload) = self.packs.read(id, &loc)?;
-        Ok(StoredChunk { id: *id, codec, raw_len: loc.raw_len, payload })
+        Ok(StoredChunk {
+            id: *id,
+            codec,
+            raw_len: loc.raw_len,
+            payload,
+        })
     }
 
     fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
@@ -184,18 +212,28 @@ impl ChunkStore for LocalStore {
     }
 
     fn get_page(&self, hash: &Hash) -> Result<Vec<u8>> {
-        let v = self.index.pages.get(hash.as_bytes())?.ok_or(Error::PageNotFound(*hash))?;
+        let v = self
+            .index
+            .pages
+            .get(hash.as_bytes())?
+            .ok_or(Error::PageNotFound(*hash))?;
         Ok(v.to_vec())
     }
 
     fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
-        self.index.files.insert(manifest.file_id.as_bytes(), manifest.encode())?;
+        self.index
+            .files
+            .insert(manifest.file_id.as_bytes(), manifest.encode())?;
         self.index.db.flush()?;
         Ok(())
     }
 
     fn get_manifest(&self, file_id: &Hash) -> Result<Option<Manifest>> {
-        self.index.files.get(file_id.as_bytes())?.map(|v| Manifest::decode(&v)).transpose()
+        self.index
+            .files
+            .get(file_id.as_bytes())?
+            .map(|v| Manifest::decode(&v))
+            .transpose()
     }
 
     fn file_ids_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Hash>> {
@@ -211,7 +249,12 @@ impl ChunkStore for LocalStore {
     }
 
     fn manifests(&self) -> Result<Vec<Manifest>> {
-        self.index.files.iter().values().map(|v| Manifest::decode(&v?)).collect()
+        self.index
+            .files
+            .iter()
+            .values()
+            .map(|v| Manifest::decode(&v?))
+            .collect()
     }
 
     fn push_name(&self, name: &str, version: NameVersion) -> Result<NameRecord> {
@@ -222,7 +265,10 @@ impl ChunkStore for LocalStore {
                 None => NameRecord::default(),
             };
             rec.versions.push(version.clone());
-            let swapped = self.index.names.compare_and_swap(name, old, Some(Index::encode_name(&rec)))?;
+            let swapped =
+                self.index
+                    .names
+                    .compare_and_swap(name, old, Some(Index::encode_name(&rec)))?;
             if swapped.is_ok() {
                 self.index.db.flush()?;
                 return Ok(rec);
@@ -231,7 +277,11 @@ impl ChunkStore for LocalStore {
     }
 
     fn get_name(&self, name: &str) -> Result<Option<NameRecord>> {
-        self.index.names.get(name)?.map(|v| Index::decode_name(&v)).transpose()
+        self.index
+            .names
+            .get(name)?
+            .map(|v| Index::decode_name(&v))
+            .transpose()
     }
 
     fn names(&self) -> Result<Vec<(String, NameRecord)>> {
@@ -240,7 +290,10 @@ impl ChunkStore for LocalStore {
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), Index::decode_name(&v)?))
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    Index::decode_name(&v)?,
+                ))
             })
             .collect()
     }

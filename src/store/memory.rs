@@ -29,7 +29,10 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store with `config`.
     pub fn new(config: StoreConfig) -> Self {
-        MemoryStore { config, inner: Mutex::default() }
+        MemoryStore {
+            config,
+            inner: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -53,7 +56,12 @@ struct MemoryWriter<'a> {
 impl ChunkWriter for MemoryWriter<'_> {
     fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
         self.pending_bytes += payload.len() as u64;
-        self.pending.push(StoredChunk { id: *id, codec, raw_len, payload: payload.to_vec() });
+        self.pending.push(StoredChunk {
+            id: *id,
+            codec,
+            raw_len,
+            payload: payload.to_vec(),
+        });
         Ok(())
     }
 
@@ -78,15 +86,26 @@ impl ChunkStore for MemoryStore {
 
     fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
         let inner = self.lock();
-        Ok(ids.iter().map(|id| !inner.chunks.contains_key(id)).collect())
+        Ok(ids
+            .iter()
+            .map(|id| !inner.chunks.contains_key(id))
+            .collect())
     }
 
     fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
-        Ok(Box::new(MemoryWriter { store: self, pending: Vec::new(), pending_bytes: 0 }))
+        Ok(Box::new(MemoryWriter {
+            store: self,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }))
     }
 
     fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
-        self.lock().chunks.get(id).cloned().ok_or(Error::ChunkNotFound(*id))
+        self.lock()
+            .chunks
+            .get(id)
+            .cloned()
+            .ok_or(Error::ChunkNotFound(*id))
     }
 
     fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
@@ -95,7 +114,11 @@ impl ChunkStore for MemoryStore {
     }
 
     fn get_page(&self, hash: &Hash) -> Result<Vec<u8>> {
-        self.lock().pages.get(hash).cloned().ok_or(Error::PageNotFound(*hash))
+        self.lock()
+            .pages
+            .get(hash)
+            .cloned()
+            .ok_or(Error::PageNotFound(*hash))
     }
 
     fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
@@ -108,7 +131,13 @@ impl ChunkStore for MemoryStore {
     }
 
     fn file_ids_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Hash>> {
-        Ok(self.lock().files.keys().filter(|k| k.as_bytes().starts_with(prefix)).copied().collect())
+        Ok(self
+            .lock()
+            .files
+            .keys()
+            .filter(|k| k.as_bytes().starts_with(prefix))
+            .copied()
+            .collect())
     }
 
     fn manifests(&self) -> Result<Vec<Manifest>> {
@@ -127,17 +156,25 @@ impl ChunkStore for MemoryStore {
     }
 
     fn names(&self) -> Result<Vec<(String, NameRecord)>> {
-        Ok(self.lock().names.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .lock()
+            .names
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn chunk_totals(&self) -> Result<ChunkTotals> {
         let inner = self.lock();
-        Ok(inner.chunks.values().fold(ChunkTotals::default(), |mut t, c| {
-            t.chunks += 1;
-            t.raw_bytes += u64::from(c.raw_len);
-            t.encoded_bytes += c.payload.len() as u64;
-            t
-        }))
+        Ok(inner
+            .chunks
+            .values()
+            .fold(ChunkTotals::default(), |mut t, c| {
+                t.chunks += 1;
+                t.raw_bytes += u64::from(c.raw_len);
+                t.encoded_bytes += c.payload.len() as u64;
+                t
+            }))
     }
 
     fn chunk_data_bytes(&self) -> Result<u64> {

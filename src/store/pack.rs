@@ -52,7 +52,12 @@ pub struct ChunkLoc {
 }
 
 /// Encodes an entry header.
-pub fn entry_header(id: &Hash, codec: Codec, raw_len: u32, stored_len: u32) -> [u8; ENTRY_HEADER_LEN] {
+pub fn entry_header(
+    id: &Hash,
+    codec: Codec,
+    raw_len: u32,
+    stored_len: u32,
+) -> [u8; ENTRY_HEADER_LEN] {
     let mut h = [0u8; ENTRY_HEADER_LEN];
     h[0..4].copy_from_slice(&ENTRY_MAGIC);
     h[4] = codec as u8;
@@ -99,19 +104,31 @@ impl PackWriter {
             .open(&path)
             .map_err(Error::io("cannot create pack", &path))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&PACK_MAGIC).map_err(Error::io("cannot write pack", &path))?;
+        out.write_all(&PACK_MAGIC)
+            .map_err(Error::io("cannot write pack", &path))?;
         // The new directory entry must survive a crash before any index entry names the pack.
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(Error::io("cannot sync directory", dir))?;
-        Ok(PackWriter { id, path, out, len: PACK_MAGIC.len() as u64 })
+        Ok(PackWriter {
+            id,
+            path,
+            out,
+            len: PACK_MAGIC.len() as u64,
+        })
     }
 
     /// Appends one entry; returns its location.
     ///
     /// # Errors
     /// I/O errors (a full disk among them).
-    pub fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<ChunkLoc> {
+    pub fn append(
+        &mut self,
+        id: &Hash,
+        codec: Codec,
+        raw_len: u32,
+        payload: &[u8],
+    ) -> Result<ChunkLoc> {
         let stored_len = payload.len() as u32;
         let offset = self.len;
         let header = entry_header(id, codec, raw_len, stored_len);
@@ -120,7 +137,13 @@ impl PackWriter {
             .and_then(|()| self.out.write_all(payload))
             .map_err(Error::io("cannot write pack", &self.path))?;
         self.len += (ENTRY_HEADER_LEN + payload.len()) as u64;
-        Ok(ChunkLoc { pack: self.id, offset, stored_len, raw_len, codec: codec as u8 })
+        Ok(ChunkLoc {
+            pack: self.id,
+            offset,
+            stored_len,
+            raw_len,
+            codec: codec as u8,
+        })
     }
 
     /// Flushes and fsyncs: after this, every appended entry survives a crash.
@@ -154,7 +177,10 @@ pub struct PackReader {
 impl PackReader {
     /// Reads packs in `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        PackReader { dir, open: Mutex::new(HashMap::new()) }
+        PackReader {
+            dir,
+            open: Mutex::new(HashMap::new()),
+        }
     }
 
     fn file(&self, pack: u64) -> Result<Arc<File>> {
@@ -185,19 +211,30 @@ impl PackReader {
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
                 return Err(corrupt(format!("pack {:016x} is truncated", loc.pack)));
             }
-            Err(e) => return Err(Error::io("cannot read pack", pack_path(&self.dir, loc.pack))(e)),
+            Err(e) => {
+                return Err(Error::io(
+                    "cannot read pack",
+                    pack_path(&self.dir, loc.pack),
+                )(e));
+            }
         }
         let header: &[u8; ENTRY_HEADER_LEN] = buf[..ENTRY_HEADER_LEN].try_into().expect("sized");
         let codec = match parse_entry_header(header) {
             Some((hid, tag, raw, stored))
-                if hid == *id && tag == loc.codec && raw == loc.raw_len && stored == loc.stored_len =>
+                if hid == *id
+                    && tag == loc.codec
+                    && raw == loc.raw_len
+                    && stored == loc.stored_len =>
             {
                 Codec::from_tag(tag)
             }
             _ => None,
         }
         .ok_or_else(|| {
-            corrupt(format!("entry header at pack {:016x} offset {} does not match the index", loc.pack, loc.offset))
+            corrupt(format!(
+                "entry header at pack {:016x} offset {} does not match the index",
+                loc.pack, loc.offset
+            ))
         })?;
         buf.drain(..ENTRY_HEADER_LEN);
         Ok((codec, buf))
@@ -209,11 +246,15 @@ impl PackReader {
     /// I/O errors listing the directory.
     pub fn total_bytes(&self) -> Result<u64> {
         let mut total = 0;
-        let entries = std::fs::read_dir(&self.dir).map_err(Error::io("cannot list packs in", &self.dir))?;
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(Error::io("cannot list packs in", &self.dir))?;
         for e in entries {
             let e = e.map_err(Error::io("cannot list packs in", &self.dir))?;
             if e.path().extension().is_some_and(|x| x == "pack") {
-                total += e.metadata().map_err(Error::io("cannot stat", e.path()))?.len();
+                total += e
+                    .metadata()
+                    .map_err(Error::io("cannot stat", e.path()))?
+                    .len();
             }
         }
         Ok(total)

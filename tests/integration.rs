@@ -1,0 +1,11 @@
+//! One integration test binary (as in ripgrep and rustic): every module below is a topic.
+
+mod integration {
+    pub mod cli;
+    pub mod data;
+    pub mod dedup;
+    pub mod golden;
+    pub mod roundtrip;
+    pub mod store_contract;
+    pub mod support;
+}
