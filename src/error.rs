@@ -29,6 +29,9 @@ pub enum Error {
     /// The sled index failed.
     #[error("index operation failed")]
     Index(#[from] sled::Error),
+    /// The chunk index (redb) failed.
+    #[error("chunk index operation failed")]
+    ChunkIndex(#[from] redb::Error),
     /// Another process has the store open.
     #[error(
         "store {} is in use by another hoard process; wait for it to finish or stop `hoard serve`",

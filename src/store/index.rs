@@ -1,18 +1,26 @@
-//! The sled index: which chunks exist and where, manifests, names, and the store's meta.
+//! The index: which chunks exist and where (redb), manifests, names and meta (sled).
 //!
-//! Trees (keys are raw bytes, values are versioned bincode records, see `record.rs`):
+//! Keys are raw bytes; values are versioned bincode records (see `record.rs`):
 //!
-//! | tree     | key             | value                                  |
-//! |----------|-----------------|----------------------------------------|
-//! | `chunks` | chunk id (32 B) | [`ChunkLoc`] (pack, offset, lengths)   |
-//! | `files`  | file id (32 B)  | [`Manifest`] header                    |
-//! | `pages`  | page hash (32B) | encoded manifest page                  |
-//! | `names`  | name (UTF-8)    | [`NameRecord`] (versions, oldest first)|
-//! | `meta`   | `"config"`, `"format"`, `"created"` | store-wide settings  |
+//! | where                    | key             | value                                   |
+//! |--------------------------|-----------------|-----------------------------------------|
+//! | `chunks.redb`, `chunks`  | chunk id (32 B) | [`ChunkLoc`] (pack, offset, lengths)    |
+//! | sled tree `files`        | file id (32 B)  | [`Manifest`](crate::manifest::Manifest) header |
+//! | sled tree `pages`        | page hash (32B) | encoded manifest page                   |
+//! | sled tree `names`        | name (UTF-8)    | [`NameRecord`] (versions, oldest first) |
+//! | sled tree `meta`         | `"config"`, `"format"`, `"created"` | store-wide settings |
 //!
-//! sled's page cache is capped (its default of 1 GiB alone would break the memory budget).
+//! Why the chunk table is not a sled tree: measured here, a sled 0.34.7 tree of 500 000 random
+//! 32-byte keys grew the process to 1.9 GiB of RSS (with an 8 MiB cache) and answered lookups in
+//! about 8 us; RSS grew with every chunk an import added (31 MiB after 1 GiB, 61 MiB after
+//! 4 GiB). redb, with its cache capped, kept the same table in about 25 MiB. The chunk table is
+//! the one that grows with the data; the sled trees grow with the number of files.
+//! Both caches are capped (sled's default of 1 GiB alone would break the memory budget).
 
 use std::path::Path;
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
@@ -27,12 +35,16 @@ pub const STORE_FORMAT: u8 = 1;
 const RECORD_VERSION: u8 = 1;
 /// sled page cache = 8 MiB.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// redb page cache for the chunk table = 16 MiB.
+const CHUNK_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// The chunk table: id -> [`ChunkLoc`] record.
+const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
 
 /// Handles to the sled database and its trees (all cheap `Clone`s).
 #[derive(Clone)]
 pub struct Index {
     pub(crate) db: sled::Db,
-    pub(crate) chunks: sled::Tree,
+    chunks: Arc<redb::Database>,
     pub(crate) files: sled::Tree,
     pub(crate) pages: sled::Tree,
     pub(crate) names: sled::Tree,
@@ -44,7 +56,7 @@ impl Index {
     ///
     /// # Errors
     /// [`Error::Locked`] if another process holds it; sled errors otherwise.
-    pub fn open(path: &Path, store_root: &Path) -> Result<Self> {
+    pub fn open(path: &Path, chunks_path: &Path, store_root: &Path) -> Result<Self> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
@@ -56,8 +68,18 @@ impl Index {
                 sled::Error::Io(io) => Error::io("cannot open index", path)(io),
                 other => Error::Index(other),
             })?;
+        let chunks = redb::Database::builder()
+            .set_cache_size(CHUNK_CACHE_BYTES)
+            .create(chunks_path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(store_root.to_owned()),
+                other => Error::ChunkIndex(other.into()),
+            })?;
+        let tx = chunks.begin_write().map_err(redb::Error::from)?;
+        tx.open_table(CHUNKS).map_err(redb::Error::from)?;
+        tx.commit().map_err(redb::Error::from)?;
         Ok(Index {
-            chunks: db.open_tree("chunks")?,
+            chunks: Arc::new(chunks),
             files: db.open_tree("files")?,
             pages: db.open_tree("pages")?,
             names: db.open_tree("names")?,
@@ -122,10 +144,63 @@ impl Index {
     /// # Errors
     /// Index errors or a damaged record.
     pub fn loc(&self, id: &Hash) -> Result<Option<ChunkLoc>> {
-        self.chunks
-            .get(id.as_bytes())?
-            .map(|v| Self::decode_loc(&v))
-            .transpose()
+        let tx = self.chunks.begin_read().map_err(redb::Error::from)?;
+        let table = tx.open_table(CHUNKS).map_err(redb::Error::from)?;
+        let v = table.get(id.as_bytes()).map_err(redb::Error::from)?;
+        v.map(|v| Self::decode_loc(v.value())).transpose()
+    }
+
+    /// For each id, true if and only if it is not indexed. Looks ids up in key order (one read
+    /// transaction), so a large batch walks the B-tree once instead of jumping around it.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        let tx = self.chunks.begin_read().map_err(redb::Error::from)?;
+        let table = tx.open_table(CHUNKS).map_err(redb::Error::from)?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_unstable_by_key(|&i| ids[i]);
+        let mut out = vec![false; ids.len()];
+        for i in order {
+            out[i] = table
+                .get(ids[i].as_bytes())
+                .map_err(redb::Error::from)?
+                .is_none();
+        }
+        Ok(out)
+    }
+
+    /// Indexes chunks whose pack bytes are already durable; durable on return.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
+        let tx = self.chunks.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut table = tx.open_table(CHUNKS).map_err(redb::Error::from)?;
+            for (id, loc) in locs {
+                let v = Self::encode_loc(loc);
+                table
+                    .insert(id.as_bytes(), v.as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Calls `f` with every indexed chunk location.
+    ///
+    /// # Errors
+    /// Index errors, damaged records, or `f`'s error.
+    pub fn for_each_loc(&self, mut f: impl FnMut(&Hash, ChunkLoc) -> Result<()>) -> Result<()> {
+        let tx = self.chunks.begin_read().map_err(redb::Error::from)?;
+        let table = tx.open_table(CHUNKS).map_err(redb::Error::from)?;
+        for kv in table.iter().map_err(redb::Error::from)? {
+            let (k, v) = kv.map_err(redb::Error::from)?;
+            f(&Hash::from_bytes(*k.value()), Self::decode_loc(v.value())?)?;
+        }
+        Ok(())
     }
 
     /// Decodes a `names` value.

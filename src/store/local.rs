@@ -1,7 +1,8 @@
 //! The on-disk store: one directory holding the sled index and the pack files.
 //!
 //! ```text
-//! STORE/index/   sled database (see index.rs for its trees)
+//! STORE/index/   sled database: manifests, names, meta (see index.rs)
+//! STORE/chunks.redb  the chunk table: id -> pack location (see index.rs)
 //! STORE/packs/   {n:016x}.pack, append-only chunk bodies (see pack.rs)
 //! ```
 //!
@@ -11,8 +12,6 @@
 //! leaves at worst pack bytes no index entry points at, which gc reclaims.
 
 use std::path::{Path, PathBuf};
-
-use rayon::prelude::*;
 
 use crate::codec::Codec;
 use crate::config::StoreConfig;
@@ -47,7 +46,7 @@ impl LocalStore {
         let packs = root.join("packs");
         std::fs::create_dir_all(&packs)
             .map_err(Error::io("cannot create store directory", &packs))?;
-        let index = Index::open(&root.join("index"), root)?;
+        let index = Index::open(&root.join("index"), &root.join("chunks.redb"), root)?;
         let (config, created) = match (index.config()?, requested) {
             (Some(existing), Some(req)) if existing != req => {
                 return Err(Error::ParamsMismatch {
@@ -141,11 +140,8 @@ impl ChunkWriter for LocalWriter<'_> {
         if let Some(pack) = &mut self.pack {
             pack.sync()?;
         }
-        let mut batch = sled::Batch::default();
-        for (id, loc) in self.pending.drain(..) {
-            batch.insert(id.as_bytes(), Index::encode_loc(&loc));
-        }
-        self.store.index.chunks.apply_batch(batch)?;
+        self.store.index.insert_locs(&self.pending)?;
+        self.pending.clear();
         self.pending_bytes = 0;
         Ok(())
     }
@@ -172,18 +168,7 @@ impl ChunkStore for LocalStore {
     }
 
     fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
-        let has = |id: &Hash| self.index.chunks.contains_key(id.as_bytes()).map(|h| !h);
-        if ids.len() < 4096 {
-            ids.iter()
-                .map(has)
-                .collect::<sled::Result<_>>()
-                .map_err(Into::into)
-        } else {
-            ids.par_iter()
-                .map(has)
-                .collect::<sled::Result<_>>()
-                .map_err(Into::into)
-        }
+        self.index.missing(ids)
     }
 
     fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
@@ -300,12 +285,12 @@ impl ChunkStore for LocalStore {
 
     fn chunk_totals(&self) -> Result<ChunkTotals> {
         let mut t = ChunkTotals::default();
-        for v in self.index.chunks.iter().values() {
-            let loc = Index::decode_loc(&v?)?;
+        self.index.for_each_loc(|_, loc| {
             t.chunks += 1;
             t.raw_bytes += u64::from(loc.raw_len);
             t.encoded_bytes += u64::from(loc.stored_len);
-        }
+            Ok(())
+        })?;
         Ok(t)
     }
 
