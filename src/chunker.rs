@@ -65,14 +65,7 @@ impl Cutter {
 
     /// Chunk lengths of a whole in-memory buffer (tests, benches, small inputs).
     pub fn lengths(&self, data: &[u8]) -> Vec<usize> {
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while pos < data.len() {
-            let n = self.next_len(&data[pos..]);
-            out.push(n);
-            pos += n;
-        }
-        out
+        lengths(&self.ends(data, data.len())).collect()
     }
 }
 
@@ -124,8 +117,7 @@ impl<R: Read> Chunker<R> {
     }
 
     /// Gives a consumed block's buffer back for reuse, saving an allocation per block.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        buf.clear();
+    pub fn recycle(&mut self, buf: Vec<u8>) {
         self.spare = Some(buf);
     }
 
@@ -135,12 +127,11 @@ impl<R: Read> Chunker<R> {
     /// The reader's error; the stream position is then undefined.
     pub fn next_block(&mut self) -> std::io::Result<Option<Block>> {
         let mut buf = self.spare.take().unwrap_or_default();
-        buf.clear();
-        buf.reserve(self.block_size);
-        buf.extend_from_slice(&self.tail);
-        self.tail.clear();
-        let mut filled = buf.len();
+        // A recycled buffer keeps its length, so this zeroes only the part past its last cut.
         buf.resize(self.block_size, 0);
+        let mut filled = self.tail.len();
+        buf[..filled].copy_from_slice(&self.tail);
+        self.tail.clear();
         while !self.eof && filled < buf.len() {
             match self.reader.read(&mut buf[filled..]) {
                 Ok(0) => self.eof = true,
@@ -149,19 +140,21 @@ impl<R: Read> Chunker<R> {
                 Err(e) => return Err(e),
             }
         }
-        buf.truncate(filled);
-        if buf.is_empty() {
+        if filled == 0 {
             return Ok(None);
         }
+        // A chunk may start at `pos` only if the bytes up to `max` past it are here (or the
+        // stream ends first): then its cut is the same as on the whole stream.
         let max = self.cutter.params.max as usize;
-        let mut lens = Vec::with_capacity(filled / self.cutter.params.avg as usize + 2);
-        let mut pos = 0;
-        while pos < filled && (self.eof || filled - pos >= max) {
-            let n = self.cutter.next_len(&buf[pos..]);
-            lens.push(n as u32);
-            pos += n;
-        }
-        self.tail.extend_from_slice(&buf[pos..]);
+        let limit = if self.eof {
+            filled
+        } else {
+            (filled + 1).saturating_sub(max)
+        };
+        let ends = self.cutter.ends(&buf[..filled], limit);
+        let pos = ends.last().copied().unwrap_or(0);
+        let lens = lengths(&ends).map(|l| l as u32).collect();
+        self.tail.extend_from_slice(&buf[pos..filled]);
         buf.truncate(pos);
         let block = Block {
             offset: self.offset,
@@ -170,6 +163,25 @@ impl<R: Read> Chunker<R> {
         };
         self.offset += pos as u64;
         Ok(Some(block))
+    }
+}
+
+/// Differences between consecutive chunk ends, starting from 0.
+fn lengths(ends: &[usize]) -> impl Iterator<Item = usize> + '_ {
+    ends.iter()
+        .scan(0, |prev, &e| Some(e - std::mem::replace(prev, e)))
+}
+
+impl Cutter {
+    /// End offsets of the chunks of `data` that start before `limit`.
+    fn ends(&self, data: &[u8], limit: usize) -> Vec<usize> {
+        let mut ends = Vec::with_capacity(limit / self.params.avg as usize + 2);
+        let mut pos = 0;
+        while pos < limit {
+            pos += self.next_len(&data[pos..]);
+            ends.push(pos);
+        }
+        ends
     }
 }
 

@@ -204,22 +204,20 @@ impl PackReader {
     /// [`Error::Corrupt`] for a header that disagrees or a short file; I/O errors otherwise.
     pub fn read(&self, id: &Hash, loc: &ChunkLoc) -> Result<(Codec, Vec<u8>)> {
         let file = self.file(loc.pack)?;
-        let mut buf = vec![0u8; ENTRY_HEADER_LEN + loc.stored_len as usize];
         let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
-        match file.read_exact_at(&mut buf, loc.offset) {
-            Ok(()) => {}
+        let read = |buf: &mut [u8], at: u64| match file.read_exact_at(buf, at) {
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                return Err(corrupt(format!("pack {:016x} is truncated", loc.pack)));
+                Err(corrupt(format!("pack {:016x} is truncated", loc.pack)))
             }
-            Err(e) => {
-                return Err(Error::io(
-                    "cannot read pack",
-                    pack_path(&self.dir, loc.pack),
-                )(e));
-            }
-        }
-        let header: &[u8; ENTRY_HEADER_LEN] = buf[..ENTRY_HEADER_LEN].try_into().expect("sized");
-        let codec = match parse_entry_header(header) {
+            Err(e) => Err(Error::io(
+                "cannot read pack",
+                pack_path(&self.dir, loc.pack),
+            )(e)),
+        };
+        let mut header = [0u8; ENTRY_HEADER_LEN];
+        read(&mut header, loc.offset)?;
+        let codec = match parse_entry_header(&header) {
             Some((hid, tag, raw, stored))
                 if hid == *id
                     && tag == loc.codec
@@ -236,8 +234,9 @@ impl PackReader {
                 loc.pack, loc.offset
             ))
         })?;
-        buf.drain(..ENTRY_HEADER_LEN);
-        Ok((codec, buf))
+        let mut payload = vec![0u8; loc.stored_len as usize];
+        read(&mut payload, loc.offset + ENTRY_HEADER_LEN as u64)?;
+        Ok((codec, payload))
     }
 
     /// Sum of the sizes of all pack files.
