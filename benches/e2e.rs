@@ -8,6 +8,8 @@
 //! `/usr/bin/time` (wall time, peak RSS), and does the same with borg (`--encryption none`, its
 //! default lz4) and casync (`make` / `extract`) when they are installed. Each step runs
 //! `HOARD_BENCH_RUNS` times (default 3) after re-reading its input; medians are reported.
+//! Last, it imports and exports 256 MiB and `HOARD_BENCH_SCALE_MIB` MiB (default 4096) of
+//! random data through stdin and stdout, to show that peak RSS does not grow with the file.
 //! Before every timed step the bench writes and deletes a 1.5 GiB scratch file (see [`prime`]).
 //! Results go to stdout and to `target/bench-e2e.json`.
 
@@ -80,6 +82,55 @@ fn timed(cmd: &[&str], envs: &[(&str, &str)], tmp: &Path) -> Step {
     let secs: f64 = it.next().and_then(|s| s.parse().ok()).expect("seconds");
     let rss_kib: u64 = it.next().and_then(|s| s.parse().ok()).expect("rss");
     Step { secs, rss_kib }
+}
+
+/// Runs `cmd` under GNU time with `len` bytes of random data on its stdin and its stdout
+/// discarded; returns wall seconds and peak RSS.
+fn timed_fed(cmd: &[&str], len: u64, tmp: &Path) -> Step {
+    use rand::{RngCore, SeedableRng};
+    use std::io::Write;
+    let out = tmp.join("time.txt");
+    let mut child = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(&out)
+        .args(cmd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run /usr/bin/time");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(len);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill_bytes(&mut buf[..n]);
+        stdin.write_all(&buf[..n]).expect("feed hoard");
+        left -= n as u64;
+    }
+    drop(stdin);
+    assert!(child.wait().expect("wait").success(), "{cmd:?} failed");
+    let text = std::fs::read_to_string(&out).expect("time output");
+    let mut it = text.split_whitespace();
+    let secs: f64 = it.next().and_then(|s| s.parse().ok()).expect("seconds");
+    let rss_kib: u64 = it.next().and_then(|s| s.parse().ok()).expect("rss");
+    Step { secs, rss_kib }
+}
+
+/// Peak RSS of importing (from stdin) and exporting (to stdout) `mib` MiB of random data.
+fn rss_at(hoard: &str, mib: u64, tmp: &Path) -> (u64, u64) {
+    let store = tmp.join(format!("rss-{mib}"));
+    let s = store.to_str().expect("utf-8 path");
+    let import = timed_fed(
+        &[hoard, "--store", s, "import", "-", "--name", "big"],
+        mib << 20,
+        tmp,
+    );
+    let export = timed(&[hoard, "--store", s, "export", "big", "-"], &[], tmp);
+    let _ = std::fs::remove_dir_all(&store);
+    (import.rss_kib, export.rss_kib)
 }
 
 fn du(path: &Path) -> u64 {
@@ -461,7 +512,20 @@ fn main() {
         h.export.1 as f64 / 1024.0
     );
 
+    // Memory must not grow with the file: the same import and export at two sizes.
+    let big = env_num("HOARD_BENCH_SCALE_MIB", 4096) as u64;
+    let (small_i, small_e) = rss_at(hoard, 256, tmp);
+    let (big_i, big_e) = rss_at(hoard, big, tmp);
+    println!(
+        "hoard peak RSS by file size (random data, stdin/stdout): 256 MiB import {:.1} / export {:.1} MiB; {big} MiB import {:.1} / export {:.1} MiB",
+        small_i as f64 / 1024.0,
+        small_e as f64 / 1024.0,
+        big_i as f64 / 1024.0,
+        big_e as f64 / 1024.0
+    );
+
     let json = serde_json::json!({
+        "rss_kib_by_size": { "256": [small_i, small_e], big.to_string(): [big_i, big_e] },
         "mib": mib, "runs": runs,
         "stages_mbps": { "fastcdc": mbps(n, t_cdc), "blake3": mbps(n, t_b3), "zstd": mbps(n, t_zstd), "copy": mbps(n, t_copy) },
         "tools": results.iter().map(|r| serde_json::json!({

@@ -6,6 +6,7 @@
 //! that fails verification stops the export with [`Error::Corrupt`] naming it: wrong bytes are
 //! never passed on silently.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::mpsc;
 
@@ -27,17 +28,24 @@ const QUEUE_BATCHES: usize = 2;
 /// # Errors
 /// [`Error::ChunkNotFound`], [`Error::Corrupt`], or the store's errors.
 pub fn read_verified_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) -> Result<()> {
-    let stored = store.read_chunk(&r.id)?;
-    if stored.raw_len != r.len || out.len() != r.len as usize {
-        return Err(Error::Corrupt {
-            id: r.id,
-            detail: format!(
-                "stored length {} differs from the manifest's {}",
-                stored.raw_len, r.len
-            ),
-        });
+    thread_local! {
+        /// One payload buffer per decoding thread, reused for every chunk.
+        static PAYLOAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    codec::decode_into(&r.id, stored.codec, &stored.payload, out)?;
+    PAYLOAD.with(|cell| {
+        let mut payload = cell.borrow_mut();
+        let (codec, raw_len) = store.read_chunk_into(&r.id, &mut payload)?;
+        if raw_len != r.len || out.len() != r.len as usize {
+            return Err(Error::Corrupt {
+                id: r.id,
+                detail: format!(
+                    "stored length {raw_len} differs from the manifest's {}",
+                    r.len
+                ),
+            });
+        }
+        codec::decode_into(&r.id, codec, &payload, out)
+    })?;
     let actual = Hash::of(out);
     if actual != r.id {
         return Err(Error::Corrupt {

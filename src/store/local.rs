@@ -180,6 +180,12 @@ impl ChunkStore for LocalStore {
         }))
     }
 
+    fn read_chunk_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
+        let loc = self.index.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
+        let codec = self.packs.read_into(id, &loc, payload)?;
+        Ok((codec, loc.raw_len))
+    }
+
     fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
         let loc = self.index.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
         let (codec, payload) = self.packs.read(id, &loc)?;

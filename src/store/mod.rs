@@ -108,6 +108,17 @@ pub trait ChunkStore: Send + Sync {
     /// [`Error::Corrupt`](crate::Error::Corrupt) when the stored entry does not match the index.
     fn read_chunk(&self, id: &Hash) -> Result<StoredChunk>;
 
+    /// As [`ChunkStore::read_chunk`], with the payload put in `payload` (reused by hot loops);
+    /// returns the codec and the decoded length.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::read_chunk`].
+    fn read_chunk_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
+        let c = self.read_chunk(id)?;
+        *payload = c.payload;
+        Ok((c.codec, c.raw_len))
+    }
+
     /// Stores an encoded manifest page under its hash (idempotent).
     ///
     /// # Errors

@@ -203,6 +203,17 @@ impl PackReader {
     /// # Errors
     /// [`Error::Corrupt`] for a header that disagrees or a short file; I/O errors otherwise.
     pub fn read(&self, id: &Hash, loc: &ChunkLoc) -> Result<(Codec, Vec<u8>)> {
+        let mut payload = Vec::new();
+        let codec = self.read_into(id, loc, &mut payload)?;
+        Ok((codec, payload))
+    }
+
+    /// As [`PackReader::read`], into a caller's buffer (resized to the payload), so a hot
+    /// loop reuses one allocation instead of faulting in fresh pages per chunk.
+    ///
+    /// # Errors
+    /// As [`PackReader::read`].
+    pub fn read_into(&self, id: &Hash, loc: &ChunkLoc, payload: &mut Vec<u8>) -> Result<Codec> {
         let file = self.file(loc.pack)?;
         let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
         let read = |buf: &mut [u8], at: u64| match file.read_exact_at(buf, at) {
@@ -234,9 +245,9 @@ impl PackReader {
                 loc.pack, loc.offset
             ))
         })?;
-        let mut payload = vec![0u8; loc.stored_len as usize];
-        read(&mut payload, loc.offset + ENTRY_HEADER_LEN as u64)?;
-        Ok((codec, payload))
+        payload.resize(loc.stored_len as usize, 0);
+        read(payload, loc.offset + ENTRY_HEADER_LEN as u64)?;
+        Ok(codec)
     }
 
     /// Sum of the sizes of all pack files.
