@@ -63,6 +63,15 @@ fn prime(tmp: &Path) {
     std::fs::remove_file(&path).expect("prime delete");
 }
 
+/// Reads what GNU time wrote with `-f "%e %M"`.
+fn read_time(out: &Path) -> Step {
+    let text = std::fs::read_to_string(out).expect("time output");
+    let mut it = text.split_whitespace();
+    let secs: f64 = it.next().and_then(|s| s.parse().ok()).expect("seconds");
+    let rss_kib: u64 = it.next().and_then(|s| s.parse().ok()).expect("rss");
+    Step { secs, rss_kib }
+}
+
 /// Runs `cmd` under GNU time; returns wall seconds and peak RSS.
 fn timed(cmd: &[&str], envs: &[(&str, &str)], tmp: &Path) -> Step {
     let out = tmp.join("time.txt");
@@ -77,11 +86,7 @@ fn timed(cmd: &[&str], envs: &[(&str, &str)], tmp: &Path) -> Step {
         .status()
         .expect("run /usr/bin/time");
     assert!(status.success(), "{cmd:?} failed");
-    let text = std::fs::read_to_string(&out).expect("time output");
-    let mut it = text.split_whitespace();
-    let secs: f64 = it.next().and_then(|s| s.parse().ok()).expect("seconds");
-    let rss_kib: u64 = it.next().and_then(|s| s.parse().ok()).expect("rss");
-    Step { secs, rss_kib }
+    read_time(&out)
 }
 
 /// Runs `cmd` under GNU time with `len` bytes of random data on its stdin and its stdout
@@ -112,11 +117,7 @@ fn timed_fed(cmd: &[&str], len: u64, tmp: &Path) -> Step {
     }
     drop(stdin);
     assert!(child.wait().expect("wait").success(), "{cmd:?} failed");
-    let text = std::fs::read_to_string(&out).expect("time output");
-    let mut it = text.split_whitespace();
-    let secs: f64 = it.next().and_then(|s| s.parse().ok()).expect("seconds");
-    let rss_kib: u64 = it.next().and_then(|s| s.parse().ok()).expect("rss");
-    Step { secs, rss_kib }
+    read_time(&out)
 }
 
 /// Peak RSS of importing (from stdin) and exporting (to stdout) `mib` MiB of random data.
