@@ -62,9 +62,6 @@ impl Index {
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    Error::Locked(store_root.to_owned())
-                }
                 sled::Error::Io(io) => Error::io("cannot open index", path)(io),
                 other => Error::Index(other),
             })?;

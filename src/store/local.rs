@@ -4,6 +4,7 @@
 //! STORE/index/   sled database: manifests, names, meta (see index.rs)
 //! STORE/chunks.redb  the chunk table: id -> pack location (see index.rs)
 //! STORE/packs/   {n:016x}.pack, append-only chunk bodies (see pack.rs)
+//! STORE/lock     held with an exclusive advisory lock while a process has the store open
 //! ```
 //!
 //! Durability order (DESIGN.md, "Storage"): pack bytes are fsynced before the index entries
@@ -24,6 +25,8 @@ use crate::store::{ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion
 
 /// A store in a local directory.
 pub struct LocalStore {
+    /// Held (with an exclusive advisory lock) while the store is open: one process at a time.
+    _lock: std::fs::File,
     root: PathBuf,
     index: Index,
     packs: PackReader,
@@ -46,6 +49,20 @@ impl LocalStore {
         let packs = root.join("packs");
         std::fs::create_dir_all(&packs)
             .map_err(Error::io("cannot create store directory", &packs))?;
+        let lock_path = root.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io("cannot open lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(root.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io("cannot lock", &lock_path)(e));
+            }
+        }
         let index = Index::open(&root.join("index"), &root.join("chunks.redb"), root)?;
         let (config, created) = match (index.config()?, requested) {
             (Some(existing), Some(req)) if existing != req => {
@@ -62,6 +79,7 @@ impl LocalStore {
             }
         };
         let store = LocalStore {
+            _lock: lock,
             root: root.to_owned(),
             index,
             packs: PackReader::new(packs),

@@ -324,3 +324,13 @@ fn ls_and_stats_on_an_empty_store() {
     let s = ok(hoard(&t.store()).arg("stats"));
     assert!(s.contains("files     0"), "{s}");
 }
+
+#[test]
+fn a_store_in_use_is_refused_with_a_clear_message() {
+    let t = Scratch::new();
+    let (held, _) = LocalStore::open(&t.store(), None).unwrap();
+    let err = fails(hoard(&t.store()).arg("ls"), 1);
+    assert!(err.contains("in use by another hoard process"), "{err}");
+    drop(held);
+    ok(hoard(&t.store()).arg("ls"));
+}
