@@ -98,3 +98,48 @@ fn cli_roundtrip_file_stdin_stdout() {
         assert!(res.stdout == data, "size {size} via stdout");
     }
 }
+
+/// A reader that fails after `left` bytes, like a disk read error or a dropped pipe.
+struct FailingReader<'a> {
+    data: &'a [u8],
+    left: usize,
+}
+
+impl std::io::Read for FailingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("device went away"));
+        }
+        let n = buf.len().min(self.left).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn failed_read_records_nothing_and_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = LocalStore::open(&dir.path().join("s"), None).unwrap();
+    let data = data::mixed(20 << 20, 77);
+    let reader = FailingReader {
+        data: &data,
+        left: 13 << 20,
+    };
+    let err = ingest::ingest(&store, reader, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("cannot read input"), "{err}");
+    assert!(
+        store.manifests().unwrap().is_empty(),
+        "no manifest for a failed import"
+    );
+    let (m, report) = ingest::ingest(&store, &data[..], &|_| {}).unwrap();
+    assert_eq!(m.file_id.to_hex(), b3(&data));
+    assert!(
+        report.new_bytes < data.len() as u64,
+        "chunks committed before the failure are reused"
+    );
+    let mut out = Vec::new();
+    restore::restore(&store, &m, &mut out, &|_| {}).unwrap();
+    assert!(out == data);
+}
