@@ -1,8 +1,10 @@
 //! The command line: clap structs, their validation into library config, and one function per
 //! command. Errors get their context (which file, which store) here, with anyhow.
 
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -10,7 +12,8 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 use hoard::config::{DEFAULT_AVG, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
 use hoard::store::{ChunkStore, LocalStore};
-use hoard::{ChunkerParams, StoreConfig, ingest, names, restore};
+use hoard::{ChunkerParams, Hash, StoreConfig, ingest, names, restore};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::output;
@@ -118,17 +121,30 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Init(a) => init(&root, &a),
-        Command::Import(a) => import(&open(&root)?, &a),
-        Command::Export(a) => export(&open(&root)?, &a),
-        Command::Ls(a) => ls(&open(&root)?, a.json),
-        Command::Stats(a) => stats(&open(&root)?, a.json),
+        Command::Import(a) => import(&open(&root, true)?, &a),
+        Command::Export(a) => export(&open(&root, false)?, &a),
+        Command::Ls(a) => ls(&open(&root, false)?, a.json),
+        Command::Stats(a) => stats(&open(&root, false)?, a.json),
     }
 }
 
-fn open(root: &Path) -> Result<LocalStore> {
-    let (store, _) = LocalStore::open(root, None)
-        .with_context(|| format!("cannot open store {}", root.display()))?;
-    Ok(store)
+/// Opens the store; only commands that write may create it, so a mistyped `--store` on a
+/// read is an error rather than a new empty store.
+fn open(root: &Path, create: bool) -> Result<LocalStore> {
+    let opened = if create {
+        LocalStore::open(root, None).map(|(s, _)| s)
+    } else {
+        LocalStore::open_existing(root)
+    };
+    opened.with_context(|| format!("cannot open store {}", root.display()))
+}
+
+/// Writes `text` to stdout; a closed pipe comes back as an error (quiet in `main`), not a panic.
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
 }
 
 fn init(root: &Path, a: &InitArgs) -> Result<()> {
@@ -136,24 +152,24 @@ fn init(root: &Path, a: &InitArgs) -> Result<()> {
     let (store, created) = LocalStore::open(root, Some(config))
         .with_context(|| format!("cannot initialise store {}", root.display()))?;
     if a.json {
-        println!(
-            "{}",
-            json!({ "store": root, "created": created, "min": config.chunker.min,
-                    "avg": config.chunker.avg, "max": config.chunker.max, "level": config.level })
-        );
+        let c = config.chunker;
+        emit(&format!(
+            "{}\n",
+            json!({ "store": root, "created": created, "min": c.min, "avg": c.avg,
+                    "max": c.max, "level": config.level })
+        ))
     } else {
         let verb = if created {
             "created"
         } else {
             "already initialised:"
         };
-        println!(
-            "{verb} store {} ({})",
+        emit(&format!(
+            "{verb} store {} ({})\n",
             store.root().display(),
             store.config()
-        );
+        ))
     }
-    Ok(())
 }
 
 fn import(store: &LocalStore, a: &ImportArgs) -> Result<()> {
@@ -183,29 +199,39 @@ fn import(store: &LocalStore, a: &ImportArgs) -> Result<()> {
         .with_context(|| format!("cannot import {what}"))?;
     pb.finish_and_clear();
     let version = match &name {
-        Some(n) => Some(names::record(store, n, &manifest)?.versions.len()),
+        Some(n) => Some(
+            names::record(store, n, &manifest)
+                .with_context(|| {
+                    format!(
+                        "{what} is stored as {}, but the name {n} could not be recorded; \
+                         importing again records it without sending the data again",
+                        manifest.file_id
+                    )
+                })?
+                .versions
+                .len(),
+        ),
         None => None,
     };
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["name"] = json!(name);
         v["version"] = json!(version);
-        println!("{v}");
-    } else {
-        println!("{}  {}", report.id, name.as_deref().unwrap_or("-"));
-        let known = if report.size == 0 {
-            100.0
-        } else {
-            (report.size - report.new_bytes) as f64 * 100.0 / report.size as f64
-        };
-        println!(
-            "{}, {} chunks, {} new ({known:.1}% already stored)",
-            output::bytes(report.size),
-            output::count(report.chunks),
-            output::bytes(report.new_bytes),
-        );
+        return emit(&format!("{v}\n"));
     }
-    Ok(())
+    let known = if report.size == 0 {
+        100.0
+    } else {
+        (report.size - report.new_bytes) as f64 * 100.0 / report.size as f64
+    };
+    emit(&format!(
+        "{}  {}\n{}, {} chunks, {} new ({known:.1}% already stored)\n",
+        report.id,
+        name.as_deref().unwrap_or("-"),
+        output::bytes(report.size),
+        output::count(report.chunks),
+        output::bytes(report.new_bytes),
+    ))
 }
 
 fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
@@ -213,10 +239,26 @@ fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
     let m = &found.manifest;
     let pb = output::bar(Some(m.file_len), "exporting");
     let progress = |n| pb.inc(n);
-    let context = || format!("cannot export {} ({})", found.label, m.file_id);
+    let context = || {
+        format!(
+            "cannot export {} ({}) to {}",
+            found.label,
+            m.file_id,
+            a.out.display()
+        )
+    };
+    let special = std::fs::metadata(&a.out).is_ok_and(|md| !md.is_file());
     if a.out.as_os_str() == "-" {
         let out = BufWriter::with_capacity(1 << 20, std::io::stdout());
         restore::restore(store, m, out, &progress).with_context(context)?;
+    } else if special {
+        // A device or a FIFO (`/dev/null`, a pipe): write into it, never rename over it.
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&a.out)
+            .with_context(context)?;
+        restore::restore(store, m, BufWriter::with_capacity(1 << 20, out), &progress)
+            .with_context(context)?;
     } else {
         // Written beside the target and renamed into place only once verified, so a failed
         // export never leaves a file with wrong bytes under the requested name. Like cp and
@@ -227,12 +269,12 @@ fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
         };
         let tmp = tempfile::Builder::new()
             .prefix(".hoard-export-")
+            .permissions(std::fs::Permissions::from_mode(0o666)) // then the umask applies
             .tempfile_in(dir)
             .with_context(|| format!("cannot create a file in {}", dir.display()))?;
         let out = BufWriter::with_capacity(1 << 20, tmp.as_file());
         restore::restore(store, m, out, &progress).with_context(context)?;
-        tmp.persist(&a.out)
-            .with_context(|| format!("cannot write {}", a.out.display()))?;
+        tmp.persist(&a.out).with_context(context)?;
     }
     pb.finish_and_clear();
     Ok(())
@@ -242,57 +284,86 @@ fn date(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
+/// One line of `ls`: a name (or, for a file stored without one, none) and its versions.
+#[derive(Serialize)]
+struct Listed {
+    name: Option<String>,
+    id: Hash,
+    size: u64,
+    added: Option<String>,
+    versions: Vec<ListedVersion>,
+}
+
+#[derive(Serialize)]
+struct ListedVersion {
+    version: usize,
+    id: Hash,
+    size: u64,
+    added: String,
+}
+
 fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
-    let named = store.names()?;
-    let mut referenced = std::collections::HashSet::new();
+    let mut referenced = HashSet::new();
     let mut files = Vec::new();
-    for (name, rec) in &named {
-        let versions: Vec<_> = rec
+    for (name, rec) in store.names()? {
+        let versions: Vec<ListedVersion> = rec
             .versions
             .iter()
             .enumerate()
             .map(|(i, v)| {
                 referenced.insert(v.file_id);
-                json!({ "version": i + 1, "id": v.file_id, "size": v.size, "added": date(v.added) })
+                ListedVersion {
+                    version: i + 1,
+                    id: v.file_id,
+                    size: v.size,
+                    added: date(v.added),
+                }
             })
             .collect();
-        let cur = rec
-            .versions
+        let cur = versions
             .last()
             .ok_or_else(|| anyhow!("name {name} has no versions"))?;
-        files.push(json!({ "name": name, "id": cur.file_id, "size": cur.size,
-                           "added": date(cur.added), "versions": versions }));
+        files.push(Listed {
+            id: cur.id,
+            size: cur.size,
+            added: Some(cur.added.clone()),
+            name: Some(name),
+            versions,
+        });
     }
     for m in store.manifests()? {
         if !referenced.contains(&m.file_id) {
-            files
-                .push(json!({ "name": null, "id": m.file_id, "size": m.file_len, "versions": [] }));
+            files.push(Listed {
+                name: None,
+                id: m.file_id,
+                size: m.file_len,
+                added: None,
+                versions: vec![],
+            });
         }
     }
     if as_json {
-        println!("{}", json!({ "files": files }));
-        return Ok(());
+        return emit(&format!("{}\n", json!({ "files": files })));
     }
     if files.is_empty() {
         eprintln!("no files stored yet; add one with `hoard import FILE`");
         return Ok(());
     }
-    println!(
-        "{:<16}  {:>10}  {:>3}  {:<20}  NAME",
+    let mut text = format!(
+        "{:<16}  {:>10}  {:>3}  {:<20}  NAME\n",
         "ID", "SIZE", "VER", "ADDED"
     );
     for f in &files {
-        let id = f["id"].as_str().unwrap_or_default();
-        println!(
-            "{:<16}  {:>10}  {:>3}  {:<20}  {}",
-            &id[..16.min(id.len())],
-            output::bytes(f["size"].as_u64().unwrap_or(0)),
-            f["versions"].as_array().map_or(0, Vec::len),
-            f["added"].as_str().unwrap_or("-"),
-            f["name"].as_str().unwrap_or("-"),
+        text += &format!(
+            "{:<16}  {:>10}  {:>3}  {:<20}  {}\n",
+            &f.id.to_hex()[..16],
+            output::bytes(f.size),
+            f.versions.len(),
+            f.added.as_deref().unwrap_or("-"),
+            f.name.as_deref().unwrap_or("-"),
         );
     }
-    Ok(())
+    emit(&text)
 }
 
 fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
@@ -303,8 +374,8 @@ fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
     let stored = store.chunk_data_bytes()?;
     let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
     if as_json {
-        println!(
-            "{}",
+        return emit(&format!(
+            "{}\n",
             json!({
                 "files": manifests.len(), "names": names, "chunks": totals.chunks,
                 "logical_bytes": logical, "unique_bytes": totals.raw_bytes,
@@ -312,28 +383,22 @@ fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
                 "compression_ratio": ratio(totals.raw_bytes, stored),
                 "overall_ratio": ratio(logical, stored),
             })
-        );
-        return Ok(());
+        ));
     }
-    let c = store.config();
-    println!("store     {}", store.root().display());
-    println!("params    {c}");
-    println!(
-        "files     {} ({} names)",
-        output::count(manifests.len() as u64),
-        output::count(names as u64)
-    );
-    println!("chunks    {}", output::count(totals.chunks));
-    println!("logical   {}", output::bytes(logical));
-    println!(
-        "unique    {} (dedup {:.2}x)",
+    let count = |n: usize| output::count(n as u64);
+    emit(&format!(
+        "store     {}\nparams    {}\nfiles     {} ({} names)\nchunks    {}\nlogical   {}\n\
+         unique    {} (dedup {:.2}x)\nstored    {} (compression {:.2}x, overall {:.2}x)\n",
+        store.root().display(),
+        store.config(),
+        count(manifests.len()),
+        count(names),
+        output::count(totals.chunks),
+        output::bytes(logical),
         output::bytes(totals.raw_bytes),
-        ratio(logical, totals.raw_bytes)
-    );
-    println!(
-        "stored    {} (overall {:.2}x)",
+        ratio(logical, totals.raw_bytes),
         output::bytes(stored),
-        ratio(logical, stored)
-    );
-    Ok(())
+        ratio(totals.raw_bytes, stored),
+        ratio(logical, stored),
+    ))
 }

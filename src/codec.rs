@@ -81,10 +81,7 @@ pub fn decode_into(id: &Hash, codec: Codec, payload: &[u8], out: &mut [u8]) -> R
         Codec::Zstd => DECOMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
-                *slot = Some(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| corrupt(format!("zstd context: {e}")))?,
-                );
+                *slot = Some(zstd::bulk::Decompressor::new().map_err(Error::Zstd)?);
             }
             let d = slot.as_mut().expect("just set");
             // The output slice caps the decoded size: a hostile frame cannot make us allocate.

@@ -34,10 +34,19 @@ pub enum Error {
     ChunkIndex(#[from] redb::Error),
     /// Another process has the store open.
     #[error(
-        "store {} is in use by another hoard process; wait for it to finish or stop `hoard serve`",
+        "store {} is in use by another hoard process; wait for it to finish",
         .0.display()
     )]
     Locked(PathBuf),
+    /// A command that only reads found no store.
+    #[error(
+        "no hoard store at {}; create one with `hoard init` or `hoard import FILE`",
+        .0.display()
+    )]
+    NoStore(PathBuf),
+    /// A zstd context could not be created (out of memory).
+    #[error("cannot create a zstd context")]
+    Zstd(#[source] std::io::Error),
     /// Chunker parameters or a compression level are out of range.
     #[error("invalid parameters: {0}")]
     InvalidParams(String),
@@ -62,7 +71,7 @@ pub enum Error {
         expected: u32,
     },
     /// A record in the index could not be decoded.
-    #[error("index record {what} is damaged; run `hoard fsck`")]
+    #[error("index record {what} is damaged")]
     Decode {
         /// Which record.
         what: String,
@@ -108,11 +117,26 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// A name has fewer versions than asked for.
+    #[error("{name} has {count} version(s), not {n}; `hoard ls` lists them")]
+    NoSuchVersion {
+        /// The name.
+        name: String,
+        /// The version asked for (1 = oldest).
+        n: usize,
+        /// How many it has.
+        count: usize,
+    },
     /// A manifest references a page that is not in the index.
-    #[error("manifest page {0} of a file is missing; run `hoard fsck`")]
-    PageNotFound(Hash),
-    /// A manifest or page does not add up (lengths, counts).
-    #[error("manifest of file {0} is inconsistent; run `hoard fsck`")]
+    #[error("manifest page {page} of file {file} is missing; import the file again to restore it")]
+    PageNotFound {
+        /// The file whose manifest names the page.
+        file: Hash,
+        /// The missing page.
+        page: Hash,
+    },
+    /// A manifest or page does not add up (lengths, counts, hashes).
+    #[error("manifest of file {0} is damaged; import the file again to restore it")]
     BadManifest(Hash),
 }
 
@@ -130,6 +154,24 @@ impl Error {
         }
     }
 }
+
+/// Lets `?` turn each of redb's error types into [`Error::ChunkIndex`].
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::ChunkIndex(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// `Result` with hoard's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

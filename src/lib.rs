@@ -10,7 +10,8 @@
 //!
 //! The core is synchronous and deterministic; parallelism is a bounded rayon fan-out inside
 //! [`ingest`] and [`restore`]. Storage sits behind [`store::ChunkStore`], implemented by
-//! [`store::LocalStore`] (sled index + pack files) and [`store::MemoryStore`].
+//! [`store::LocalStore`] (redb chunk table, sled for manifests and names, pack files) and
+//! [`store::MemoryStore`].
 
 pub mod chunker;
 pub mod codec;

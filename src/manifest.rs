@@ -92,10 +92,20 @@ impl Manifest {
     /// On an unknown version, damaged bytes or inconsistent totals.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let m: Manifest = record::decode("manifest", MANIFEST_VERSION, bytes)?;
-        let chunks: u64 = m.pages.iter().map(|p| u64::from(p.chunks)).sum();
-        let len: u64 = m.pages.iter().map(|p| p.bytes).sum();
+        let bad = || Error::BadManifest(m.file_id);
+        let mut chunks = 0u64;
+        let mut len = 0u64;
+        for p in &m.pages {
+            chunks = chunks.checked_add(u64::from(p.chunks)).ok_or_else(bad)?;
+            len = len.checked_add(p.bytes).ok_or_else(bad)?;
+            if p.chunks as usize > PAGE_CHUNKS
+                || p.bytes > u64::from(p.chunks) * u64::from(m.chunker.max)
+            {
+                return Err(bad());
+            }
+        }
         if chunks != m.chunk_count || len != m.file_len {
-            return Err(Error::BadManifest(m.file_id));
+            return Err(bad());
         }
         Ok(m)
     }
@@ -105,6 +115,12 @@ impl Manifest {
     /// # Errors
     /// [`Error::BadManifest`] if counts or lengths differ.
     pub fn check_page(&self, pref: &PageRef, page: &Page) -> Result<()> {
+        // Lengths are checked before anything is allocated from them: no chunk is empty or
+        // longer than the params allow, so a batch of refs is bounded by what it adds up to.
+        let max = self.chunker.max;
+        if page.chunks.iter().any(|c| c.len == 0 || c.len > max) {
+            return Err(Error::BadManifest(self.file_id));
+        }
         let bytes: u64 = page.chunks.iter().map(|c| u64::from(c.len)).sum();
         if page.chunks.len() != pref.chunks as usize || bytes != pref.bytes {
             return Err(Error::BadManifest(self.file_id));

@@ -87,11 +87,10 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
         let v = n
             .checked_sub(1)
             .and_then(|i| rec.versions.get(i))
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "{spec} ({name} has {} versions)",
-                    rec.versions.len()
-                ))
+            .ok_or_else(|| Error::NoSuchVersion {
+                name: name.to_owned(),
+                n,
+                count: rec.versions.len(),
             })?;
         return by_id(v.file_id, spec.to_owned());
     }

@@ -7,13 +7,19 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// Largest record accepted = 16 MiB. A damaged length prefix then fails to decode instead of
+/// asking for an allocation of whatever it says. (A limit does not change the encoding.)
+const MAX_RECORD: usize = 16 << 20;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_RECORD>()
 }
 
 /// Encodes `value` behind the version byte `version`.
 pub fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     let mut out = vec![version];
+    // Records hoard writes are far below the limit: a manifest header lists one 45-byte page
+    // ref per 64 MiB of file, a page at most 1024 refs.
     bincode::serde::encode_into_std_write(value, &mut out, config())
         .expect("encoding into a Vec cannot fail");
     out
@@ -53,4 +59,36 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, version: u8, bytes: &[u8]
         });
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Page;
+
+    #[test]
+    fn damaged_length_prefixes_fail_instead_of_allocating() {
+        // Version 1, then a varint length of about 2^63 for the page's chunk list.
+        let hostile = [1u8, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(matches!(
+            decode::<Page>("page", 1, &hostile),
+            Err(Error::Decode { .. })
+        ));
+        assert!(matches!(
+            decode::<Page>("page", 2, &hostile),
+            Err(Error::Version { found: 1, .. })
+        ));
+        assert!(matches!(
+            decode::<Page>("page", 1, &[]),
+            Err(Error::Version { .. })
+        ));
+        let page = Page::default();
+        let mut bytes = encode(1, &page);
+        assert_eq!(decode::<Page>("page", 1, &bytes).unwrap(), page);
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Page>("page", 1, &bytes),
+            Err(Error::Decode { .. })
+        ));
+    }
 }

@@ -76,7 +76,10 @@ pub fn for_each_page(
     mut f: impl FnMut(Page) -> Result<()>,
 ) -> Result<()> {
     for pref in &manifest.pages {
-        let bytes = store.get_page(&pref.hash)?;
+        let bytes = store.get_page(&pref.hash)?.ok_or(Error::PageNotFound {
+            file: manifest.file_id,
+            page: pref.hash,
+        })?;
         if Hash::of(&bytes) != pref.hash {
             return Err(Error::BadManifest(manifest.file_id));
         }
@@ -142,7 +145,11 @@ pub fn restore<W: Write + Send>(
                     .try_for_each(|(out, r)| read_verified_into(store, r, out))?;
                 hasher.update_rayon(&batch);
                 if tx.send(batch).is_err() {
-                    return Ok(()); // the writer failed; its error is reported below
+                    // The writer failed: stop reading; its own error is the one reported.
+                    return Err(Error::Stream(
+                        "output writer stopped",
+                        std::io::ErrorKind::BrokenPipe.into(),
+                    ));
                 }
                 start = end;
             }
@@ -150,8 +157,8 @@ pub fn restore<W: Write + Send>(
         });
         drop(tx);
         let written = writer.join().expect("writer thread panicked");
-        fed?;
         written?;
+        fed?;
         let actual = Hash::from(hasher.finalize());
         if actual != manifest.file_id {
             return Err(Error::FileMismatch {

@@ -70,11 +70,11 @@ impl Index {
             .create(chunks_path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(store_root.to_owned()),
-                other => Error::ChunkIndex(other.into()),
+                other => other.into(),
             })?;
-        let tx = chunks.begin_write().map_err(redb::Error::from)?;
-        tx.open_table(CHUNKS).map_err(redb::Error::from)?;
-        tx.commit().map_err(redb::Error::from)?;
+        let tx = chunks.begin_write()?;
+        tx.open_table(CHUNKS)?;
+        tx.commit()?;
         Ok(Index {
             chunks: Arc::new(chunks),
             files: db.open_tree("files")?,
@@ -141,9 +141,9 @@ impl Index {
     /// # Errors
     /// Index errors or a damaged record.
     pub fn loc(&self, id: &Hash) -> Result<Option<ChunkLoc>> {
-        let tx = self.chunks.begin_read().map_err(redb::Error::from)?;
-        let table = tx.open_table(CHUNKS).map_err(redb::Error::from)?;
-        let v = table.get(id.as_bytes()).map_err(redb::Error::from)?;
+        let tx = self.chunks.begin_read()?;
+        let table = tx.open_table(CHUNKS)?;
+        let v = table.get(id.as_bytes())?;
         v.map(|v| Self::decode_loc(v.value())).transpose()
     }
 
@@ -153,16 +153,13 @@ impl Index {
     /// # Errors
     /// Index errors.
     pub fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
-        let tx = self.chunks.begin_read().map_err(redb::Error::from)?;
-        let table = tx.open_table(CHUNKS).map_err(redb::Error::from)?;
+        let tx = self.chunks.begin_read()?;
+        let table = tx.open_table(CHUNKS)?;
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_unstable_by_key(|&i| ids[i]);
         let mut out = vec![false; ids.len()];
         for i in order {
-            out[i] = table
-                .get(ids[i].as_bytes())
-                .map_err(redb::Error::from)?
-                .is_none();
+            out[i] = table.get(ids[i].as_bytes())?.is_none();
         }
         Ok(out)
     }
@@ -172,17 +169,15 @@ impl Index {
     /// # Errors
     /// Index errors.
     pub fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
-        let tx = self.chunks.begin_write().map_err(redb::Error::from)?;
+        let tx = self.chunks.begin_write()?;
         {
-            let mut table = tx.open_table(CHUNKS).map_err(redb::Error::from)?;
+            let mut table = tx.open_table(CHUNKS)?;
             for (id, loc) in locs {
                 let v = Self::encode_loc(loc);
-                table
-                    .insert(id.as_bytes(), v.as_slice())
-                    .map_err(redb::Error::from)?;
+                table.insert(id.as_bytes(), v.as_slice())?;
             }
         }
-        tx.commit().map_err(redb::Error::from)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -191,10 +186,10 @@ impl Index {
     /// # Errors
     /// Index errors, damaged records, or `f`'s error.
     pub fn for_each_loc(&self, mut f: impl FnMut(&Hash, ChunkLoc) -> Result<()>) -> Result<()> {
-        let tx = self.chunks.begin_read().map_err(redb::Error::from)?;
-        let table = tx.open_table(CHUNKS).map_err(redb::Error::from)?;
-        for kv in table.iter().map_err(redb::Error::from)? {
-            let (k, v) = kv.map_err(redb::Error::from)?;
+        let tx = self.chunks.begin_read()?;
+        let table = tx.open_table(CHUNKS)?;
+        for kv in table.iter()? {
+            let (k, v) = kv?;
             f(&Hash::from_bytes(*k.value()), Self::decode_loc(v.value())?)?;
         }
         Ok(())

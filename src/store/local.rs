@@ -88,6 +88,17 @@ impl LocalStore {
         Ok((store, created))
     }
 
+    /// Opens the store at `root`, which must exist already.
+    ///
+    /// # Errors
+    /// [`Error::NoStore`] if there is no store there; otherwise as [`LocalStore::open`].
+    pub fn open_existing(root: &Path) -> Result<Self> {
+        if !root.join("index").is_dir() {
+            return Err(Error::NoStore(root.to_owned()));
+        }
+        Ok(Self::open(root, None)?.0)
+    }
+
     /// The store directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -128,11 +139,10 @@ struct LocalWriter<'a> {
     store: &'a LocalStore,
     pack: Option<PackWriter>,
     pending: Vec<(Hash, ChunkLoc)>,
-    pending_bytes: u64,
 }
 
-impl ChunkWriter for LocalWriter<'_> {
-    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+impl LocalWriter<'_> {
+    fn try_append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
         if self
             .pack
             .as_ref()
@@ -147,11 +157,10 @@ impl ChunkWriter for LocalWriter<'_> {
         };
         let loc = pack.append(id, codec, raw_len, payload)?;
         self.pending.push((*id, loc));
-        self.pending_bytes += u64::from(loc.stored_len);
         Ok(())
     }
 
-    fn commit(&mut self) -> Result<()> {
+    fn try_commit(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -160,12 +169,30 @@ impl ChunkWriter for LocalWriter<'_> {
         }
         self.store.index.insert_locs(&self.pending)?;
         self.pending.clear();
-        self.pending_bytes = 0;
         Ok(())
     }
 
-    fn pending_bytes(&self) -> u64 {
-        self.pending_bytes
+    /// After any failure, nothing appended since the last commit can be trusted to be durable
+    /// (a short write also leaves the pack's length unknown): forget it, and start the next
+    /// append in a fresh pack. The abandoned bytes are unreferenced garbage for gc.
+    fn on_error<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.pending.clear();
+            self.pack = None;
+        }
+        r
+    }
+}
+
+impl ChunkWriter for LocalWriter<'_> {
+    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        let r = self.try_append(id, codec, raw_len, payload);
+        self.on_error(r)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let r = self.try_commit();
+        self.on_error(r)
     }
 }
 
@@ -194,7 +221,6 @@ impl ChunkStore for LocalStore {
             store: self,
             pack: None,
             pending: Vec::new(),
-            pending_bytes: 0,
         }))
     }
 
@@ -220,13 +246,8 @@ impl ChunkStore for LocalStore {
         Ok(())
     }
 
-    fn get_page(&self, hash: &Hash) -> Result<Vec<u8>> {
-        let v = self
-            .index
-            .pages
-            .get(hash.as_bytes())?
-            .ok_or(Error::PageNotFound(*hash))?;
-        Ok(v.to_vec())
+    fn get_page(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        Ok(self.index.pages.get(hash.as_bytes())?.map(|v| v.to_vec()))
     }
 
     fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
@@ -252,7 +273,10 @@ impl ChunkStore for LocalStore {
             .keys()
             .map(|k| {
                 let k = k?;
-                Hash::from_slice(&k).ok_or_else(|| Error::NotFound(format!("{k:?}")))
+                Hash::from_slice(&k).ok_or_else(|| Error::Decode {
+                    what: format!("file id key of {} bytes", k.len()),
+                    source: bincode::error::DecodeError::Other("not 32 bytes"),
+                })
             })
             .collect()
     }

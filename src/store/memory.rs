@@ -50,12 +50,10 @@ impl MemoryStore {
 struct MemoryWriter<'a> {
     store: &'a MemoryStore,
     pending: Vec<StoredChunk>,
-    pending_bytes: u64,
 }
 
 impl ChunkWriter for MemoryWriter<'_> {
     fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
-        self.pending_bytes += payload.len() as u64;
         self.pending.push(StoredChunk {
             id: *id,
             codec,
@@ -70,12 +68,7 @@ impl ChunkWriter for MemoryWriter<'_> {
         for c in self.pending.drain(..) {
             inner.chunks.entry(c.id).or_insert(c);
         }
-        self.pending_bytes = 0;
         Ok(())
-    }
-
-    fn pending_bytes(&self) -> u64 {
-        self.pending_bytes
     }
 }
 
@@ -96,7 +89,6 @@ impl ChunkStore for MemoryStore {
         Ok(Box::new(MemoryWriter {
             store: self,
             pending: Vec::new(),
-            pending_bytes: 0,
         }))
     }
 
@@ -113,12 +105,8 @@ impl ChunkStore for MemoryStore {
         Ok(())
     }
 
-    fn get_page(&self, hash: &Hash) -> Result<Vec<u8>> {
-        self.lock()
-            .pages
-            .get(hash)
-            .cloned()
-            .ok_or(Error::PageNotFound(*hash))
+    fn get_page(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().pages.get(hash).cloned())
     }
 
     fn put_manifest(&self, manifest: &Manifest) -> Result<()> {

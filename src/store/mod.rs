@@ -1,7 +1,8 @@
 //! The store contract between the pipeline and the storage: chunks, manifests and names.
 //!
 //! [`ChunkStore`] is what `ingest` and `restore` talk to. Two implementations keep each other
-//! honest: [`LocalStore`] (sled index + append-only pack files, the real thing) and
+//! honest: [`LocalStore`] (redb chunk table, sled for manifests and names, append-only pack
+//! files: the real thing) and
 //! [`MemoryStore`] (maps in memory, the reference behaviour). The contract tests in `tests/`
 //! run the same assertions on both. Nothing here takes a process-wide lock the trait cannot
 //! express, so an object-store backend can implement it later.
@@ -76,11 +77,9 @@ pub trait ChunkWriter: Send {
     /// Makes everything appended so far durable, then visible.
     ///
     /// # Errors
-    /// I/O or index errors; the chunks since the last commit are then not stored.
+    /// I/O or index errors; the chunks appended since the last commit are then not stored,
+    /// whatever later calls do (an append error has the same effect).
     fn commit(&mut self) -> Result<()>;
-
-    /// Encoded bytes appended since the last commit.
-    fn pending_bytes(&self) -> u64;
 }
 
 /// What the pipeline needs from a store.
@@ -125,11 +124,11 @@ pub trait ChunkStore: Send + Sync {
     /// Index errors.
     fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()>;
 
-    /// Reads an encoded manifest page.
+    /// Reads an encoded manifest page, if stored.
     ///
     /// # Errors
-    /// [`Error::PageNotFound`](crate::Error::PageNotFound) or index errors.
-    fn get_page(&self, hash: &Hash) -> Result<Vec<u8>>;
+    /// Index errors.
+    fn get_page(&self, hash: &Hash) -> Result<Option<Vec<u8>>>;
 
     /// Records a manifest; durable on return. Its pages and chunks must already be stored.
     ///

@@ -129,7 +129,9 @@ impl PackWriter {
         raw_len: u32,
         payload: &[u8],
     ) -> Result<ChunkLoc> {
-        let stored_len = payload.len() as u32;
+        let stored_len = u32::try_from(payload.len()).map_err(|_| {
+            Error::io("cannot write pack", &self.path)(std::io::Error::other("entry over 4 GiB"))
+        })?;
         let offset = self.len;
         let header = entry_header(id, codec, raw_len, stored_len);
         self.out

@@ -95,10 +95,7 @@ fn names_keep_history_and_ids_resolve() {
     assert!(get(&b3(&v2)[..12].to_uppercase()) == v2);
 
     let err = fails(hoard(&t.store()).args(["export", "vm/base.img@3", "-"]), 1);
-    assert!(
-        err.contains("vm/base.img@3") && err.contains("2 versions"),
-        "{err}"
-    );
+    assert!(err.contains("vm/base.img has 2 version(s), not 3"), "{err}");
 }
 
 #[test]
@@ -318,6 +315,16 @@ fn corrupted_pack_byte_fails_export_and_names_the_chunk() {
 #[test]
 fn ls_and_stats_on_an_empty_store() {
     let t = Scratch::new();
+    // Reading commands never create a store: a mistyped --store is an error.
+    for cmd in [&["ls"][..], &["stats"], &["export", "x", "-"]] {
+        let err = fails(hoard(&t.store()).args(cmd), 1);
+        assert!(
+            err.contains("no hoard store at") && err.contains("hoard init"),
+            "{err}"
+        );
+    }
+    assert!(!t.store().exists());
+    ok(hoard(&t.store()).arg("init"));
     let l: serde_json::Value =
         serde_json::from_str(&ok(hoard(&t.store()).args(["ls", "--json"]))).unwrap();
     assert_eq!(l["files"].as_array().unwrap().len(), 0);
@@ -333,4 +340,18 @@ fn a_store_in_use_is_refused_with_a_clear_message() {
     assert!(err.contains("in use by another hoard process"), "{err}");
     drop(held);
     ok(hoard(&t.store()).arg("ls"));
+}
+
+#[test]
+fn export_into_a_device_writes_into_it_instead_of_replacing_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let t = Scratch::new();
+    let f = t.file("a.bin", &data::mixed(300_000, 12));
+    ok(hoard(&t.store()).arg("import").arg(&f));
+    ok(hoard(&t.store()).args(["export", "a.bin", "/dev/null"]));
+    let md = std::fs::metadata("/dev/null").unwrap();
+    assert!(
+        md.file_type().is_char_device(),
+        "/dev/null must still be the device"
+    );
 }
