@@ -1,12 +1,12 @@
 //! Import: bytes → chunks → ids → which are missing? → zstd → pack → index → manifest.
 //!
-//! Three stages, each on its own thread, joined by queues of [`QUEUE_BLOCKS`] blocks:
+//! Three stages, each on its own thread, joined by queues of two blocks:
 //!
 //! 1. the reader reads blocks of a few MiB and cuts them into chunks (FastCDC);
 //! 2. the caller's thread fans each block out over the rayon pool to hash its chunks, asks the
 //!    store about all of the block's ids in one call, and fans out again to compress only the
 //!    missing chunks;
-//! 3. the writer appends the new chunks in order, commits them every [`COMMIT_BYTES`], and
+//! 3. the writer appends the new chunks in order, commits them every 64 MiB, and
 //!    hashes the whole file as the blocks pass.
 //!
 //! Memory is bounded by a few blocks whatever the file size, and all stages overlap, so both
