@@ -21,7 +21,9 @@ use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::index::Index;
 use crate::store::pack::{ChunkLoc, PACK_TARGET_LEN, PackReader, PackWriter, pack_path};
-use crate::store::{ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion, StoredChunk};
+use crate::store::{
+    ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion, PendingCommit, StoredChunk,
+};
 
 /// A store in a local directory.
 pub struct LocalStore {
@@ -160,16 +162,16 @@ impl LocalWriter<'_> {
         Ok(())
     }
 
-    fn try_commit(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        if let Some(pack) = &mut self.pack {
-            pack.sync()?;
-        }
-        self.store.index.insert_locs(&self.pending)?;
-        self.pending.clear();
-        Ok(())
+    fn try_start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
+        let file = match (&mut self.pack, self.pending.is_empty()) {
+            (Some(pack), false) => Some(pack.flush_and_share()?),
+            _ => None,
+        };
+        Ok(Box::new(LocalCommit {
+            index: self.store.index.clone(),
+            file,
+            pending: std::mem::take(&mut self.pending),
+        }))
     }
 
     /// After any failure, nothing appended since the last commit can be trusted to be durable
@@ -190,9 +192,30 @@ impl ChunkWriter for LocalWriter<'_> {
         self.on_error(r)
     }
 
-    fn commit(&mut self) -> Result<()> {
-        let r = self.try_commit();
+    fn start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
+        let r = self.try_start_commit();
         self.on_error(r)
+    }
+}
+
+/// Pack bytes to sync, then the index entries that point at them.
+struct LocalCommit {
+    index: Index,
+    file: Option<(std::fs::File, PathBuf)>,
+    pending: Vec<(Hash, ChunkLoc)>,
+}
+
+impl PendingCommit for LocalCommit {
+    fn finish(self: Box<Self>) -> Result<()> {
+        if let Some((file, path)) = &self.file {
+            // Durability order: the bytes first, then the index entries that point at them.
+            file.sync_data()
+                .map_err(Error::io("cannot sync pack", path))?;
+        }
+        if !self.pending.is_empty() {
+            self.index.insert_locs(&self.pending)?;
+        }
+        Ok(())
     }
 }
 

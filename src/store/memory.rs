@@ -2,14 +2,16 @@
 //! backend for tests of the pipeline.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::codec::Codec;
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
-use crate::store::{ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion, StoredChunk};
+use crate::store::{
+    ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion, PendingCommit, StoredChunk,
+};
 
 #[derive(Default)]
 struct Inner {
@@ -23,7 +25,7 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     config: StoreConfig,
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl MemoryStore {
@@ -31,7 +33,7 @@ impl MemoryStore {
     pub fn new(config: StoreConfig) -> Self {
         MemoryStore {
             config,
-            inner: Mutex::default(),
+            inner: Arc::default(),
         }
     }
 
@@ -63,9 +65,23 @@ impl ChunkWriter for MemoryWriter<'_> {
         Ok(())
     }
 
-    fn commit(&mut self) -> Result<()> {
-        let mut inner = self.store.lock();
-        for c in self.pending.drain(..) {
+    fn start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
+        Ok(Box::new(MemoryCommit {
+            inner: self.store.inner.clone(),
+            pending: std::mem::take(&mut self.pending),
+        }))
+    }
+}
+
+struct MemoryCommit {
+    inner: Arc<Mutex<Inner>>,
+    pending: Vec<StoredChunk>,
+}
+
+impl PendingCommit for MemoryCommit {
+    fn finish(self: Box<Self>) -> Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for c in self.pending {
             inner.chunks.entry(c.id).or_insert(c);
         }
         Ok(())

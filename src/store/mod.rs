@@ -65,8 +65,18 @@ pub struct ChunkTotals {
     pub encoded_bytes: u64,
 }
 
+/// The second half of a commit: make the chunks durable, then visible. It owns what it needs,
+/// so it can run on another thread while the writer goes on appending.
+pub trait PendingCommit: Send {
+    /// Syncs the appended bytes, then indexes them.
+    ///
+    /// # Errors
+    /// I/O or index errors; the chunks of this commit are then not stored.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
 /// Appends chunks; they become durable and visible to [`ChunkStore::missing`] and
-/// [`ChunkStore::read_chunk`] only at [`ChunkWriter::commit`].
+/// [`ChunkStore::read_chunk`] only when their commit finishes.
 pub trait ChunkWriter: Send {
     /// Adds one encoded chunk.
     ///
@@ -74,12 +84,21 @@ pub trait ChunkWriter: Send {
     /// I/O errors of the backing storage.
     fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()>;
 
-    /// Makes everything appended so far durable, then visible.
+    /// Hands over everything appended since the last commit, to be made durable and visible
+    /// by [`PendingCommit::finish`], possibly on another thread while appends continue.
     ///
     /// # Errors
-    /// I/O or index errors; the chunks appended since the last commit are then not stored,
-    /// whatever later calls do (an append error has the same effect).
-    fn commit(&mut self) -> Result<()>;
+    /// I/O errors; the chunks appended since the last commit are then not stored, whatever
+    /// later calls do (an append error has the same effect).
+    fn start_commit(&mut self) -> Result<Box<dyn PendingCommit>>;
+
+    /// Makes everything appended so far durable, then visible, before returning.
+    ///
+    /// # Errors
+    /// As [`ChunkWriter::start_commit`] and [`PendingCommit::finish`].
+    fn commit(&mut self) -> Result<()> {
+        self.start_commit()?.finish()
+    }
 }
 
 /// What the pipeline needs from a store.

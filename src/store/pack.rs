@@ -159,6 +159,19 @@ impl PackWriter {
             .map_err(Error::io("cannot sync pack", &self.path))
     }
 
+    /// Hands appended bytes to the kernel and returns a second handle to the file, on which a
+    /// `sync_data` makes them durable (from any thread).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn flush_and_share(&mut self) -> Result<(File, PathBuf)> {
+        self.out
+            .flush()
+            .and_then(|()| self.out.get_ref().try_clone())
+            .map(|f| (f, self.path.clone()))
+            .map_err(Error::io("cannot write pack", &self.path))
+    }
+
     /// Bytes in the pack so far.
     pub fn len(&self) -> u64 {
         self.len
