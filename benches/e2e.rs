@@ -184,23 +184,24 @@ fn run_steps(
     tmp: &Path,
     v1: &Path,
     v2: &Path,
-    mut step: impl FnMut(&str, usize, &Path, &Path) -> Step,
-    store_of: impl Fn(usize) -> PathBuf,
+    mut step: impl FnMut(&str, &Path, &Path, &Path) -> Step,
 ) -> ToolResult {
     let (mut i1, mut i2, mut ex) = (vec![], vec![], vec![]);
     let (mut r1, mut r2, mut r3) = (0, 0, 0);
     let (mut s1, mut g2) = (vec![], vec![]);
     for run in 0..runs {
+        // Each run gets a fresh store (or repository) directory; its size is what `du` counts.
+        let dir = tmp.join(format!("{tool}-{run}"));
         prime(tmp);
         warm(v1);
-        let a = step("import1", run, v1, tmp);
-        s1.push(du(&store_of(run)) as f64);
+        let a = step("import1", &dir, v1, tmp);
+        s1.push(du(&dir) as f64);
         prime(tmp);
         warm(v2);
-        let b = step("import2", run, v2, tmp);
-        g2.push(du(&store_of(run)) as f64 - s1[run]);
+        let b = step("import2", &dir, v2, tmp);
+        g2.push(du(&dir) as f64 - s1[run]);
         prime(tmp);
-        let c = step("export", run, v2, tmp);
+        let c = step("export", &dir, v2, tmp);
         i1.push(a.secs);
         i2.push(b.secs);
         ex.push(c.secs);
@@ -302,8 +303,7 @@ fn main() {
         tmp,
         &v1,
         &v2,
-        |what, run, input, tmp| {
-            let store = tmp.join(format!("hoard-{run}"));
+        |what, store, input, tmp| {
             let s = store.to_str().expect("utf-8 path");
             match what {
                 "export" => timed(
@@ -333,7 +333,6 @@ fn main() {
                 ),
             }
         },
-        |run| tmp.join(format!("hoard-{run}")),
     ));
     let skip = std::env::var("HOARD_BENCH_ONLY").is_ok_and(|v| v == "hoard");
     if have("borg") && !skip {
@@ -350,8 +349,7 @@ fn main() {
             tmp,
             &v1,
             &v2,
-            |what, run, input, tmp| {
-                let repo = tmp.join(format!("borg-{run}"));
+            |what, repo, input, tmp| {
                 let r = repo.to_str().unwrap();
                 match what {
                     "import1" => {
@@ -392,7 +390,6 @@ fn main() {
                     }
                 }
             },
-            |run| tmp.join(format!("borg-{run}")),
         ));
     } else {
         eprintln!("borg not installed: skipping it (apt-get install borgbackup)");
@@ -404,9 +401,8 @@ fn main() {
             tmp,
             &v1,
             &v2,
-            |what, run, input, tmp| {
-                let dir = tmp.join(format!("casync-{run}"));
-                std::fs::create_dir_all(&dir).unwrap();
+            |what, dir, input, tmp| {
+                std::fs::create_dir_all(dir).unwrap();
                 let store = format!("--store={}", dir.join("store").display());
                 let idx = |v: &str| dir.join(format!("{v}.caibx")).to_str().unwrap().to_owned();
                 match what {
@@ -445,7 +441,6 @@ fn main() {
                     ),
                 }
             },
-            |run| tmp.join(format!("casync-{run}")),
         ));
     } else {
         eprintln!("casync not installed: skipping it (apt-get install casync)");

@@ -141,6 +141,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// A pipeline stage found the next stage's queue closed: that stage failed, and its own
+    /// error is the one to report (callers check it first).
+    pub(crate) fn stage_stopped(stage: &'static str) -> Error {
+        Error::Stream(stage, std::io::ErrorKind::BrokenPipe.into())
+    }
+
     /// Wraps an I/O error with the action and path it belongs to.
     pub fn io(
         action: &'static str,

@@ -90,8 +90,8 @@ pub fn ingest<R: Read + Send>(
 
         let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(QUEUE_BLOCKS);
         let (acks_tx, acks_rx) = mpsc::channel::<()>();
-        // The syncer finishes commits (fsync, then index) while the writer keeps appending:
-        // measured, waiting for each fsync on the writer cost a first import 15% of its time.
+        // The syncer finishes commits (fsync, then index) while the writer keeps appending;
+        // measured, that made a first import about 4% faster than fsyncing on the writer.
         let (sync_tx, sync_rx) = mpsc::sync_channel::<Box<dyn PendingCommit>>(1);
         let syncer_thread = s.spawn(move || -> Result<()> {
             for commit in sync_rx {
@@ -100,12 +100,7 @@ pub fn ingest<R: Read + Send>(
             }
             Ok(())
         });
-        let stopped = || {
-            Error::Stream(
-                "chunk syncer stopped",
-                std::io::ErrorKind::BrokenPipe.into(),
-            )
-        };
+        let stopped = || Error::stage_stopped("chunk syncer stopped");
         let mut chunk_writer = store.writer()?;
         let writer_thread = s.spawn(move || -> Result<Hash> {
             // The writer sees every block in order, so it also hashes the whole file: this
@@ -172,7 +167,8 @@ pub fn ingest<R: Read + Send>(
 enum Job {
     /// Append these chunks of `data` (then give the buffer back to the reader).
     Append { data: Vec<u8>, items: Vec<Item> },
-    /// Make everything appended so far durable and visible, then acknowledge.
+    /// Hand everything appended so far to the syncer, which makes it durable and visible and
+    /// then acknowledges.
     Commit,
 }
 
@@ -226,13 +222,9 @@ impl<'a> StoreStage<'a> {
     }
 
     fn send(&self, job: Job) -> Result<()> {
-        // A closed queue means the writer failed; the caller reports the writer's error.
-        self.jobs.send(job).map_err(|_| {
-            Error::Stream(
-                "chunk writer stopped",
-                std::io::ErrorKind::BrokenPipe.into(),
-            )
-        })
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::stage_stopped("chunk writer stopped"))
     }
 
     fn block(&mut self, block: Block) -> Result<()> {

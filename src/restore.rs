@@ -1,8 +1,9 @@
 //! Export: manifest → for each id: index → pack read → unzstd → BLAKE3 == id? → out.
 //!
-//! The caller's thread walks the manifest one page at a time and reads, decodes and verifies a
-//! batch of chunks in parallel over the rayon pool; a writer thread puts them out in order and
-//! hashes the whole file as it goes. At the end the file hash must equal the file id. A chunk
+//! The caller's thread walks the manifest one page at a time, reads, decodes and verifies a
+//! batch of chunks in parallel over the rayon pool straight into one buffer, and hashes that
+//! buffer into the whole-file hash (also over the pool); a writer thread puts the batches out
+//! in order. At the end the file hash must equal the file id. A chunk
 //! that fails verification stops the export with [`Error::Corrupt`] naming it: wrong bytes are
 //! never passed on silently.
 
@@ -146,10 +147,7 @@ pub fn restore<W: Write + Send>(
                 hasher.update_rayon(&batch);
                 if tx.send(batch).is_err() {
                     // The writer failed: stop reading; its own error is the one reported.
-                    return Err(Error::Stream(
-                        "output writer stopped",
-                        std::io::ErrorKind::BrokenPipe.into(),
-                    ));
+                    return Err(Error::stage_stopped("output writer stopped"));
                 }
                 start = end;
             }
