@@ -1,22 +1,19 @@
 //! The command line: clap structs, their validation into library config, and one function per
 //! command. Errors get their context (which file, which store) here, with anyhow.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 use hoard::config::{DEFAULT_AVG, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
 use hoard::store::{ChunkStore, LocalStore};
-use hoard::{ChunkerParams, Hash, StoreConfig, ingest, names, restore};
-use serde::Serialize;
+use hoard::{ChunkerParams, StoreConfig, catalog, ingest, names, restore};
 use serde_json::json;
 
-use crate::output;
+use crate::{output, remote};
 
 /// Content-defined dedup store for large files that change a little between versions.
 #[derive(Parser)]
@@ -42,6 +39,12 @@ enum Command {
     Ls(JsonArg),
     /// Show totals: files, chunks, logical and stored bytes, dedup ratio.
     Stats(JsonArg),
+    /// Serve the store over HTTP (API v1).
+    Serve(remote::ServeArgs),
+    /// Send a file to a server; only chunks it lacks cross the wire.
+    Push(remote::PushArgs),
+    /// Fetch a file from a server, reusing chunks found locally.
+    Pull(remote::PullArgs),
 }
 
 #[derive(Args)]
@@ -91,7 +94,7 @@ struct JsonArg {
 }
 
 /// Accepts `65536`, `64K`, `64KiB`, `1M`, `1MiB`.
-fn parse_size(s: &str) -> Result<u32, String> {
+pub fn parse_size(s: &str) -> Result<u32, String> {
     let t = s.trim();
     let (digits, mult) = match t.find(|c: char| !c.is_ascii_digit()) {
         None => (t, 1),
@@ -125,6 +128,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export(&open(&root, false)?, &a),
         Command::Ls(a) => ls(&open(&root, false)?, a.json),
         Command::Stats(a) => stats(&open(&root, false)?, a.json),
+        Command::Serve(a) => remote::serve(open(&root, true)?, &a),
+        Command::Push(a) => remote::push(&a),
+        Command::Pull(a) => remote::pull(cli.store.as_deref(), &a),
     }
 }
 
@@ -140,7 +146,7 @@ fn open(root: &Path, create: bool) -> Result<LocalStore> {
 }
 
 /// Writes `text` to stdout; a closed pipe comes back as an error (quiet in `main`), not a panic.
-fn emit(text: &str) -> Result<()> {
+pub fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
@@ -280,68 +286,8 @@ fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
-fn date(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
-
-/// One line of `ls`: a name (or, for a file stored without one, none) and its versions.
-#[derive(Serialize)]
-struct Listed {
-    name: Option<String>,
-    id: Hash,
-    size: u64,
-    added: Option<String>,
-    versions: Vec<ListedVersion>,
-}
-
-#[derive(Serialize)]
-struct ListedVersion {
-    version: usize,
-    id: Hash,
-    size: u64,
-    added: String,
-}
-
 fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
-    let mut referenced = HashSet::new();
-    let mut files = Vec::new();
-    for (name, rec) in store.names()? {
-        let versions: Vec<ListedVersion> = rec
-            .versions
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                referenced.insert(v.file_id);
-                ListedVersion {
-                    version: i + 1,
-                    id: v.file_id,
-                    size: v.size,
-                    added: date(v.added),
-                }
-            })
-            .collect();
-        let cur = versions
-            .last()
-            .ok_or_else(|| anyhow!("name {name} has no versions"))?;
-        files.push(Listed {
-            id: cur.id,
-            size: cur.size,
-            added: Some(cur.added.clone()),
-            name: Some(name),
-            versions,
-        });
-    }
-    for m in store.manifests()? {
-        if !referenced.contains(&m.file_id) {
-            files.push(Listed {
-                name: None,
-                id: m.file_id,
-                size: m.file_len,
-                added: None,
-                versions: vec![],
-            });
-        }
-    }
+    let files = catalog::list(store)?;
     if as_json {
         return emit(&format!("{}\n", json!({ "files": files })));
     }
@@ -367,23 +313,9 @@ fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
 }
 
 fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
-    let manifests = store.manifests()?;
-    let names = store.names()?.len();
-    let logical: u64 = manifests.iter().map(|m| m.file_len).sum();
-    let totals = store.chunk_totals()?;
-    let stored = store.chunk_data_bytes()?;
-    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let st = catalog::stats(store)?;
     if as_json {
-        return emit(&format!(
-            "{}\n",
-            json!({
-                "files": manifests.len(), "names": names, "chunks": totals.chunks,
-                "logical_bytes": logical, "unique_bytes": totals.raw_bytes,
-                "stored_bytes": stored, "dedup_ratio": ratio(logical, totals.raw_bytes),
-                "compression_ratio": ratio(totals.raw_bytes, stored),
-                "overall_ratio": ratio(logical, stored),
-            })
-        ));
+        return emit(&format!("{}\n", serde_json::to_value(&st)?));
     }
     let count = |n: usize| output::count(n as u64);
     emit(&format!(
@@ -391,14 +323,14 @@ fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
          unique    {} (dedup {:.2}x)\nstored    {} (compression {:.2}x, overall {:.2}x)\n",
         store.root().display(),
         store.config(),
-        count(manifests.len()),
-        count(names),
-        output::count(totals.chunks),
-        output::bytes(logical),
-        output::bytes(totals.raw_bytes),
-        ratio(logical, totals.raw_bytes),
-        output::bytes(stored),
-        ratio(totals.raw_bytes, stored),
-        ratio(logical, stored),
+        count(st.files),
+        count(st.names),
+        output::count(st.chunks),
+        output::bytes(st.logical_bytes),
+        output::bytes(st.unique_bytes),
+        st.dedup_ratio,
+        output::bytes(st.stored_bytes),
+        st.compression_ratio,
+        st.overall_ratio,
     ))
 }

@@ -138,9 +138,96 @@ pub enum Error {
     /// A manifest or page does not add up (lengths, counts, hashes).
     #[error("manifest of file {0} is damaged; import the file again to restore it")]
     BadManifest(Hash),
+    /// Bytes received from outside (a request, a response) do not parse.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// What was being parsed, e.g. "chunk frame".
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// Something received is over a configured limit.
+    #[error("{what} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size (or count).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A chunk sent by a client does not hash to the id it was sent under.
+    #[error("chunk sent as {expected} hashes to {actual}; nothing was stored")]
+    HashMismatch {
+        /// The id it was sent under.
+        expected: Hash,
+        /// What its bytes hash to.
+        actual: Hash,
+    },
+    /// A file sent whole, or assembled from a manifest, does not hash to the id claimed for it.
+    #[error("file claimed to be {expected} hashes to {actual}; nothing was recorded")]
+    FileIdMismatch {
+        /// The id the client claimed.
+        expected: Hash,
+        /// What the bytes hash to.
+        actual: Hash,
+    },
+    /// An upload session cannot complete yet: chunks are missing.
+    #[error("{} chunk(s) of the upload are still missing; upload them and complete again", .missing.len())]
+    Incomplete {
+        /// The ids still missing.
+        missing: Vec<Hash>,
+    },
+    /// An HTTP request did not get an answer (connection refused, reset, timed out).
+    #[error("cannot reach the server for {what}")]
+    Transport {
+        /// What was being asked, e.g. "the missing query".
+        what: &'static str,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error.
+    #[error("server refused {what} ({status} {code}): {message}")]
+    Remote {
+        /// What was being asked.
+        what: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The API's error code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// No upload session has this id.
+    #[error("no upload session {0}")]
+    NoSession(String),
+    /// The upload session has ended (completed, expired or aborted).
+    #[error("upload session {id} is {state}; open a new one")]
+    SessionEnded {
+        /// The session id.
+        id: String,
+        /// Its final state.
+        state: &'static str,
+    },
 }
 
 impl Error {
+    /// Returns true if and only if the error comes from a full disk (ENOSPC), anywhere in its
+    /// chain: the server answers 507 for it.
+    pub fn is_no_space(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     /// A pipeline stage found the next stage's queue closed: that stage failed, and its own
     /// error is the one to report (callers check it first).
     pub(crate) fn stage_stopped(stage: &'static str) -> Error {

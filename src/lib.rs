@@ -13,7 +13,9 @@
 //! [`store::LocalStore`] (redb chunk table, sled for manifests and names, pack files) and
 //! [`store::MemoryStore`].
 
+pub mod catalog;
 pub mod chunker;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -23,7 +25,12 @@ pub mod manifest;
 pub mod names;
 pub mod record;
 pub mod restore;
+pub mod scan;
+pub mod server;
+pub mod session;
+pub mod sink;
 pub mod store;
+pub mod wire;
 
 pub use config::{ChunkerParams, StoreConfig};
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ use clap::Parser;
 
 mod cli;
 mod output;
+mod remote;
 
 fn main() -> ExitCode {
     match cli::run(cli::Cli::parse()) {

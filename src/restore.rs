@@ -76,7 +76,27 @@ pub fn for_each_page(
     manifest: &Manifest,
     mut f: impl FnMut(Page) -> Result<()>,
 ) -> Result<()> {
+    for_each_page_in(store, manifest, 0, |_, page| f(page).map(|()| true))
+}
+
+/// Calls `f(offset of the page's first byte, page)` for each page that holds bytes at or after
+/// `from`, in order, until `f` returns false. Pages wholly before `from` are not read.
+///
+/// # Errors
+/// Missing or damaged pages, or whatever `f` returns.
+pub fn for_each_page_in(
+    store: &dyn ChunkStore,
+    manifest: &Manifest,
+    from: u64,
+    mut f: impl FnMut(u64, Page) -> Result<bool>,
+) -> Result<()> {
+    let mut offset = 0u64;
     for pref in &manifest.pages {
+        let start = offset;
+        offset += pref.bytes;
+        if offset <= from && pref.bytes > 0 {
+            continue;
+        }
         let bytes = store.get_page(&pref.hash)?.ok_or(Error::PageNotFound {
             file: manifest.file_id,
             page: pref.hash,
@@ -86,7 +106,9 @@ pub fn for_each_page(
         }
         let page = Page::decode(&bytes)?;
         manifest.check_page(pref, &page)?;
-        f(page)?;
+        if !f(start, page)? {
+            break;
+        }
     }
     Ok(())
 }
@@ -166,4 +188,41 @@ pub fn restore<W: Write + Send>(
         }
         Ok(())
     })
+}
+
+/// Writes bytes `range` of the file to `out`, checking every chunk it reads. Use [`restore`]
+/// for the whole file: only it can check the whole-file hash.
+///
+/// # Errors
+/// As [`restore`], except that the whole file is not hashed.
+pub fn restore_range<W: Write>(
+    store: &dyn ChunkStore,
+    manifest: &Manifest,
+    range: std::ops::Range<u64>,
+    mut out: W,
+) -> Result<()> {
+    let mut pos = 0u64;
+    let mut buf = Vec::new();
+    for_each_page_in(store, manifest, range.start, |page_start, page| {
+        pos = page_start;
+        for r in &page.chunks {
+            let (start, end) = (pos, pos + u64::from(r.len));
+            pos = end;
+            if end <= range.start {
+                continue;
+            }
+            if start >= range.end {
+                return Ok(false);
+            }
+            buf.resize(r.len as usize, 0);
+            read_verified_into(store, r, &mut buf)?;
+            let from = range.start.saturating_sub(start) as usize;
+            let to = (range.end.min(end) - start) as usize;
+            out.write_all(&buf[from..to])
+                .map_err(|e| Error::Stream("cannot write output", e))?;
+        }
+        Ok(true)
+    })?;
+    out.flush()
+        .map_err(|e| Error::Stream("cannot write output", e))
 }

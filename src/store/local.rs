@@ -368,4 +368,35 @@ impl ChunkStore for LocalStore {
     fn chunk_data_bytes(&self) -> Result<u64> {
         self.packs.total_bytes()
     }
+
+    fn remove_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        let old = self.index.names.remove(name)?;
+        self.index.db.flush()?;
+        old.map(|v| Index::decode_name(&v)).transpose()
+    }
+
+    fn put_session(&self, id: &[u8; 16], record: &[u8]) -> Result<()> {
+        self.index.sessions.insert(id, record)?;
+        self.index.db.flush()?;
+        Ok(())
+    }
+
+    fn get_session(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        Ok(self.index.sessions.get(id)?.map(|v| v.to_vec()))
+    }
+
+    fn sessions(&self) -> Result<Vec<Vec<u8>>> {
+        self.index
+            .sessions
+            .iter()
+            .values()
+            .map(|v| Ok(v?.to_vec()))
+            .collect()
+    }
+
+    fn delete_session(&self, id: &[u8; 16]) -> Result<()> {
+        self.index.sessions.remove(id)?;
+        self.index.db.flush()?;
+        Ok(())
+    }
 }

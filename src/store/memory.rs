@@ -19,6 +19,7 @@ struct Inner {
     pages: HashMap<Hash, Vec<u8>>,
     files: BTreeMap<Hash, Manifest>,
     names: BTreeMap<String, NameRecord>,
+    sessions: BTreeMap<[u8; 16], Vec<u8>>,
 }
 
 /// Everything in maps behind one mutex.
@@ -183,5 +184,27 @@ impl ChunkStore for MemoryStore {
 
     fn chunk_data_bytes(&self) -> Result<u64> {
         Ok(self.chunk_totals()?.encoded_bytes)
+    }
+
+    fn remove_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        Ok(self.lock().names.remove(name))
+    }
+
+    fn put_session(&self, id: &[u8; 16], record: &[u8]) -> Result<()> {
+        self.lock().sessions.insert(*id, record.to_vec());
+        Ok(())
+    }
+
+    fn get_session(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().sessions.get(id).cloned())
+    }
+
+    fn sessions(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(self.lock().sessions.values().cloned().collect())
+    }
+
+    fn delete_session(&self, id: &[u8; 16]) -> Result<()> {
+        self.lock().sessions.remove(id);
+        Ok(())
     }
 }

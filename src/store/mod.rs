@@ -202,4 +202,35 @@ pub trait ChunkStore: Send + Sync {
     /// # Errors
     /// I/O errors.
     fn chunk_data_bytes(&self) -> Result<u64>;
+
+    /// Removes a name and its history; returns what it held. Files stay stored (and reachable
+    /// by id) until gc finds nothing refers to them.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn remove_name(&self, name: &str) -> Result<Option<NameRecord>>;
+
+    /// Writes an upload session's record under its id; durable on return.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn put_session(&self, id: &[u8; 16], record: &[u8]) -> Result<()>;
+
+    /// The record of an upload session, if there is one.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn get_session(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>>;
+
+    /// Every upload session's record (open and ended).
+    ///
+    /// # Errors
+    /// Index errors.
+    fn sessions(&self) -> Result<Vec<Vec<u8>>>;
+
+    /// Forgets an upload session.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn delete_session(&self, id: &[u8; 16]) -> Result<()>;
 }

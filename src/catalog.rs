@@ -1,0 +1,139 @@
+//! What a store holds, as the CLI (`ls`, `stats`) and the server (`GET /v1/files`,
+//! `GET /v1/stats`) report it: one function each, so both say the same thing.
+
+use std::collections::HashSet;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::hash::Hash;
+use crate::store::ChunkStore;
+
+/// One stored file: a name and its versions, or a file stored without a name.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listed {
+    /// The name, or `None` for a file reachable only by id.
+    pub name: Option<String>,
+    /// The current version's file id.
+    pub id: Hash,
+    /// The current version's size in bytes.
+    pub size: u64,
+    /// When the current version was recorded (RFC 3339), if it has a name.
+    pub added: Option<String>,
+    /// Every version, oldest first.
+    pub versions: Vec<ListedVersion>,
+}
+
+/// One version of a name.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListedVersion {
+    /// 1 = oldest (`NAME@1`).
+    pub version: usize,
+    /// The file id.
+    pub id: Hash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was recorded (RFC 3339).
+    pub added: String,
+}
+
+/// Store-wide totals.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    /// Distinct files (manifests).
+    pub files: usize,
+    /// Names.
+    pub names: usize,
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// Sum of the sizes of all files.
+    pub logical_bytes: u64,
+    /// Sum of the uncompressed sizes of the distinct chunks.
+    pub unique_bytes: u64,
+    /// Bytes of chunk data on disk (pack files).
+    pub stored_bytes: u64,
+    /// `logical_bytes / unique_bytes`.
+    pub dedup_ratio: f64,
+    /// `unique_bytes / stored_bytes`.
+    pub compression_ratio: f64,
+    /// `logical_bytes / stored_bytes`.
+    pub overall_ratio: f64,
+}
+
+/// Formats Unix seconds as RFC 3339.
+pub fn date(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// Every name with its versions, then the files stored without a name.
+///
+/// # Errors
+/// Index errors.
+pub fn list(store: &dyn ChunkStore) -> Result<Vec<Listed>> {
+    let mut referenced = HashSet::new();
+    let mut files = Vec::new();
+    for (name, rec) in store.names()? {
+        let versions: Vec<ListedVersion> = rec
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                referenced.insert(v.file_id);
+                ListedVersion {
+                    version: i + 1,
+                    id: v.file_id,
+                    size: v.size,
+                    added: date(v.added),
+                }
+            })
+            .collect();
+        // A name is only ever written with a version, so `last` exists; skip it if not.
+        let Some(cur) = versions.last().cloned() else {
+            continue;
+        };
+        files.push(Listed {
+            id: cur.id,
+            size: cur.size,
+            added: Some(cur.added),
+            name: Some(name),
+            versions,
+        });
+    }
+    for m in store.manifests()? {
+        if !referenced.contains(&m.file_id) {
+            files.push(Listed {
+                name: None,
+                id: m.file_id,
+                size: m.file_len,
+                added: None,
+                versions: vec![],
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Totals over the whole store.
+///
+/// # Errors
+/// Index errors, I/O errors reading pack sizes.
+pub fn stats(store: &dyn ChunkStore) -> Result<Stats> {
+    let manifests = store.manifests()?;
+    let names = store.names()?.len();
+    let logical: u64 = manifests.iter().map(|m| m.file_len).sum();
+    let totals = store.chunk_totals()?;
+    let stored = store.chunk_data_bytes()?;
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    Ok(Stats {
+        files: manifests.len(),
+        names,
+        chunks: totals.chunks,
+        logical_bytes: logical,
+        unique_bytes: totals.raw_bytes,
+        stored_bytes: stored,
+        dedup_ratio: ratio(logical, totals.raw_bytes),
+        compression_ratio: ratio(totals.raw_bytes, stored),
+        overall_ratio: ratio(logical, stored),
+    })
+}

@@ -1,0 +1,254 @@
+//! The network commands of the binary: `serve`, `push` and `pull`. Each builds its tokio
+//! runtime here; the library does the work.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hoard::client::{self, Client, PullOptions};
+use hoard::server::{self, AppState, Auth, Limits};
+use hoard::store::{ChunkStore, LocalStore};
+use serde_json::json;
+
+use crate::output;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// A bearer token, `TOKEN` or `write:TOKEN` (reads and writes) or `read:TOKEN`; repeatable.
+    #[arg(
+        long = "token",
+        value_name = "[SCOPE:]TOKEN",
+        env = "HOARD_TOKENS",
+        value_delimiter = ','
+    )]
+    tokens: Vec<String>,
+    /// A file of tokens, one `read TOKEN`, `write TOKEN` or `TOKEN` per line.
+    #[arg(long, value_name = "FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Let anyone who can reach the server read (writes still need a token).
+    #[arg(long)]
+    public_read: bool,
+    /// Allow listening on a non-loopback address without any token.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Largest chunk accepted (K and M suffixes allowed).
+    #[arg(long, value_parser = crate::cli::parse_size, default_value = "1M")]
+    max_chunk: u32,
+    /// Largest body of a chunk batch, manifest or id list.
+    #[arg(long, value_parser = crate::cli::parse_size, default_value = "64M")]
+    max_body: u32,
+    /// Most ids in one missing query or fetch.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_ids: usize,
+    /// Deadline for requests without a streamed body (e.g. `5m`, `30s`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    request_timeout: Duration,
+    /// Longest pause allowed inside a streamed body.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    idle_timeout: Duration,
+    /// Requests served at once; more wait.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Upload sessions idle this long expire.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    session_ttl: Duration,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Server URL.
+    #[arg(long, env = "HOARD_SERVER", value_name = "URL")]
+    server: String,
+    /// Bearer token for the server.
+    #[arg(long, env = "HOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The file to push.
+    file: PathBuf,
+    /// Name to record it under [default: the file's name].
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// NAME, NAME@N, a file id or an id prefix.
+    file: String,
+    /// Where to write it.
+    out: PathBuf,
+    /// An older local copy: its chunks are reused instead of downloaded.
+    #[arg(long, value_name = "FILE")]
+    seed: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
+    init_logs("info");
+    let mut specs = a.tokens.clone();
+    if let Some(f) = &a.tokens_file {
+        specs.extend(Auth::specs_from_file(f)?);
+    }
+    let auth = Auth::new(&specs, a.public_read)?;
+    server::check_exposure(a.listen, &auth, a.insecure_no_auth)?;
+    let limits = Limits {
+        max_chunk: a.max_chunk,
+        max_body: a.max_body as usize,
+        max_ids: a.max_ids,
+        request_timeout: a.request_timeout,
+        idle_timeout: a.idle_timeout,
+        concurrency: a.concurrency.max(1),
+        session_ttl: a.session_ttl,
+    };
+    let root = store.root().to_owned();
+    let store: Arc<dyn ChunkStore> = Arc::new(store);
+    let state = AppState::new(store, limits, auth)?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        let addr = listener.local_addr()?;
+        // The first line on stdout is the address, for scripts and tests that pass port 0.
+        println!("listening on http://{addr}");
+        tracing::info!(store = %root.display(), %addr, "hoard serving");
+        server::serve(listener, state, server::shutdown_signal())
+            .await
+            .context("server failed")
+    })
+}
+
+/// Progress of a push or pull on two bars: the local scan, then the transfer.
+struct Bars {
+    scan: indicatif::ProgressBar,
+    moved: indicatif::ProgressBar,
+}
+
+impl client::Progress for Bars {
+    fn scanned(&self, n: u64) {
+        self.scan.inc(n);
+    }
+    fn skipped(&self, n: u64) {
+        self.scan.finish_and_clear();
+        self.moved.inc_length(0);
+        self.moved
+            .set_message(format!("sending ({} already there)", output::bytes(n)));
+    }
+    fn moved(&self, n: u64) {
+        self.moved.inc(n);
+    }
+}
+
+fn emit_json(v: serde_json::Value) -> Result<()> {
+    crate::cli::emit(&format!("{v}\n"))
+}
+
+pub fn push(a: &PushArgs) -> Result<()> {
+    init_logs("warn");
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => a
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("give the file a name with --name")?,
+    };
+    hoard::names::validate(&name).context("choose another name with --name")?;
+    let size = std::fs::metadata(&a.file)
+        .with_context(|| format!("cannot open {}", a.file.display()))?
+        .len();
+    let bars = Arc::new(Bars {
+        scan: output::bar(Some(size), "hashing"),
+        moved: output::bar(None, "sending"),
+    });
+    let c = Client::new(&a.server.server, a.server.token.clone())?;
+    let report = runtime()?
+        .block_on(client::push(&c, &a.file, Some(name.clone()), bars.clone()))
+        .with_context(|| format!("cannot push {} to {}", a.file.display(), a.server.server))?;
+    bars.moved.finish_and_clear();
+    if a.server.json {
+        return emit_json(serde_json::to_value(&report)?);
+    }
+    let known = if report.size == 0 {
+        100.0
+    } else {
+        (report.size - report.new_bytes) as f64 * 100.0 / report.size as f64
+    };
+    crate::cli::emit(&format!(
+        "{}  {}\n{}, {} chunks, {} new ({known:.1}% already stored), {} sent\n",
+        report.id,
+        name,
+        output::bytes(report.size),
+        output::count(report.chunks),
+        output::bytes(report.new_bytes),
+        output::bytes(report.bytes_sent),
+    ))
+}
+
+pub fn pull(local: Option<&Path>, a: &PullArgs) -> Result<()> {
+    init_logs("warn");
+    let store = match local {
+        Some(root) if root.exists() => Some(Arc::new(
+            LocalStore::open_existing(root)
+                .with_context(|| format!("cannot open local store {}", root.display()))?,
+        ) as Arc<dyn ChunkStore>),
+        _ => None,
+    };
+    let bars = Arc::new(Bars {
+        scan: indicatif::ProgressBar::hidden(),
+        moved: output::bar(None, "receiving"),
+    });
+    let c = Client::new(&a.server.server, a.server.token.clone())?;
+    let opts = PullOptions {
+        seed: a.seed.clone(),
+        store,
+    };
+    let report = runtime()?
+        .block_on(client::pull(&c, &a.file, &a.out, opts, bars.clone()))
+        .with_context(|| format!("cannot pull {} from {}", a.file, a.server.server))?;
+    bars.moved.finish_and_clear();
+    if a.server.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["out"] = json!(a.out);
+        return emit_json(v);
+    }
+    crate::cli::emit(&format!(
+        "{}  {}\n{}, {} chunks, {} reused locally, {} downloaded ({} received)\n",
+        report.id,
+        a.out.display(),
+        output::bytes(report.size),
+        output::count(report.chunks),
+        output::count(report.reused_chunks),
+        output::bytes(report.downloaded_bytes),
+        output::bytes(report.bytes_received),
+    ))
+}

@@ -1,0 +1,342 @@
+//! Chunk endpoints: which are missing, upload (one or many), download, fetch many.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rayon::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{AppState, blocking};
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::session::SessionId;
+use crate::sink::{SinkReport, Verified, verify};
+use crate::wire::{self, BINARY, Frame};
+
+/// Returns true if and only if the request's `Content-Type` is the binary encoding.
+pub(super) fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(BINARY.as_bytes()))
+}
+
+/// Reads a whole body of at most `limit` bytes.
+pub(super) async fn read_body(
+    body: Body,
+    what: &'static str,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::Lib(Error::TooLarge {
+                what,
+                size: limit as u64 + 1,
+                limit: limit as u64,
+            })
+        } else {
+            ApiError::BadRequest(format!("cannot read the {what}: {e}"))
+        }
+    })
+}
+
+/// Parses an id list in either encoding.
+pub(super) fn parse_ids(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<Hash>> {
+    if is_binary(headers) {
+        return wire::unpack_ids(body, max);
+    }
+    let ids: Vec<Hash> = serde_json::from_slice(body).map_err(|e| Error::Malformed {
+        what: "id list",
+        detail: e.to_string(),
+    })?;
+    if ids.len() > max {
+        return Err(Error::TooLarge {
+            what: "id list",
+            size: ids.len() as u64,
+            limit: max as u64,
+        });
+    }
+    Ok(ids)
+}
+
+/// Answers an id list in the encoding it came in.
+pub(super) fn ids_response(binary: bool, ids: &[Hash]) -> Response {
+    if binary {
+        ([(header::CONTENT_TYPE, BINARY)], wire::pack_ids(ids)).into_response()
+    } else {
+        Json(ids).into_response()
+    }
+}
+
+/// `POST /v1/chunks/missing`: the ids the store lacks, in input order.
+pub async fn missing(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max = st.limits().max_ids;
+    // 67 bytes per id covers a JSON array of hex strings with separators.
+    let body = read_body(body, "id list", max * 67 + 64).await?;
+    let binary = is_binary(&headers);
+    let store = st.store();
+    let missing = blocking(move || {
+        let ids = parse_ids(&headers, &body, max)?;
+        let flags = store.missing(&ids)?;
+        Ok(ids
+            .into_iter()
+            .zip(flags)
+            .filter(|(_, m)| *m)
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(ids_response(binary, &missing))
+}
+
+/// Query of the upload endpoints: the session the chunks belong to, to keep it alive.
+#[derive(Deserialize)]
+pub struct SessionQuery {
+    session: Option<String>,
+}
+
+/// Verifies `frames` in parallel and stores them through the sink.
+async fn store_frames(
+    st: &AppState,
+    body: Bytes,
+    single: Option<Hash>,
+) -> Result<(usize, SinkReport), ApiError> {
+    let level = st.store().config().level;
+    let max_chunk = st.limits().max_chunk;
+    let verified = blocking(move || -> Result<Vec<Verified>> {
+        let frames: Vec<Frame<'_>> = match single {
+            Some(id) => vec![Frame {
+                id,
+                codec: Codec::Raw,
+                raw_len: body.len() as u32,
+                payload: &body,
+            }],
+            None => wire::parse_frames(&body, max_chunk)?,
+        };
+        frames.par_iter().map(|f| verify(f, level)).collect()
+    })
+    .await?;
+    let n = verified.len();
+    let received: u64 = verified.iter().map(|v| u64::from(v.raw_len)).sum();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sink_st = st.clone();
+    blocking(move || {
+        sink_st.0.sink.submit(
+            verified,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        Ok(())
+    })
+    .await?;
+    let report = rx
+        .await
+        .map_err(|_| ApiError::Internal("chunk sink dropped a request".into()))??;
+    st.0.metrics.chunks_received(n as u64, received, report);
+    Ok((n, report))
+}
+
+fn touch(st: &AppState, q: &SessionQuery) {
+    if let Some(sid) = q
+        .session
+        .as_deref()
+        .and_then(|s| s.parse::<SessionId>().ok())
+    {
+        st.0.sessions.touch(sid);
+    }
+}
+
+fn parse_id(s: &str) -> Result<Hash, ApiError> {
+    s.parse().map_err(|e: crate::hash::ParseHashError| {
+        ApiError::Lib(Error::Malformed {
+            what: "chunk id",
+            detail: e.to_string(),
+        })
+    })
+}
+
+/// `PUT /v1/chunks/{id}`: one chunk, raw or `Content-Encoding: zstd`.
+pub async fn upload_one(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<SessionQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    touch(&st, &q);
+    let max = st.limits().max_chunk as usize;
+    let _slot =
+        st.0.upload_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("closed".into()))?;
+    let body = read_body(body, "chunk", max).await?;
+    let zstd = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
+    let raw = if zstd {
+        let payload = body.clone();
+        let decoded = blocking(move || {
+            zstd::bulk::decompress(&payload, max).map_err(|e| Error::Malformed {
+                what: "zstd chunk body",
+                detail: format!("{e} (or over the {max}-byte chunk limit)"),
+            })
+        })
+        .await?;
+        Bytes::from(decoded)
+    } else {
+        body
+    };
+    if raw.is_empty() {
+        return Err(Error::Malformed {
+            what: "chunk",
+            detail: "empty body".into(),
+        }
+        .into());
+    }
+    let (_, report) = store_frames(&st, raw, Some(id)).await?;
+    let status = if report.new_chunks > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "id": id, "new": report.new_chunks > 0 })),
+    )
+        .into_response())
+}
+
+/// `POST /v1/chunks`: many chunks as length-prefixed frames (see `wire.rs`).
+pub async fn upload_batch(
+    State(st): State<AppState>,
+    Query(q): Query<SessionQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    touch(&st, &q);
+    let limit = st.limits().max_body;
+    let _slot =
+        st.0.upload_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("closed".into()))?;
+    let body = read_body(body, "chunk batch", limit).await?;
+    let (n, report) = store_frames(&st, body, None).await?;
+    Ok(Json(json!({
+        "chunks": n, "new_chunks": report.new_chunks, "new_bytes": report.new_bytes
+    }))
+    .into_response())
+}
+
+/// `GET`/`HEAD /v1/chunks/{id}`: the chunk's bytes (verified), or whether it is there.
+pub async fn download_one(
+    State(st): State<AppState>,
+    method: Method,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let store = st.store();
+    if method == Method::HEAD {
+        let present = blocking(move || Ok(!store.missing(&[id])?[0])).await?;
+        if !present {
+            return Err(Error::ChunkNotFound(id).into());
+        }
+        return Ok(StatusCode::OK.into_response());
+    }
+    let data = blocking(move || {
+        let c = store.read_chunk(&id)?;
+        let data = crate::codec::decode(&id, c.codec, &c.payload, c.raw_len as usize)?;
+        let actual = Hash::of(&data);
+        if actual != id {
+            return Err(Error::Corrupt {
+                id,
+                detail: format!("content hashes to {actual}"),
+            });
+        }
+        Ok(data)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, BINARY)], data).into_response())
+}
+
+/// Ids checked and framed per step of a fetch.
+const FETCH_GROUP: usize = 64;
+
+/// `POST /v1/chunks/fetch`: the stored frames of many chunks, each verified before it is
+/// sent, streamed in request order. A chunk the store lacks fails the request before any
+/// byte is sent if it is the first; later, the stream is cut (the client sees it short).
+pub async fn fetch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max = st.limits().max_ids;
+    let body = read_body(body, "id list", max * 67 + 64).await?;
+    let ids = {
+        let headers = headers.clone();
+        blocking(move || parse_ids(&headers, &body, max)).await?
+    };
+    let store = st.store();
+    let missing = {
+        let (store, ids) = (store.clone(), ids.clone());
+        blocking(move || store.missing(&ids)).await?
+    };
+    if let Some(i) = missing.iter().position(|m| *m) {
+        return Err(Error::ChunkNotFound(ids[i]).into());
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let sent = st.clone();
+    tokio::task::spawn_blocking(move || {
+        for group in ids.chunks(FETCH_GROUP) {
+            let framed: Result<Vec<Vec<u8>>> = group
+                .par_iter()
+                .map(|id| {
+                    let c = store.read_chunk(id)?;
+                    let raw = crate::codec::decode(id, c.codec, &c.payload, c.raw_len as usize)?;
+                    let actual = Hash::of(&raw);
+                    if actual != *id {
+                        return Err(Error::Corrupt {
+                            id: *id,
+                            detail: format!("content hashes to {actual}"),
+                        });
+                    }
+                    let mut f = Vec::with_capacity(wire::FRAME_HEADER_LEN + c.payload.len());
+                    wire::put_frame(&mut f, id, c.codec, c.raw_len, &c.payload);
+                    Ok(f)
+                })
+                .collect();
+            let msg = match framed {
+                Ok(frames) => {
+                    let bytes = frames.concat();
+                    sent.0.metrics.bytes_served(bytes.len() as u64);
+                    Ok(Bytes::from(bytes))
+                }
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "chunk fetch stopped");
+                    Err(std::io::Error::other("chunk fetch failed"))
+                }
+            };
+            let failed = msg.is_err();
+            if tx.blocking_send(msg).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(BINARY));
+    Ok(resp)
+}

@@ -1,0 +1,111 @@
+//! The one place that turns errors into HTTP responses.
+//!
+//! Every handler returns `Result<_, ApiError>`; this file alone decides the status. Bodies are
+//! `{"error": "<code>", "message": "..."}`; a 5xx says only "internal error" and the detail
+//! goes to the log (with the chunk id, for a corrupt chunk), never to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::Error;
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A library error: its variant picks the status.
+    Lib(Error),
+    /// No token, or one the server does not know.
+    Unauthorized,
+    /// A read token used for a write.
+    Forbidden,
+    /// A `Range` that starts past the end of a file of this length.
+    RangeNotSatisfiable(u64),
+    /// A request that does not make sense at the HTTP level (bad header, bad query).
+    BadRequest(String),
+    /// A worker task died (a panic): a bug, reported as 500.
+    Internal(String),
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Lib(e)
+    }
+}
+
+impl ApiError {
+    /// The status and the error code the API uses for this error.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RangeNotSatisfiable(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Lib(e) if e.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+            ApiError::Lib(e) => match e {
+                Error::Malformed { .. }
+                | Error::InvalidName { .. }
+                | Error::InvalidParams(_)
+                | Error::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+                Error::NotFound(_)
+                | Error::NoSuchVersion { .. }
+                | Error::ChunkNotFound(_)
+                | Error::NoSession(_) => (StatusCode::NOT_FOUND, "not_found"),
+                Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                Error::HashMismatch { .. } | Error::FileIdMismatch { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch")
+                }
+                Error::Incomplete { .. } => (StatusCode::CONFLICT, "incomplete"),
+                Error::SessionEnded { .. } => (StatusCode::GONE, "session_ended"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status();
+        if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
+            match &self {
+                ApiError::Lib(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
+                other => tracing::error!(error = ?other, "request failed"),
+            }
+            let body = json!({ "error": code, "message": "internal error; the server log has the details" });
+            return (status, Json(body)).into_response();
+        }
+        let message = match &self {
+            ApiError::Lib(e) => format!("{e:#}"),
+            ApiError::Unauthorized => {
+                "this request needs a token: send `Authorization: Bearer TOKEN`".to_owned()
+            }
+            ApiError::Forbidden => "this token may only read; writing needs a write token".into(),
+            ApiError::RangeNotSatisfiable(len) => {
+                format!("the range starts past the end of the file ({len} bytes)")
+            }
+            ApiError::BadRequest(m) | ApiError::Internal(m) => m.clone(),
+        };
+        let mut body = json!({ "error": code, "message": message });
+        if let ApiError::Lib(Error::Incomplete { missing }) = &self {
+            body["missing"] = json!(missing);
+        }
+        let mut resp = (status, Json(body)).into_response();
+        match &self {
+            ApiError::Unauthorized => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RangeNotSatisfiable(len) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}

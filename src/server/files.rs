@@ -1,0 +1,235 @@
+//! Whole files: streamed upload (`curl -T`), streamed download with ranges, manifests,
+//! listing, deletion and store totals.
+
+use std::io::Write;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use serde_json::json;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::chunks::is_binary;
+use super::error::ApiError;
+use super::{AppState, OPENAPI, blocking};
+use crate::error::Error;
+use crate::manifest::ChunkRef;
+use crate::names;
+use crate::restore;
+use crate::wire::{BINARY, FlatManifest};
+use crate::{catalog, ingest};
+
+/// `PUT /v1/files/{name}`: the body is the file; it is chunked as it streams and only new
+/// chunks are stored. Memory stays at a few blocks whatever the size.
+pub async fn upload(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    names::validate(&name)?;
+    let _slot =
+        st.0.ingest_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("closed".into()))?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let store = st.store();
+    let (report, version) = blocking(move || {
+        let (manifest, report) = ingest::ingest(&*store, reader, &|_| {})?;
+        let rec = names::record(&*store, &name, &manifest)?;
+        Ok((report, rec.versions.len()))
+    })
+    .await
+    .map_err(|e| match e {
+        // The body stopped (client gone, idle timeout): the request's fault, not the store's.
+        ApiError::Lib(Error::Stream(_, io)) => {
+            ApiError::BadRequest(format!("the upload stopped before its end: {io}"))
+        }
+        other => other,
+    })?;
+    st.0.metrics.file_stored(report.size, report.new_bytes);
+    let mut v = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
+    v["version"] = json!(version);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// A `Write` that hands what it gets to an HTTP body stream.
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::ErrorKind::BrokenPipe)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `GET`/`HEAD /v1/files/{name or id}`: the file, streamed; `Range` gives 206; `ETag` is the
+/// file id. Every chunk is verified on the way out, and for a whole file the file id too: on
+/// a mismatch the stream is cut short, so the client never takes wrong bytes for whole.
+pub async fn download(
+    State(st): State<AppState>,
+    method: Method,
+    Path(spec): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let store = st.store();
+    let found = {
+        let store = store.clone();
+        blocking(move || names::resolve(&*store, &spec)).await?
+    };
+    let m = found.manifest;
+    let len = m.file_len;
+    let etag = format!("\"{}\"", m.file_id);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(r) => match http_range_header::parse_range_header(r).and_then(|p| p.validate(len)) {
+            Ok(ranges) if ranges.len() == 1 => Some(ranges[0].clone()),
+            Ok(_) => None, // several ranges: serve the whole file, as RFC 9110 allows
+            Err(_) => return Err(ApiError::RangeNotSatisfiable(len)),
+        },
+    };
+    let (status, start, end) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, *r.start(), *r.end() + 1),
+        None => (StatusCode::OK, 0, len),
+    };
+    let mut resp = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let whole = range.is_none();
+        let served = st.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter(tx.clone()));
+            let done = if whole {
+                restore::restore(&*store, &m, out, &|_| {})
+            } else {
+                restore::restore_range(&*store, &m, start..end, out)
+            };
+            match done {
+                Ok(()) => served.0.metrics.bytes_served(end - start),
+                Err(Error::Stream(..)) => {} // the client went away
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), file = %m.file_id, "download stopped");
+                    let _ =
+                        tx.blocking_send(Err(std::io::Error::other("file failed verification")));
+                }
+            }
+        });
+        Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).into_response()
+    };
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(BINARY));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if range.is_some()
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(resp)
+}
+
+/// `DELETE /v1/files/{name}`: forgets the name and its history (the data stays until gc).
+pub async fn remove(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = st.store();
+    let label = name.clone();
+    let removed = blocking(move || store.remove_name(&name)).await?;
+    match removed {
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        None => Err(Error::NotFound(label).into()),
+    }
+}
+
+/// `GET /v1/manifests/{name or id}`: the whole manifest, JSON or (with `Accept:
+/// application/octet-stream`) binary.
+pub async fn manifest(
+    State(st): State<AppState>,
+    Path(spec): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let store = st.store();
+    let flat = blocking(move || {
+        let m = names::resolve(&*store, &spec)?.manifest;
+        let mut chunks: Vec<ChunkRef> = Vec::with_capacity(m.chunk_count as usize);
+        restore::for_each_page(&*store, &m, |page| {
+            chunks.extend(page.chunks);
+            Ok(())
+        })?;
+        Ok(FlatManifest {
+            id: m.file_id,
+            size: m.file_len,
+            chunker: Some(m.chunker),
+            chunks,
+        })
+    })
+    .await?;
+    let binary = headers
+        .get(header::ACCEPT)
+        .is_some_and(|v| v.as_bytes().starts_with(BINARY.as_bytes()))
+        || is_binary(&headers);
+    let etag = format!("\"{}\"", flat.id);
+    let mut resp = if binary {
+        let c = flat.chunker.unwrap_or_default();
+        ([(header::CONTENT_TYPE, BINARY)], flat.to_binary(c)).into_response()
+    } else {
+        Json(flat).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+/// `GET /v1/files`: every name with its versions, then unnamed files.
+pub async fn list(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let store = st.store();
+    let files = blocking(move || catalog::list(&*store)).await?;
+    Ok(Json(json!({ "files": files })).into_response())
+}
+
+/// `GET /v1/stats`: logical vs stored bytes and the ratios.
+pub async fn stats(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let store = st.store();
+    let stats = blocking(move || catalog::stats(&*store)).await?;
+    Ok(Json(stats).into_response())
+}
+
+/// `GET /v1/openapi.json`.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// `GET /v1/config`: the store's chunker params and compression level, and the server's
+/// limits, so a client cuts the same boundaries and sizes its requests to fit.
+pub async fn config(State(st): State<AppState>) -> Response {
+    let c = st.store().config();
+    let l = st.limits();
+    Json(json!({
+        "chunker": c.chunker, "level": c.level,
+        "max_chunk": l.max_chunk, "max_body": l.max_body, "max_ids": l.max_ids,
+    }))
+    .into_response()
+}

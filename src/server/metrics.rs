@@ -1,0 +1,177 @@
+//! `/metrics` in the Prometheus text format (prometheus-client), and the middleware that
+//! counts requests.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::error::ApiError;
+use super::{AppState, blocking};
+use crate::sink::SinkReport;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// The server's counters, and the registry that prints them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    chunks_received: Counter,
+    chunk_bytes_received: Counter,
+    chunks_new: Counter,
+    chunk_bytes_new: Counter,
+    file_bytes_received: Counter,
+    bytes_served: Counter,
+    uploads_completed: Counter,
+    store_chunks: Gauge,
+    store_unique_bytes: Gauge,
+    store_stored_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("hoard"),
+            requests: Family::default(),
+            chunks_received: Counter::default(),
+            chunk_bytes_received: Counter::default(),
+            chunks_new: Counter::default(),
+            chunk_bytes_new: Counter::default(),
+            file_bytes_received: Counter::default(),
+            bytes_served: Counter::default(),
+            uploads_completed: Counter::default(),
+            store_chunks: Gauge::default(),
+            store_unique_bytes: Gauge::default(),
+            store_stored_bytes: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "http_requests",
+            "HTTP requests answered",
+            m.requests.clone(),
+        );
+        r.register(
+            "chunks_received",
+            "Chunks received in uploads",
+            m.chunks_received.clone(),
+        );
+        r.register(
+            "chunk_bytes_received",
+            "Uncompressed bytes of chunks received in uploads",
+            m.chunk_bytes_received.clone(),
+        );
+        r.register(
+            "chunks_new",
+            "Chunks uploads added to the store",
+            m.chunks_new.clone(),
+        );
+        r.register(
+            "chunk_bytes_new",
+            "Uncompressed bytes of chunks uploads added to the store",
+            m.chunk_bytes_new.clone(),
+        );
+        r.register(
+            "file_bytes_received",
+            "Bytes of whole files received by PUT /v1/files",
+            m.file_bytes_received.clone(),
+        );
+        r.register(
+            "bytes_served",
+            "File and chunk bytes sent",
+            m.bytes_served.clone(),
+        );
+        r.register(
+            "uploads_completed",
+            "Upload sessions completed",
+            m.uploads_completed.clone(),
+        );
+        r.register(
+            "store_chunks",
+            "Distinct chunks in the store",
+            m.store_chunks.clone(),
+        );
+        r.register(
+            "store_unique_bytes",
+            "Uncompressed bytes of the distinct chunks",
+            m.store_unique_bytes.clone(),
+        );
+        r.register(
+            "store_stored_bytes",
+            "Bytes of pack files on disk",
+            m.store_stored_bytes.clone(),
+        );
+        m
+    }
+}
+
+impl Metrics {
+    pub(super) fn chunks_received(&self, n: u64, bytes: u64, report: SinkReport) {
+        self.chunks_received.inc_by(n);
+        self.chunk_bytes_received.inc_by(bytes);
+        self.chunks_new.inc_by(report.new_chunks);
+        self.chunk_bytes_new.inc_by(report.new_bytes);
+    }
+
+    pub(super) fn file_stored(&self, size: u64, new_bytes: u64) {
+        self.file_bytes_received.inc_by(size);
+        self.chunk_bytes_new.inc_by(new_bytes);
+    }
+
+    pub(super) fn bytes_served(&self, n: u64) {
+        self.bytes_served.inc_by(n);
+    }
+
+    pub(super) fn upload_completed(&self) {
+        self.uploads_completed.inc();
+    }
+}
+
+/// Middleware: counts every request by method, route and status.
+pub async fn count(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    let labels = RequestLabels {
+        method,
+        route,
+        status: resp.status().as_u16(),
+    };
+    st.0.metrics.requests.get_or_create(&labels).inc();
+    resp
+}
+
+/// `GET /metrics`.
+pub async fn render(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let store = st.store();
+    let (totals, stored) =
+        blocking(move || Ok((store.chunk_totals()?, store.chunk_data_bytes()?))).await?;
+    let m = &st.0.metrics;
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    m.store_chunks.set(clamp(totals.chunks));
+    m.store_unique_bytes.set(clamp(totals.raw_bytes));
+    m.store_stored_bytes.set(clamp(stored));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &m.registry)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,268 @@
+//! `hoard serve`: the store over HTTP (API v1). Async lives here and in `client.rs` only;
+//! every handler hands the store work to `spawn_blocking` (the core stays synchronous).
+//!
+//! [`router`] builds the whole app from an [`AppState`]; [`serve`] runs it on a bound listener
+//! until a shutdown future resolves, then lets in-flight requests finish and the chunk sink
+//! drain before it returns.
+
+mod auth;
+mod chunks;
+mod error;
+mod files;
+mod metrics;
+mod uploads;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub use auth::{Auth, Scope};
+pub use error::ApiError;
+
+use crate::error::{Error, Result};
+use crate::session::Sessions;
+use crate::sink::ChunkSink;
+use crate::store::ChunkStore;
+
+/// The OpenAPI document of API v1, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Limits on what one request may ask of the server.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest chunk accepted, uncompressed and on the wire.
+    pub max_chunk: u32,
+    /// Largest body of a batched chunk upload, a manifest or an id list.
+    pub max_body: usize,
+    /// Most ids in one missing query or fetch.
+    pub max_ids: usize,
+    /// Longest a request without a streamed body may take.
+    pub request_timeout: Duration,
+    /// Longest a streamed body may pause between two pieces.
+    pub idle_timeout: Duration,
+    /// Requests served at once; more wait.
+    pub concurrency: usize,
+    /// An upload session idle this long expires.
+    pub session_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_chunk: 1 << 20,
+            max_body: 64 << 20,
+            max_ids: 1 << 20,
+            request_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(60),
+            concurrency: 64,
+            session_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Everything a handler can reach; a cheap `Clone`.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+struct Shared {
+    store: Arc<dyn ChunkStore>,
+    sink: ChunkSink,
+    sessions: Sessions,
+    limits: Limits,
+    auth: Auth,
+    metrics: metrics::Metrics,
+    /// Chunk-upload bodies held in memory at once: bounds the server's memory.
+    upload_slots: Semaphore,
+    /// Whole-file uploads (`PUT /v1/files`) chunked at once.
+    ingest_slots: Semaphore,
+}
+
+impl AppState {
+    /// State for serving `store` with `limits` and `auth`; starts the chunk sink thread.
+    ///
+    /// # Errors
+    /// If the sink thread cannot start.
+    pub fn new(store: Arc<dyn ChunkStore>, limits: Limits, auth: Auth) -> Result<Self> {
+        let sink = ChunkSink::start(store.clone())?;
+        let sessions = Sessions::new(store.clone(), limits.session_ttl);
+        Ok(AppState(Arc::new(Shared {
+            store,
+            sink,
+            sessions,
+            limits,
+            auth,
+            metrics: metrics::Metrics::default(),
+            upload_slots: Semaphore::new(4),
+            ingest_slots: Semaphore::new(4),
+        })))
+    }
+
+    fn store(&self) -> Arc<dyn ChunkStore> {
+        self.0.store.clone()
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+
+    fn auth(&self) -> &Auth {
+        &self.0.auth
+    }
+}
+
+/// Runs `f` on the blocking pool: store work never runs on the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::Lib),
+        Err(e) => Err(ApiError::Internal(format!("worker task failed: {e}"))),
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let limits = state.limits().clone();
+    // Requests whose bodies are small or bounded: a deadline for the whole request.
+    let bounded = Router::new()
+        .route("/v1/chunks/missing", post(chunks::missing))
+        .route("/v1/chunks", post(chunks::upload_batch))
+        .route(
+            "/v1/chunks/{id}",
+            put(chunks::upload_one).get(chunks::download_one),
+        )
+        .route("/v1/uploads", post(uploads::open))
+        .route(
+            "/v1/uploads/{sid}",
+            get(uploads::progress).delete(uploads::abort),
+        )
+        .route("/v1/uploads/{sid}/complete", post(uploads::complete))
+        .route("/v1/manifests/{*spec}", get(files::manifest))
+        .route("/v1/files", get(files::list))
+        .route("/v1/stats", get(files::stats))
+        .route("/v1/config", get(files::config))
+        .route("/v1/openapi.json", get(files::openapi))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::render))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ));
+    // Streams of any length: only an idle timeout between pieces of the body.
+    let streaming = Router::new()
+        .route(
+            "/v1/files/{*name}",
+            get(files::download)
+                .put(files::upload)
+                .delete(files::remove),
+        )
+        .route("/v1/chunks/fetch", post(chunks::fetch));
+    bounded
+        .merge(streaming)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(RequestBodyTimeoutLayer::new(limits.idle_timeout))
+        .layer(DefaultBodyLimit::disable())
+        .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .with_state(state)
+}
+
+/// Refuses to serve without tokens on an address other hosts can reach, unless told to.
+///
+/// # Errors
+/// [`Error::InvalidParams`] explaining what to pass.
+pub fn check_exposure(addr: SocketAddr, auth: &Auth, insecure_no_auth: bool) -> Result<()> {
+    if auth.is_open() && !addr.ip().is_loopback() && !insecure_no_auth {
+        return Err(Error::InvalidParams(format!(
+            "refusing to listen on {addr} without tokens: pass --token (or --tokens-file), \
+             or --insecure-no-auth to let anyone who can reach it read and write"
+        )));
+    }
+    Ok(())
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, finishes
+/// in-flight requests, expires nothing more, and waits for the chunk sink to drain.
+///
+/// # Errors
+/// If the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = tokio::spawn(sweep_sessions(state.clone()));
+    let app = router(state.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    let _ = sweeper.await;
+    // Dropping the last handle joins the sink thread after its queue is empty.
+    tokio::task::spawn_blocking(move || drop(state)).await.ok();
+    served
+}
+
+/// Expires idle upload sessions now and then.
+async fn sweep_sessions(state: AppState) {
+    let every =
+        (state.limits().session_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let st = state.clone();
+        match blocking(move || st.0.sessions.sweep()).await {
+            Ok(expired) => {
+                for id in expired {
+                    tracing::info!(session = %id, "upload session expired");
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "session sweep failed"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

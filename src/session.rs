@@ -1,0 +1,485 @@
+//! Upload sessions: the founding document's state machine, by content instead of by offset.
+//!
+//! ```text
+//! open (manifest) ─▶ WAITING ─first missing chunk arrives─▶ UPLOADING ─complete─▶ COMPLETE
+//!                        └──────────── idle past the TTL ─────────┴──────────────▶ EXPIRED
+//! ```
+//!
+//! Opening stores the manifest's pages and answers which chunks the store lacks. Completing
+//! checks that every chunk is present, hashes the whole file back out of the store (unless the
+//! file is already stored, in which case it was checked when it was), records the manifest
+//! and only then moves the name: a client never gets a file id that the bytes do not have.
+//! Session records live in the index (`sessions`), so a session survives a restart. Until it
+//! ends, a session's manifest is the list of chunks gc must keep (issue 4 builds gc on it).
+//!
+//! Record (version byte 1, bincode): `{ id, name, manifest, state, created, touched,
+//! missing_at_open, missing_bytes_at_open }`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ChunkerParams;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::manifest::{Manifest, ManifestBuilder};
+use crate::names;
+use crate::record;
+use crate::restore;
+use crate::store::ChunkStore;
+use crate::wire::FlatManifest;
+
+/// Format version of session records.
+const SESSION_VERSION: u8 = 1;
+
+/// A session's id: 16 random-looking bytes, 32 hex characters in text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub [u8; 16]);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::NoSession(s.chars().take(64).collect());
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(SessionId(out))
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Opened; the missing chunks are known, none has arrived yet.
+    Waiting,
+    /// Some missing chunks have arrived.
+    Uploading,
+    /// Every chunk and the whole-file hash checked; the name points at the file.
+    Complete,
+    /// Idle past the TTL; nothing of it is visible and its chunks are no longer kept for it.
+    Expired,
+}
+
+impl SessionState {
+    /// The state's name as the API prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Waiting => "waiting",
+            SessionState::Uploading => "uploading",
+            SessionState::Complete => "complete",
+            SessionState::Expired => "expired",
+        }
+    }
+
+    /// Returns true if and only if the session has not ended.
+    pub fn is_open(self) -> bool {
+        matches!(self, SessionState::Waiting | SessionState::Uploading)
+    }
+}
+
+/// The persisted record of one session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
+    /// Its id.
+    pub id: SessionId,
+    /// The name the file gets on completion, if any.
+    pub name: Option<String>,
+    /// The file's manifest (pages are in the index).
+    pub manifest: Manifest,
+    /// Where it is.
+    pub state: SessionState,
+    /// Unix seconds when opened.
+    pub created: u64,
+    /// Unix seconds of the last request that used it.
+    pub touched: u64,
+    /// Distinct chunks missing when it was opened.
+    pub missing_at_open: u64,
+    /// Their bytes.
+    pub missing_bytes_at_open: u64,
+}
+
+/// A session as the API reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Progress {
+    /// Session id.
+    pub id: String,
+    /// `waiting`, `uploading`, `complete` or `expired`.
+    pub state: &'static str,
+    /// The name the file gets.
+    pub name: Option<String>,
+    /// The file id.
+    pub file_id: Hash,
+    /// The file's length.
+    pub size: u64,
+    /// Chunks in the manifest.
+    pub chunks: u64,
+    /// Distinct chunks still missing.
+    pub missing_chunks: u64,
+    /// Their bytes.
+    pub missing_bytes: u64,
+    /// Distinct chunks that were missing when the session opened.
+    pub missing_at_open: u64,
+    /// Unix seconds after which an idle session expires.
+    pub expires: u64,
+}
+
+/// The open sessions of one store, and the rules they follow.
+pub struct Sessions {
+    store: Arc<dyn ChunkStore>,
+    ttl: Duration,
+    /// Per-session locks, so two `complete` calls on one session cannot both record it.
+    locks: Mutex<HashMap<SessionId, Arc<Mutex<()>>>>,
+    /// Last use of each session seen by this process, kept in memory between persisted touches.
+    activity: Mutex<HashMap<SessionId, u64>>,
+    counter: AtomicU64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Sessions {
+    /// Sessions of `store` that expire after `ttl` without use.
+    pub fn new(store: Arc<dyn ChunkStore>, ttl: Duration) -> Self {
+        Sessions {
+            store,
+            ttl,
+            locks: Mutex::default(),
+            activity: Mutex::default(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn lock_of(&self, id: SessionId) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.entry(id).or_default().clone()
+    }
+
+    fn load(&self, id: SessionId) -> Result<Session> {
+        let bytes = self
+            .store
+            .get_session(&id.0)?
+            .ok_or_else(|| Error::NoSession(id.to_string()))?;
+        record::decode("upload session", SESSION_VERSION, &bytes)
+    }
+
+    fn save(&self, s: &Session) -> Result<()> {
+        self.store
+            .put_session(&s.id.0, &record::encode(SESSION_VERSION, s))
+    }
+
+    fn last_use(&self, s: &Session) -> u64 {
+        let activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        activity.get(&s.id).copied().unwrap_or(0).max(s.touched)
+    }
+
+    /// Notes that a request used session `id` (a chunk upload tagged with it).
+    pub fn touch(&self, id: SessionId) {
+        let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        activity.insert(id, now());
+    }
+
+    /// Opens a session for `flat`, to be recorded under `name`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Malformed`] or [`Error::TooLarge`] for a manifest
+    /// that does not add up or has chunks over `max_chunk`; store errors.
+    pub fn open(
+        &self,
+        name: Option<&str>,
+        flat: &FlatManifest,
+        max_chunk: u32,
+    ) -> Result<(Progress, Vec<Hash>)> {
+        if let Some(n) = name {
+            names::validate(n)?;
+        }
+        let malformed = |detail: String| Error::Malformed {
+            what: "manifest",
+            detail,
+        };
+        let chunker = match flat.chunker {
+            Some(c) => {
+                ChunkerParams::new(c.min, c.avg, c.max).map_err(|e| malformed(e.to_string()))?
+            }
+            None => self.store.config().chunker,
+        };
+        let mut total = 0u64;
+        for r in &flat.chunks {
+            if r.len == 0 || r.len > chunker.max {
+                return Err(malformed(format!(
+                    "chunk {} has length {}, outside 1..={} (the manifest's max)",
+                    r.id, r.len, chunker.max
+                )));
+            }
+            if r.len > max_chunk {
+                return Err(Error::TooLarge {
+                    what: "chunk in manifest",
+                    size: r.len.into(),
+                    limit: max_chunk.into(),
+                });
+            }
+            total += u64::from(r.len);
+        }
+        if total != flat.size {
+            return Err(malformed(format!(
+                "chunk lengths add up to {total}, not the size {}",
+                flat.size
+            )));
+        }
+        let mut builder = ManifestBuilder::default();
+        for r in &flat.chunks {
+            if let Some(p) = builder.push(*r) {
+                self.store.put_page(&p.pref.hash, &p.bytes)?;
+            }
+        }
+        let (manifest, last) = builder.finish(flat.id, chunker);
+        if let Some(p) = last {
+            self.store.put_page(&p.pref.hash, &p.bytes)?;
+        }
+
+        let mut seen = HashSet::new();
+        let unique: Vec<_> = flat.chunks.iter().filter(|r| seen.insert(r.id)).collect();
+        let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
+        let flags = self.store.missing(&ids)?;
+        let missing: Vec<Hash> = ids
+            .iter()
+            .zip(&flags)
+            .filter(|(_, m)| **m)
+            .map(|(id, _)| *id)
+            .collect();
+        let missing_bytes = unique
+            .iter()
+            .zip(&flags)
+            .filter(|(_, m)| **m)
+            .map(|(r, _)| u64::from(r.len))
+            .sum();
+
+        let t = now();
+        let seed = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut h = blake3::Hasher::new();
+        h.update(flat.id.as_bytes());
+        h.update(
+            &SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+                .to_le_bytes(),
+        );
+        h.update(&seed.to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        let s = Session {
+            id: SessionId(id),
+            name: name.map(str::to_owned),
+            manifest,
+            state: SessionState::Waiting,
+            created: t,
+            touched: t,
+            missing_at_open: missing.len() as u64,
+            missing_bytes_at_open: missing_bytes,
+        };
+        self.save(&s)?;
+        let p = self.report(&s, missing.len() as u64, missing_bytes);
+        Ok((p, missing))
+    }
+
+    fn report(&self, s: &Session, missing_chunks: u64, missing_bytes: u64) -> Progress {
+        Progress {
+            id: s.id.to_string(),
+            state: s.state.as_str(),
+            name: s.name.clone(),
+            file_id: s.manifest.file_id,
+            size: s.manifest.file_len,
+            chunks: s.manifest.chunk_count,
+            missing_chunks,
+            missing_bytes,
+            missing_at_open: s.missing_at_open,
+            expires: self.last_use(s) + self.ttl.as_secs(),
+        }
+    }
+
+    /// The distinct chunks of `s` the store lacks, with their bytes.
+    fn still_missing(&self, s: &Session) -> Result<(Vec<Hash>, u64)> {
+        let mut seen = HashSet::new();
+        let mut refs = Vec::new();
+        restore::for_each_page(&*self.store, &s.manifest, |page| {
+            refs.extend(page.chunks.iter().filter(|r| seen.insert(r.id)).copied());
+            Ok(())
+        })?;
+        let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
+        let flags = self.store.missing(&ids)?;
+        let mut bytes = 0;
+        let mut missing = Vec::new();
+        for (r, m) in refs.iter().zip(flags) {
+            if m {
+                missing.push(r.id);
+                bytes += u64::from(r.len);
+            }
+        }
+        Ok((missing, bytes))
+    }
+
+    /// Expires `s` if it sat idle past the TTL; returns true if and only if it did.
+    fn expire_if_idle(&self, s: &mut Session) -> Result<bool> {
+        if s.state.is_open() && self.last_use(s) + self.ttl.as_secs() < now() {
+            s.state = SessionState::Expired;
+            self.save(s)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Where session `id` stands: its state and what is still missing.
+    ///
+    /// # Errors
+    /// [`Error::NoSession`] for an unknown id; store errors.
+    pub fn progress(&self, id: SessionId) -> Result<Progress> {
+        let lock = self.lock_of(id);
+        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.load(id)?;
+        self.expire_if_idle(&mut s)?;
+        if !s.state.is_open() {
+            return Ok(self.report(&s, 0, 0));
+        }
+        let (missing, bytes) = self.still_missing(&s)?;
+        if s.state == SessionState::Waiting && (missing.len() as u64) < s.missing_at_open {
+            s.state = SessionState::Uploading;
+        }
+        s.touched = self.last_use(&s).max(now());
+        self.save(&s)?;
+        Ok(self.report(&s, missing.len() as u64, bytes))
+    }
+
+    /// Completes session `id`: checks every chunk and the whole file, records the manifest,
+    /// then the name. Completing a completed session again answers the same.
+    ///
+    /// # Errors
+    /// [`Error::Incomplete`] with the missing ids; [`Error::FileIdMismatch`] if the chunks do
+    /// not make the file the manifest claims; [`Error::SessionEnded`] for an expired session;
+    /// [`Error::NoSession`]; store errors.
+    pub fn complete(&self, id: SessionId) -> Result<Progress> {
+        let lock = self.lock_of(id);
+        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.load(id)?;
+        self.expire_if_idle(&mut s)?;
+        match s.state {
+            SessionState::Complete => return Ok(self.report(&s, 0, 0)),
+            SessionState::Expired => {
+                return Err(Error::SessionEnded {
+                    id: id.to_string(),
+                    state: s.state.as_str(),
+                });
+            }
+            SessionState::Waiting | SessionState::Uploading => {}
+        }
+        let (missing, _) = self.still_missing(&s)?;
+        if !missing.is_empty() {
+            s.touched = now();
+            self.save(&s)?;
+            return Err(Error::Incomplete { missing });
+        }
+        // A file already stored was checked when it was; otherwise hash it out of the store.
+        if self.store.get_manifest(&s.manifest.file_id)?.is_none() {
+            match restore::restore(&*self.store, &s.manifest, std::io::sink(), &|_| {}) {
+                Ok(()) => {}
+                Err(Error::FileMismatch { expected, actual }) => {
+                    return Err(Error::FileIdMismatch { expected, actual });
+                }
+                Err(e) => return Err(e),
+            }
+            self.store.put_manifest(&s.manifest)?;
+        }
+        if let Some(n) = &s.name {
+            names::record(&*self.store, n, &s.manifest)?;
+        }
+        s.state = SessionState::Complete;
+        s.touched = now();
+        self.save(&s)?;
+        Ok(self.report(&s, 0, 0))
+    }
+
+    /// Aborts session `id` and forgets it. The chunks it brought stay until gc.
+    ///
+    /// # Errors
+    /// [`Error::NoSession`]; store errors.
+    pub fn abort(&self, id: SessionId) -> Result<()> {
+        let lock = self.lock_of(id);
+        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.load(id)?;
+        self.store.delete_session(&id.0)?;
+        self.forget(id);
+        Ok(())
+    }
+
+    fn forget(&self, id: SessionId) {
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        self.activity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// Expires idle sessions and forgets ended ones older than one more TTL. Returns the ids
+    /// of the sessions it expired.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn sweep(&self) -> Result<Vec<SessionId>> {
+        let mut expired = Vec::new();
+        for bytes in self.store.sessions()? {
+            let s: Session = record::decode("upload session", SESSION_VERSION, &bytes)?;
+            let lock = self.lock_of(s.id);
+            let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let Ok(mut s) = self.load(s.id) else { continue };
+            if self.expire_if_idle(&mut s)? {
+                expired.push(s.id);
+            } else if !s.state.is_open() && s.touched + 2 * self.ttl.as_secs() < now() {
+                self.store.delete_session(&s.id.0)?;
+                drop(_held);
+                self.forget(s.id);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Every open session's manifest: the chunks gc must keep.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn open_manifests(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for bytes in self.store.sessions()? {
+            let s: Session = record::decode("upload session", SESSION_VERSION, &bytes)?;
+            if s.state.is_open() {
+                out.push(s.manifest);
+            }
+        }
+        Ok(out)
+    }
+}

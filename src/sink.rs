@@ -1,0 +1,235 @@
+//! Chunks that arrive from outside (HTTP uploads): check each one, then store them with group
+//! commits.
+//!
+//! [`verify`] runs on the request's worker: it decodes the payload (capped at the chunk's
+//! length), hashes it and refuses a chunk whose bytes are not its id. A zstd payload that
+//! checks out is stored as the client sent it; a raw one is compressed at the store's level.
+//!
+//! [`ChunkSink`] owns one long-lived pack writer on its own thread. Requests hand it verified
+//! chunks; it takes everything queued, skips ids the store already has, appends the rest,
+//! makes them durable (fsync, then index) in one commit and only then answers every request
+//! of the round. Many small uploads share one fsync; a 2xx always means durable.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use crate::codec::{self, Codec};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::store::{ChunkStore, ChunkWriter};
+use crate::wire::Frame;
+
+/// Rounds stop taking more requests past this many encoded bytes = 64 MiB.
+const ROUND_BYTES: usize = 64 * 1024 * 1024;
+/// Requests that may wait for the sink thread; more block their sender (backpressure).
+const QUEUE: usize = 8;
+
+/// A chunk whose payload was checked against its id.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// BLAKE3 of the chunk.
+    pub id: Hash,
+    /// How `payload` is encoded for the pack.
+    pub codec: Codec,
+    /// The chunk's length.
+    pub raw_len: u32,
+    /// What goes into the pack.
+    pub payload: Vec<u8>,
+}
+
+/// Checks that `frame` decodes to bytes that hash to its id, and readies it for the pack.
+///
+/// # Errors
+/// [`Error::HashMismatch`] if the bytes are not the id's, [`Error::Malformed`] if a zstd
+/// payload does not decode to exactly `raw_len` bytes.
+pub fn verify(frame: &Frame<'_>, level: i32) -> Result<Verified> {
+    let check = |data: &[u8]| {
+        let actual = Hash::of(data);
+        if actual == frame.id {
+            Ok(())
+        } else {
+            Err(Error::HashMismatch {
+                expected: frame.id,
+                actual,
+            })
+        }
+    };
+    match frame.codec {
+        Codec::Raw => {
+            check(frame.payload)?;
+            let (codec, payload) = match codec::compress(frame.payload, level) {
+                Some(z) => (Codec::Zstd, z),
+                None => (Codec::Raw, frame.payload.to_vec()),
+            };
+            Ok(Verified {
+                id: frame.id,
+                codec,
+                raw_len: frame.raw_len,
+                payload,
+            })
+        }
+        Codec::Zstd => {
+            let raw = codec::decode(
+                &frame.id,
+                Codec::Zstd,
+                frame.payload,
+                frame.raw_len as usize,
+            )
+            .map_err(|e| Error::Malformed {
+                what: "zstd chunk payload",
+                detail: e.to_string(),
+            })?;
+            check(&raw)?;
+            // The client's frame decodes to the chunk: keep it, unless raw is smaller.
+            let (codec, payload) = if frame.payload.len() < raw.len() {
+                (Codec::Zstd, frame.payload.to_vec())
+            } else {
+                (Codec::Raw, raw)
+            };
+            Ok(Verified {
+                id: frame.id,
+                codec,
+                raw_len: frame.raw_len,
+                payload,
+            })
+        }
+    }
+}
+
+/// What storing one request's chunks did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkReport {
+    /// Chunks this request added to the store.
+    pub new_chunks: u64,
+    /// Their uncompressed bytes.
+    pub new_bytes: u64,
+}
+
+/// Called once with the outcome of a request's chunks.
+pub type Done = Box<dyn FnOnce(Result<SinkReport>) + Send>;
+
+struct Request {
+    chunks: Vec<Verified>,
+    done: Done,
+}
+
+/// The thread that appends verified chunks and commits them in rounds.
+pub struct ChunkSink {
+    tx: Option<mpsc::SyncSender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ChunkSink {
+    /// Starts the sink thread for `store`.
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn start(store: Arc<dyn ChunkStore>) -> Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<Request>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("hoard-sink".into())
+            .spawn(move || run(&*store, &rx))
+            .map_err(|e| Error::Stream("cannot start the chunk sink thread", e))?;
+        Ok(ChunkSink {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `chunks`; `done` is called once they are durable (or failed). Blocks while the
+    /// queue is full.
+    pub fn submit(&self, chunks: Vec<Verified>, done: Done) {
+        let req = Request { chunks, done };
+        let sent = self.tx.as_ref().map(|tx| tx.send(req));
+        if let Some(Err(mpsc::SendError(req))) = sent {
+            (req.done)(Err(Error::stage_stopped("chunk sink stopped")));
+        }
+    }
+}
+
+impl Drop for ChunkSink {
+    /// Stops taking requests, lets the thread finish what is queued, and waits for it.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(store: &dyn ChunkStore, rx: &mpsc::Receiver<Request>) {
+    let mut writer: Option<Box<dyn ChunkWriter + '_>> = None;
+    while let Ok(first) = rx.recv() {
+        let mut round = vec![first];
+        let mut bytes: usize = round[0].chunks.iter().map(|c| c.payload.len()).sum();
+        while bytes < ROUND_BYTES {
+            let Ok(more) = rx.try_recv() else { break };
+            bytes += more.chunks.iter().map(|c| c.payload.len()).sum::<usize>();
+            round.push(more);
+        }
+        match store_round(store, &mut writer, &round) {
+            Ok(reports) => {
+                for (req, rep) in round.into_iter().zip(reports) {
+                    (req.done)(Ok(rep));
+                }
+            }
+            Err(e) => {
+                // The writer forgets what it had not committed; start a fresh one next round.
+                writer = None;
+                let kind = if e.is_no_space() {
+                    std::io::ErrorKind::StorageFull
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                let text = format!("{e:#}");
+                let mut first = Some(e);
+                for req in round {
+                    let err = first.take().unwrap_or_else(|| {
+                        Error::Stream(
+                            "cannot store chunks",
+                            std::io::Error::new(kind, text.clone()),
+                        )
+                    });
+                    (req.done)(Err(err));
+                }
+            }
+        }
+    }
+}
+
+fn store_round<'s>(
+    store: &'s dyn ChunkStore,
+    writer: &mut Option<Box<dyn ChunkWriter + 's>>,
+    round: &[Request],
+) -> Result<Vec<SinkReport>> {
+    let ids: Vec<Hash> = round
+        .iter()
+        .flat_map(|r| r.chunks.iter().map(|c| c.id))
+        .collect();
+    let missing = store.missing(&ids)?;
+    let mut missing = missing.into_iter();
+    let mut seen = HashSet::new();
+    let w = match writer {
+        Some(w) => w,
+        None => writer.insert(store.writer()?),
+    };
+    let mut reports = Vec::with_capacity(round.len());
+    for req in round {
+        let mut rep = SinkReport::default();
+        for c in &req.chunks {
+            let is_missing = missing.next().unwrap_or(false);
+            if is_missing && seen.insert(c.id) {
+                w.append(&c.id, c.codec, c.raw_len, &c.payload)?;
+                rep.new_chunks += 1;
+                rep.new_bytes += u64::from(c.raw_len);
+            }
+        }
+        reports.push(rep);
+    }
+    if !seen.is_empty() {
+        w.commit()?;
+    }
+    Ok(reports)
+}

@@ -1,0 +1,275 @@
+//! Wire formats of the HTTP API, shared by the server and the client: packed id lists, chunk
+//! frames and flat manifests. All integers are little-endian; every parser checks lengths
+//! before it allocates, so a hostile body costs at most its own size.
+//!
+//! ```text
+//! id list        : id[32] *                                   (application/octet-stream)
+//! chunk frames   : ( id[32] codec[1] raw_len[4] payload_len[4] payload[payload_len] ) *
+//! flat manifest  : "HMF1" file_id[32] size[8] min[4] avg[4] max[4] count[8] ( id[32] len[4] ) *
+//! ```
+//!
+//! A frame's codec is 0 (raw) or 1 (one zstd frame); `raw_len` is the chunk's length, which
+//! caps decompression.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Codec;
+use crate::config::ChunkerParams;
+use crate::error::{Error, Result};
+use crate::hash::{HASH_LEN, Hash};
+use crate::manifest::ChunkRef;
+
+/// Content type of the binary encodings.
+pub const BINARY: &str = "application/octet-stream";
+/// Bytes before a frame's payload = 41.
+pub const FRAME_HEADER_LEN: usize = HASH_LEN + 1 + 4 + 4;
+/// Magic at the start of a binary flat manifest.
+const MANIFEST_MAGIC: &[u8; 4] = b"HMF1";
+/// Bytes of a binary flat manifest before its refs = 64.
+const MANIFEST_HEADER_LEN: usize = 4 + HASH_LEN + 8 + 12 + 8;
+/// Bytes of one ref in a binary flat manifest = 36.
+const REF_LEN: usize = HASH_LEN + 4;
+
+fn malformed(what: &'static str, detail: impl Into<String>) -> Error {
+    Error::Malformed {
+        what,
+        detail: detail.into(),
+    }
+}
+
+/// Packs ids back to back.
+pub fn pack_ids(ids: &[Hash]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * HASH_LEN);
+    for id in ids {
+        out.extend_from_slice(id.as_bytes());
+    }
+    out
+}
+
+/// Unpacks a packed id list of at most `max` ids.
+///
+/// # Errors
+/// [`Error::Malformed`] if the length is not a multiple of 32, [`Error::TooLarge`] past `max`.
+pub fn unpack_ids(body: &[u8], max: usize) -> Result<Vec<Hash>> {
+    if !body.len().is_multiple_of(HASH_LEN) {
+        return Err(malformed(
+            "id list",
+            format!("{} bytes is not a multiple of 32", body.len()),
+        ));
+    }
+    let n = body.len() / HASH_LEN;
+    if n > max {
+        return Err(Error::TooLarge {
+            what: "id list",
+            size: n as u64,
+            limit: max as u64,
+        });
+    }
+    Ok(body
+        .chunks_exact(HASH_LEN)
+        .map(|c| Hash::from_slice(c).expect("32 bytes"))
+        .collect())
+}
+
+/// One chunk in a frame body, borrowing its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The id it is sent under.
+    pub id: Hash,
+    /// How `payload` is encoded.
+    pub codec: Codec,
+    /// The chunk's length.
+    pub raw_len: u32,
+    /// The encoded bytes.
+    pub payload: &'a [u8],
+}
+
+/// Appends one frame to `out`.
+pub fn put_frame(out: &mut Vec<u8>, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) {
+    out.extend_from_slice(id.as_bytes());
+    out.push(codec as u8);
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Parses the frame at the start of `buf`: `Ok(None)` if `buf` does not hold a whole frame yet,
+/// else the frame and the bytes it took.
+///
+/// # Errors
+/// [`Error::Malformed`] for an unknown codec, a zero length, or a raw payload whose length is
+/// not `raw_len`; [`Error::TooLarge`] if `raw_len` or the payload is over `max_chunk`.
+pub fn parse_frame(buf: &[u8], max_chunk: u32) -> Result<Option<(Frame<'_>, usize)>> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let id = Hash::from_slice(&buf[..HASH_LEN]).expect("32 bytes");
+    let codec = Codec::from_tag(buf[HASH_LEN])
+        .ok_or_else(|| malformed("chunk frame", format!("unknown codec {}", buf[HASH_LEN])))?;
+    let u32_at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+    let raw_len = u32_at(HASH_LEN + 1);
+    let payload_len = u32_at(HASH_LEN + 5);
+    for (what, size) in [("chunk", raw_len), ("chunk payload", payload_len)] {
+        if size > max_chunk {
+            return Err(Error::TooLarge {
+                what,
+                size: size.into(),
+                limit: max_chunk.into(),
+            });
+        }
+    }
+    if raw_len == 0 || payload_len == 0 {
+        return Err(malformed("chunk frame", format!("empty chunk {id}")));
+    }
+    if codec == Codec::Raw && raw_len != payload_len {
+        return Err(malformed(
+            "chunk frame",
+            format!("raw chunk {id} has {payload_len} payload bytes for a length of {raw_len}"),
+        ));
+    }
+    let end = FRAME_HEADER_LEN + payload_len as usize;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    let frame = Frame {
+        id,
+        codec,
+        raw_len,
+        payload: &buf[FRAME_HEADER_LEN..end],
+    };
+    Ok(Some((frame, end)))
+}
+
+/// Parses a whole body of frames.
+///
+/// # Errors
+/// As [`parse_frame`], and [`Error::Malformed`] if the body ends inside a frame.
+pub fn parse_frames(mut body: &[u8], max_chunk: u32) -> Result<Vec<Frame<'_>>> {
+    let mut frames = Vec::new();
+    while !body.is_empty() {
+        let Some((frame, used)) = parse_frame(body, max_chunk)? else {
+            return Err(malformed(
+                "chunk frame",
+                format!("body ends inside a frame ({} bytes left)", body.len()),
+            ));
+        };
+        frames.push(frame);
+        body = &body[used..];
+    }
+    Ok(frames)
+}
+
+/// A whole manifest in one piece, as the API sends and takes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlatManifest {
+    /// The file id (BLAKE3 of the whole file).
+    pub id: Hash,
+    /// The file's length.
+    pub size: u64,
+    /// The params the client cut with; the store's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunker: Option<ChunkerParams>,
+    /// The chunks in file order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl FlatManifest {
+    /// Encodes it in the binary form.
+    pub fn to_binary(&self, store_params: ChunkerParams) -> Vec<u8> {
+        let c = self.chunker.unwrap_or(store_params);
+        let mut out = Vec::with_capacity(MANIFEST_HEADER_LEN + self.chunks.len() * REF_LEN);
+        out.extend_from_slice(MANIFEST_MAGIC);
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        for v in [c.min, c.avg, c.max] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+        for r in &self.chunks {
+            out.extend_from_slice(r.id.as_bytes());
+            out.extend_from_slice(&r.len.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes the binary form.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] if the magic, the count or the body length are wrong, or the
+    /// params are out of range.
+    pub fn from_binary(body: &[u8]) -> Result<Self> {
+        let bad = |detail: &str| malformed("manifest", detail);
+        if body.len() < MANIFEST_HEADER_LEN || &body[..4] != MANIFEST_MAGIC {
+            return Err(bad("not a binary manifest (magic HMF1)"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(body[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
+        let id = Hash::from_slice(&body[4..36]).expect("32 bytes");
+        let size = u64_at(36);
+        let chunker = ChunkerParams::new(u32_at(44), u32_at(48), u32_at(52))
+            .map_err(|e| malformed("manifest", e.to_string()))?;
+        let count = u64_at(56);
+        let refs = &body[MANIFEST_HEADER_LEN..];
+        if Some(refs.len() as u64) != count.checked_mul(REF_LEN as u64) {
+            return Err(bad("chunk count does not match the body length"));
+        }
+        let chunks = refs
+            .chunks_exact(REF_LEN)
+            .map(|r| ChunkRef {
+                id: Hash::from_slice(&r[..HASH_LEN]).expect("32 bytes"),
+                len: u32::from_le_bytes(r[HASH_LEN..].try_into().expect("4 bytes")),
+            })
+            .collect();
+        Ok(FlatManifest {
+            id,
+            size,
+            chunker: Some(chunker),
+            chunks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_stop_at_partial_input() {
+        let mut body = Vec::new();
+        put_frame(&mut body, &Hash::of(b"a"), Codec::Raw, 3, b"abc");
+        put_frame(&mut body, &Hash::of(b"b"), Codec::Zstd, 100, b"zz");
+        let frames = parse_frames(&body, 1000).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1].payload, b"zz");
+        assert_eq!(
+            parse_frame(&body[..FRAME_HEADER_LEN + 2], 1000).unwrap(),
+            None
+        );
+        assert!(parse_frames(&body[..body.len() - 1], 1000).is_err());
+        assert!(matches!(
+            parse_frames(&body, 50),
+            Err(Error::TooLarge { size: 100, .. })
+        ));
+    }
+
+    #[test]
+    fn manifests_round_trip_and_refuse_bad_counts() {
+        let m = FlatManifest {
+            id: Hash::of(b"f"),
+            size: 7,
+            chunker: Some(ChunkerParams::DEFAULT),
+            chunks: vec![ChunkRef {
+                id: Hash::of(b"c"),
+                len: 7,
+            }],
+        };
+        let bin = m.to_binary(ChunkerParams::DEFAULT);
+        assert_eq!(FlatManifest::from_binary(&bin).unwrap(), m);
+        assert!(FlatManifest::from_binary(&bin[..bin.len() - 1]).is_err());
+        assert!(unpack_ids(&[0; 33], 10).is_err());
+        assert!(matches!(
+            unpack_ids(&[0; 64], 1),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+}
