@@ -368,7 +368,8 @@ impl Sessions {
         if s.state == SessionState::Waiting && (missing.len() as u64) < s.missing_at_open {
             s.state = SessionState::Uploading;
         }
-        s.touched = self.last_use(&s).max(now());
+        // Looking does not count as use: only opening, uploading and completing keep a session.
+        s.touched = self.last_use(&s);
         self.save(&s)?;
         Ok(self.report(&s, missing.len() as u64, bytes))
     }

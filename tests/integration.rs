@@ -5,7 +5,10 @@ mod integration {
     pub mod data;
     pub mod dedup;
     pub mod golden;
+    pub mod net;
+    pub mod push_pull;
     pub mod roundtrip;
+    pub mod server;
     pub mod store_contract;
     pub mod support;
 }
