@@ -15,6 +15,7 @@
 
 #[path = "../tests/integration/data.rs"]
 mod generate;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,72 +23,7 @@ use std::time::Instant;
 
 use hoard::chunker::Cutter;
 use hoard::{ChunkerParams, Hash, codec};
-
-struct Step {
-    secs: f64,
-    rss_kib: u64,
-}
-
-fn env_num(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Reads a file once so the timed step starts from a warm page cache (this VM drops idle cache).
-fn warm(path: &Path) {
-    let _ = std::fs::read(path);
-}
-
-/// Writes and deletes a 1.5 GiB scratch file so the timed step that follows writes into memory
-/// the VM has just used. On this kind of VM the first write into pages freed a while ago (or
-/// never touched) runs at a fraction of memory speed, which would otherwise charge whichever
-/// tool runs after a large delete; every tool gets the same priming before every step.
-fn prime(tmp: &Path) {
-    use std::io::Write;
-    let path = tmp.join("prime.bin");
-    let buf = vec![0x5au8; 1 << 20];
-    let mut f = std::fs::File::create(&path).expect("prime file");
-    for _ in 0..1536 {
-        f.write_all(&buf).expect("prime write");
-    }
-    drop(f);
-    std::fs::remove_file(&path).expect("prime delete");
-}
-
-/// Reads what GNU time wrote with `-f "%e %M"`.
-fn read_time(out: &Path) -> Step {
-    let text = std::fs::read_to_string(out).expect("time output");
-    let mut it = text.split_whitespace();
-    let secs: f64 = it.next().and_then(|s| s.parse().ok()).expect("seconds");
-    let rss_kib: u64 = it.next().and_then(|s| s.parse().ok()).expect("rss");
-    Step { secs, rss_kib }
-}
-
-/// Runs `cmd` under GNU time; returns wall seconds and peak RSS.
-fn timed(cmd: &[&str], envs: &[(&str, &str)], tmp: &Path) -> Step {
-    let out = tmp.join("time.txt");
-    let status = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%e %M")
-        .arg("-o")
-        .arg(&out)
-        .args(cmd)
-        .envs(envs.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run /usr/bin/time");
-    assert!(status.success(), "{cmd:?} failed");
-    read_time(&out)
-}
+use support::{Step, env_num, have, mbps, median, prime, read_time, timed, warm};
 
 /// Runs `cmd` under GNU time with `len` bytes of random data on its stdin and its stdout
 /// discarded; returns wall seconds and peak RSS.
@@ -145,15 +81,6 @@ fn du(path: &Path) -> u64 {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn mbps(bytes: usize, secs: f64) -> f64 {
-    bytes as f64 / 1e6 / secs
 }
 
 /// Times `f` over `runs` runs; median seconds.

@@ -29,6 +29,20 @@ const QUEUE_BATCHES: usize = 2;
 /// # Errors
 /// [`Error::ChunkNotFound`], [`Error::Corrupt`], or the store's errors.
 pub fn read_verified_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) -> Result<()> {
+    read_decoded_into(store, r, out)?;
+    let actual = Hash::of(out);
+    if actual != r.id {
+        return Err(Error::Corrupt {
+            id: r.id,
+            detail: format!("content hashes to {actual}"),
+        });
+    }
+    Ok(())
+}
+
+/// Reads chunk `r.id` and decodes it into `out` without hashing it: for callers that hash
+/// the whole file instead, where a bad chunk shows as a whole-file mismatch.
+fn read_decoded_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) -> Result<()> {
     thread_local! {
         /// One payload buffer per decoding thread, reused for every chunk.
         static PAYLOAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -46,15 +60,7 @@ pub fn read_verified_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) 
             });
         }
         codec::decode_into(&r.id, codec, &payload, out)
-    })?;
-    let actual = Hash::of(out);
-    if actual != r.id {
-        return Err(Error::Corrupt {
-            id: r.id,
-            detail: format!("content hashes to {actual}"),
-        });
-    }
-    Ok(())
+    })
 }
 
 /// Reads chunk `r.id` into a new buffer, decoded and verified.
@@ -126,6 +132,27 @@ pub fn restore<W: Write + Send>(
     out: W,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
+    rebuild(store, manifest, out, progress, read_verified_into)
+}
+
+/// Checks that the chunks of `manifest` make the file it claims: decodes them all and hashes
+/// the whole (each chunk was checked when it was stored; a bad one shows as a mismatch here).
+/// This is what completing an upload session costs: about an export to nowhere.
+///
+/// # Errors
+/// [`Error::FileMismatch`], [`Error::ChunkNotFound`], [`Error::Corrupt`] for an undecodable
+/// payload, or the store's errors.
+pub fn verify_file(store: &dyn ChunkStore, manifest: &Manifest) -> Result<()> {
+    rebuild(store, manifest, std::io::sink(), &|_| {}, read_decoded_into)
+}
+
+fn rebuild<W: Write + Send>(
+    store: &dyn ChunkStore,
+    manifest: &Manifest,
+    out: W,
+    progress: &(dyn Fn(u64) + Sync),
+    read: fn(&dyn ChunkStore, &ChunkRef, &mut [u8]) -> Result<()>,
+) -> Result<()> {
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_BATCHES);
         let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
@@ -165,7 +192,7 @@ pub fn restore<W: Write + Send>(
                 slices
                     .into_par_iter()
                     .zip(refs)
-                    .try_for_each(|(out, r)| read_verified_into(store, r, out))?;
+                    .try_for_each(|(out, r)| read(store, r, out))?;
                 hasher.update_rayon(&batch);
                 if tx.send(batch).is_err() {
                     // The writer failed: stop reading; its own error is the one reported.

@@ -5,6 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
 use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
@@ -13,7 +14,7 @@ use super::error::ApiError;
 use super::{AppState, blocking};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::hash::Hash;
+use crate::hash::{HASH_LEN, Hash};
 use crate::session::SessionId;
 use crate::sink::{SinkReport, Verified, verify};
 use crate::wire::{self, BINARY, Frame};
@@ -74,29 +75,83 @@ pub(super) fn ids_response(binary: bool, ids: &[Hash]) -> Response {
     }
 }
 
-/// `POST /v1/chunks/missing`: the ids the store lacks, in input order.
+/// Ids looked up per step of a binary missing query = 65 536 (2 MiB of body).
+const MISSING_GROUP: usize = 1 << 16;
+
+/// `POST /v1/chunks/missing`: the ids the store lacks, in input order. A binary body is
+/// looked up group by group as it streams in, so memory holds one group and the answer.
 pub async fn missing(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = st.limits().max_ids;
-    // 67 bytes per id covers a JSON array of hex strings with separators.
-    let body = read_body(body, "id list", max * 67 + 64).await?;
-    let binary = is_binary(&headers);
     let store = st.store();
-    let missing = blocking(move || {
-        let ids = parse_ids(&headers, &body, max)?;
-        let flags = store.missing(&ids)?;
-        Ok(ids
-            .into_iter()
-            .zip(flags)
-            .filter(|(_, m)| *m)
-            .map(|(id, _)| id)
-            .collect::<Vec<_>>())
-    })
-    .await?;
-    Ok(ids_response(binary, &missing))
+    if !is_binary(&headers) {
+        // 67 bytes per id covers a JSON array of hex strings with separators.
+        let body = read_body(body, "id list", max * 67 + 64).await?;
+        let missing = blocking(move || {
+            let ids = parse_ids(&headers, &body, max)?;
+            let flags = store.missing(&ids)?;
+            Ok(ids
+                .into_iter()
+                .zip(flags)
+                .filter(|(_, m)| *m)
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        return Ok(ids_response(false, &missing));
+    }
+    let mut stream = body.into_data_stream();
+    let mut pending: Vec<u8> = Vec::with_capacity(MISSING_GROUP * HASH_LEN);
+    let mut answer: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        let next = stream
+            .try_next()
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the id list: {e}")))?;
+        let done = next.is_none();
+        if let Some(bytes) = next {
+            pending.extend_from_slice(&bytes);
+        }
+        if pending.len() >= MISSING_GROUP * HASH_LEN || (done && !pending.is_empty()) {
+            let whole = if done {
+                pending.len()
+            } else {
+                pending.len() - pending.len() % HASH_LEN
+            };
+            let group: Vec<u8> = pending.drain(..whole).collect();
+            seen += group.len() / HASH_LEN;
+            if seen > max {
+                return Err(Error::TooLarge {
+                    what: "id list",
+                    size: seen as u64,
+                    limit: max as u64,
+                }
+                .into());
+            }
+            let store = store.clone();
+            let packed = blocking(move || {
+                let ids = wire::unpack_ids(&group, usize::MAX)?;
+                let flags = store.missing(&ids)?;
+                let found: Vec<Hash> = ids
+                    .into_iter()
+                    .zip(flags)
+                    .filter(|(_, m)| *m)
+                    .map(|(id, _)| id)
+                    .collect();
+                Ok(wire::pack_ids(&found))
+            })
+            .await?;
+            answer.extend_from_slice(&packed);
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, BINARY)], answer).into_response())
 }
 
 /// Query of the upload endpoints: the session the chunks belong to, to keep it alive.

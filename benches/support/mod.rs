@@ -1,0 +1,83 @@
+//! Helpers shared by the end-to-end benches: timing child processes, priming the VM's page
+//! allocator, medians.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// Wall time and peak RSS of one step.
+pub struct Step {
+    pub secs: f64,
+    pub rss_kib: u64,
+}
+
+pub fn env_num(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Reads a file once so the timed step starts from a warm page cache (this VM drops idle cache).
+pub fn warm(path: &Path) {
+    let _ = std::fs::read(path);
+}
+
+/// Writes and deletes a 1.5 GiB scratch file so the timed step that follows writes into memory
+/// the VM has just used. On this kind of VM the first write into pages freed a while ago (or
+/// never touched) runs at a fraction of memory speed, which would otherwise charge whichever
+/// tool runs after a large delete; every tool gets the same priming before every step.
+pub fn prime(tmp: &Path) {
+    use std::io::Write;
+    let path = tmp.join("prime.bin");
+    let buf = vec![0x5au8; 1 << 20];
+    let mut f = std::fs::File::create(&path).expect("prime file");
+    for _ in 0..1536 {
+        f.write_all(&buf).expect("prime write");
+    }
+    drop(f);
+    std::fs::remove_file(&path).expect("prime delete");
+}
+
+/// Reads what GNU time wrote with `-f "%e %M"`.
+pub fn read_time(out: &Path) -> Step {
+    let text = std::fs::read_to_string(out).expect("time output");
+    let mut it = text.split_whitespace();
+    let secs: f64 = it.next().and_then(|s| s.parse().ok()).expect("seconds");
+    let rss_kib: u64 = it.next().and_then(|s| s.parse().ok()).expect("rss");
+    Step { secs, rss_kib }
+}
+
+/// Runs `cmd` under GNU time; returns wall seconds and peak RSS.
+pub fn timed(cmd: &[&str], envs: &[(&str, &str)], tmp: &Path) -> Step {
+    let out = tmp.join("time.txt");
+    let status = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(&out)
+        .args(cmd)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run /usr/bin/time");
+    assert!(status.success(), "{cmd:?} failed");
+    read_time(&out)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn mbps(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs
+}
