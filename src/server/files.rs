@@ -30,6 +30,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     names::validate(&name)?;
+    let label = name.clone();
     let _slot =
         st.0.ingest_slots
             .acquire()
@@ -54,6 +55,7 @@ pub async fn upload(
     st.0.metrics.file_stored(report.size, report.new_bytes);
     let mut v = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["version"] = json!(version);
+    v["name"] = json!(label);
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 

@@ -355,3 +355,87 @@ fn export_into_a_device_writes_into_it_instead_of_replacing_it() {
         "/dev/null must still be the device"
     );
 }
+
+mod remote {
+    //! `hoard serve`, `push` and `pull` as a user runs them.
+
+    use super::super::net::ChildServer;
+    use super::super::support::{Scratch, b3, fails, hoard, ok};
+
+    #[test]
+    fn push_and_pull_through_the_binary_with_json() {
+        let s = Scratch::new();
+        let server = ChildServer::start(&s.store());
+        let data = super::super::data::mixed(3 << 20, 40);
+        let f = s.file("a.img", &data);
+        let client_store = s.path("unused-store");
+        let out = ok(hoard(&client_store).args([
+            "push",
+            f.to_str().unwrap(),
+            "--server",
+            &server.url,
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["id"], b3(&data).as_str());
+        assert_eq!(v["name"], "a.img");
+        assert_eq!(v["size"], data.len());
+        assert!(v["bytes_sent"].as_u64().unwrap() > 0);
+        let back = s.path("b.img");
+        let out = ok(hoard(&client_store).args([
+            "pull",
+            "a.img",
+            back.to_str().unwrap(),
+            "--server",
+            &server.url,
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["id"], b3(&data).as_str());
+        assert_eq!(std::fs::read(&back).unwrap(), data);
+        assert!(!client_store.exists(), "push/pull created a local store");
+
+        // Unknown file: exit 1, a message naming it, nothing written.
+        let missing = s.path("nope.img");
+        let err = fails(
+            hoard(&client_store).args([
+                "pull",
+                "nope.img",
+                missing.to_str().unwrap(),
+                "--server",
+                &server.url,
+            ]),
+            1,
+        );
+        assert!(err.contains("nope.img") && err.contains("404"), "{err}");
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn unreachable_server_and_exposed_listen_fail_clearly() {
+        let s = Scratch::new();
+        let f = s.file("a.img", b"hello");
+        // A port nothing listens on: bind one, then drop it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = fails(
+            hoard(&s.store()).args(["push", f.to_str().unwrap(), "--server", &url]),
+            1,
+        );
+        assert!(err.contains("cannot reach the server"), "{err}");
+        let err = fails(
+            hoard(&s.store()).args(["serve", "--listen", "0.0.0.0:0"]),
+            1,
+        );
+        assert!(err.contains("--insecure-no-auth"), "{err}");
+        let err = fails(
+            hoard(&s.store()).args(["push", f.to_str().unwrap(), "--server", "ftp://x"]),
+            1,
+        );
+        assert!(err.contains("http://"), "{err}");
+    }
+}
