@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -148,24 +149,46 @@ pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
     })
 }
 
-/// Progress of a push or pull on two bars: the local scan, then the transfer.
-struct Bars {
-    scan: indicatif::ProgressBar,
-    moved: indicatif::ProgressBar,
+/// A push's progress on one bar: bytes read and hashed, with what was skipped and sent.
+struct PushBar {
+    bar: indicatif::ProgressBar,
+    skipped: AtomicU64,
+    sent: AtomicU64,
 }
 
-impl client::Progress for Bars {
+impl PushBar {
+    fn show(&self) {
+        self.bar.set_message(format!(
+            "pushing ({} already there, {} sent)",
+            output::bytes(self.skipped.load(Ordering::Relaxed)),
+            output::bytes(self.sent.load(Ordering::Relaxed)),
+        ));
+    }
+}
+
+impl client::Progress for PushBar {
     fn scanned(&self, n: u64) {
-        self.scan.inc(n);
+        self.bar.inc(n);
     }
     fn skipped(&self, n: u64) {
-        self.scan.finish_and_clear();
-        self.moved.inc_length(0);
-        self.moved
-            .set_message(format!("sending ({} already there)", output::bytes(n)));
+        self.skipped.fetch_add(n, Ordering::Relaxed);
+        self.show();
     }
     fn moved(&self, n: u64) {
-        self.moved.inc(n);
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        self.show();
+    }
+}
+
+/// A pull's progress: bytes downloaded or found locally.
+struct PullBar(indicatif::ProgressBar);
+
+impl client::Progress for PullBar {
+    fn skipped(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn moved(&self, n: u64) {
+        self.0.inc(n);
     }
 }
 
@@ -187,15 +210,16 @@ pub fn push(a: &PushArgs) -> Result<()> {
     let size = std::fs::metadata(&a.file)
         .with_context(|| format!("cannot open {}", a.file.display()))?
         .len();
-    let bars = Arc::new(Bars {
-        scan: output::bar(Some(size), "hashing"),
-        moved: output::bar(None, "sending"),
+    let bars = Arc::new(PushBar {
+        bar: output::bar(Some(size), "pushing"),
+        skipped: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
     });
     let c = Client::new(&a.server.server, a.server.token.clone())?;
     let report = runtime()?
         .block_on(client::push(&c, &a.file, Some(name.clone()), bars.clone()))
         .with_context(|| format!("cannot push {} to {}", a.file.display(), a.server.server))?;
-    bars.moved.finish_and_clear();
+    bars.bar.finish_and_clear();
     if a.server.json {
         return emit_json(serde_json::to_value(&report)?);
     }
@@ -224,10 +248,7 @@ pub fn pull(local: Option<&Path>, a: &PullArgs) -> Result<()> {
         ) as Arc<dyn ChunkStore>),
         _ => None,
     };
-    let bars = Arc::new(Bars {
-        scan: indicatif::ProgressBar::hidden(),
-        moved: output::bar(None, "receiving"),
-    });
+    let bars = Arc::new(PullBar(output::bar(None, "pulling")));
     let c = Client::new(&a.server.server, a.server.token.clone())?;
     let opts = PullOptions {
         seed: a.seed.clone(),
@@ -236,7 +257,7 @@ pub fn pull(local: Option<&Path>, a: &PullArgs) -> Result<()> {
     let report = runtime()?
         .block_on(client::pull(&c, &a.file, &a.out, opts, bars.clone()))
         .with_context(|| format!("cannot pull {} from {}", a.file, a.server.server))?;
-    bars.moved.finish_and_clear();
+    bars.0.finish_and_clear();
     if a.server.json {
         let mut v = serde_json::to_value(&report)?;
         v["out"] = json!(a.out);

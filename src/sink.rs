@@ -6,11 +6,12 @@
 //! checks out is stored as the client sent it; a raw one is compressed at the store's level.
 //!
 //! [`ChunkSink`] owns one long-lived pack writer on its own thread. Requests hand it verified
-//! chunks; it takes everything queued, skips ids the store already has, appends the rest,
-//! makes them durable (fsync, then index) in one commit and only then answers every request
-//! of the round. Many small uploads share one fsync; a 2xx always means durable.
+//! chunks; it takes everything queued, skips ids the store already has, appends the rest and
+//! hands the round to a syncer thread, which makes it durable (fsync, then index) in one
+//! commit and only then answers every request of the round, while the next round is being
+//! appended. Many small uploads share one fsync; a 2xx always means durable.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -18,7 +19,7 @@ use std::thread::JoinHandle;
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::{ChunkStore, ChunkWriter};
+use crate::store::{ChunkStore, ChunkWriter, PendingCommit};
 use crate::wire::Frame;
 
 /// Rounds stop taking more requests past this many encoded bytes = 64 MiB.
@@ -159,51 +160,102 @@ impl Drop for ChunkSink {
     }
 }
 
+/// A round appended and waiting for its fsync and index commit on the syncer thread.
+struct Appended {
+    round: Vec<Request>,
+    reports: Vec<SinkReport>,
+    commit: Option<Box<dyn PendingCommit>>,
+}
+
+/// Appends rounds on this thread while the syncer thread makes the previous round durable
+/// (fsync, then index) and answers its requests: appends and fsyncs overlap, as in `ingest`.
 fn run(store: &dyn ChunkStore, rx: &mpsc::Receiver<Request>) {
-    let mut writer: Option<Box<dyn ChunkWriter + '_>> = None;
-    while let Ok(first) = rx.recv() {
-        let mut round = vec![first];
-        let mut bytes: usize = round[0].chunks.iter().map(|c| c.payload.len()).sum();
-        while bytes < ROUND_BYTES {
-            let Ok(more) = rx.try_recv() else { break };
-            bytes += more.chunks.iter().map(|c| c.payload.len()).sum::<usize>();
-            round.push(more);
-        }
-        match store_round(store, &mut writer, &round) {
-            Ok(reports) => {
-                for (req, rep) in round.into_iter().zip(reports) {
-                    (req.done)(Ok(rep));
+    std::thread::scope(|s| {
+        let (sync_tx, sync_rx) = mpsc::sync_channel::<Appended>(1);
+        let (ack_tx, ack_rx) = mpsc::channel::<bool>();
+        s.spawn(move || {
+            for a in sync_rx {
+                let done = a.commit.map_or(Ok(()), |c| c.finish());
+                let ok = done.is_ok();
+                match done {
+                    Ok(()) => {
+                        for (req, rep) in a.round.into_iter().zip(a.reports) {
+                            (req.done)(Ok(rep));
+                        }
+                    }
+                    Err(e) => fail(a.round, e),
+                }
+                let _ = ack_tx.send(ok);
+            }
+        });
+        let mut writer: Option<Box<dyn ChunkWriter + '_>> = None;
+        // Ids of rounds appended but not yet indexed: `missing` cannot see them yet.
+        let mut unindexed: VecDeque<HashSet<Hash>> = VecDeque::new();
+        while let Ok(first) = rx.recv() {
+            let mut round = vec![first];
+            let mut bytes: usize = round[0].chunks.iter().map(|c| c.payload.len()).sum();
+            while bytes < ROUND_BYTES {
+                let Ok(more) = rx.try_recv() else { break };
+                bytes += more.chunks.iter().map(|c| c.payload.len()).sum::<usize>();
+                round.push(more);
+            }
+            while let Ok(ok) = ack_rx.try_recv() {
+                unindexed.pop_front();
+                if !ok {
+                    writer = None; // a failed commit leaves the pack in doubt: start another
                 }
             }
-            Err(e) => {
-                // The writer forgets what it had not committed; start a fresh one next round.
-                writer = None;
-                let kind = if e.is_no_space() {
-                    std::io::ErrorKind::StorageFull
-                } else {
-                    std::io::ErrorKind::Other
-                };
-                let text = format!("{e:#}");
-                let mut first = Some(e);
-                for req in round {
-                    let err = first.take().unwrap_or_else(|| {
-                        Error::Stream(
-                            "cannot store chunks",
-                            std::io::Error::new(kind, text.clone()),
-                        )
-                    });
-                    (req.done)(Err(err));
+            match append_round(store, &mut writer, &round, &unindexed) {
+                Ok((reports, ids, commit)) => {
+                    unindexed.push_back(ids);
+                    let a = Appended {
+                        round,
+                        reports,
+                        commit,
+                    };
+                    if let Err(mpsc::SendError(a)) = sync_tx.send(a) {
+                        fail(a.round, Error::stage_stopped("chunk syncer stopped"));
+                    }
+                }
+                Err(e) => {
+                    // The writer forgets what it had not committed; start a fresh one.
+                    writer = None;
+                    fail(round, e);
                 }
             }
         }
+    });
+}
+
+/// Answers every request of `round` with `e` (the first gets `e` itself).
+fn fail(round: Vec<Request>, e: Error) {
+    let kind = if e.is_no_space() {
+        std::io::ErrorKind::StorageFull
+    } else {
+        std::io::ErrorKind::Other
+    };
+    let text = format!("{e:#}");
+    let mut first = Some(e);
+    for req in round {
+        let err = first.take().unwrap_or_else(|| {
+            Error::Stream(
+                "cannot store chunks",
+                std::io::Error::new(kind, text.clone()),
+            )
+        });
+        (req.done)(Err(err));
     }
 }
 
-fn store_round<'s>(
+/// Appends the chunks of `round` the store lacks (and no earlier round still being indexed
+/// holds); returns each request's report, the ids appended and the commit to finish.
+#[allow(clippy::type_complexity)]
+fn append_round<'s>(
     store: &'s dyn ChunkStore,
     writer: &mut Option<Box<dyn ChunkWriter + 's>>,
     round: &[Request],
-) -> Result<Vec<SinkReport>> {
+    unindexed: &VecDeque<HashSet<Hash>>,
+) -> Result<(Vec<SinkReport>, HashSet<Hash>, Option<Box<dyn PendingCommit>>)> {
     let ids: Vec<Hash> = round
         .iter()
         .flat_map(|r| r.chunks.iter().map(|c| c.id))
@@ -220,7 +272,7 @@ fn store_round<'s>(
         let mut rep = SinkReport::default();
         for c in &req.chunks {
             let is_missing = missing.next().unwrap_or(false);
-            if is_missing && seen.insert(c.id) {
+            if is_missing && !unindexed.iter().any(|u| u.contains(&c.id)) && seen.insert(c.id) {
                 w.append(&c.id, c.codec, c.raw_len, &c.payload)?;
                 rep.new_chunks += 1;
                 rep.new_bytes += u64::from(c.raw_len);
@@ -228,8 +280,10 @@ fn store_round<'s>(
         }
         reports.push(rep);
     }
-    if !seen.is_empty() {
-        w.commit()?;
-    }
-    Ok(reports)
+    let commit = if seen.is_empty() {
+        None
+    } else {
+        Some(w.start_commit()?)
+    };
+    Ok((reports, seen, commit))
 }
