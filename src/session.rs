@@ -18,8 +18,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -143,6 +143,41 @@ pub struct Progress {
     pub expires: u64,
 }
 
+/// Most sessions hashed in the background at once; later ones are hashed when they complete.
+const MAX_VERIFIERS: usize = 4;
+
+/// Wakes the background hashers when chunks land in the store.
+#[derive(Default)]
+struct Arrivals {
+    count: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Arrivals {
+    fn notify(&self) {
+        *self.count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.cv.notify_all();
+    }
+
+    /// Waits until the count differs from `*seen` (at once if it already does, which covers
+    /// arrivals since the caller last looked), at most 100 ms (other writers do not notify);
+    /// updates `*seen`.
+    fn wait(&self, seen: &mut u64) {
+        let guard = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = self
+            .cv
+            .wait_timeout_while(guard, Duration::from_millis(100), |c| *c == *seen)
+            .unwrap_or_else(PoisonError::into_inner);
+        *seen = *guard;
+    }
+}
+
+/// A session's file being hashed out of the store while its chunks arrive.
+struct Verifier {
+    cancel: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Hash>>,
+}
+
 /// The open sessions of one store, and the rules they follow.
 pub struct Sessions {
     store: Arc<dyn ChunkStore>,
@@ -152,6 +187,8 @@ pub struct Sessions {
     /// Last use of each session seen by this process, kept in memory between persisted touches.
     activity: Mutex<HashMap<SessionId, u64>>,
     counter: AtomicU64,
+    arrivals: Arc<Arrivals>,
+    verifiers: Mutex<HashMap<SessionId, Verifier>>,
 }
 
 fn now() -> u64 {
@@ -169,6 +206,68 @@ impl Sessions {
             locks: Mutex::default(),
             activity: Mutex::default(),
             counter: AtomicU64::new(0),
+            arrivals: Arc::default(),
+            verifiers: Mutex::default(),
+        }
+    }
+
+    /// Tells the background hashers that chunks were stored.
+    pub fn chunks_arrived(&self) {
+        self.arrivals.notify();
+    }
+
+    /// Starts hashing `s`'s file in the background, if a slot is free.
+    fn start_verifier(&self, s: &Session) {
+        let mut verifiers = self.verifiers.lock().unwrap_or_else(PoisonError::into_inner);
+        if verifiers.len() >= MAX_VERIFIERS {
+            return;
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (store, manifest, arrivals, stop) = (
+            self.store.clone(),
+            s.manifest.clone(),
+            self.arrivals.clone(),
+            cancel.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("hoard-verify".into())
+            .spawn(move || {
+                let mut seen = 0;
+                restore::hash_as_stored(&*store, &manifest, || {
+                    arrivals.wait(&mut seen);
+                    !stop.load(Ordering::Relaxed)
+                })
+            });
+        if let Ok(thread) = spawned {
+            verifiers.insert(s.id, Verifier { cancel, thread });
+        }
+    }
+
+    /// Stops and forgets the background hasher of `id`; returns its result if it finished.
+    fn take_verifier(&self, id: SessionId, cancel: bool) -> Option<Result<Hash>> {
+        let v = self
+            .verifiers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)?;
+        if cancel {
+            v.cancel.store(true, Ordering::Relaxed);
+        }
+        self.arrivals.notify();
+        v.thread.join().ok()
+    }
+
+    /// Stops every background hasher (server shutdown), so nothing holds the store.
+    pub fn stop_verifiers(&self) {
+        let ids: Vec<SessionId> = self
+            .verifiers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        for id in ids {
+            self.take_verifier(id, true);
         }
     }
 
@@ -302,6 +401,9 @@ impl Sessions {
             missing_bytes_at_open: missing_bytes,
         };
         self.save(&s)?;
+        if self.store.get_manifest(&flat.id)?.is_none() {
+            self.start_verifier(&s);
+        }
         let p = self.report(&s, missing.len() as u64, missing_bytes);
         Ok((p, missing))
     }
@@ -345,6 +447,7 @@ impl Sessions {
     /// Expires `s` if it sat idle past the TTL; returns true if and only if it did.
     fn expire_if_idle(&self, s: &mut Session) -> Result<bool> {
         if s.state.is_open() && self.last_use(s) + self.ttl.as_secs() < now() {
+            self.take_verifier(s.id, true);
             s.state = SessionState::Expired;
             self.save(s)?;
             return Ok(true);
@@ -402,9 +505,15 @@ impl Sessions {
             self.save(&s)?;
             return Err(Error::Incomplete { missing });
         }
-        // A file already stored was checked when it was; otherwise hash it out of the store.
+        // A file already stored was checked when it was; otherwise hash it out of the store
+        // (most of it already hashed in the background while the chunks arrived).
+        let background = self.take_verifier(id, false);
         if self.store.get_manifest(&s.manifest.file_id)?.is_none() {
-            match restore::verify_file(&*self.store, &s.manifest) {
+            let checked = match background {
+                Some(Ok(actual)) if actual == s.manifest.file_id => Ok(()),
+                _ => restore::verify_file(&*self.store, &s.manifest),
+            };
+            match checked {
                 Ok(()) => {}
                 Err(Error::FileMismatch { expected, actual }) => {
                     return Err(Error::FileIdMismatch { expected, actual });
@@ -430,6 +539,7 @@ impl Sessions {
         let lock = self.lock_of(id);
         let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.load(id)?;
+        self.take_verifier(id, true);
         self.store.delete_session(&id.0)?;
         self.forget(id);
         Ok(())

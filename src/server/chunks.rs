@@ -199,6 +199,9 @@ async fn store_frames(
         .await
         .map_err(|_| ApiError::Internal("chunk sink dropped a request".into()))??;
     st.0.metrics.chunks_received(n as u64, received, report);
+    if report.new_chunks > 0 {
+        st.0.sessions.chunks_arrived();
+    }
     Ok((n, report))
 }
 

@@ -221,6 +221,8 @@ pub async fn serve(
         .await;
     sweeper.abort();
     let _ = sweeper.await;
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || st.0.sessions.stop_verifiers()).await;
     // Dropping the last handle joins the sink thread after its queue is empty.
     tokio::task::spawn_blocking(move || drop(state)).await.ok();
     served
