@@ -218,7 +218,10 @@ impl Sessions {
 
     /// Starts hashing `s`'s file in the background, if a slot is free.
     fn start_verifier(&self, s: &Session) {
-        let mut verifiers = self.verifiers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut verifiers = self
+            .verifiers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if verifiers.len() >= MAX_VERIFIERS {
             return;
         }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
+
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -36,8 +38,8 @@ pub struct Verified {
     pub codec: Codec,
     /// The chunk's length.
     pub raw_len: u32,
-    /// What goes into the pack.
-    pub payload: Vec<u8>,
+    /// What goes into the pack (often a slice of the request body: no copy).
+    pub payload: Bytes,
 }
 
 /// Checks that `frame` decodes to bytes that hash to its id, and readies it for the pack.
@@ -45,7 +47,8 @@ pub struct Verified {
 /// # Errors
 /// [`Error::HashMismatch`] if the bytes are not the id's, [`Error::Malformed`] if a zstd
 /// payload does not decode to exactly `raw_len` bytes.
-pub fn verify(frame: &Frame<'_>, level: i32) -> Result<Verified> {
+/// `body` is the buffer `frame` borrows from: payloads kept as sent are slices of it.
+pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32) -> Result<Verified> {
     let check = |data: &[u8]| {
         let actual = Hash::of(data);
         if actual == frame.id {
@@ -61,8 +64,8 @@ pub fn verify(frame: &Frame<'_>, level: i32) -> Result<Verified> {
         Codec::Raw => {
             check(frame.payload)?;
             let (codec, payload) = match codec::compress(frame.payload, level) {
-                Some(z) => (Codec::Zstd, z),
-                None => (Codec::Raw, frame.payload.to_vec()),
+                Some(z) => (Codec::Zstd, Bytes::from(z)),
+                None => (Codec::Raw, body.slice_ref(frame.payload)),
             };
             Ok(Verified {
                 id: frame.id,
@@ -85,9 +88,9 @@ pub fn verify(frame: &Frame<'_>, level: i32) -> Result<Verified> {
             check(&raw)?;
             // The client's frame decodes to the chunk: keep it, unless raw is smaller.
             let (codec, payload) = if frame.payload.len() < raw.len() {
-                (Codec::Zstd, frame.payload.to_vec())
+                (Codec::Zstd, body.slice_ref(frame.payload))
             } else {
-                (Codec::Raw, raw)
+                (Codec::Raw, Bytes::from(raw))
             };
             Ok(Verified {
                 id: frame.id,
@@ -255,7 +258,11 @@ fn append_round<'s>(
     writer: &mut Option<Box<dyn ChunkWriter + 's>>,
     round: &[Request],
     unindexed: &VecDeque<HashSet<Hash>>,
-) -> Result<(Vec<SinkReport>, HashSet<Hash>, Option<Box<dyn PendingCommit>>)> {
+) -> Result<(
+    Vec<SinkReport>,
+    HashSet<Hash>,
+    Option<Box<dyn PendingCommit>>,
+)> {
     let ids: Vec<Hash> = round
         .iter()
         .flat_map(|r| r.chunks.iter().map(|c| c.id))

@@ -221,6 +221,17 @@ pub async fn pull(
         .await
         .map_err(|e| Error::Stream("file check failed", std::io::Error::other(e)))??;
     if actual != id {
+        let (file, layout) = (file.clone(), layout.clone());
+        let bad = tokio::task::spawn_blocking(move || find_bad_chunk(&file, &layout))
+            .await
+            .map_err(|e| Error::Stream("file check failed", std::io::Error::other(e)))?;
+        if let Some((bad, got)) = bad {
+            // The partial file stays: the next pull checks each chunk and fetches this anew.
+            return Err(Error::Corrupt {
+                id: bad,
+                detail: format!("downloaded bytes hash to {got}; pull again to fetch it anew"),
+            });
+        }
         let _ = std::fs::remove_file(&partial);
         return Err(Error::FileMismatch {
             expected: id,
@@ -313,7 +324,22 @@ fn local_sources(
     Ok(need)
 }
 
-/// Downloads one batch of chunks, verifies each and writes it to its places. Retries the
+/// The first chunk of the partial file whose bytes are not its id, and what they hash to.
+fn find_bad_chunk(file: &File, layout: &Layout) -> Option<(Hash, Hash)> {
+    layout.order.iter().find_map(|id| {
+        let (len, offsets) = &layout.places[id];
+        offsets.iter().find_map(|at| {
+            let mut buf = vec![0; *len as usize];
+            let got = match file.read_exact_at(&mut buf, *at) {
+                Ok(()) => Hash::of(&buf),
+                Err(_) => Hash::of(b""),
+            };
+            (got != *id).then_some((*id, got))
+        })
+    })
+}
+
+/// Downloads one batch of chunks, decodes each and writes it to its places. Retries the
 /// whole batch if the connection breaks mid-body.
 async fn fetch(
     client: &Client,
@@ -365,14 +391,9 @@ async fn fetch(
                     detail: format!("server sent {} bytes, the manifest says {want}", f.raw_len),
                 });
             }
+            // Not hashed here: the whole file is, before it is renamed into place, and on a
+            // mismatch each chunk is checked to name the culprit (see `find_bad_chunk`).
             let data = codec::decode(&f.id, f.codec, f.payload, want as usize)?;
-            let actual = Hash::of(&data);
-            if actual != f.id {
-                return Err(Error::Corrupt {
-                    id: f.id,
-                    detail: format!("downloaded bytes hash to {actual}"),
-                });
-            }
             layout.write(&file, &f.id, &data)
         })?;
         Ok((

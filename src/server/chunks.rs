@@ -178,7 +178,7 @@ async fn store_frames(
             }],
             None => wire::parse_frames(&body, max_chunk)?,
         };
-        frames.par_iter().map(|f| verify(f, level)).collect()
+        frames.par_iter().map(|f| verify(f, &body, level)).collect()
     })
     .await?;
     let n = verified.len();

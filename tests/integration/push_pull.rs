@@ -211,3 +211,41 @@ fn eight_clients_pushing_overlapping_files_store_each_chunk_once() {
         "pack files hold more than one copy of some chunk"
     );
 }
+
+#[test]
+fn a_corrupt_stored_chunk_is_never_served_and_pull_writes_nothing() {
+    let s = Scratch::new();
+    let v = data::random(2 << 20, 77);
+    let p = s.file("v.bin", &v);
+    let server = TestServer::simple(&s.store(), Some(small_chunks()));
+    push(&server.client(), &p, "v.bin").unwrap();
+    server.stop();
+    // Flip one byte in the middle of the (only) pack: inside some chunk's payload.
+    let pack = std::fs::read_dir(s.store().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let server = TestServer::simple(&s.store(), None);
+    let out = s.path("out.bin");
+    let err = pull(&server.client(), "v.bin", &out, PullOptions::default()).unwrap_err();
+    assert!(!out.exists(), "a failed pull left {}", out.display());
+    let text = format!("{err:#}");
+    assert!(text.contains("chunk") || text.contains("server"), "{text}");
+    // A plain GET is cut short rather than completed with wrong bytes.
+    let got = rt().block_on(async {
+        let r = reqwest::get(format!("{}/v1/files/v.bin", server.url))
+            .await
+            .unwrap();
+        r.bytes().await.map(|b| b.to_vec())
+    });
+    assert!(
+        got.is_err() || got.as_ref().unwrap() != &v,
+        "corrupt file served whole"
+    );
+}
