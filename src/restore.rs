@@ -254,60 +254,82 @@ pub fn restore_range<W: Write>(
         .map_err(|e| Error::Stream("cannot write output", e))
 }
 
-/// Hashes the file `manifest` describes as its chunks become present in the store: decodes
-/// each run of present chunks in parallel and feeds the whole-file hash; at a chunk not yet
-/// stored it calls `wait` (which returns false to give up). Returns the whole-file hash. An
-/// upload session runs this while the client is still sending, so that completing does not
-/// have to read the whole file back.
+/// Hashes a file whose chunk refs arrive on `refs` (in file order, in groups) as its chunks
+/// become present in the store: decodes each run of present chunks in parallel and feeds the
+/// whole-file hash; at a chunk not yet stored it calls `wait` (which returns false to give
+/// up). Returns the whole-file hash once `refs` is closed and every chunk was hashed. An
+/// upload session runs this while the client is still reading and sending, so that
+/// completing does not have to read the whole file back.
 ///
 /// # Errors
 /// [`Error::Stream`] if `wait` gave up; [`Error::Corrupt`] for an undecodable payload; the
 /// store's errors.
-pub fn hash_as_stored(
+pub fn hash_arriving(
     store: &dyn ChunkStore,
-    manifest: &Manifest,
+    refs: &mpsc::Receiver<Vec<ChunkRef>>,
     mut wait: impl FnMut() -> bool,
 ) -> Result<Hash> {
     /// Bytes decoded per parallel step = 4 MiB.
     const STEP: u64 = 4 << 20;
     let mut hasher = blake3::Hasher::new();
     let mut buf = Vec::new();
-    for_each_page(store, manifest, |page| {
-        let mut i = 0;
-        while i < page.chunks.len() {
-            let mut end = i;
-            let mut bytes = 0;
-            while end < page.chunks.len() && (end == i || bytes < STEP) {
-                bytes += u64::from(page.chunks[end].len);
-                end += 1;
+    let mut queue: std::collections::VecDeque<ChunkRef> = std::collections::VecDeque::new();
+    let mut closed = false;
+    loop {
+        while !closed {
+            match refs.try_recv() {
+                Ok(group) => queue.extend(group),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => closed = true,
             }
-            let run = &page.chunks[i..end];
-            let ids: Vec<Hash> = run.iter().map(|r| r.id).collect();
-            let present = store.missing(&ids)?.iter().take_while(|m| !**m).count();
-            if present == 0 {
-                if !wait() {
+        }
+        if queue.is_empty() {
+            if closed {
+                break;
+            }
+            match refs.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(group) => queue.extend(group),
+                Err(mpsc::RecvTimeoutError::Timeout) if !wait() => {
                     return Err(Error::stage_stopped("upload verification stopped"));
                 }
-                continue;
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
             }
-            let run = &run[..present];
-            let len: usize = run.iter().map(|r| r.len as usize).sum();
-            buf.resize(len, 0);
-            let mut slices = Vec::with_capacity(run.len());
-            let mut rest = buf.as_mut_slice();
-            for r in run {
-                let (head, tail) = rest.split_at_mut(r.len as usize);
-                slices.push(head);
-                rest = tail;
-            }
-            slices
-                .into_par_iter()
-                .zip(run)
-                .try_for_each(|(out, r)| read_decoded_into(store, r, out))?;
-            hasher.update_rayon(&buf);
-            i += present;
+            continue;
         }
-        Ok(())
-    })?;
+        let mut run = Vec::new();
+        let mut bytes = 0;
+        for r in &queue {
+            if !run.is_empty() && bytes >= STEP {
+                break;
+            }
+            bytes += u64::from(r.len);
+            run.push(*r);
+        }
+        let ids: Vec<Hash> = run.iter().map(|r| r.id).collect();
+        let present = store.missing(&ids)?.iter().take_while(|m| !**m).count();
+        if present == 0 {
+            if !wait() {
+                return Err(Error::stage_stopped("upload verification stopped"));
+            }
+            continue;
+        }
+        let run = &run[..present];
+        let len: usize = run.iter().map(|r| r.len as usize).sum();
+        buf.resize(len, 0);
+        let mut slices = Vec::with_capacity(run.len());
+        let mut rest = buf.as_mut_slice();
+        for r in run {
+            let (head, tail) = rest.split_at_mut(r.len as usize);
+            slices.push(head);
+            rest = tail;
+        }
+        slices
+            .into_par_iter()
+            .zip(run)
+            .try_for_each(|(out, r)| read_decoded_into(store, r, out))?;
+        hasher.update_rayon(&buf);
+        queue.drain(..present);
+    }
     Ok(Hash::from(hasher.finalize()))
 }

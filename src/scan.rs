@@ -38,6 +38,20 @@ pub fn scan<R: Read + Send>(
     params: ChunkerParams,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Scan> {
+    scan_with(reader, params, progress, |_| {})
+}
+
+/// As [`scan`], and calls `each` with every block's chunk refs as soon as they are known, on
+/// the hashing thread: a push streams its manifest to the server while it reads.
+///
+/// # Errors
+/// [`Error::Stream`] if reading fails.
+pub fn scan_with<R: Read + Send>(
+    reader: R,
+    params: ChunkerParams,
+    progress: &(dyn Fn(u64) + Sync),
+    mut each: impl FnMut(&[ChunkRef]),
+) -> Result<Scan> {
     std::thread::scope(|s| {
         let (blocks_tx, blocks_rx) = mpsc::sync_channel::<std::io::Result<Block>>(2);
         let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
@@ -83,6 +97,7 @@ pub fn scan<R: Read + Send>(
                     len: r.len() as u32,
                 })
                 .collect();
+            each(&refs);
             chunks.extend(refs);
             if whole_tx.send(block.data).is_err() {
                 break;

@@ -18,7 +18,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::manifest::{Manifest, ManifestBuilder};
+use crate::manifest::{ChunkRef, Manifest, ManifestBuilder};
 use crate::names;
 use crate::record;
 use crate::restore;
@@ -189,6 +190,8 @@ pub struct Sessions {
     counter: AtomicU64,
     arrivals: Arc<Arrivals>,
     verifiers: Mutex<HashMap<SessionId, Verifier>>,
+    /// Background hashes running, opened sessions and openings alike.
+    running: AtomicUsize,
 }
 
 fn now() -> u64 {
@@ -208,6 +211,7 @@ impl Sessions {
             counter: AtomicU64::new(0),
             arrivals: Arc::default(),
             verifiers: Mutex::default(),
+            running: AtomicUsize::new(0),
         }
     }
 
@@ -216,34 +220,39 @@ impl Sessions {
         self.arrivals.notify();
     }
 
-    /// Starts hashing `s`'s file in the background, if a slot is free.
-    fn start_verifier(&self, s: &Session) {
-        let mut verifiers = self
-            .verifiers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if verifiers.len() >= MAX_VERIFIERS {
-            return;
+    /// Starts a background hash fed by the returned sender, if a slot is free.
+    fn start_verifier(&self) -> Option<(mpsc::Sender<Vec<ChunkRef>>, Verifier)> {
+        if self.running.fetch_add(1, Ordering::SeqCst) >= MAX_VERIFIERS {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            return None;
         }
+        let (tx, rx) = mpsc::channel::<Vec<ChunkRef>>();
         let cancel = Arc::new(AtomicBool::new(false));
-        let (store, manifest, arrivals, stop) = (
-            self.store.clone(),
-            s.manifest.clone(),
-            self.arrivals.clone(),
-            cancel.clone(),
-        );
+        let (store, arrivals, stop) = (self.store.clone(), self.arrivals.clone(), cancel.clone());
         let spawned = std::thread::Builder::new()
             .name("hoard-verify".into())
             .spawn(move || {
                 let mut seen = 0;
-                restore::hash_as_stored(&*store, &manifest, || {
+                restore::hash_arriving(&*store, &rx, || {
                     arrivals.wait(&mut seen);
                     !stop.load(Ordering::Relaxed)
                 })
             });
-        if let Ok(thread) = spawned {
-            verifiers.insert(s.id, Verifier { cancel, thread });
+        match spawned {
+            Ok(thread) => Some((tx, Verifier { cancel, thread })),
+            Err(_) => {
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                None
+            }
         }
+    }
+
+    /// Cancels a background hash and waits for its thread.
+    fn stop(&self, v: Verifier) {
+        v.cancel.store(true, Ordering::Relaxed);
+        self.arrivals.notify();
+        let _ = v.thread.join();
+        self.running.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Stops and forgets the background hasher of `id`; returns its result if it finished.
@@ -257,7 +266,9 @@ impl Sessions {
             v.cancel.store(true, Ordering::Relaxed);
         }
         self.arrivals.notify();
-        v.thread.join().ok()
+        let r = v.thread.join().ok();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        r
     }
 
     /// Stops every background hasher (server shutdown), so nothing holds the store.
@@ -306,109 +317,70 @@ impl Sessions {
     /// Opens a session for `flat`, to be recorded under `name`.
     ///
     /// # Errors
-    /// [`Error::InvalidName`], [`Error::Malformed`] or [`Error::TooLarge`] for a manifest
-    /// that does not add up or has chunks over `max_chunk`; store errors.
+    /// As [`Sessions::begin`], [`Opening::push`] and [`Opening::finish`].
     pub fn open(
         &self,
         name: Option<&str>,
         flat: &FlatManifest,
         max_chunk: u32,
     ) -> Result<(Progress, Vec<Hash>)> {
+        let mut o = self.begin(name, flat.chunker, max_chunk)?;
+        o.push(&flat.chunks)?;
+        o.finish(flat.id, flat.size)
+    }
+
+    /// Starts opening a session whose manifest arrives in pieces (a streamed upload): the
+    /// background hash of the file starts on the first refs.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; [`Error::Malformed`] for params out of range.
+    pub fn begin(
+        &self,
+        name: Option<&str>,
+        chunker: Option<ChunkerParams>,
+        max_chunk: u32,
+    ) -> Result<Opening<'_>> {
         if let Some(n) = name {
             names::validate(n)?;
         }
-        let malformed = |detail: String| Error::Malformed {
-            what: "manifest",
-            detail,
-        };
-        let chunker = match flat.chunker {
-            Some(c) => {
-                ChunkerParams::new(c.min, c.avg, c.max).map_err(|e| malformed(e.to_string()))?
-            }
+        let chunker = match chunker {
+            Some(c) => ChunkerParams::new(c.min, c.avg, c.max).map_err(|e| Error::Malformed {
+                what: "manifest",
+                detail: e.to_string(),
+            })?,
             None => self.store.config().chunker,
         };
-        let mut total = 0u64;
-        for r in &flat.chunks {
-            if r.len == 0 || r.len > chunker.max {
-                return Err(malformed(format!(
-                    "chunk {} has length {}, outside 1..={} (the manifest's max)",
-                    r.id, r.len, chunker.max
-                )));
-            }
-            if r.len > max_chunk {
-                return Err(Error::TooLarge {
-                    what: "chunk in manifest",
-                    size: r.len.into(),
-                    limit: max_chunk.into(),
-                });
-            }
-            total += u64::from(r.len);
-        }
-        if total != flat.size {
-            return Err(malformed(format!(
-                "chunk lengths add up to {total}, not the size {}",
-                flat.size
-            )));
-        }
-        let mut builder = ManifestBuilder::default();
-        for r in &flat.chunks {
-            if let Some(p) = builder.push(*r) {
-                self.store.put_page(&p.pref.hash, &p.bytes)?;
-            }
-        }
-        let (manifest, last) = builder.finish(flat.id, chunker);
-        if let Some(p) = last {
-            self.store.put_page(&p.pref.hash, &p.bytes)?;
-        }
+        let (feed, verifier) = match self.start_verifier() {
+            Some((tx, v)) => (Some(tx), Some(v)),
+            None => (None, None),
+        };
+        Ok(Opening {
+            sessions: self,
+            name: name.map(str::to_owned),
+            chunker,
+            max_chunk,
+            builder: ManifestBuilder::default(),
+            refs: Vec::new(),
+            total: 0,
+            feed,
+            verifier,
+        })
+    }
 
-        let mut seen = HashSet::new();
-        let unique: Vec<_> = flat.chunks.iter().filter(|r| seen.insert(r.id)).collect();
-        let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
-        let flags = self.store.missing(&ids)?;
-        let missing: Vec<Hash> = ids
-            .iter()
-            .zip(&flags)
-            .filter(|(_, m)| **m)
-            .map(|(id, _)| *id)
-            .collect();
-        let missing_bytes = unique
-            .iter()
-            .zip(&flags)
-            .filter(|(_, m)| **m)
-            .map(|(r, _)| u64::from(r.len))
-            .sum();
-
-        let t = now();
+    fn new_id(&self, file_id: &Hash) -> SessionId {
         let seed = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut h = blake3::Hasher::new();
-        h.update(flat.id.as_bytes());
-        h.update(
-            &SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-                .to_le_bytes(),
-        );
+        h.update(file_id.as_bytes());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        h.update(&nanos.to_le_bytes());
         h.update(&seed.to_le_bytes());
         h.update(&std::process::id().to_le_bytes());
         let mut id = [0u8; 16];
         id.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        let s = Session {
-            id: SessionId(id),
-            name: name.map(str::to_owned),
-            manifest,
-            state: SessionState::Waiting,
-            created: t,
-            touched: t,
-            missing_at_open: missing.len() as u64,
-            missing_bytes_at_open: missing_bytes,
-        };
-        self.save(&s)?;
-        if self.store.get_manifest(&flat.id)?.is_none() {
-            self.start_verifier(&s);
-        }
-        let p = self.report(&s, missing.len() as u64, missing_bytes);
-        Ok((p, missing))
+        SessionId(id)
     }
 
     fn report(&self, s: &Session, missing_chunks: u64, missing_bytes: u64) -> Progress {
@@ -595,5 +567,137 @@ impl Sessions {
             }
         }
         Ok(out)
+    }
+}
+
+/// A session being opened: its manifest arriving in pieces.
+pub struct Opening<'a> {
+    sessions: &'a Sessions,
+    name: Option<String>,
+    chunker: ChunkerParams,
+    max_chunk: u32,
+    builder: ManifestBuilder,
+    refs: Vec<ChunkRef>,
+    total: u64,
+    /// Refs for the background hash, if it runs.
+    feed: Option<mpsc::Sender<Vec<ChunkRef>>>,
+    verifier: Option<Verifier>,
+}
+
+impl Opening<'_> {
+    /// Takes the next refs of the manifest, in file order.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] for an empty chunk or one over the manifest's max,
+    /// [`Error::TooLarge`] for one over the server's limit; store errors.
+    pub fn push(&mut self, refs: &[ChunkRef]) -> Result<()> {
+        for r in refs {
+            if r.len == 0 || r.len > self.chunker.max {
+                return Err(Error::Malformed {
+                    what: "manifest",
+                    detail: format!(
+                        "chunk {} has length {}, outside 1..={} (the manifest's max)",
+                        r.id, r.len, self.chunker.max
+                    ),
+                });
+            }
+            if r.len > self.max_chunk {
+                return Err(Error::TooLarge {
+                    what: "chunk in manifest",
+                    size: r.len.into(),
+                    limit: self.max_chunk.into(),
+                });
+            }
+            self.total += u64::from(r.len);
+            if let Some(p) = self.builder.push(*r) {
+                self.sessions.store.put_page(&p.pref.hash, &p.bytes)?;
+            }
+        }
+        self.refs.extend_from_slice(refs);
+        if let Some(feed) = &self.feed
+            && feed.send(refs.to_vec()).is_err()
+        {
+            self.feed = None;
+        }
+        Ok(())
+    }
+
+    /// Ends the manifest with the file's id and size; stores the session and answers which
+    /// chunks the store lacks.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] if the chunk lengths do not add up to `size`; store errors.
+    pub fn finish(mut self, file_id: Hash, size: u64) -> Result<(Progress, Vec<Hash>)> {
+        if self.total != size {
+            return Err(Error::Malformed {
+                what: "manifest",
+                detail: format!(
+                    "chunk lengths add up to {}, not the size {size}",
+                    self.total
+                ),
+            });
+        }
+        let sessions = self.sessions;
+        let store = &sessions.store;
+        let builder = std::mem::take(&mut self.builder);
+        let (manifest, last) = builder.finish(file_id, self.chunker);
+        if let Some(p) = last {
+            store.put_page(&p.pref.hash, &p.bytes)?;
+        }
+        let mut seen = HashSet::new();
+        let unique: Vec<ChunkRef> = self
+            .refs
+            .iter()
+            .filter(|r| seen.insert(r.id))
+            .copied()
+            .collect();
+        let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
+        let flags = store.missing(&ids)?;
+        let mut missing = Vec::new();
+        let mut missing_bytes = 0;
+        for (r, m) in unique.iter().zip(flags) {
+            if m {
+                missing.push(r.id);
+                missing_bytes += u64::from(r.len);
+            }
+        }
+        let t = now();
+        let s = Session {
+            id: sessions.new_id(&file_id),
+            name: self.name.take(),
+            manifest,
+            state: SessionState::Waiting,
+            created: t,
+            touched: t,
+            missing_at_open: missing.len() as u64,
+            missing_bytes_at_open: missing_bytes,
+        };
+        sessions.save(&s)?;
+        // The refs are complete: the background hash can finish once the chunks are in. A file
+        // already stored needs no hash at all.
+        drop(self.feed.take());
+        if let Some(v) = self.verifier.take() {
+            if store.get_manifest(&file_id)?.is_none() {
+                sessions
+                    .verifiers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(s.id, v);
+            } else {
+                sessions.stop(v);
+            }
+        }
+        let p = sessions.report(&s, missing.len() as u64, missing_bytes);
+        Ok((p, missing))
+    }
+}
+
+impl Drop for Opening<'_> {
+    /// An opening that failed or was abandoned stops its background hash.
+    fn drop(&mut self) {
+        drop(self.feed.take());
+        if let Some(v) = self.verifier.take() {
+            self.sessions.stop(v);
+        }
     }
 }

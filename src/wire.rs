@@ -5,8 +5,11 @@
 //! ```text
 //! id list        : id[32] *                                   (application/octet-stream)
 //! chunk frames   : ( id[32] codec[1] raw_len[4] payload_len[4] payload[payload_len] ) *
-//! flat manifest  : "HMF1" file_id[32] size[8] min[4] avg[4] max[4] count[8] ( id[32] len[4] ) *
+//! flat manifest  : "HMF1" min[4] avg[4] max[4] ( id[32] len[4] ) * count[8] size[8] file_id[32]
 //! ```
+//!
+//! The manifest's totals and file id come last, so a client can stream it while it is still
+//! reading the file, and the server can start on the chunks before the body ends.
 //!
 //! A frame's codec is 0 (raw) or 1 (one zstd frame); `raw_len` is the chunk's length, which
 //! caps decompression.
@@ -25,8 +28,10 @@ pub const BINARY: &str = "application/octet-stream";
 pub const FRAME_HEADER_LEN: usize = HASH_LEN + 1 + 4 + 4;
 /// Magic at the start of a binary flat manifest.
 const MANIFEST_MAGIC: &[u8; 4] = b"HMF1";
-/// Bytes of a binary flat manifest before its refs = 64.
-const MANIFEST_HEADER_LEN: usize = 4 + HASH_LEN + 8 + 12 + 8;
+/// Bytes of a binary flat manifest before its refs = 16.
+const MANIFEST_HEADER_LEN: usize = 4 + 12;
+/// Bytes of a binary flat manifest after its refs = 48.
+const MANIFEST_TRAILER_LEN: usize = 8 + 8 + HASH_LEN;
 /// Bytes of one ref in a binary flat manifest = 36.
 const REF_LEN: usize = HASH_LEN + 4;
 
@@ -177,18 +182,14 @@ impl FlatManifest {
     /// Encodes it in the binary form.
     pub fn to_binary(&self, store_params: ChunkerParams) -> Vec<u8> {
         let c = self.chunker.unwrap_or(store_params);
-        let mut out = Vec::with_capacity(MANIFEST_HEADER_LEN + self.chunks.len() * REF_LEN);
-        out.extend_from_slice(MANIFEST_MAGIC);
-        out.extend_from_slice(self.id.as_bytes());
-        out.extend_from_slice(&self.size.to_le_bytes());
-        for v in [c.min, c.avg, c.max] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
-        for r in &self.chunks {
-            out.extend_from_slice(r.id.as_bytes());
-            out.extend_from_slice(&r.len.to_le_bytes());
-        }
+        let mut out = manifest_head(c);
+        out.reserve(self.chunks.len() * REF_LEN + MANIFEST_TRAILER_LEN);
+        out.extend_from_slice(&manifest_refs(&self.chunks));
+        out.extend_from_slice(&manifest_tail(
+            self.chunks.len() as u64,
+            self.size,
+            &self.id,
+        ));
         out
     }
 
@@ -198,34 +199,119 @@ impl FlatManifest {
     /// [`Error::Malformed`] if the magic, the count or the body length are wrong, or the
     /// params are out of range.
     pub fn from_binary(body: &[u8]) -> Result<Self> {
-        let bad = |detail: &str| malformed("manifest", detail);
-        if body.len() < MANIFEST_HEADER_LEN || &body[..4] != MANIFEST_MAGIC {
-            return Err(bad("not a binary manifest (magic HMF1)"));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(body[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
-        let id = Hash::from_slice(&body[4..36]).expect("32 bytes");
-        let size = u64_at(36);
-        let chunker = ChunkerParams::new(u32_at(44), u32_at(48), u32_at(52))
-            .map_err(|e| malformed("manifest", e.to_string()))?;
-        let count = u64_at(56);
-        let refs = &body[MANIFEST_HEADER_LEN..];
-        if Some(refs.len() as u64) != count.checked_mul(REF_LEN as u64) {
-            return Err(bad("chunk count does not match the body length"));
-        }
-        let chunks = refs
-            .chunks_exact(REF_LEN)
-            .map(|r| ChunkRef {
-                id: Hash::from_slice(&r[..HASH_LEN]).expect("32 bytes"),
-                len: u32::from_le_bytes(r[HASH_LEN..].try_into().expect("4 bytes")),
-            })
-            .collect();
+        let mut r = ManifestReader::default();
+        let mut chunks = r.push(body)?;
+        let (chunker, id, size) = r.finish()?;
+        chunks.shrink_to_fit();
         Ok(FlatManifest {
             id,
             size,
             chunker: Some(chunker),
             chunks,
         })
+    }
+}
+
+/// The start of a binary manifest: magic and params.
+pub fn manifest_head(c: ChunkerParams) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MANIFEST_HEADER_LEN);
+    out.extend_from_slice(MANIFEST_MAGIC);
+    for v in [c.min, c.avg, c.max] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Refs in the binary manifest form.
+pub fn manifest_refs(refs: &[ChunkRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(refs.len() * REF_LEN);
+    for r in refs {
+        out.extend_from_slice(r.id.as_bytes());
+        out.extend_from_slice(&r.len.to_le_bytes());
+    }
+    out
+}
+
+/// The end of a binary manifest: ref count, file size, file id.
+pub fn manifest_tail(count: u64, size: u64, id: &Hash) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MANIFEST_TRAILER_LEN);
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out
+}
+
+/// Parses a binary manifest as it streams in: refs come out as soon as they are known not
+/// to be the trailer.
+#[derive(Default)]
+pub struct ManifestReader {
+    buf: Vec<u8>,
+    chunker: Option<ChunkerParams>,
+    refs: u64,
+}
+
+impl ManifestReader {
+    /// The params, once the header has arrived.
+    pub fn chunker(&self) -> Option<ChunkerParams> {
+        self.chunker
+    }
+
+    /// Takes more bytes; returns the refs they complete.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] for a wrong magic or params out of range.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<ChunkRef>> {
+        self.buf.extend_from_slice(bytes);
+        let mut at = 0;
+        if self.chunker.is_none() {
+            if self.buf.len() < MANIFEST_HEADER_LEN {
+                return Ok(Vec::new());
+            }
+            if &self.buf[..4] != MANIFEST_MAGIC {
+                return Err(malformed("manifest", "not a binary manifest (magic HMF1)"));
+            }
+            let u32_at =
+                |i: usize| u32::from_le_bytes(self.buf[i..i + 4].try_into().expect("4 bytes"));
+            let c = ChunkerParams::new(u32_at(4), u32_at(8), u32_at(12))
+                .map_err(|e| malformed("manifest", e.to_string()))?;
+            self.chunker = Some(c);
+            at = MANIFEST_HEADER_LEN;
+        }
+        // Whatever may still be the trailer stays in the buffer.
+        let usable = self.buf.len().saturating_sub(at + MANIFEST_TRAILER_LEN) / REF_LEN;
+        let refs: Vec<ChunkRef> = self.buf[at..at + usable * REF_LEN]
+            .chunks_exact(REF_LEN)
+            .map(|r| ChunkRef {
+                id: Hash::from_slice(&r[..HASH_LEN]).expect("32 bytes"),
+                len: u32::from_le_bytes(r[HASH_LEN..].try_into().expect("4 bytes")),
+            })
+            .collect();
+        self.refs += refs.len() as u64;
+        self.buf.drain(..at + usable * REF_LEN);
+        Ok(refs)
+    }
+
+    /// Ends the stream; returns the params, the file id and the size.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] if the body ended early or the count is not the refs received.
+    pub fn finish(self) -> Result<(ChunkerParams, Hash, u64)> {
+        let bad = |detail: &str| malformed("manifest", detail);
+        let chunker = self
+            .chunker
+            .ok_or_else(|| bad("not a binary manifest (magic HMF1)"))?;
+        if self.buf.len() != MANIFEST_TRAILER_LEN {
+            return Err(bad(
+                "body length does not fit whole chunk refs and the trailer",
+            ));
+        }
+        let count = u64::from_le_bytes(self.buf[..8].try_into().expect("8 bytes"));
+        let size = u64::from_le_bytes(self.buf[8..16].try_into().expect("8 bytes"));
+        let id = Hash::from_slice(&self.buf[16..]).expect("32 bytes");
+        if count != self.refs {
+            return Err(bad("chunk count does not match the refs sent"));
+        }
+        Ok((chunker, id, size))
     }
 }
 
@@ -266,6 +352,14 @@ mod tests {
         let bin = m.to_binary(ChunkerParams::DEFAULT);
         assert_eq!(FlatManifest::from_binary(&bin).unwrap(), m);
         assert!(FlatManifest::from_binary(&bin[..bin.len() - 1]).is_err());
+        // Streamed one byte at a time, the same refs come out.
+        let mut r = ManifestReader::default();
+        let mut refs = Vec::new();
+        for b in &bin {
+            refs.extend(r.push(std::slice::from_ref(b)).unwrap());
+        }
+        assert_eq!(refs, m.chunks);
+        assert_eq!(r.finish().unwrap(), (ChunkerParams::DEFAULT, m.id, 7));
         assert!(unpack_ids(&[0; 33], 10).is_err());
         assert!(matches!(
             unpack_ids(&[0; 64], 1),

@@ -83,12 +83,41 @@ pub async fn push(
 ) -> Result<PushReport> {
     let cfg = client.config().await?;
     let file = Arc::new(File::open(path).map_err(Error::io("cannot open", path))?);
-    let scanned = {
-        let (file, p) = (file.clone(), progress.clone());
-        tokio::task::spawn_blocking(move || scan::scan(&*file, cfg.chunker, &|n| p.scanned(n)))
-            .await
-            .map_err(|e| Error::Stream("scanner failed", std::io::Error::other(e)))??
+
+    // The manifest streams to the server while the file is read, so the server checks the
+    // chunks it already has while this side is still cutting and hashing.
+    let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(64);
+    let head = Bytes::from(wire::manifest_head(cfg.chunker));
+    let _ = body_tx.send(Ok(head)).await;
+    let opening = {
+        let (client, name) = (client.clone(), name.clone());
+        tokio::spawn(async move {
+            let stream = futures_util::stream::poll_fn(move |cx| body_rx.poll_recv(cx));
+            let rb = client.request(Method::POST, "/v1/uploads");
+            let rb = match &name {
+                Some(n) => rb.query(&[("name", n)]),
+                None => rb,
+            };
+            rb.header(header::CONTENT_TYPE, BINARY)
+                .body(reqwest::Body::wrap_stream(stream))
+                .send()
+                .await
+        })
     };
+    let scanned = {
+        let (file, p, tx) = (file.clone(), progress.clone(), body_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            scan::scan_with(&*file, cfg.chunker, &|n| p.scanned(n), |refs| {
+                // If the server went away the fallback below sends the whole manifest.
+                let _ = tx.blocking_send(Ok(Bytes::from(wire::manifest_refs(refs))));
+            })
+        })
+        .await
+        .map_err(|e| Error::Stream("scanner failed", std::io::Error::other(e)))??
+    };
+    let tail = wire::manifest_tail(scanned.chunks.len() as u64, scanned.size, &scanned.id);
+    let _ = body_tx.send(Ok(Bytes::from(tail))).await;
+    drop(body_tx);
     let flat = FlatManifest {
         id: scanned.id,
         size: scanned.size,
@@ -101,16 +130,26 @@ pub async fn push(
         ..Sent::default()
     };
     let what = "opening the upload session";
-    let r = client
-        .send(what, &[], || {
-            let rb = client.request(Method::POST, "/v1/uploads");
-            let rb = match &name {
-                Some(n) => rb.query(&[("name", n)]),
-                None => rb,
-            };
-            rb.header(header::CONTENT_TYPE, BINARY).body(body.clone())
-        })
-        .await?;
+    let streamed = opening
+        .await
+        .map_err(|e| Error::Stream("upload task failed", std::io::Error::other(e)))?;
+    let r = match streamed {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) if r.status().is_client_error() => return Err(remote_error(what, r).await),
+        // A streamed body cannot be replayed: send the whole manifest, with retries.
+        _ => {
+            client
+                .send(what, &[], || {
+                    let rb = client.request(Method::POST, "/v1/uploads");
+                    let rb = match &name {
+                        Some(n) => rb.query(&[("name", n)]),
+                        None => rb,
+                    };
+                    rb.header(header::CONTENT_TYPE, BINARY).body(body.clone())
+                })
+                .await?
+        }
+    };
     let sid = r
         .headers()
         .get("hoard-session")

@@ -1,10 +1,11 @@
 //! Upload sessions over HTTP: open from a manifest, watch progress, complete, abort.
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -13,7 +14,7 @@ use super::error::ApiError;
 use super::{AppState, blocking};
 use crate::error::Error;
 use crate::session::SessionId;
-use crate::wire::FlatManifest;
+use crate::wire::{FlatManifest, ManifestReader};
 
 /// The JSON body of `POST /v1/uploads`: the manifest and the name it is to get.
 #[derive(Deserialize)]
@@ -37,23 +38,26 @@ pub async fn open(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(body, "manifest", st.limits().max_body).await?;
     let binary = is_binary(&headers);
     let max_chunk = st.limits().max_chunk;
-    let state = st.clone();
-    let (progress, missing) = blocking(move || {
-        let (name, flat) = if binary {
-            (q.name, FlatManifest::from_binary(&body)?)
-        } else {
+    let (progress, missing) = if binary {
+        open_streamed(&st, q.name, body).await?
+    } else {
+        let body = read_body(body, "manifest", st.limits().max_body).await?;
+        let state = st.clone();
+        blocking(move || {
             let r: OpenRequest = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
                 what: "manifest",
                 detail: e.to_string(),
             })?;
-            (r.name.or(q.name), r.manifest)
-        };
-        state.0.sessions.open(name.as_deref(), &flat, max_chunk)
-    })
-    .await?;
+            let name = r.name.or(q.name);
+            state
+                .0
+                .sessions
+                .open(name.as_deref(), &r.manifest, max_chunk)
+        })
+        .await?
+    };
     let location = format!("/v1/uploads/{}", progress.id);
     let mut resp = if binary {
         let mut r = ids_response(true, &missing);
@@ -79,6 +83,89 @@ pub async fn open(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// Opens a session from a binary manifest as it streams in: the server starts hashing the
+/// file's stored chunks on the first refs, while the client is still reading its file.
+async fn open_streamed(
+    st: &AppState,
+    name: Option<String>,
+    body: Body,
+) -> Result<(crate::session::Progress, Vec<crate::hash::Hash>), ApiError> {
+    let limit = st.limits().max_body;
+    let max_chunk = st.limits().max_chunk;
+    // The opening lives on one blocking thread; the body's pieces are handed to it.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+    let state = st.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut reader = ManifestReader::default();
+        let mut opening = None;
+        for piece in rx {
+            let refs = reader.push(&piece)?;
+            if opening.is_none()
+                && let Some(c) = reader.chunker()
+            {
+                opening = Some(
+                    state
+                        .0
+                        .sessions
+                        .begin(name.as_deref(), Some(c), max_chunk)?,
+                );
+            }
+            if let Some(o) = opening.as_mut() {
+                o.push(&refs)?;
+            }
+        }
+        let (_, id, size) = reader.finish()?;
+        match opening {
+            Some(o) => o.finish(id, size),
+            None => Err(Error::Malformed {
+                what: "manifest",
+                detail: "not a binary manifest (magic HMF1)".into(),
+            }),
+        }
+    });
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let mut read_error = None;
+    loop {
+        match stream.try_next().await {
+            Ok(Some(piece)) => {
+                seen += piece.len();
+                if seen > limit {
+                    read_error = Some(ApiError::Lib(Error::TooLarge {
+                        what: "manifest",
+                        size: seen as u64,
+                        limit: limit as u64,
+                    }));
+                    break;
+                }
+                let tx = tx.clone();
+                // A full queue means the opening is busy storing pages: wait off the runtime.
+                let sent = tokio::task::spawn_blocking(move || tx.send(piece).is_ok())
+                    .await
+                    .unwrap_or(false);
+                if !sent {
+                    break; // the opening failed; its error is the one to report
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                read_error = Some(ApiError::BadRequest(format!(
+                    "cannot read the manifest: {e}"
+                )));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let opened = worker
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker task failed: {e}")))?;
+    if let Some(e) = read_error {
+        return Err(e);
+    }
+    opened.map_err(ApiError::Lib)
 }
 
 fn sid(s: &str) -> Result<SessionId, ApiError> {
