@@ -257,7 +257,8 @@ pub fn restore_range<W: Write>(
 /// Hashes a file whose chunk refs arrive on `refs` (in file order, in groups) as its chunks
 /// become present in the store: decodes each run of present chunks in parallel and feeds the
 /// whole-file hash; at a chunk not yet stored it calls `wait` (which returns false to give
-/// up). Returns the whole-file hash once `refs` is closed and every chunk was hashed. An
+/// up). `cached` may hold chunks just uploaded, decoded: those are not decoded again.
+/// Returns the whole-file hash once `refs` is closed and every chunk was hashed. An
 /// upload session runs this while the client is still reading and sending, so that
 /// completing does not have to read the whole file back.
 ///
@@ -267,6 +268,7 @@ pub fn restore_range<W: Write>(
 pub fn hash_arriving(
     store: &dyn ChunkStore,
     refs: &mpsc::Receiver<Vec<ChunkRef>>,
+    cached: &(dyn Fn(&Hash) -> Option<bytes::Bytes> + Sync),
     mut wait: impl FnMut() -> bool,
 ) -> Result<Hash> {
     /// Bytes decoded per parallel step = 4 MiB.
@@ -327,7 +329,14 @@ pub fn hash_arriving(
         slices
             .into_par_iter()
             .zip(run)
-            .try_for_each(|(out, r)| read_decoded_into(store, r, out))?;
+            .try_for_each(|(out, r)| match cached(&r.id) {
+                // Just uploaded and already decoded to check it: no second decode.
+                Some(b) if b.len() == out.len() => {
+                    out.copy_from_slice(&b);
+                    Ok(())
+                }
+                _ => read_decoded_into(store, r, out),
+            })?;
         hasher.update_rayon(&buf);
         queue.drain(..present);
     }

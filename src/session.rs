@@ -177,6 +177,40 @@ impl Arrivals {
 struct Verifier {
     cancel: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Result<Hash>>,
+    cache: Arc<UploadCache>,
+}
+
+/// Chunks of a session just uploaded, decoded, until its background hash takes them.
+#[derive(Default)]
+struct UploadCache {
+    chunks: Mutex<HashMap<Hash, bytes::Bytes>>,
+    bytes: AtomicUsize,
+}
+
+/// Decoded bytes one session's background hash may hold = 24 MiB: a few batches ahead of it.
+const CACHE_BYTES: usize = 24 << 20;
+
+impl UploadCache {
+    fn offer(&self, id: Hash, raw: bytes::Bytes) {
+        if self.bytes.load(Ordering::Relaxed) + raw.len() > CACHE_BYTES {
+            return; // the hash reads this one from the store instead
+        }
+        let n = raw.len();
+        let mut chunks = self.chunks.lock().unwrap_or_else(PoisonError::into_inner);
+        if chunks.insert(id, raw).is_none() {
+            self.bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn take(&self, id: &Hash) -> Option<bytes::Bytes> {
+        let b = self
+            .chunks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)?;
+        self.bytes.fetch_sub(b.len(), Ordering::Relaxed);
+        Some(b)
+    }
 }
 
 /// The open sessions of one store, and the rules they follow.
@@ -215,8 +249,20 @@ impl Sessions {
         }
     }
 
-    /// Tells the background hashers that chunks were stored.
-    pub fn chunks_arrived(&self) {
+    /// Tells the background hashers that chunks were stored; `session`'s hash may take the
+    /// decoded bytes of `chunks` instead of decoding them again.
+    pub fn chunks_arrived(&self, session: Option<SessionId>, chunks: &[(Hash, bytes::Bytes)]) {
+        if let Some(sid) = session {
+            let verifiers = self
+                .verifiers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(v) = verifiers.get(&sid) {
+                for (id, raw) in chunks {
+                    v.cache.offer(*id, raw.clone());
+                }
+            }
+        }
         self.arrivals.notify();
     }
 
@@ -228,18 +274,31 @@ impl Sessions {
         }
         let (tx, rx) = mpsc::channel::<Vec<ChunkRef>>();
         let cancel = Arc::new(AtomicBool::new(false));
-        let (store, arrivals, stop) = (self.store.clone(), self.arrivals.clone(), cancel.clone());
+        let cache = Arc::new(UploadCache::default());
+        let (store, arrivals, stop, c) = (
+            self.store.clone(),
+            self.arrivals.clone(),
+            cancel.clone(),
+            cache.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("hoard-verify".into())
             .spawn(move || {
                 let mut seen = 0;
-                restore::hash_arriving(&*store, &rx, || {
+                restore::hash_arriving(&*store, &rx, &|id| c.take(id), || {
                     arrivals.wait(&mut seen);
                     !stop.load(Ordering::Relaxed)
                 })
             });
         match spawned {
-            Ok(thread) => Some((tx, Verifier { cancel, thread })),
+            Ok(thread) => Some((
+                tx,
+                Verifier {
+                    cancel,
+                    thread,
+                    cache,
+                },
+            )),
             Err(_) => {
                 self.running.fetch_sub(1, Ordering::SeqCst);
                 None

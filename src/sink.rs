@@ -40,6 +40,8 @@ pub struct Verified {
     pub raw_len: u32,
     /// What goes into the pack (often a slice of the request body: no copy).
     pub payload: Bytes,
+    /// The chunk itself, decoded (an upload session's background hash uses it).
+    pub raw: Bytes,
 }
 
 /// Checks that `frame` decodes to bytes that hash to its id, and readies it for the pack.
@@ -63,15 +65,17 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32) -> Result<Verified> {
     match frame.codec {
         Codec::Raw => {
             check(frame.payload)?;
+            let raw = body.slice_ref(frame.payload);
             let (codec, payload) = match codec::compress(frame.payload, level) {
                 Some(z) => (Codec::Zstd, Bytes::from(z)),
-                None => (Codec::Raw, body.slice_ref(frame.payload)),
+                None => (Codec::Raw, raw.clone()),
             };
             Ok(Verified {
                 id: frame.id,
                 codec,
                 raw_len: frame.raw_len,
                 payload,
+                raw,
             })
         }
         Codec::Zstd => {
@@ -87,16 +91,18 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32) -> Result<Verified> {
             })?;
             check(&raw)?;
             // The client's frame decodes to the chunk: keep it, unless raw is smaller.
+            let raw = Bytes::from(raw);
             let (codec, payload) = if frame.payload.len() < raw.len() {
                 (Codec::Zstd, body.slice_ref(frame.payload))
             } else {
-                (Codec::Raw, Bytes::from(raw))
+                (Codec::Raw, raw.clone())
             };
             Ok(Verified {
                 id: frame.id,
                 codec,
                 raw_len: frame.raw_len,
                 payload,
+                raw,
             })
         }
     }

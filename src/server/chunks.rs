@@ -165,6 +165,7 @@ async fn store_frames(
     st: &AppState,
     body: Bytes,
     single: Option<Hash>,
+    session: Option<SessionId>,
 ) -> Result<(usize, SinkReport), ApiError> {
     let level = st.store().config().level;
     let max_chunk = st.limits().max_chunk;
@@ -183,6 +184,10 @@ async fn store_frames(
     .await?;
     let n = verified.len();
     let received: u64 = verified.iter().map(|v| u64::from(v.raw_len)).sum();
+    let decoded: Vec<(Hash, Bytes)> = match session {
+        Some(_) => verified.iter().map(|v| (v.id, v.raw.clone())).collect(),
+        None => Vec::new(),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sink_st = st.clone();
     blocking(move || {
@@ -200,19 +205,16 @@ async fn store_frames(
         .map_err(|_| ApiError::Internal("chunk sink dropped a request".into()))??;
     st.0.metrics.chunks_received(n as u64, received, report);
     if report.new_chunks > 0 {
-        st.0.sessions.chunks_arrived();
+        st.0.sessions.chunks_arrived(session, &decoded);
     }
     Ok((n, report))
 }
 
-fn touch(st: &AppState, q: &SessionQuery) {
-    if let Some(sid) = q
-        .session
-        .as_deref()
-        .and_then(|s| s.parse::<SessionId>().ok())
-    {
-        st.0.sessions.touch(sid);
-    }
+/// Keeps the session the chunks are tagged with alive; returns it.
+fn touch(st: &AppState, q: &SessionQuery) -> Option<SessionId> {
+    let sid = q.session.as_deref()?.parse::<SessionId>().ok()?;
+    st.0.sessions.touch(sid);
+    Some(sid)
 }
 
 fn parse_id(s: &str) -> Result<Hash, ApiError> {
@@ -233,7 +235,7 @@ pub async fn upload_one(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    touch(&st, &q);
+    let session = touch(&st, &q);
     let max = st.limits().max_chunk as usize;
     let _slot =
         st.0.upload_slots
@@ -264,7 +266,7 @@ pub async fn upload_one(
         }
         .into());
     }
-    let (_, report) = store_frames(&st, raw, Some(id)).await?;
+    let (_, report) = store_frames(&st, raw, Some(id), session).await?;
     let status = if report.new_chunks > 0 {
         StatusCode::CREATED
     } else {
@@ -283,7 +285,7 @@ pub async fn upload_batch(
     Query(q): Query<SessionQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    touch(&st, &q);
+    let session = touch(&st, &q);
     let limit = st.limits().max_body;
     let _slot =
         st.0.upload_slots
@@ -291,7 +293,7 @@ pub async fn upload_batch(
             .await
             .map_err(|_| ApiError::Internal("closed".into()))?;
     let body = read_body(body, "chunk batch", limit).await?;
-    let (n, report) = store_frames(&st, body, None).await?;
+    let (n, report) = store_frames(&st, body, None, session).await?;
     Ok(Json(json!({
         "chunks": n, "new_chunks": report.new_chunks, "new_bytes": report.new_bytes
     }))
