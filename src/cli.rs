@@ -128,7 +128,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export(&open(&root, false)?, &a),
         Command::Ls(a) => ls(&open(&root, false)?, a.json),
         Command::Stats(a) => stats(&open(&root, false)?, a.json),
-        Command::Serve(a) => remote::serve(open(&root, true)?, &a),
+        Command::Serve(a) => {
+            remote::limit_malloc_arenas();
+            remote::serve(open(&root, true)?, &a)
+        }
         Command::Push(a) => remote::push(&a),
         Command::Pull(a) => remote::pull(cli.store.as_deref(), &a),
     }

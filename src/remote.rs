@@ -115,6 +115,25 @@ fn init_logs(default: &str) {
         .try_init();
 }
 
+/// Re-runs this process with `MALLOC_ARENA_MAX=2` unless it is set (glibc only). glibc's
+/// malloc gives each busy thread its own arena and keeps freed request buffers there: measured
+/// on the loopback bench, a server's peak RSS went from 117–150 MiB to 99 MiB with two
+/// arenas, at the same speed. `exec` keeps the PID, so signals and supervisors are unaffected.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && let Ok(exe) = std::env::current_exe()
+    {
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("MALLOC_ARENA_MAX", "2")
+            .exec();
+        // exec returns only if it failed: serve anyway, with glibc's default arenas.
+        eprintln!("hoard: note: could not limit malloc arenas ({err}); serving anyway");
+    }
+}
+
 pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
     init_logs("info");
     let mut specs = a.tokens.clone();

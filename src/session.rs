@@ -187,8 +187,8 @@ struct UploadCache {
     bytes: AtomicUsize,
 }
 
-/// Decoded bytes one session's background hash may hold = 24 MiB: a few batches ahead of it.
-const CACHE_BYTES: usize = 24 << 20;
+/// Decoded bytes one session's background hash may hold = 16 MiB: a few batches ahead of it.
+const CACHE_BYTES: usize = 16 << 20;
 
 impl UploadCache {
     fn offer(&self, id: Hash, raw: bytes::Bytes) {
@@ -247,6 +247,18 @@ impl Sessions {
             verifiers: Mutex::default(),
             running: AtomicUsize::new(0),
         }
+    }
+
+    /// Returns true if and only if `sid`'s background hash runs and has room for decoded
+    /// chunks (so an upload should keep them).
+    pub fn wants_chunks(&self, sid: SessionId) -> bool {
+        let verifiers = self
+            .verifiers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        verifiers
+            .get(&sid)
+            .is_some_and(|v| v.cache.bytes.load(Ordering::Relaxed) < CACHE_BYTES)
     }
 
     /// Tells the background hashers that chunks were stored; `session`'s hash may take the

@@ -40,7 +40,8 @@ pub struct Verified {
     pub raw_len: u32,
     /// What goes into the pack (often a slice of the request body: no copy).
     pub payload: Bytes,
-    /// The chunk itself, decoded (an upload session's background hash uses it).
+    /// The chunk itself, decoded, when asked for (an upload session's background hash uses
+    /// it); empty otherwise.
     pub raw: Bytes,
 }
 
@@ -49,8 +50,9 @@ pub struct Verified {
 /// # Errors
 /// [`Error::HashMismatch`] if the bytes are not the id's, [`Error::Malformed`] if a zstd
 /// payload does not decode to exactly `raw_len` bytes.
-/// `body` is the buffer `frame` borrows from: payloads kept as sent are slices of it.
-pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32) -> Result<Verified> {
+/// `body` is the buffer `frame` borrows from: payloads kept as sent are slices of it. With
+/// `keep_raw`, the decoded chunk is kept in [`Verified::raw`].
+pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32, keep_raw: bool) -> Result<Verified> {
     let check = |data: &[u8]| {
         let actual = Hash::of(data);
         if actual == frame.id {
@@ -91,11 +93,16 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32) -> Result<Verified> {
             })?;
             check(&raw)?;
             // The client's frame decodes to the chunk: keep it, unless raw is smaller.
-            let raw = Bytes::from(raw);
-            let (codec, payload) = if frame.payload.len() < raw.len() {
-                (Codec::Zstd, body.slice_ref(frame.payload))
+            let (codec, payload, raw) = if frame.payload.len() < raw.len() {
+                let raw = if keep_raw {
+                    Bytes::from(raw)
+                } else {
+                    Bytes::new()
+                };
+                (Codec::Zstd, body.slice_ref(frame.payload), raw)
             } else {
-                (Codec::Raw, raw.clone())
+                let raw = Bytes::from(raw);
+                (Codec::Raw, raw.clone(), raw)
             };
             Ok(Verified {
                 id: frame.id,

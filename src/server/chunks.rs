@@ -103,9 +103,16 @@ pub async fn missing(
         .await?;
         return Ok(ids_response(false, &missing));
     }
+    // The answer is at most as long as the body: sized once, it never copies itself to grow.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n <= max * HASH_LEN)
+        .unwrap_or(0);
     let mut stream = body.into_data_stream();
     let mut pending: Vec<u8> = Vec::with_capacity(MISSING_GROUP * HASH_LEN);
-    let mut answer: Vec<u8> = Vec::new();
+    let mut answer: Vec<u8> = Vec::with_capacity(declared);
     let mut seen = 0usize;
     loop {
         let next = stream
@@ -169,6 +176,7 @@ async fn store_frames(
 ) -> Result<(usize, SinkReport), ApiError> {
     let level = st.store().config().level;
     let max_chunk = st.limits().max_chunk;
+    let keep_raw = session.is_some_and(|sid| st.0.sessions.wants_chunks(sid));
     let verified = blocking(move || -> Result<Vec<Verified>> {
         let frames: Vec<Frame<'_>> = match single {
             Some(id) => vec![Frame {
@@ -179,14 +187,18 @@ async fn store_frames(
             }],
             None => wire::parse_frames(&body, max_chunk)?,
         };
-        frames.par_iter().map(|f| verify(f, &body, level)).collect()
+        frames
+            .par_iter()
+            .map(|f| verify(f, &body, level, keep_raw))
+            .collect()
     })
     .await?;
     let n = verified.len();
     let received: u64 = verified.iter().map(|v| u64::from(v.raw_len)).sum();
-    let decoded: Vec<(Hash, Bytes)> = match session {
-        Some(_) => verified.iter().map(|v| (v.id, v.raw.clone())).collect(),
-        None => Vec::new(),
+    let decoded: Vec<(Hash, Bytes)> = if keep_raw {
+        verified.iter().map(|v| (v.id, v.raw.clone())).collect()
+    } else {
+        Vec::new()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sink_st = st.clone();
