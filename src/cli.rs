@@ -132,8 +132,14 @@ pub fn run(cli: Cli) -> Result<()> {
             remote::limit_malloc_arenas();
             remote::serve(open(&root, true)?, &a)
         }
-        Command::Push(a) => remote::push(&a),
-        Command::Pull(a) => remote::pull(cli.store.as_deref(), &a),
+        Command::Push(a) => {
+            remote::limit_malloc_arenas();
+            remote::push(&a)
+        }
+        Command::Pull(a) => {
+            remote::limit_malloc_arenas();
+            remote::pull(cli.store.as_deref(), &a)
+        }
     }
 }
 

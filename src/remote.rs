@@ -118,7 +118,8 @@ fn init_logs(default: &str) {
 /// Re-runs this process with `MALLOC_ARENA_MAX=2` unless it is set (glibc only). glibc's
 /// malloc gives each busy thread its own arena and keeps freed request buffers there: measured
 /// on the loopback bench, a server's peak RSS went from 117–150 MiB to 99 MiB with two
-/// arenas, at the same speed. `exec` keeps the PID, so signals and supervisors are unaffected.
+/// arenas, at the same speed; push and pull clients likewise. `exec` keeps the PID, so signals
+/// and supervisors are unaffected.
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none()
