@@ -15,7 +15,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use reqwest::{Method, header};
 use serde::Serialize;
-use tokio::task::JoinSet;
+use futures_util::StreamExt;
 
 use super::{ATTEMPTS, Client, Progress};
 use crate::codec;
@@ -189,37 +189,55 @@ pub async fn pull(
     if !cur.is_empty() {
         batches.push(cur);
     }
-    let mut tasks: JoinSet<Result<(u64, u64, u64)>> = JoinSet::new();
-    let mut collect =
-        |r: std::result::Result<Result<(u64, u64, u64)>, tokio::task::JoinError>| -> Result<()> {
-            let (n, raw, wire) =
-                r.map_err(|e| Error::Stream("fetch task failed", std::io::Error::other(e)))??;
-            report.downloaded_chunks += n;
-            report.downloaded_bytes += raw;
-            report.bytes_received += wire;
-            Ok(())
-        };
-    for ids in batches {
-        while tasks.len() >= IN_FLIGHT {
-            collect(tasks.join_next().await.expect("not empty"))?;
+    // When every chunk comes from the server and none repeats, the batches are the file in
+    // order: a hashing thread takes each decoded batch as it lands, in order, and the file
+    // need not be read back. Otherwise the file is read back and hashed at the end.
+    let in_order = report.reused_chunks == 0 && layout.order.len() == flat.chunks.len();
+    let (hash_tx, hash_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let hasher = std::thread::spawn(move || {
+        let mut h = blake3::Hasher::new();
+        for buf in hash_rx {
+            h.update_rayon(&buf);
         }
+        Hash::from(h.finalize())
+    });
+    let mut fetched = futures_util::stream::iter(batches.into_iter().map(|ids| {
         let (client, file, layout, p) = (
             client.clone(),
             file.clone(),
             layout.clone(),
             progress.clone(),
         );
-        tasks.spawn(async move { fetch(&client, ids, file, layout, p).await });
+        async move { fetch(&client, ids, file, layout, p).await }
+    }))
+    .buffered(IN_FLIGHT);
+    while let Some(got) = fetched.next().await {
+        let got = got?;
+        report.downloaded_chunks += got.chunks;
+        report.downloaded_bytes += got.raw;
+        report.bytes_received += got.wire;
+        if in_order {
+            let tx = hash_tx.clone();
+            // A full queue blocks: wait for the hashing thread off the runtime.
+            let _ = tokio::task::spawn_blocking(move || tx.send(got.buf)).await;
+        }
     }
-    while let Some(r) = tasks.join_next().await {
-        collect(r)?;
-    }
+    drop(fetched);
+    drop(hash_tx);
+    let streamed = hasher
+        .join()
+        .map_err(|_| Error::Stream("file check failed", std::io::Error::other("hasher panicked")))?;
 
-    // The whole file, read back: it must be the id, or nothing is renamed.
-    let (file2, id) = (file.clone(), flat.id);
-    let actual = tokio::task::spawn_blocking(move || hash_file(&file2))
-        .await
-        .map_err(|e| Error::Stream("file check failed", std::io::Error::other(e)))??;
+    // The whole file must be the id, or nothing is renamed.
+    let id = flat.id;
+    let actual = if in_order {
+        streamed
+    } else {
+        let file2 = file.clone();
+        tokio::task::spawn_blocking(move || hash_file(&file2))
+            .await
+            .map_err(|e| Error::Stream("file check failed", std::io::Error::other(e)))??
+    };
     if actual != id {
         let (file, layout) = (file.clone(), layout.clone());
         let bad = tokio::task::spawn_blocking(move || find_bad_chunk(&file, &layout))
@@ -347,7 +365,7 @@ async fn fetch(
     file: Arc<File>,
     layout: Arc<Layout>,
     progress: Arc<dyn Progress + Send>,
-) -> Result<(u64, u64, u64)> {
+) -> Result<Fetched> {
     let what = "downloading chunks";
     let body = Bytes::from(wire::pack_ids(&ids));
     let mut attempt = 1;
@@ -370,7 +388,7 @@ async fn fetch(
         }
     };
     let wire_len = data.len() as u64;
-    let (n, raw) = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+    let (n, raw, buf) = tokio::task::spawn_blocking(move || -> Result<(u64, u64, Vec<u8>)> {
         let max = layout.places.values().map(|(l, _)| *l).max().unwrap_or(0);
         let frames = wire::parse_frames(&data, max)?;
         if frames.len() != ids.len() || frames.iter().zip(&ids).any(|(f, id)| f.id != *id) {
@@ -409,15 +427,25 @@ async fn fetch(
             .zip(&frames)
             .try_for_each(|(out, f)| codec::decode_into(&f.id, f.codec, f.payload, out))?;
         write_runs(&file, &layout, &frames, &buf)?;
-        Ok((
-            frames.len() as u64,
-            frames.iter().map(|f| u64::from(f.raw_len)).sum(),
-        ))
+        Ok((frames.len() as u64, total as u64, buf))
     })
     .await
     .map_err(|e| Error::Stream("chunk check failed", std::io::Error::other(e)))??;
     progress.moved(raw);
-    Ok((n, raw, wire_len))
+    Ok(Fetched {
+        chunks: n,
+        raw,
+        wire: wire_len,
+        buf,
+    })
+}
+
+/// One downloaded batch: counts, and its chunks decoded back to back (already written).
+struct Fetched {
+    chunks: u64,
+    raw: u64,
+    wire: u64,
+    buf: Vec<u8>,
 }
 
 /// Writes a batch decoded into `buf` (in `frames` order) to all its places: chunks whose
