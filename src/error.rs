@@ -90,6 +90,17 @@ pub enum Error {
         /// What was wrong: hash mismatch, bad header, undecodable payload.
         detail: String,
     },
+    /// A manifest gives a stored chunk another length than the store has for it: a damaged
+    /// manifest or index (or, for an upload, a client's mistake).
+    #[error("chunk {id} is {stored} bytes in the store, but the manifest says {claimed}")]
+    LengthMismatch {
+        /// The chunk.
+        id: Hash,
+        /// Its length in the store.
+        stored: u32,
+        /// The length the manifest gives.
+        claimed: u32,
+    },
     /// A rebuilt file did not hash to its id.
     #[error("file {expected} rebuilt to the wrong content (hashes to {actual})")]
     FileMismatch {

@@ -51,12 +51,10 @@ fn read_decoded_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) -> Re
         let mut payload = cell.borrow_mut();
         let (codec, raw_len) = store.read_chunk_into(&r.id, &mut payload)?;
         if raw_len != r.len || out.len() != r.len as usize {
-            return Err(Error::Corrupt {
+            return Err(Error::LengthMismatch {
                 id: r.id,
-                detail: format!(
-                    "stored length {raw_len} differs from the manifest's {}",
-                    r.len
-                ),
+                stored: raw_len,
+                claimed: r.len,
             });
         }
         codec::decode_into(&r.id, codec, &payload, out)
@@ -256,8 +254,8 @@ pub fn restore_range<W: Write>(
 
 /// Hashes a file whose chunk refs arrive on `refs` (in file order, in groups) as its chunks
 /// become present in the store: decodes each run of present chunks in parallel and feeds the
-/// whole-file hash; at a chunk not yet stored it calls `wait` (which returns false to give
-/// up). `cached` may hold chunks just uploaded, decoded: those are not decoded again.
+/// whole-file hash. It calls `go_on(starved)` at every step: with `true` when the next chunk
+/// is not stored yet (to wait for it), and stops when it returns false. `cached` may hold chunks just uploaded, decoded: those are not decoded again.
 /// Returns the whole-file hash once `refs` is closed and every chunk was hashed. An
 /// upload session runs this while the client is still reading and sending, so that
 /// completing does not have to read the whole file back.
@@ -269,7 +267,7 @@ pub fn hash_arriving(
     store: &dyn ChunkStore,
     refs: &mpsc::Receiver<Vec<ChunkRef>>,
     cached: &(dyn Fn(&Hash) -> Option<bytes::Bytes> + Sync),
-    mut wait: impl FnMut() -> bool,
+    mut go_on: impl FnMut(bool) -> bool,
 ) -> Result<Hash> {
     /// Bytes decoded per parallel step = 4 MiB.
     const STEP: u64 = 4 << 20;
@@ -277,7 +275,11 @@ pub fn hash_arriving(
     let mut buf = Vec::new();
     let mut queue: std::collections::VecDeque<ChunkRef> = std::collections::VecDeque::new();
     let mut closed = false;
+    let stopped = || Error::stage_stopped("upload verification stopped");
     loop {
+        if !go_on(false) {
+            return Err(stopped());
+        }
         while !closed {
             match refs.try_recv() {
                 Ok(group) => queue.extend(group),
@@ -291,9 +293,7 @@ pub fn hash_arriving(
             }
             match refs.recv_timeout(std::time::Duration::from_millis(100)) {
                 Ok(group) => queue.extend(group),
-                Err(mpsc::RecvTimeoutError::Timeout) if !wait() => {
-                    return Err(Error::stage_stopped("upload verification stopped"));
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) if !go_on(true) => return Err(stopped()),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
             }
@@ -311,8 +311,8 @@ pub fn hash_arriving(
         let ids: Vec<Hash> = run.iter().map(|r| r.id).collect();
         let present = store.missing(&ids)?.iter().take_while(|m| !**m).count();
         if present == 0 {
-            if !wait() {
-                return Err(Error::stage_stopped("upload verification stopped"));
+            if !go_on(true) {
+                return Err(stopped());
             }
             continue;
         }

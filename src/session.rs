@@ -297,8 +297,10 @@ impl Sessions {
             .name("hoard-verify".into())
             .spawn(move || {
                 let mut seen = 0;
-                restore::hash_arriving(&*store, &rx, &|id| c.take(id), || {
-                    arrivals.wait(&mut seen);
+                restore::hash_arriving(&*store, &rx, &|id| c.take(id), |starved| {
+                    if starved {
+                        arrivals.wait(&mut seen);
+                    }
                     !stop.load(Ordering::Relaxed)
                 })
             });
@@ -564,6 +566,13 @@ impl Sessions {
                 Err(Error::FileMismatch { expected, actual }) => {
                     return Err(Error::FileIdMismatch { expected, actual });
                 }
+                // The client's manifest gave a stored chunk another length than it has.
+                Err(e @ Error::LengthMismatch { .. }) => {
+                    return Err(Error::Malformed {
+                        what: "manifest",
+                        detail: e.to_string(),
+                    });
+                }
                 Err(e) => return Err(e),
             }
             self.store.put_manifest(&s.manifest)?;
@@ -747,8 +756,9 @@ impl Opening<'_> {
         // The refs are complete: the background hash can finish once the chunks are in. A file
         // already stored needs no hash at all.
         drop(self.feed.take());
+        let stored = store.get_manifest(&file_id)?.is_some();
         if let Some(v) = self.verifier.take() {
-            if store.get_manifest(&file_id)?.is_none() {
+            if !stored {
                 sessions
                     .verifiers
                     .lock()

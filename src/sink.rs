@@ -181,6 +181,9 @@ struct Appended {
     round: Vec<Request>,
     reports: Vec<SinkReport>,
     commit: Option<Box<dyn PendingCommit>>,
+    /// The writer this round went to. A round may skip chunks an earlier round of the same
+    /// writer holds; if any commit of that writer fails, none of its later rounds may succeed.
+    generation: u64,
 }
 
 /// Appends rounds on this thread while the syncer thread makes the previous round durable
@@ -190,9 +193,19 @@ fn run(store: &dyn ChunkStore, rx: &mpsc::Receiver<Request>) {
         let (sync_tx, sync_rx) = mpsc::sync_channel::<Appended>(1);
         let (ack_tx, ack_rx) = mpsc::channel::<bool>();
         s.spawn(move || {
+            let mut failed_generation = None;
             for a in sync_rx {
-                let done = a.commit.map_or(Ok(()), |c| c.finish());
+                let done = if failed_generation == Some(a.generation) {
+                    Err(Error::stage_stopped(
+                        "an earlier commit of the chunk writer failed; send the chunks again",
+                    ))
+                } else {
+                    a.commit.map_or(Ok(()), |c| c.finish())
+                };
                 let ok = done.is_ok();
+                if !ok {
+                    failed_generation = Some(a.generation);
+                }
                 match done {
                     Ok(()) => {
                         for (req, rep) in a.round.into_iter().zip(a.reports) {
@@ -205,8 +218,10 @@ fn run(store: &dyn ChunkStore, rx: &mpsc::Receiver<Request>) {
             }
         });
         let mut writer: Option<Box<dyn ChunkWriter + '_>> = None;
-        // Ids of rounds appended but not yet indexed: `missing` cannot see them yet.
-        let mut unindexed: VecDeque<HashSet<Hash>> = VecDeque::new();
+        let mut generation = 0u64;
+        // Ids of rounds appended but not yet indexed (`missing` cannot see them yet), with the
+        // writer generation they went to; one entry per round, in the syncer's order.
+        let mut unindexed: VecDeque<(u64, HashSet<Hash>)> = VecDeque::new();
         while let Ok(first) = rx.recv() {
             let mut round = vec![first];
             let mut bytes: usize = round[0].chunks.iter().map(|c| c.payload.len()).sum();
@@ -218,24 +233,35 @@ fn run(store: &dyn ChunkStore, rx: &mpsc::Receiver<Request>) {
             while let Ok(ok) = ack_rx.try_recv() {
                 unindexed.pop_front();
                 if !ok {
-                    writer = None; // a failed commit leaves the pack in doubt: start another
+                    // A failed commit leaves the pack in doubt, and rounds that counted on it
+                    // fail with it (the syncer sees to that): start a new writer.
+                    writer = None;
+                    generation += 1;
                 }
             }
-            match append_round(store, &mut writer, &round, &unindexed) {
+            let pending: Vec<&HashSet<Hash>> = unindexed
+                .iter()
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, ids)| ids)
+                .collect();
+            match append_round(store, &mut writer, &round, &pending) {
                 Ok((reports, ids, commit)) => {
-                    unindexed.push_back(ids);
+                    unindexed.push_back((generation, ids));
                     let a = Appended {
                         round,
                         reports,
                         commit,
+                        generation,
                     };
                     if let Err(mpsc::SendError(a)) = sync_tx.send(a) {
                         fail(a.round, Error::stage_stopped("chunk syncer stopped"));
                     }
                 }
                 Err(e) => {
-                    // The writer forgets what it had not committed; start a fresh one.
+                    // The writer forgets what it had not committed; start a fresh one, whose
+                    // rounds do not count on the old one's.
                     writer = None;
+                    generation += 1;
                     fail(round, e);
                 }
             }
@@ -270,7 +296,7 @@ fn append_round<'s>(
     store: &'s dyn ChunkStore,
     writer: &mut Option<Box<dyn ChunkWriter + 's>>,
     round: &[Request],
-    unindexed: &VecDeque<HashSet<Hash>>,
+    unindexed: &[&HashSet<Hash>],
 ) -> Result<(
     Vec<SinkReport>,
     HashSet<Hash>,

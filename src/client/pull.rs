@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use rayon::prelude::*;
 use reqwest::{Method, header};
 use serde::Serialize;
-use futures_util::StreamExt;
 
 use super::{ATTEMPTS, Client, Progress};
 use crate::codec;
@@ -224,9 +224,12 @@ pub async fn pull(
     }
     drop(fetched);
     drop(hash_tx);
-    let streamed = hasher
-        .join()
-        .map_err(|_| Error::Stream("file check failed", std::io::Error::other("hasher panicked")))?;
+    let streamed = hasher.join().map_err(|_| {
+        Error::Stream(
+            "file check failed",
+            std::io::Error::other("hasher panicked"),
+        )
+    })?;
 
     // The whole file must be the id, or nothing is renamed.
     let id = flat.id;

@@ -177,6 +177,10 @@ async fn store_frames(
     let level = st.store().config().level;
     let max_chunk = st.limits().max_chunk;
     let keep_raw = session.is_some_and(|sid| st.0.sessions.wants_chunks(sid));
+    // Decoding is bounded by what the chunks claim to be: at most 4 bytes of chunk per byte
+    // of body limit, so a body of tiny frames that each claim a big chunk is refused before
+    // anything is decompressed.
+    let max_raw = (st.limits().max_body as u64).saturating_mul(4);
     let verified = blocking(move || -> Result<Vec<Verified>> {
         let frames: Vec<Frame<'_>> = match single {
             Some(id) => vec![Frame {
@@ -187,19 +191,39 @@ async fn store_frames(
             }],
             None => wire::parse_frames(&body, max_chunk)?,
         };
+        let claimed: u64 = frames.iter().map(|f| u64::from(f.raw_len)).sum();
+        if claimed > max_raw {
+            return Err(Error::TooLarge {
+                what: "uncompressed chunk batch",
+                size: claimed,
+                limit: max_raw,
+            });
+        }
+        // Decoded chunks kept for the session's hash: at most its cache's worth.
+        let budget = std::sync::atomic::AtomicU64::new(if keep_raw { 16 << 20 } else { 0 });
         frames
             .par_iter()
-            .map(|f| verify(f, &body, level, keep_raw))
+            .map(|f| {
+                let want = u64::from(f.raw_len);
+                let keep = budget
+                    .fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |left| left.checked_sub(want),
+                    )
+                    .is_ok();
+                verify(f, &body, level, keep)
+            })
             .collect()
     })
     .await?;
     let n = verified.len();
     let received: u64 = verified.iter().map(|v| u64::from(v.raw_len)).sum();
-    let decoded: Vec<(Hash, Bytes)> = if keep_raw {
-        verified.iter().map(|v| (v.id, v.raw.clone())).collect()
-    } else {
-        Vec::new()
-    };
+    let decoded: Vec<(Hash, Bytes)> = verified
+        .iter()
+        .filter(|v| !v.raw.is_empty())
+        .map(|v| (v.id, v.raw.clone()))
+        .collect();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sink_st = st.clone();
     blocking(move || {
@@ -370,6 +394,7 @@ pub async fn fetch(
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let sent = st.clone();
+    let (rt, idle) = (tokio::runtime::Handle::current(), st.limits().idle_timeout);
     tokio::task::spawn_blocking(move || {
         for group in ids.chunks(FETCH_GROUP) {
             let framed: Result<Vec<Vec<u8>>> = group
@@ -401,7 +426,8 @@ pub async fn fetch(
                 }
             };
             let failed = msg.is_err();
-            if tx.blocking_send(msg).is_err() || failed {
+            // A client that stops reading for longer than the idle timeout frees this worker.
+            if super::files::send_within(&rt, &tx, msg, idle).is_err() || failed {
                 break;
             }
         }

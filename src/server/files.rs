@@ -2,6 +2,8 @@
 //! listing, deletion and store totals.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -60,13 +62,42 @@ pub async fn upload(
 }
 
 /// A `Write` that hands what it gets to an HTTP body stream.
-struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
+///
+/// It holds back the last piece it was given (`held`) until the caller says the whole file
+/// checked out, so a whole-file mismatch can still cut the response short: a client never
+/// receives every byte of a file that failed its check. A client that stops reading for
+/// longer than `idle` fails the write, which frees the worker.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    held: Arc<Mutex<Option<Bytes>>>,
+    idle: Duration,
+    rt: tokio::runtime::Handle,
+}
+
+/// Sends `msg`, waiting at most `idle` for the client to take what came before.
+pub(super) fn send_within(
+    rt: &tokio::runtime::Handle,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    msg: std::io::Result<Bytes>,
+    idle: Duration,
+) -> std::io::Result<()> {
+    match rt.block_on(tokio::time::timeout(idle, tx.send(msg))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::ErrorKind::BrokenPipe)?;
+        let previous = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(Bytes::copy_from_slice(buf));
+        if let Some(p) = previous {
+            send_within(&self.rt, &self.tx, Ok(p), self.idle)?;
+        }
         Ok(buf.len())
     }
 
@@ -98,12 +129,20 @@ pub async fn download(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    // RFC 9110: a Range that does not parse (or has another unit) is ignored; one that parses
+    // but lies past the end (any range of an empty file) is 416; several ranges get the
+    // whole file.
+    let range = match headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| http_range_header::parse_range_header(r).ok())
+    {
         None => None,
-        Some(r) => match http_range_header::parse_range_header(r).and_then(|p| p.validate(len)) {
-            Ok(ranges) if ranges.len() == 1 => Some(ranges[0].clone()),
-            Ok(_) => None, // several ranges: serve the whole file, as RFC 9110 allows
-            Err(_) => return Err(ApiError::RangeNotSatisfiable(len)),
+        Some(_) if len == 0 => return Err(ApiError::RangeNotSatisfiable(len)),
+        Some(parsed) => match parsed.validate(len) {
+            Ok(ranges) if ranges.len() == 1 && *ranges[0].start() < len => Some(ranges[0].clone()),
+            Ok(ranges) if ranges.len() > 1 => None,
+            _ => return Err(ApiError::RangeNotSatisfiable(len)),
         },
     };
     let (status, start, end) = match &range {
@@ -116,20 +155,38 @@ pub async fn download(
         let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
         let whole = range.is_none();
         let served = st.clone();
+        let (rt, idle) = (tokio::runtime::Handle::current(), st.limits().idle_timeout);
         tokio::task::spawn_blocking(move || {
-            let out = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter(tx.clone()));
+            let held = Arc::new(Mutex::new(None));
+            let writer = ChannelWriter {
+                tx: tx.clone(),
+                held: held.clone(),
+                idle,
+                rt: rt.clone(),
+            };
+            let out = std::io::BufWriter::with_capacity(1 << 20, writer);
             let done = if whole {
                 restore::restore(&*store, &m, out, &|_| {})
             } else {
                 restore::restore_range(&*store, &m, start..end, out)
             };
+            let last = held.lock().unwrap_or_else(PoisonError::into_inner).take();
             match done {
-                Ok(()) => served.0.metrics.bytes_served(end - start),
-                Err(Error::Stream(..)) => {} // the client went away
+                Ok(()) => {
+                    if let Some(last) = last {
+                        let _ = send_within(&rt, &tx, Ok(last), idle);
+                    }
+                    served.0.metrics.bytes_served(end - start);
+                }
+                Err(Error::Stream(..)) => {} // the client went away or stopped reading
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), file = %m.file_id, "download stopped");
-                    let _ =
-                        tx.blocking_send(Err(std::io::Error::other("file failed verification")));
+                    let _ = send_within(
+                        &rt,
+                        &tx,
+                        Err(std::io::Error::other("file failed verification")),
+                        idle,
+                    );
                 }
             }
         });

@@ -143,12 +143,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/chunks/{id}",
             put(chunks::upload_one).get(chunks::download_one),
         )
-        .route("/v1/uploads", post(uploads::open))
         .route(
             "/v1/uploads/{sid}",
             get(uploads::progress).delete(uploads::abort),
         )
-        .route("/v1/uploads/{sid}/complete", post(uploads::complete))
         .route("/v1/manifests/{*spec}", get(files::manifest))
         .route("/v1/files", get(files::list))
         .route("/v1/stats", get(files::stats))
@@ -160,8 +158,11 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ));
-    // Streams of any length: only an idle timeout between pieces of the body.
+    // Streams of any length (a manifest streamed while the client reads a huge file, the
+    // whole-file check of a completion): only an idle timeout between pieces of the body.
     let streaming = Router::new()
+        .route("/v1/uploads", post(uploads::open))
+        .route("/v1/uploads/{sid}/complete", post(uploads::complete))
         .route(
             "/v1/files/{*name}",
             get(files::download)

@@ -217,6 +217,19 @@ fn a_manifest_that_lies_about_the_file_id_is_refused_and_names_nothing() {
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
     let (st, _) = api.json(M::GET, "/v1/files/fake.bin");
     assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Stored chunks with lengths that are not theirs (sizes still adding up): 400, not 500.
+    let mut m2 = manifest_of(&v);
+    m2.id = Hash::of(b"a file not stored yet");
+    m2.chunks[0].len -= 1;
+    m2.chunks[1].len += 1;
+    let (_, _, b) = api.call(api.req(M::POST, "/v1/uploads").json(&m2));
+    let sid2 = serde_json::from_slice::<Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (st, e) = api.json(M::POST, &format!("/v1/uploads/{sid2}/complete"));
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
     let (st, _) = api.json(M::GET, &format!("/v1/manifests/{}", m.id));
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
