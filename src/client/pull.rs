@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -194,21 +194,31 @@ pub async fn pull(
     // need not be read back. Otherwise the file is read back and hashed at the end.
     let in_order = report.reused_chunks == 0 && layout.order.len() == flat.chunks.len();
     let (hash_tx, hash_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-    let hasher = std::thread::spawn(move || {
-        let mut h = blake3::Hasher::new();
-        for buf in hash_rx {
-            h.update_rayon(&buf);
-        }
-        Hash::from(h.finalize())
-    });
+    // Batch buffers go round (fetch → hash → fetch): fresh 4 MiB buffers cost this VM more in
+    // page faults than the decoding itself.
+    let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let hasher = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let mut h = blake3::Hasher::new();
+            for buf in hash_rx {
+                h.update_rayon(&buf);
+                pool.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(buf);
+            }
+            Hash::from(h.finalize())
+        })
+    };
     let mut fetched = futures_util::stream::iter(batches.into_iter().map(|ids| {
-        let (client, file, layout, p) = (
+        let (client, file, layout, p, pool) = (
             client.clone(),
             file.clone(),
             layout.clone(),
             progress.clone(),
+            pool.clone(),
         );
-        async move { fetch(&client, ids, file, layout, p).await }
+        async move { fetch(&client, ids, file, layout, p, pool).await }
     }))
     .buffered(IN_FLIGHT);
     while let Some(got) = fetched.next().await {
@@ -220,6 +230,10 @@ pub async fn pull(
             let tx = hash_tx.clone();
             // A full queue blocks: wait for the hashing thread off the runtime.
             let _ = tokio::task::spawn_blocking(move || tx.send(got.buf)).await;
+        } else {
+            pool.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(got.buf);
         }
     }
     drop(fetched);
@@ -368,6 +382,7 @@ async fn fetch(
     file: Arc<File>,
     layout: Arc<Layout>,
     progress: Arc<dyn Progress + Send>,
+    pool: Arc<Mutex<Vec<Vec<u8>>>>,
 ) -> Result<Fetched> {
     let what = "downloading chunks";
     let body = Bytes::from(wire::pack_ids(&ids));
@@ -417,7 +432,13 @@ async fn fetch(
         // is, before it is renamed into place, and on a mismatch each chunk is checked to
         // name the culprit (`find_bad_chunk`).
         let total: usize = frames.iter().map(|f| f.raw_len as usize).sum();
-        let mut buf = vec![0u8; total];
+        let mut buf = pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        buf.clear();
+        buf.resize(total, 0);
         let mut slices = Vec::with_capacity(frames.len());
         let mut rest = buf.as_mut_slice();
         for f in &frames {

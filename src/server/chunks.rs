@@ -367,6 +367,13 @@ pub async fn download_one(
     Ok(([(header::CONTENT_TYPE, BINARY)], data).into_response())
 }
 
+thread_local! {
+    /// A fetch worker's payload and decode buffers.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
 /// Ids checked and framed per step of a fetch.
 const FETCH_GROUP: usize = 64;
 
@@ -400,18 +407,23 @@ pub async fn fetch(
             let framed: Result<Vec<Vec<u8>>> = group
                 .par_iter()
                 .map(|id| {
-                    let c = store.read_chunk(id)?;
-                    let raw = crate::codec::decode(id, c.codec, &c.payload, c.raw_len as usize)?;
-                    let actual = Hash::of(&raw);
-                    if actual != *id {
-                        return Err(Error::Corrupt {
-                            id: *id,
-                            detail: format!("content hashes to {actual}"),
-                        });
-                    }
-                    let mut f = Vec::with_capacity(wire::FRAME_HEADER_LEN + c.payload.len());
-                    wire::put_frame(&mut f, id, c.codec, c.raw_len, &c.payload);
-                    Ok(f)
+                    SCRATCH.with(|cell| {
+                        // Buffers reused per thread: no fresh pages per chunk.
+                        let (payload, raw) = &mut *cell.borrow_mut();
+                        let (codec, raw_len) = store.read_chunk_into(id, payload)?;
+                        raw.resize(raw_len as usize, 0);
+                        crate::codec::decode_into(id, codec, payload, raw)?;
+                        let actual = Hash::of(raw);
+                        if actual != *id {
+                            return Err(Error::Corrupt {
+                                id: *id,
+                                detail: format!("content hashes to {actual}"),
+                            });
+                        }
+                        let mut f = Vec::with_capacity(wire::FRAME_HEADER_LEN + payload.len());
+                        wire::put_frame(&mut f, id, codec, raw_len, payload);
+                        Ok(f)
+                    })
                 })
                 .collect();
             let msg = match framed {
