@@ -8,8 +8,12 @@
 //! export:  name ─names::resolve─▶ Manifest ─▶ pages ─▶ store.read_chunk ─▶ codec::decode ─▶ Hash::of == id? ─▶ out
 //! ```
 //!
+//! Over HTTP the same stages split between a client and a server: [`client`] scans a file
+//! ([`scan`]), streams its manifest and sends only the chunks the server lacks ([`wire`]
+//! encodings); [`server`] checks each chunk ([`sink`]) and tracks the upload ([`session`]).
+//!
 //! The core is synchronous and deterministic; parallelism is a bounded rayon fan-out inside
-//! [`ingest`] and [`restore`]. Storage sits behind [`store::ChunkStore`], implemented by
+//! [`ingest`] and [`restore`], and async code lives only in [`server`] and [`client`]. Storage sits behind [`store::ChunkStore`], implemented by
 //! [`store::LocalStore`] (redb chunk table, sled for manifests and names, pack files) and
 //! [`store::MemoryStore`].
 
