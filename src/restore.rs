@@ -61,6 +61,19 @@ fn read_decoded_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) -> Re
     })
 }
 
+/// Cuts `buf` into consecutive slices of `lens` (which must add up to at most its length), so
+/// that chunks can be decoded into one buffer in parallel.
+pub fn split_mut(buf: &mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&mut [u8]> {
+    let mut slices = Vec::new();
+    let mut rest = buf;
+    for len in lens {
+        let (head, tail) = rest.split_at_mut(len);
+        slices.push(head);
+        rest = tail;
+    }
+    slices
+}
+
 /// Reads chunk `r.id` into a new buffer, decoded and verified.
 ///
 /// # Errors
@@ -180,14 +193,7 @@ fn rebuild<W: Write + Send>(
                 // Decode straight into one contiguous buffer: one write, no per-chunk copies.
                 let mut batch = recycle_rx.try_recv().unwrap_or_default();
                 batch.resize(bytes as usize, 0);
-                let mut slices = Vec::with_capacity(refs.len());
-                let mut rest = batch.as_mut_slice();
-                for r in refs {
-                    let (head, tail) = rest.split_at_mut(r.len as usize);
-                    slices.push(head);
-                    rest = tail;
-                }
-                slices
+                split_mut(&mut batch, refs.iter().map(|r| r.len as usize))
                     .into_par_iter()
                     .zip(refs)
                     .try_for_each(|(out, r)| read(store, r, out))?;
@@ -319,14 +325,7 @@ pub fn hash_arriving(
         let run = &run[..present];
         let len: usize = run.iter().map(|r| r.len as usize).sum();
         buf.resize(len, 0);
-        let mut slices = Vec::with_capacity(run.len());
-        let mut rest = buf.as_mut_slice();
-        for r in run {
-            let (head, tail) = rest.split_at_mut(r.len as usize);
-            slices.push(head);
-            rest = tail;
-        }
-        slices
+        split_mut(&mut buf, run.iter().map(|r| r.len as usize))
             .into_par_iter()
             .zip(run)
             .try_for_each(|(out, r)| match cached(&r.id) {

@@ -439,14 +439,7 @@ async fn fetch(
             .unwrap_or_default();
         buf.clear();
         buf.resize(total, 0);
-        let mut slices = Vec::with_capacity(frames.len());
-        let mut rest = buf.as_mut_slice();
-        for f in &frames {
-            let (head, tail) = rest.split_at_mut(f.raw_len as usize);
-            slices.push(head);
-            rest = tail;
-        }
-        slices
+        restore::split_mut(&mut buf, frames.iter().map(|f| f.raw_len as usize))
             .into_par_iter()
             .zip(&frames)
             .try_for_each(|(out, f)| codec::decode_into(&f.id, f.codec, f.payload, out))?;
