@@ -17,7 +17,7 @@
 mod generate;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -154,21 +154,15 @@ fn main() {
     let mib = env_num("HOARD_BENCH_MIB", 1024);
     let runs = env_num("HOARD_BENCH_RUNS", 3).max(1);
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    // HOARD_BENCH_DIR keeps the generated inputs between runs (and the stores of the last run).
-    let kept = std::env::var_os("HOARD_BENCH_DIR").map(PathBuf::from);
-    let tmp_root = tempfile::Builder::new()
-        .prefix("hoard-e2e-")
-        .tempdir_in(&target)
-        .expect("tempdir");
-    let tmp = kept.as_deref().unwrap_or(tmp_root.path());
-    std::fs::create_dir_all(tmp).expect("bench dir");
+    let (_guard, tmp, kept) = support::bench_dir("hoard-e2e-");
+    let tmp = tmp.as_path();
     let hoard = env!("CARGO_BIN_EXE_hoard");
 
     eprintln!("generating {mib} MiB of mixed data and an edited copy");
     let data = generate::mixed(mib << 20, 1);
     let edited = generate::edit(&data, 200, 2);
     let (v1, v2) = (tmp.join("v1.bin"), tmp.join("v2.bin"));
-    if kept.is_none() || std::fs::metadata(&v1).map(|m| m.len()).ok() != Some(data.len() as u64) {
+    if !kept || std::fs::metadata(&v1).map(|m| m.len()).ok() != Some(data.len() as u64) {
         std::fs::write(&v1, &data).expect("write v1");
         std::fs::write(&v2, &edited).expect("write v2");
     }

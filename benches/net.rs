@@ -19,7 +19,7 @@ mod generate;
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -120,19 +120,14 @@ fn main() {
     let mib = env_num("HOARD_BENCH_MIB", 1024);
     let runs = env_num("HOARD_BENCH_RUNS", 3).max(1);
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let kept = std::env::var_os("HOARD_BENCH_DIR").map(PathBuf::from);
-    let tmp_root = tempfile::Builder::new()
-        .prefix("hoard-net-")
-        .tempdir_in(&target)
-        .expect("tempdir");
-    let tmp = kept.as_deref().unwrap_or(tmp_root.path());
-    std::fs::create_dir_all(tmp).expect("bench dir");
+    let (_guard, tmp, kept) = support::bench_dir("hoard-net-");
+    let tmp = tmp.as_path();
     let hoard = env!("CARGO_BIN_EXE_hoard");
 
     eprintln!("generating {mib} MiB of mixed data and an edited copy");
     let (v1, v2) = (tmp.join("v1.bin"), tmp.join("v2.bin"));
     let n = mib << 20;
-    if kept.is_none() || std::fs::metadata(&v1).map(|m| m.len()).ok() != Some(n as u64) {
+    if !kept || std::fs::metadata(&v1).map(|m| m.len()).ok() != Some(n as u64) {
         let data = generate::mixed(n, 1);
         std::fs::write(&v1, &data).expect("write v1");
         std::fs::write(&v2, generate::edit(&data, 200, 2)).expect("write v2");

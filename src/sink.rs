@@ -67,10 +67,14 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32, keep_raw: bool) -> Re
     match frame.codec {
         Codec::Raw => {
             check(frame.payload)?;
-            let raw = body.slice_ref(frame.payload);
             let (codec, payload) = match codec::compress(frame.payload, level) {
                 Some(z) => (Codec::Zstd, Bytes::from(z)),
-                None => (Codec::Raw, raw.clone()),
+                None => (Codec::Raw, body.slice_ref(frame.payload)),
+            };
+            let raw = if keep_raw {
+                body.slice_ref(frame.payload)
+            } else {
+                Bytes::new()
             };
             Ok(Verified {
                 id: frame.id,
@@ -102,7 +106,8 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32, keep_raw: bool) -> Re
                 (Codec::Zstd, body.slice_ref(frame.payload), raw)
             } else {
                 let raw = Bytes::from(raw);
-                (Codec::Raw, raw.clone(), raw)
+                let kept = if keep_raw { raw.clone() } else { Bytes::new() };
+                (Codec::Raw, raw, kept)
             };
             Ok(Verified {
                 id: frame.id,

@@ -81,3 +81,18 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub fn mbps(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs
 }
+
+/// The bench's working directory under `target/`: `HOARD_BENCH_DIR` if set (it keeps the
+/// generated inputs between runs, and the stores of the last run), else a temp dir removed at
+/// the end. Returns the guard of the temp dir, the directory, and whether it is kept.
+pub fn bench_dir(prefix: &str) -> (tempfile::TempDir, std::path::PathBuf, bool) {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let kept = std::env::var_os("HOARD_BENCH_DIR").map(std::path::PathBuf::from);
+    let tmp_root = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&target)
+        .expect("tempdir");
+    let dir = kept.clone().unwrap_or_else(|| tmp_root.path().to_owned());
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    (tmp_root, dir, kept.is_some())
+}
