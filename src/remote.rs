@@ -262,10 +262,18 @@ pub fn push(a: &PushArgs) -> Result<()> {
 pub fn pull(local: Option<&Path>, a: &PullArgs) -> Result<()> {
     init_logs("warn");
     let store = match local {
-        Some(root) if root.exists() => Some(Arc::new(
-            LocalStore::open_existing(root)
-                .with_context(|| format!("cannot open local store {}", root.display()))?,
-        ) as Arc<dyn ChunkStore>),
+        Some(root) if root.exists() => match LocalStore::open_existing(root) {
+            Ok(s) => Some(Arc::new(s) as Arc<dyn ChunkStore>),
+            // Often the very store a local `hoard serve` is serving: pull without it.
+            Err(e @ hoard::Error::Locked(_)) => {
+                eprintln!("hoard: note: not reusing chunks from the local store: {e}");
+                None
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open local store {}", root.display()));
+            }
+        },
         _ => None,
     };
     let bars = Arc::new(PullBar(output::bar(None, "pulling")));

@@ -439,3 +439,31 @@ mod remote {
         assert!(err.contains("http://"), "{err}");
     }
 }
+
+mod remote_store_in_use {
+    use super::super::net::ChildServer;
+    use super::super::support::{Scratch, hoard, ok};
+
+    /// `HOARD_STORE` often names the store a local `hoard serve` holds: pull goes on without it.
+    #[test]
+    fn pull_skips_a_local_store_that_is_in_use() {
+        let s = Scratch::new();
+        let server = ChildServer::start(&s.store());
+        let f = s.file("a.bin", b"some bytes to pull back");
+        ok(hoard(&s.store()).args(["push", f.to_str().unwrap(), "--server", &server.url]));
+        let out = s.path("back.bin");
+        let o = hoard(&s.store())
+            .args([
+                "pull",
+                "a.bin",
+                out.to_str().unwrap(),
+                "--server",
+                &server.url,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("in use"));
+        assert_eq!(std::fs::read(&out).unwrap(), b"some bytes to pull back");
+    }
+}
