@@ -473,23 +473,12 @@ impl Sessions {
 
     /// The distinct chunks of `s` the store lacks, with their bytes.
     fn still_missing(&self, s: &Session) -> Result<(Vec<Hash>, u64)> {
-        let mut seen = HashSet::new();
         let mut refs = Vec::new();
         restore::for_each_page(&*self.store, &s.manifest, |page| {
-            refs.extend(page.chunks.iter().filter(|r| seen.insert(r.id)).copied());
+            refs.extend(page.chunks);
             Ok(())
         })?;
-        let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
-        let flags = self.store.missing(&ids)?;
-        let mut bytes = 0;
-        let mut missing = Vec::new();
-        for (r, m) in refs.iter().zip(flags) {
-            if m {
-                missing.push(r.id);
-                bytes += u64::from(r.len);
-            }
-        }
-        Ok((missing, bytes))
+        missing_among(&*self.store, &refs)
     }
 
     /// Expires `s` if it sat idle past the TTL; returns true if and only if it did.
@@ -650,6 +639,23 @@ impl Sessions {
     }
 }
 
+/// The distinct chunks of `refs` the store lacks, in first-appearance order, with their bytes.
+fn missing_among(store: &dyn ChunkStore, refs: &[ChunkRef]) -> Result<(Vec<Hash>, u64)> {
+    let mut seen = HashSet::new();
+    let unique: Vec<&ChunkRef> = refs.iter().filter(|r| seen.insert(r.id)).collect();
+    let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
+    let flags = store.missing(&ids)?;
+    let mut missing = Vec::new();
+    let mut bytes = 0;
+    for (r, m) in unique.into_iter().zip(flags) {
+        if m {
+            missing.push(r.id);
+            bytes += u64::from(r.len);
+        }
+    }
+    Ok((missing, bytes))
+}
+
 /// A session being opened: its manifest arriving in pieces.
 pub struct Opening<'a> {
     sessions: &'a Sessions,
@@ -724,23 +730,7 @@ impl Opening<'_> {
         if let Some(p) = last {
             store.put_page(&p.pref.hash, &p.bytes)?;
         }
-        let mut seen = HashSet::new();
-        let unique: Vec<ChunkRef> = self
-            .refs
-            .iter()
-            .filter(|r| seen.insert(r.id))
-            .copied()
-            .collect();
-        let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
-        let flags = store.missing(&ids)?;
-        let mut missing = Vec::new();
-        let mut missing_bytes = 0;
-        for (r, m) in unique.iter().zip(flags) {
-            if m {
-                missing.push(r.id);
-                missing_bytes += u64::from(r.len);
-            }
-        }
+        let (missing, missing_bytes) = missing_among(&**store, &self.refs)?;
         let t = now();
         let s = Session {
             id: sessions.new_id(&file_id),

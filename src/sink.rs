@@ -64,25 +64,15 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32, keep_raw: bool) -> Re
             })
         }
     };
-    match frame.codec {
+    // (how it goes into the pack, the payload, the decoded chunk)
+    let (codec, payload, raw) = match frame.codec {
         Codec::Raw => {
             check(frame.payload)?;
-            let (codec, payload) = match codec::compress(frame.payload, level) {
-                Some(z) => (Codec::Zstd, Bytes::from(z)),
-                None => (Codec::Raw, body.slice_ref(frame.payload)),
-            };
-            let raw = if keep_raw {
-                body.slice_ref(frame.payload)
-            } else {
-                Bytes::new()
-            };
-            Ok(Verified {
-                id: frame.id,
-                codec,
-                raw_len: frame.raw_len,
-                payload,
-                raw,
-            })
+            let raw = body.slice_ref(frame.payload);
+            match codec::compress(frame.payload, level) {
+                Some(z) => (Codec::Zstd, Bytes::from(z), raw),
+                None => (Codec::Raw, raw.clone(), raw),
+            }
         }
         Codec::Zstd => {
             let raw = codec::decode(
@@ -97,27 +87,21 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32, keep_raw: bool) -> Re
             })?;
             check(&raw)?;
             // The client's frame decodes to the chunk: keep it, unless raw is smaller.
-            let (codec, payload, raw) = if frame.payload.len() < raw.len() {
-                let raw = if keep_raw {
-                    Bytes::from(raw)
-                } else {
-                    Bytes::new()
-                };
+            let raw = Bytes::from(raw);
+            if frame.payload.len() < raw.len() {
                 (Codec::Zstd, body.slice_ref(frame.payload), raw)
             } else {
-                let raw = Bytes::from(raw);
-                let kept = if keep_raw { raw.clone() } else { Bytes::new() };
-                (Codec::Raw, raw, kept)
-            };
-            Ok(Verified {
-                id: frame.id,
-                codec,
-                raw_len: frame.raw_len,
-                payload,
-                raw,
-            })
+                (Codec::Raw, raw.clone(), raw)
+            }
         }
-    }
+    };
+    Ok(Verified {
+        id: frame.id,
+        codec,
+        raw_len: frame.raw_len,
+        payload,
+        raw: if keep_raw { raw } else { Bytes::new() },
+    })
 }
 
 /// What storing one request's chunks did.
