@@ -39,6 +39,11 @@ enum Command {
     Ls(JsonArg),
     /// Show totals: files, chunks, logical and stored bytes, dedup ratio.
     Stats(JsonArg),
+    /// Remove a NAME (with its history), one version NAME@N, or a file by id; `gc` then frees
+    /// the chunks nothing else uses.
+    Rm(RmArgs),
+    /// Free the chunks no file refers to, and compact packs.
+    Gc(GcArgs),
     /// Serve the store over HTTP (API v1).
     Serve(remote::ServeArgs),
     /// Send a file to a server; only chunks it lacks cross the wire.
@@ -87,6 +92,28 @@ struct ExportArgs {
 }
 
 #[derive(Args)]
+struct RmArgs {
+    /// NAME, NAME@N, a file id or an id prefix of 8+ hex digits.
+    file: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// Keep chunks stored within this long (a server keeps its own; see `serve --gc-grace`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    grace: std::time::Duration,
+    /// Rewrite a pack once this share of it (0.0..=1.0) is dead.
+    #[arg(long, value_parser = parse_share, default_value_t = hoard::gc::DEFAULT_MIN_DEAD)]
+    min_dead: f64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct JsonArg {
     /// Print the result as JSON.
     #[arg(long)]
@@ -115,6 +142,14 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not a size that fits in 32 bits"))
 }
 
+/// Accepts a share between 0 and 1, e.g. `0.2`.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1 (e.g. 0.2)")),
+    }
+}
+
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
     let root = match &cli.store {
@@ -128,6 +163,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export(&open(&root, false)?, &a),
         Command::Ls(a) => ls(&open(&root, false)?, a.json),
         Command::Stats(a) => stats(&open(&root, false)?, a.json),
+        Command::Rm(a) => rm(&open(&root, false)?, &a),
+        Command::Gc(a) => gc(&open(&root, false)?, &a),
         Command::Serve(a) => {
             remote::limit_malloc_arenas();
             remote::serve(open(&root, true)?, &a)
@@ -319,6 +356,49 @@ fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
         );
     }
     emit(&text)
+}
+
+fn rm(store: &LocalStore, a: &RmArgs) -> Result<()> {
+    let removed =
+        names::remove(store, &a.file).with_context(|| format!("cannot remove {}", a.file))?;
+    if a.json {
+        return emit(&format!("{}\n", serde_json::to_value(&removed)?));
+    }
+    let mut text = String::new();
+    for n in &removed.names {
+        text += &format!("removed name {n}\n");
+    }
+    if removed.versions > 0 {
+        text += &format!("removed {} version(s)\n", removed.versions);
+    }
+    for f in &removed.files {
+        text += &format!("removed file {f}\n");
+    }
+    text += "run `hoard gc` to free the space of chunks nothing else uses\n";
+    emit(&text)
+}
+
+fn gc(store: &LocalStore, a: &GcArgs) -> Result<()> {
+    let opts = hoard::gc::GcOptions {
+        grace: a.grace,
+        min_dead: a.min_dead,
+    };
+    let r = hoard::gc::gc(store, &opts)
+        .with_context(|| format!("gc of {} failed", store.root().display()))?;
+    if a.json {
+        return emit(&format!("{}\n", serde_json::to_value(&r)?));
+    }
+    emit(&format!(
+        "freed {} chunks ({} stored), {} on disk; {} packs rewritten, {} deleted; \
+         {} chunks live, {} kept for now\n",
+        output::count(r.chunks_freed),
+        output::bytes(r.chunk_bytes_freed),
+        output::bytes(r.bytes_freed),
+        r.packs_rewritten,
+        r.packs_deleted,
+        output::count(r.chunks_live),
+        output::count(r.chunks_spared),
+    ))
 }
 
 fn stats(store: &LocalStore, as_json: bool) -> Result<()> {

@@ -26,7 +26,7 @@ use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest, ManifestBuilder};
-use crate::store::{ChunkStore, PendingCommit};
+use crate::store::{ChunkStore, PendingCommit, Pin};
 
 /// Blocks queued between the reader and the hashing/compressing stage.
 const QUEUE_BLOCKS: usize = 2;
@@ -146,6 +146,7 @@ pub fn ingest<R: Read + Send>(
             builder,
             report,
             jobs,
+            pin,
             ..
         } = stage;
         drop(jobs); // closes the writer's queue
@@ -159,7 +160,7 @@ pub fn ingest<R: Read + Send>(
         if let Some(e) = failed {
             return Err(e);
         }
-        finish(store, builder, report, file_id)
+        finish(store, builder, report, file_id, &pin)
     })
 }
 
@@ -193,6 +194,8 @@ struct StoreStage<'a> {
     committing: Option<HashSet<Hash>>,
     since_commit: u64,
     report: IngestReport,
+    /// Keeps gc off every chunk and page of this file until its manifest is stored.
+    pin: Pin,
 }
 
 impl<'a> StoreStage<'a> {
@@ -210,6 +213,7 @@ impl<'a> StoreStage<'a> {
             current: HashSet::new(),
             committing: None,
             since_commit: 0,
+            pin: store.guard().pin(),
             report: IngestReport {
                 id: Hash::of(b""),
                 size: 0,
@@ -236,7 +240,7 @@ impl<'a> StoreStage<'a> {
             .par_iter()
             .map(|r| Hash::of(&block.data[r.clone()]))
             .collect();
-        let missing = self.store.missing(&ids)?;
+        let missing = self.store.missing_pinned(&ids, &self.pin)?;
         let in_flight = |id: &Hash| self.committing.as_ref().is_some_and(|c| c.contains(id));
         let mut new = Vec::new();
         for i in 0..ids.len() {
@@ -266,6 +270,7 @@ impl<'a> StoreStage<'a> {
                 len: span.len() as u32,
             }) {
                 self.store.put_page(&page.pref.hash, &page.bytes)?;
+                self.pin.sealed(page.pref.hash, page.pref.chunks as usize);
             }
         }
         self.report.chunks += ids.len() as u64;
@@ -293,10 +298,12 @@ fn finish(
     builder: ManifestBuilder,
     mut report: IngestReport,
     file_id: Hash,
+    pin: &Pin,
 ) -> Result<(Manifest, IngestReport)> {
     let (manifest, last) = builder.finish(file_id, store.config().chunker);
     if let Some(page) = last {
         store.put_page(&page.pref.hash, &page.bytes)?;
+        pin.sealed(page.pref.hash, page.pref.chunks as usize);
     }
     store.put_manifest(&manifest)?;
     report.id = file_id;

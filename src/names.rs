@@ -145,6 +145,81 @@ pub fn record(store: &dyn ChunkStore, name: &str, manifest: &Manifest) -> Result
     )
 }
 
+/// What [`remove`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Removed {
+    /// Names removed with their whole history.
+    pub names: Vec<String>,
+    /// Versions dropped from names that remain (`NAME@N`, or `rm ID` of a file a name had).
+    pub versions: u64,
+    /// Files whose manifest was removed: no name refers to them any more.
+    pub files: Vec<Hash>,
+}
+
+/// Removes what `spec` names; the chunks stay until gc finds nothing else uses them.
+///
+/// - `NAME`: the name and its history; the files of its versions that no other name refers to.
+/// - `NAME@N`: that version (later versions move down one); its file if nothing else refers to it.
+/// - an id or id prefix: the file, and every version of every name that points at it (a
+///   name left with no version goes). A name never points at a removed file.
+///
+/// # Errors
+/// [`Error::NotFound`], [`Error::NoSuchVersion`], [`Error::Ambiguous`], or store errors.
+pub fn remove(store: &dyn ChunkStore, spec: &str) -> Result<Removed> {
+    let mut out = Removed::default();
+    let mut dropped: Vec<Hash> = Vec::new();
+    if let Some(rec) = store.get_name(spec)? {
+        store.remove_name(spec)?;
+        out.names.push(spec.to_owned());
+        dropped.extend(rec.versions.iter().map(|v| v.file_id));
+    } else if let Some((name, n)) = split_version(spec)
+        && let Some(mut rec) = store.get_name(name)?
+    {
+        if n == 0 || n > rec.versions.len() {
+            return Err(Error::NoSuchVersion {
+                name: name.to_owned(),
+                n,
+                count: rec.versions.len(),
+            });
+        }
+        dropped.push(rec.versions.remove(n - 1).file_id);
+        if rec.versions.is_empty() {
+            store.remove_name(name)?;
+            out.names.push(name.to_owned());
+        } else {
+            store.put_name(name, &rec)?;
+            out.versions += 1;
+        }
+    } else {
+        let id = resolve(store, spec)?.manifest.file_id;
+        for (name, mut rec) in store.names()? {
+            let before = rec.versions.len();
+            rec.versions.retain(|v| v.file_id != id);
+            if rec.versions.is_empty() {
+                store.remove_name(&name)?;
+                out.names.push(name);
+            } else if rec.versions.len() < before {
+                store.put_name(&name, &rec)?;
+                out.versions += (before - rec.versions.len()) as u64;
+            }
+        }
+        dropped.push(id);
+    }
+    // A file goes once no name refers to it (files stored without a name go only by id).
+    let mut still: std::collections::HashSet<Hash> = std::collections::HashSet::new();
+    for (_, rec) in store.names()? {
+        still.extend(rec.versions.iter().map(|v| v.file_id));
+    }
+    dropped.sort_unstable();
+    dropped.dedup();
+    for id in dropped {
+        if !still.contains(&id) && store.remove_manifest(&id)? {
+            out.files.push(id);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,15 @@ pub struct ServeArgs {
     /// Upload sessions idle this long expire.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
     session_ttl: Duration,
+    /// Run gc this often in the background (`0s`: never; `POST /v1/gc` runs it on demand).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    gc_interval: Duration,
+    /// gc keeps chunks reported present or uploaded within this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    gc_grace: Duration,
+    /// gc rewrites a pack once this share of it (0.0..=1.0) is dead.
+    #[arg(long, value_parser = crate::cli::parse_share, default_value_t = hoard::gc::DEFAULT_MIN_DEAD)]
+    gc_min_dead: f64,
 }
 
 #[derive(Args)]
@@ -151,6 +160,11 @@ pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
         idle_timeout: a.idle_timeout,
         concurrency: a.concurrency.max(1),
         session_ttl: a.session_ttl,
+        gc_interval: a.gc_interval,
+        gc: hoard::gc::GcOptions {
+            grace: a.gc_grace,
+            min_dead: a.gc_min_dead,
+        },
     };
     let root = store.root().to_owned();
     let store: Arc<dyn ChunkStore> = Arc::new(store);

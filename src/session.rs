@@ -32,7 +32,7 @@ use crate::manifest::{ChunkRef, Manifest, ManifestBuilder};
 use crate::names;
 use crate::record;
 use crate::restore;
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, Pin};
 use crate::wire::FlatManifest;
 
 /// Format version of session records.
@@ -437,6 +437,7 @@ impl Sessions {
             total: 0,
             feed,
             verifier,
+            pin: self.store.guard().pin(),
         })
     }
 
@@ -478,7 +479,7 @@ impl Sessions {
             refs.extend(page.chunks);
             Ok(())
         })?;
-        missing_among(&*self.store, &refs)
+        missing_among(&*self.store, &refs, None)
     }
 
     /// Expires `s` if it sat idle past the TTL; returns true if and only if it did.
@@ -623,28 +624,38 @@ impl Sessions {
         Ok(expired)
     }
 
-    /// Every open session's manifest: the chunks gc must keep.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub fn open_manifests(&self) -> Result<Vec<Manifest>> {
-        let mut out = Vec::new();
-        for bytes in self.store.sessions()? {
-            let s: Session = record::decode("upload session", SESSION_VERSION, &bytes)?;
-            if s.state.is_open() {
-                out.push(s.manifest);
-            }
+}
+
+/// Every open session's manifest in `store`: chunks gc must keep. A session past its TTL
+/// that no sweep has expired yet counts as open.
+///
+/// # Errors
+/// Store errors.
+pub fn open_manifests(store: &dyn ChunkStore) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for bytes in store.sessions()? {
+        let s: Session = record::decode("upload session", SESSION_VERSION, &bytes)?;
+        if s.state.is_open() {
+            out.push(s.manifest);
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 /// The distinct chunks of `refs` the store lacks, in first-appearance order, with their bytes.
-fn missing_among(store: &dyn ChunkStore, refs: &[ChunkRef]) -> Result<(Vec<Hash>, u64)> {
+/// With `pin`, the ids are pinned as they are looked up.
+fn missing_among(
+    store: &dyn ChunkStore,
+    refs: &[ChunkRef],
+    pin: Option<&Pin>,
+) -> Result<(Vec<Hash>, u64)> {
     let mut seen = HashSet::new();
     let unique: Vec<&ChunkRef> = refs.iter().filter(|r| seen.insert(r.id)).collect();
     let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
-    let flags = store.missing(&ids)?;
+    let flags = match pin {
+        Some(pin) => store.missing_pinned(&ids, pin)?,
+        None => store.missing(&ids)?,
+    };
     let mut missing = Vec::new();
     let mut bytes = 0;
     for (r, m) in unique.into_iter().zip(flags) {
@@ -668,6 +679,8 @@ pub struct Opening<'a> {
     /// Refs for the background hash, if it runs.
     feed: Option<mpsc::Sender<Vec<ChunkRef>>>,
     verifier: Option<Verifier>,
+    /// Keeps gc off the pages and chunks until the session record holds them.
+    pin: Pin,
 }
 
 impl Opening<'_> {
@@ -697,6 +710,7 @@ impl Opening<'_> {
             self.total += u64::from(r.len);
             if let Some(p) = self.builder.push(*r) {
                 self.sessions.store.put_page(&p.pref.hash, &p.bytes)?;
+                self.pin.add_page(p.pref.hash);
             }
         }
         self.refs.extend_from_slice(refs);
@@ -729,8 +743,9 @@ impl Opening<'_> {
         let (manifest, last) = builder.finish(file_id, self.chunker);
         if let Some(p) = last {
             store.put_page(&p.pref.hash, &p.bytes)?;
+            self.pin.add_page(p.pref.hash);
         }
-        let (missing, missing_bytes) = missing_among(&**store, &self.refs)?;
+        let (missing, missing_bytes) = missing_among(&**store, &self.refs, Some(&self.pin))?;
         let t = now();
         let s = Session {
             id: sessions.new_id(&file_id),

@@ -208,18 +208,14 @@ pub async fn download(
     Ok(resp)
 }
 
-/// `DELETE /v1/files/{name}`: forgets the name and its history (the data stays until gc).
+/// `DELETE /v1/files/{name, name@N or id}`: as `hoard rm` (see `names::remove`); the chunks
+/// stay until gc. Answers what was removed.
 pub async fn remove(
     State(st): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+    Path(spec): Path<String>,
+) -> Result<Json<names::Removed>, ApiError> {
     let store = st.store();
-    let label = name.clone();
-    let removed = blocking(move || store.remove_name(&name)).await?;
-    match removed {
-        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-        None => Err(Error::NotFound(label).into()),
-    }
+    Ok(Json(blocking(move || names::remove(&*store, &spec)).await?))
 }
 
 /// `GET /v1/manifests/{name or id}`: the whole manifest, JSON or (with `Accept:

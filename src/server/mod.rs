@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::{Json, Router};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
@@ -32,6 +32,7 @@ pub use auth::{Auth, Scope};
 pub use error::ApiError;
 
 use crate::error::{Error, Result};
+use crate::gc::{GcOptions, GcReport};
 use crate::session::Sessions;
 use crate::sink::ChunkSink;
 use crate::store::ChunkStore;
@@ -56,6 +57,10 @@ pub struct Limits {
     pub concurrency: usize,
     /// An upload session idle this long expires.
     pub session_ttl: Duration,
+    /// Run gc this often in the background (zero: only on `POST /v1/gc`).
+    pub gc_interval: Duration,
+    /// How gc runs (grace period, compaction threshold).
+    pub gc: GcOptions,
 }
 
 impl Default for Limits {
@@ -68,6 +73,11 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             concurrency: 64,
             session_ttl: Duration::from_secs(24 * 3600),
+            gc_interval: Duration::from_secs(3600),
+            gc: GcOptions {
+                grace: Duration::from_secs(3600),
+                min_dead: crate::gc::DEFAULT_MIN_DEAD,
+            },
         }
     }
 }
@@ -169,7 +179,9 @@ pub fn router(state: AppState) -> Router {
                 .put(files::upload)
                 .delete(files::remove),
         )
-        .route("/v1/chunks/fetch", post(chunks::fetch));
+        .route("/v1/chunks/fetch", post(chunks::fetch))
+        // Maintenance runs as long as the store is large.
+        .route("/v1/gc", post(gc_now));
     bounded
         .merge(streaming)
         .layer(axum::middleware::from_fn_with_state(
@@ -216,12 +228,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sweeper = tokio::spawn(sweep_sessions(state.clone()));
+    let collector = tokio::spawn(collect_garbage(state.clone()));
     let app = router(state.clone());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     sweeper.abort();
+    collector.abort();
     let _ = sweeper.await;
+    let _ = collector.await;
     let st = state.clone();
     let _ = tokio::task::spawn_blocking(move || st.0.sessions.stop_verifiers()).await;
     // Dropping the last handle joins the sink thread after its queue is empty.
@@ -245,6 +260,38 @@ async fn sweep_sessions(state: AppState) {
             Err(e) => tracing::warn!(error = ?e, "session sweep failed"),
         }
     }
+}
+
+/// Runs gc every `gc_interval` (if not zero).
+async fn collect_garbage(state: AppState) {
+    let every = state.limits().gc_interval;
+    if every.is_zero() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        match run_gc(&state).await {
+            Ok(r) => tracing::info!(
+                chunks_freed = r.chunks_freed,
+                bytes_freed = r.bytes_freed,
+                packs_rewritten = r.packs_rewritten,
+                "gc done"
+            ),
+            Err(e) => tracing::warn!(error = ?e, "gc failed"),
+        }
+    }
+}
+
+/// One gc with the server's options, on the blocking pool.
+async fn run_gc(state: &AppState) -> Result<GcReport, ApiError> {
+    let store = state.store();
+    let opts = state.limits().gc;
+    blocking(move || crate::gc::gc(&*store, &opts)).await
+}
+
+/// `POST /v1/gc`: runs gc now (waits for one already running) and answers its report.
+async fn gc_now(State(st): State<AppState>) -> Result<Json<GcReport>, ApiError> {
+    Ok(Json(run_gc(&st).await?))
 }
 
 /// Resolves on SIGINT or SIGTERM.

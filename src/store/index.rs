@@ -184,6 +184,52 @@ impl Index {
         Ok(())
     }
 
+    /// Removes chunks from the table; returns how many were there and their encoded bytes.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn remove_locs(&self, ids: &[Hash]) -> Result<(u64, u64)> {
+        let tx = self.chunks.begin_write()?;
+        let (mut n, mut bytes) = (0, 0);
+        {
+            let mut table = tx.open_table(CHUNKS)?;
+            for id in ids {
+                if let Some(v) = table.remove(id.as_bytes())? {
+                    n += 1;
+                    bytes += Self::decode_loc(v.value()).map_or(0, |l| u64::from(l.stored_len));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((n, bytes))
+    }
+
+    /// Points chunks at their new entries, each only if it still points at the old one;
+    /// durable on return. Returns how many moved.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn relocate(&self, moves: &[(Hash, ChunkLoc, ChunkLoc)]) -> Result<u64> {
+        let tx = self.chunks.begin_write()?;
+        let mut n = 0;
+        {
+            let mut table = tx.open_table(CHUNKS)?;
+            for (id, old, new) in moves {
+                let current = table
+                    .get(id.as_bytes())?
+                    .map(|v| Self::decode_loc(v.value()))
+                    .transpose()?;
+                if current == Some(*old) {
+                    let v = Self::encode_loc(new);
+                    table.insert(id.as_bytes(), v.as_slice())?;
+                    n += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Calls `f` with every indexed chunk location.
     ///
     /// # Errors

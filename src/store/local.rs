@@ -12,7 +12,9 @@
 //! all its chunks are committed; a name moves only after its manifest is durable. A crash
 //! leaves at worst pack bytes no index entry points at, which gc reclaims.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::codec::Codec;
 use crate::config::StoreConfig;
@@ -20,9 +22,12 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::index::Index;
-use crate::store::pack::{ChunkLoc, PACK_TARGET_LEN, PackReader, PackWriter, pack_path};
+use crate::store::pack::{
+    ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, PACK_TARGET_LEN, PackReader, PackWriter, pack_path,
+};
 use crate::store::{
-    ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion, PendingCommit, StoredChunk,
+    ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard, NameRecord, NameVersion,
+    PendingCommit, StoredChunk,
 };
 
 /// A store in a local directory.
@@ -33,6 +38,28 @@ pub struct LocalStore {
     index: Index,
     packs: PackReader,
     config: StoreConfig,
+    guard: Guard,
+    /// Packs a writer may still append to, or whose entries are not indexed yet: compaction
+    /// leaves them alone.
+    busy: Arc<Mutex<HashMap<u64, usize>>>,
+}
+
+/// Marks a pack busy until dropped (counted: a writer and its commits in flight each hold one).
+struct Busy {
+    set: Arc<Mutex<HashMap<u64, usize>>>,
+    pack: u64,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = set.get_mut(&self.pack) {
+            *n -= 1;
+            if *n == 0 {
+                set.remove(&self.pack);
+            }
+        }
+    }
 }
 
 impl LocalStore {
@@ -86,6 +113,8 @@ impl LocalStore {
             index,
             packs: PackReader::new(packs),
             config,
+            guard: Guard::default(),
+            busy: Arc::default(),
         };
         Ok((store, created))
     }
@@ -121,25 +150,92 @@ impl LocalStore {
             .map(|loc| (pack_path(&self.packs_dir(), loc.pack), loc)))
     }
 
-    fn new_pack(&self) -> Result<PackWriter> {
+    /// A new pack file, marked busy until the returned marker is dropped.
+    fn new_pack(&self) -> Result<(PackWriter, Busy)> {
         loop {
             let id = self.index.db.generate_id()?;
+            let busy = self.mark_busy(id);
             match PackWriter::create(&self.packs_dir(), id) {
                 Err(Error::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::AlreadyExists =>
                 {
                     continue;
                 }
-                other => return other,
+                other => return other.map(|w| (w, busy)),
             }
         }
+    }
+
+    fn mark_busy(&self, pack: u64) -> Busy {
+        *self
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(pack)
+            .or_default() += 1;
+        Busy {
+            set: self.busy.clone(),
+            pack,
+        }
+    }
+
+    fn is_busy(&self, pack: u64) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&pack)
+    }
+
+    /// Copies the live entries of `pack` into new packs, points the index at the copies and
+    /// deletes the old file. Returns false, leaving it all in place, if an entry cannot be
+    /// read back (fsck's to judge: compaction never drops bytes it could not copy).
+    fn rewrite_pack(&self, pack: u64, live: &mut [(Hash, ChunkLoc)]) -> Result<bool> {
+        live.sort_unstable_by_key(|(_, loc)| loc.offset);
+        let mut out: Option<(PackWriter, Busy)> = None;
+        let mut busy = Vec::new();
+        let mut moves = Vec::with_capacity(live.len());
+        let mut payload = Vec::new();
+        for (id, loc) in live.iter() {
+            if let Err(e) = self.packs.read_into(id, loc, &mut payload) {
+                tracing::warn!(pack, chunk = %id, error = %e, "not compacting a pack with an unreadable entry; run `hoard fsck`");
+                return Ok(false);
+            }
+            if out.as_ref().is_some_and(|(w, _)| w.len() >= PACK_TARGET_LEN) {
+                let (mut w, b) = out.take().expect("checked");
+                w.sync()?;
+                busy.push(b);
+            }
+            let (w, _) = match &mut out {
+                Some(o) => o,
+                None => out.insert(self.new_pack()?),
+            };
+            let codec = Codec::from_tag(loc.codec).ok_or_else(|| Error::Corrupt {
+                id: *id,
+                detail: format!("unknown codec {}", loc.codec),
+            })?;
+            let new = w.append(id, codec, loc.raw_len, &payload)?;
+            moves.push((*id, *loc, new));
+        }
+        if let Some((mut w, b)) = out {
+            w.sync()?;
+            busy.push(b);
+        }
+        // Durability order: the copies are synced; now the index points at them; only then
+        // does the old file go. A crash in between leaves a pack nothing points at.
+        self.index.relocate(&moves)?;
+        self.packs.forget(pack);
+        let path = pack_path(&self.packs_dir(), pack);
+        std::fs::remove_file(&path).map_err(Error::io("cannot delete pack", &path))?;
+        Ok(true)
     }
 }
 
 /// Writes chunks into a pack of its own; indexes them at commit.
 struct LocalWriter<'a> {
     store: &'a LocalStore,
-    pack: Option<PackWriter>,
+    pack: Option<(PackWriter, Busy)>,
+    /// Full packs with entries not yet indexed: busy until the next commit is finished.
+    retired: Vec<Busy>,
     pending: Vec<(Hash, ChunkLoc)>,
 }
 
@@ -148,12 +244,14 @@ impl LocalWriter<'_> {
         if self
             .pack
             .as_ref()
-            .is_some_and(|p| p.len() >= PACK_TARGET_LEN)
+            .is_some_and(|(p, _)| p.len() >= PACK_TARGET_LEN)
         {
             // The full pack is synced now so the pending entries in it are durable at commit.
-            self.pack.take().expect("checked").sync()?;
+            let (mut full, busy) = self.pack.take().expect("checked");
+            full.sync()?;
+            self.retired.push(busy);
         }
-        let pack = match &mut self.pack {
+        let (pack, _) = match &mut self.pack {
             Some(p) => p,
             None => self.pack.insert(self.store.new_pack()?),
         };
@@ -163,14 +261,22 @@ impl LocalWriter<'_> {
     }
 
     fn try_start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
+        let mut busy = std::mem::take(&mut self.retired);
         let file = match (&mut self.pack, self.pending.is_empty()) {
-            (Some(pack), false) => Some(pack.flush_and_share()?),
+            (Some((pack, _)), false) => {
+                // The commit keeps the pack busy too: the writer may be dropped before the
+                // entries are indexed.
+                busy.push(self.store.mark_busy(pack.id));
+                Some(pack.flush_and_share()?)
+            }
             _ => None,
         };
         Ok(Box::new(LocalCommit {
             index: self.store.index.clone(),
+            guard: self.store.guard.clone(),
             file,
             pending: std::mem::take(&mut self.pending),
+            _busy: busy,
         }))
     }
 
@@ -181,6 +287,7 @@ impl LocalWriter<'_> {
         if r.is_err() {
             self.pending.clear();
             self.pack = None;
+            self.retired.clear();
         }
         r
     }
@@ -201,8 +308,11 @@ impl ChunkWriter for LocalWriter<'_> {
 /// Pack bytes to sync, then the index entries that point at them.
 struct LocalCommit {
     index: Index,
+    guard: Guard,
     file: Option<(std::fs::File, PathBuf)>,
     pending: Vec<(Hash, ChunkLoc)>,
+    /// Busy markers of the packs this commit indexes, released when it is done.
+    _busy: Vec<Busy>,
 }
 
 impl PendingCommit for LocalCommit {
@@ -213,6 +323,7 @@ impl PendingCommit for LocalCommit {
                 .map_err(Error::io("cannot sync pack", path))?;
         }
         if !self.pending.is_empty() {
+            self.guard.note_stored(self.pending.iter().map(|(id, _)| *id));
             self.index.insert_locs(&self.pending)?;
         }
         Ok(())
@@ -222,7 +333,7 @@ impl PendingCommit for LocalCommit {
 impl Drop for LocalWriter<'_> {
     fn drop(&mut self) {
         // A pack that never received an entry is just noise in the directory.
-        if let Some(p) = &self.pack
+        if let Some((p, _)) = &self.pack
             && p.is_empty()
         {
             let _ = std::fs::remove_file(pack_path(&self.store.packs_dir(), p.id));
@@ -235,7 +346,11 @@ impl ChunkStore for LocalStore {
         self.config
     }
 
-    fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+    fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    fn lookup(&self, ids: &[Hash]) -> Result<Vec<bool>> {
         self.index.missing(ids)
     }
 
@@ -243,25 +358,125 @@ impl ChunkStore for LocalStore {
         Ok(Box::new(LocalWriter {
             store: self,
             pack: None,
+            retired: Vec::new(),
             pending: Vec::new(),
         }))
     }
 
     fn read_chunk_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
         let loc = self.index.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
-        let codec = self.packs.read_into(id, &loc, payload)?;
-        Ok((codec, loc.raw_len))
+        match self.packs.read_into(id, &loc, payload) {
+            Ok(codec) => Ok((codec, loc.raw_len)),
+            Err(e) => {
+                // Compaction may have moved the chunk between the lookup and the read: look
+                // again, and read once more only if it did.
+                match self.index.loc(id)? {
+                    Some(now) if now != loc => {
+                        let codec = self.packs.read_into(id, &now, payload)?;
+                        Ok((codec, now.raw_len))
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
     }
 
     fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
-        let loc = self.index.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
-        let (codec, payload) = self.packs.read(id, &loc)?;
+        let mut payload = Vec::new();
+        let (codec, raw_len) = self.read_chunk_into(id, &mut payload)?;
         Ok(StoredChunk {
             id: *id,
             codec,
-            raw_len: loc.raw_len,
+            raw_len,
             payload,
         })
+    }
+
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()> {
+        self.index.for_each_loc(|id, _| f(id))
+    }
+
+    fn remove_chunks(&self, ids: &[Hash]) -> Result<(u64, u64)> {
+        self.index.remove_locs(ids)
+    }
+
+    fn compact(&self, min_dead: f64) -> Result<CompactReport> {
+        let files = self.packs.list()?;
+        let bytes_before = files.iter().map(|(_, len)| len).sum();
+        let mut live: HashMap<u64, u64> = HashMap::new();
+        self.index.for_each_loc(|_, loc| {
+            *live.entry(loc.pack).or_default() +=
+                ENTRY_HEADER_LEN as u64 + u64::from(loc.stored_len);
+            Ok(())
+        })?;
+        let mut report = CompactReport {
+            bytes_before,
+            ..CompactReport::default()
+        };
+        let mut rewrite = HashSet::new();
+        for &(pack, len) in &files {
+            if self.is_busy(pack) {
+                continue;
+            }
+            let used = live.get(&pack).copied().unwrap_or(0);
+            if used == 0 {
+                self.packs.forget(pack);
+                let path = pack_path(&self.packs_dir(), pack);
+                std::fs::remove_file(&path).map_err(Error::io("cannot delete pack", &path))?;
+                report.packs_deleted += 1;
+            } else {
+                let dead = len.saturating_sub(PACK_MAGIC.len() as u64 + used);
+                if dead as f64 >= min_dead * len as f64 && dead > 0 {
+                    rewrite.insert(pack);
+                }
+            }
+        }
+        if !rewrite.is_empty() {
+            let mut entries: HashMap<u64, Vec<(Hash, ChunkLoc)>> = HashMap::new();
+            self.index.for_each_loc(|id, loc| {
+                if rewrite.contains(&loc.pack) {
+                    entries.entry(loc.pack).or_default().push((*id, loc));
+                }
+                Ok(())
+            })?;
+            let mut order: Vec<_> = entries.into_iter().collect();
+            order.sort_unstable_by_key(|(p, _)| *p);
+            for (pack, mut live) in order {
+                if self.rewrite_pack(pack, &mut live)? {
+                    report.packs_rewritten += 1;
+                }
+            }
+        }
+        if report.packs_deleted + report.packs_rewritten > 0 {
+            let dir = self.packs_dir();
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(Error::io("cannot sync directory", &dir))?;
+        }
+        report.bytes_after = self.packs.total_bytes()?;
+        Ok(report)
+    }
+
+    fn page_hashes(&self) -> Result<Vec<Hash>> {
+        self.index
+            .pages
+            .iter()
+            .keys()
+            .filter_map(|k| match k {
+                Ok(k) => Hash::from_slice(&k).map(Ok),
+                Err(e) => Some(Err(e.into())),
+            })
+            .collect()
+    }
+
+    fn remove_pages(&self, hashes: &[Hash]) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for h in hashes {
+            b.remove(h.as_bytes());
+        }
+        self.index.pages.apply_batch(b)?;
+        self.index.db.flush()?;
+        Ok(())
     }
 
     fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
@@ -373,6 +588,18 @@ impl ChunkStore for LocalStore {
         let old = self.index.names.remove(name)?;
         self.index.db.flush()?;
         old.map(|v| Index::decode_name(&v)).transpose()
+    }
+
+    fn put_name(&self, name: &str, record: &NameRecord) -> Result<()> {
+        self.index.names.insert(name, Index::encode_name(record))?;
+        self.index.db.flush()?;
+        Ok(())
+    }
+
+    fn remove_manifest(&self, file_id: &Hash) -> Result<bool> {
+        let old = self.index.files.remove(file_id.as_bytes())?;
+        self.index.db.flush()?;
+        Ok(old.is_some())
     }
 
     fn put_session(&self, id: &[u8; 16], record: &[u8]) -> Result<()> {

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::{
-    ChunkStore, ChunkTotals, ChunkWriter, NameRecord, NameVersion, PendingCommit, StoredChunk,
+    ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard, NameRecord, NameVersion,
+    PendingCommit, StoredChunk,
 };
 
 #[derive(Default)]
@@ -27,6 +28,7 @@ struct Inner {
 pub struct MemoryStore {
     config: StoreConfig,
     inner: Arc<Mutex<Inner>>,
+    guard: Guard,
 }
 
 impl MemoryStore {
@@ -35,6 +37,7 @@ impl MemoryStore {
         MemoryStore {
             config,
             inner: Arc::default(),
+            guard: Guard::default(),
         }
     }
 
@@ -69,6 +72,7 @@ impl ChunkWriter for MemoryWriter<'_> {
     fn start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
         Ok(Box::new(MemoryCommit {
             inner: self.store.inner.clone(),
+            guard: self.store.guard.clone(),
             pending: std::mem::take(&mut self.pending),
         }))
     }
@@ -76,11 +80,13 @@ impl ChunkWriter for MemoryWriter<'_> {
 
 struct MemoryCommit {
     inner: Arc<Mutex<Inner>>,
+    guard: Guard,
     pending: Vec<StoredChunk>,
 }
 
 impl PendingCommit for MemoryCommit {
     fn finish(self: Box<Self>) -> Result<()> {
+        self.guard.note_stored(self.pending.iter().map(|c| c.id));
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for c in self.pending {
             inner.chunks.entry(c.id).or_insert(c);
@@ -94,12 +100,56 @@ impl ChunkStore for MemoryStore {
         self.config
     }
 
-    fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+    fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    fn lookup(&self, ids: &[Hash]) -> Result<Vec<bool>> {
         let inner = self.lock();
         Ok(ids
             .iter()
             .map(|id| !inner.chunks.contains_key(id))
             .collect())
+    }
+
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()> {
+        let mut ids: Vec<Hash> = self.lock().chunks.keys().copied().collect();
+        ids.sort_unstable();
+        ids.iter().try_for_each(f)
+    }
+
+    fn remove_chunks(&self, ids: &[Hash]) -> Result<(u64, u64)> {
+        let mut inner = self.lock();
+        let (mut n, mut bytes) = (0, 0);
+        for id in ids {
+            if let Some(c) = inner.chunks.remove(id) {
+                n += 1;
+                bytes += c.payload.len() as u64;
+            }
+        }
+        Ok((n, bytes))
+    }
+
+    fn compact(&self, _min_dead: f64) -> Result<CompactReport> {
+        // Removed chunks free their memory at once: nothing to rewrite.
+        let bytes = self.chunk_data_bytes()?;
+        Ok(CompactReport {
+            bytes_before: bytes,
+            bytes_after: bytes,
+            ..CompactReport::default()
+        })
+    }
+
+    fn page_hashes(&self) -> Result<Vec<Hash>> {
+        Ok(self.lock().pages.keys().copied().collect())
+    }
+
+    fn remove_pages(&self, hashes: &[Hash]) -> Result<()> {
+        let mut inner = self.lock();
+        for h in hashes {
+            inner.pages.remove(h);
+        }
+        Ok(())
     }
 
     fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
@@ -188,6 +238,15 @@ impl ChunkStore for MemoryStore {
 
     fn remove_name(&self, name: &str) -> Result<Option<NameRecord>> {
         Ok(self.lock().names.remove(name))
+    }
+
+    fn put_name(&self, name: &str, record: &NameRecord) -> Result<()> {
+        self.lock().names.insert(name.to_owned(), record.clone());
+        Ok(())
+    }
+
+    fn remove_manifest(&self, file_id: &Hash) -> Result<bool> {
+        Ok(self.lock().files.remove(file_id).is_some())
     }
 
     fn put_session(&self, id: &[u8; 16], record: &[u8]) -> Result<()> {

@@ -7,6 +7,7 @@
 //! run the same assertions on both. Nothing here takes a process-wide lock the trait cannot
 //! express, so an object-store backend can implement it later.
 
+mod guard;
 mod index;
 mod local;
 mod memory;
@@ -14,6 +15,7 @@ pub mod pack;
 
 use serde::{Deserialize, Serialize};
 
+pub use guard::{Guard, Pin, PinnedSnapshot};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 
@@ -65,6 +67,19 @@ pub struct ChunkTotals {
     pub encoded_bytes: u64,
 }
 
+/// What [`ChunkStore::compact`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompactReport {
+    /// Pack files rewritten with only their live entries.
+    pub packs_rewritten: u64,
+    /// Pack files deleted because nothing in them was live.
+    pub packs_deleted: u64,
+    /// Bytes of chunk data on disk before.
+    pub bytes_before: u64,
+    /// Bytes of chunk data on disk after.
+    pub bytes_after: u64,
+}
+
 /// The second half of a commit: make the chunks durable, then visible. It owns what it needs,
 /// so it can run on another thread while the writer goes on appending.
 pub trait PendingCommit: Send {
@@ -106,12 +121,73 @@ pub trait ChunkStore: Send + Sync {
     /// The params the store was created with.
     fn config(&self) -> StoreConfig;
 
-    /// For each id in `ids`, true if and only if the store lacks that chunk. One call asks
-    /// about many ids, so a remote store answers in one round trip.
+    /// What keeps gc from removing chunks callers count on (see `guard.rs` and `gc.rs`).
+    fn guard(&self) -> &Guard;
+
+    /// For each id in `ids`, true if and only if the store lacks that chunk, with no promise
+    /// about later: callers use [`ChunkStore::missing`] or [`ChunkStore::missing_pinned`].
     ///
     /// # Errors
     /// Index errors.
-    fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>>;
+    fn lookup(&self, ids: &[Hash]) -> Result<Vec<bool>>;
+
+    /// For each id in `ids`, true if and only if the store lacks that chunk. One call asks
+    /// about many ids, so a remote store answers in one round trip. A chunk reported present
+    /// stays for at least gc's grace period.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        let guard = self.guard();
+        let _held = guard.read();
+        let missing = self.lookup(ids)?;
+        guard.note_present(ids, &missing);
+        Ok(missing)
+    }
+
+    /// As [`ChunkStore::missing`], and pins every id in `ids` (present or not) until `pin` is
+    /// dropped: gc never removes them from under the caller.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn missing_pinned(&self, ids: &[Hash], pin: &Pin) -> Result<Vec<bool>> {
+        let _held = self.guard().read();
+        let missing = self.lookup(ids)?;
+        pin.add(ids);
+        Ok(missing)
+    }
+
+    /// Calls `f` with every stored chunk's id, in id order, from one consistent view.
+    ///
+    /// # Errors
+    /// Index errors, or `f`'s.
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()>;
+
+    /// Forgets chunks (gc, under the guard's write lock): they are no longer found. Returns
+    /// how many were stored, and the sum of their encoded lengths.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn remove_chunks(&self, ids: &[Hash]) -> Result<(u64, u64)>;
+
+    /// Rewrites or deletes pack files whose share of bytes no chunk uses is at least
+    /// `min_dead` (0.0..=1.0); files with nothing live in them always go.
+    ///
+    /// # Errors
+    /// I/O and index errors; what was done before the error stays done and consistent.
+    fn compact(&self, min_dead: f64) -> Result<CompactReport>;
+
+    /// Every stored manifest page's hash.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn page_hashes(&self) -> Result<Vec<Hash>>;
+
+    /// Forgets manifest pages (gc).
+    ///
+    /// # Errors
+    /// Index errors.
+    fn remove_pages(&self, hashes: &[Hash]) -> Result<()>;
 
     /// Starts appending chunks.
     ///
@@ -203,12 +279,24 @@ pub trait ChunkStore: Send + Sync {
     /// I/O errors.
     fn chunk_data_bytes(&self) -> Result<u64>;
 
-    /// Removes a name and its history; returns what it held. Files stay stored (and reachable
-    /// by id) until gc finds nothing refers to them.
+    /// Removes a name and its history; returns what it held. The files stay stored.
     ///
     /// # Errors
     /// Index errors.
     fn remove_name(&self, name: &str) -> Result<Option<NameRecord>>;
+
+    /// Replaces a name's history (`rm` of a file id drops that file's versions from names).
+    ///
+    /// # Errors
+    /// Index errors.
+    fn put_name(&self, name: &str, record: &NameRecord) -> Result<()>;
+
+    /// Forgets a file's manifest; its chunks stay until gc finds nothing else uses them.
+    /// Returns whether it was stored.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn remove_manifest(&self, file_id: &Hash) -> Result<bool>;
 
     /// Writes an upload session's record under its id; durable on return.
     ///

@@ -265,23 +265,54 @@ impl PackReader {
         Ok(codec)
     }
 
+    /// Closes the cached handle of a pack about to be deleted (readers holding it go on).
+    pub fn forget(&self, pack: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pack);
+    }
+
+    /// Every pack file: `(pack number, length)`, in pack order. Files that vanish while
+    /// listing (compaction) are left out.
+    ///
+    /// # Errors
+    /// I/O errors listing the directory.
+    pub fn list(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(Error::io("cannot list packs in", &self.dir))?;
+        for e in entries {
+            let e = e.map_err(Error::io("cannot list packs in", &self.dir))?;
+            let name = e.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pack"))
+                .filter(|h| h.len() == 16)
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            match e.metadata() {
+                Ok(m) => out.push((n, m.len())),
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => return Err(Error::io("cannot stat", e.path())(err)),
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Sum of the sizes of all pack files.
     ///
     /// # Errors
     /// I/O errors listing the directory.
     pub fn total_bytes(&self) -> Result<u64> {
-        let mut total = 0;
-        let entries =
-            std::fs::read_dir(&self.dir).map_err(Error::io("cannot list packs in", &self.dir))?;
-        for e in entries {
-            let e = e.map_err(Error::io("cannot list packs in", &self.dir))?;
-            if e.path().extension().is_some_and(|x| x == "pack") {
-                total += e
-                    .metadata()
-                    .map_err(Error::io("cannot stat", e.path()))?
-                    .len();
-            }
-        }
-        Ok(total)
+        Ok(self.list()?.iter().map(|(_, len)| len).sum())
+    }
+
+    /// The packs' directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }

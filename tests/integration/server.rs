@@ -113,8 +113,9 @@ fn curl_put_streams_a_file_in_and_get_gives_it_back_with_ranges() {
     let (st, list) = api.json(M::GET, "/v1/files");
     assert_eq!(st, StatusCode::OK);
     assert_eq!(list["files"].as_array().unwrap().len(), 2);
-    let (st, _, _) = api.call(api.req(M::DELETE, "/v1/files/b.bin"));
-    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, removed) = api.json(M::DELETE, "/v1/files/b.bin");
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(removed["names"], serde_json::json!(["b.bin"]));
     let (st, _) = api.json(M::GET, "/v1/files/b.bin");
     assert_eq!(st, StatusCode::NOT_FOUND);
 }

@@ -1,0 +1,214 @@
+//! Garbage collection: forget the chunks and manifest pages nothing refers to, then compact
+//! the packs whose dead share passed a threshold.
+//!
+//! ## Why gc never removes a chunk from under someone (the argument)
+//!
+//! A chunk or page is *referenced* if a stored manifest lists it, an open upload session's
+//! manifest lists it, or a [`Pin`](crate::store::Pin) holds it (an import in progress, or a
+//! session being opened). Someone *counts on* a chunk from the moment a lookup told them it is
+//! present until their manifest or session record is stored.
+//!
+//! 1. **Mark** (no lock): `S` = the chunks stored now; `L` = everything referenced by open
+//!    sessions, then by stored manifests. Candidates `C = S − L`.
+//! 2. **Sweep** (under the guard's write lock): add to `L` what appeared since step 1: pins,
+//!    open sessions, and manifests stored since; drop from `C` every chunk the grace filter
+//!    noted (a `missing` answer said present, or an upload stored it, within the grace
+//!    period). Delete what is left.
+//!
+//! Every path that comes to count on a chunk does its lookup *and* records that it counts
+//! on it (a pin, or a grace note) under the read lock (`ChunkStore::missing_pinned`,
+//! `ChunkStore::missing`). So that record is either made before the sweep, and the sweep sees
+//! it and spares the chunk, or after, when the chunk is already gone and the lookup reports
+//! it missing (the caller stores it again). A pin is dropped only after its manifest is
+//! stored, and a session ends only after its manifest is; the sweep reads pins and sessions
+//! before manifests, so a reference moving from one to the other is seen in at least one of
+//! them. What gc deletes was unreferenced at mark time and stayed so: nothing adds a
+//! reference to a chunk without one of those records.
+//!
+//! The grace period is for clients outside that protocol: a chunk a plain
+//! `POST /v1/chunks/missing` reported present, or one uploaded before its session was opened,
+//! stays at least that long. Within one process only: `hoard gc` from the CLI holds the store
+//! alone, so no client can be between a lookup and a commit; open sessions are kept whatever
+//! their age until they expire.
+//!
+//! ## Compaction
+//! Afterwards packs with no live entry are deleted and packs whose dead share is at least
+//! `min_dead` are rewritten: live entries are copied into a new pack, synced, the index is
+//! pointed at the copies (each only if it still points at the old entry), then the old file
+//! goes. A crash at any point leaves a pack nothing points at, which the next gc deletes.
+//! Packs a writer may still append to are left alone.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::manifest::{Manifest, Page};
+use crate::session;
+use crate::store::ChunkStore;
+
+/// How gc runs.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Chunks noted as present or stored within this long are kept.
+    pub grace: Duration,
+    /// Rewrite a pack once this share of its bytes (0.0..=1.0) is dead.
+    pub min_dead: f64,
+}
+
+/// Default share of dead bytes that makes compaction rewrite a pack = 20%.
+pub const DEFAULT_MIN_DEAD: f64 = 0.2;
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: Duration::ZERO,
+            min_dead: DEFAULT_MIN_DEAD,
+        }
+    }
+}
+
+/// What one gc did (`hoard gc --json`, `POST /v1/gc`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Chunks forgotten.
+    pub chunks_freed: u64,
+    /// Their stored (encoded) bytes.
+    pub chunk_bytes_freed: u64,
+    /// Chunks kept because a pin, an open session or the grace period held them.
+    pub chunks_spared: u64,
+    /// Chunks still referenced.
+    pub chunks_live: u64,
+    /// Manifest pages forgotten.
+    pub pages_freed: u64,
+    /// Bytes of pack files on disk before minus after.
+    pub bytes_freed: u64,
+    /// Pack files rewritten with only their live entries.
+    pub packs_rewritten: u64,
+    /// Pack files deleted (nothing live in them).
+    pub packs_deleted: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// The chunks and pages that manifests reference.
+#[derive(Default)]
+struct Live {
+    ids: Vec<Hash>,
+    pages: HashSet<Hash>,
+    files: HashSet<Hash>,
+}
+
+impl Live {
+    fn add_page(&mut self, store: &dyn ChunkStore, hash: Hash, owner: &Hash) -> Result<()> {
+        if !self.pages.insert(hash) {
+            return Ok(());
+        }
+        // A page that cannot be read hides which chunks are live: stop rather than guess.
+        let bytes = store.get_page(&hash)?.ok_or(Error::PageNotFound {
+            file: *owner,
+            page: hash,
+        })?;
+        self.ids
+            .extend(Page::decode(&bytes)?.chunks.iter().map(|c| c.id));
+        Ok(())
+    }
+
+    fn add_manifest(&mut self, store: &dyn ChunkStore, m: &Manifest) -> Result<()> {
+        for p in &m.pages {
+            self.add_page(store, p.hash, &m.file_id)?;
+        }
+        self.files.insert(m.file_id);
+        Ok(())
+    }
+}
+
+/// Runs one gc over `store` (see the module notes). One gc or fsck runs at a time.
+///
+/// # Errors
+/// Store errors; [`Error::PageNotFound`] when a live manifest cannot be read (run fsck). Either
+/// way nothing referenced was removed.
+pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
+    let started = Instant::now();
+    let guard = store.guard();
+    let _one_at_a_time = guard.maintenance();
+
+    // 1. Mark: sessions first, then manifests (see the argument above).
+    let mut live = Live::default();
+    for m in session::open_manifests(store)? {
+        live.add_manifest(store, &m)?;
+    }
+    for m in store.manifests()? {
+        live.add_manifest(store, &m)?;
+    }
+    live.ids.sort_unstable();
+    live.ids.dedup();
+    let mut candidates = Vec::new();
+    store.for_each_chunk(&mut |id| {
+        if live.ids.binary_search(id).is_err() {
+            candidates.push(*id);
+        }
+        Ok(())
+    })?;
+    let mut report = GcReport {
+        chunks_live: live.ids.len() as u64,
+        ..GcReport::default()
+    };
+    let page_candidates: Vec<Hash> = store
+        .page_hashes()?
+        .into_iter()
+        .filter(|h| !live.pages.contains(h))
+        .collect();
+
+    // 2. Sweep, under the write lock: what appeared since the mark is live too.
+    {
+        let _exclusive = guard.write();
+        guard.rotate(opts.grace);
+        let mut late = Live::default();
+        let pinned = guard.pinned();
+        late.ids.extend(pinned.ids);
+        for p in pinned.pages {
+            if let Some(bytes) = store.get_page(&p)? {
+                late.pages.insert(p);
+                late.ids
+                    .extend(Page::decode(&bytes)?.chunks.iter().map(|c| c.id));
+            }
+        }
+        for m in session::open_manifests(store)? {
+            late.add_manifest(store, &m)?;
+        }
+        for id in store.file_ids_with_prefix(&[])? {
+            if !live.files.contains(&id)
+                && let Some(m) = store.get_manifest(&id)?
+            {
+                late.add_manifest(store, &m)?;
+            }
+        }
+        let late_ids: HashSet<Hash> = late.ids.into_iter().collect();
+        let doomed: Vec<Hash> = candidates
+            .iter()
+            .filter(|id| !late_ids.contains(id) && !guard.recently_noted(id))
+            .copied()
+            .collect();
+        report.chunks_spared = (candidates.len() - doomed.len()) as u64;
+        let (n, bytes) = store.remove_chunks(&doomed)?;
+        report.chunks_freed = n;
+        report.chunk_bytes_freed = bytes;
+        let pages: Vec<Hash> = page_candidates
+            .into_iter()
+            .filter(|h| !late.pages.contains(h))
+            .collect();
+        store.remove_pages(&pages)?;
+        report.pages_freed = pages.len() as u64;
+    }
+
+    // 3. Compact.
+    let c = store.compact(opts.min_dead)?;
+    report.bytes_freed = c.bytes_before.saturating_sub(c.bytes_after);
+    report.packs_rewritten = c.packs_rewritten;
+    report.packs_deleted = c.packs_deleted;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

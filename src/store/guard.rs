@@ -1,0 +1,280 @@
+//! What keeps gc from removing a chunk that someone is counting on: the gc lock, pins and
+//! the grace filter. Every store owns one [`Guard`]; `gc.rs` holds the argument for why this
+//! is enough, and is the only place that takes the lock for writing.
+//!
+//! - **The lock.** Looking chunks up and recording that the caller now counts on them (a pin,
+//!   or a note in the grace filter) happen under one read lock; gc's final check-and-delete
+//!   happens under the write lock. So a lookup either sees a chunk gc then spares, or runs
+//!   after gc removed it and reports it missing (the caller stores it again).
+//! - **Pins.** An import in progress, or an upload session being opened, holds a [`Pin`] on
+//!   every chunk and manifest page it will reference, until its manifest (or session record)
+//!   is stored. Sealed pages replace the ids they list, so a pin stays small (one hash per
+//!   1024 chunks, plus the ids of the page being filled) whatever the file size.
+//! - **The grace filter.** A chunk that a plain `missing` query reported present, or that an
+//!   upload just stored, is noted in a Bloom filter; gc spares noted chunks for at least the
+//!   grace period. A false positive only keeps garbage a little longer. Two filters rotate
+//!   (the older one is dropped once the newer is a grace period old), so memory is fixed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use crate::hash::Hash;
+
+/// Bits per grace filter = 2^24 (2 MiB): at 2 million noted ids, about 2% false positives.
+const FILTER_BITS: usize = 1 << 24;
+
+/// The gc lock, the pins and the grace filter of one store (a cheap `Clone`).
+#[derive(Clone, Default)]
+pub struct Guard(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    lock: RwLock<()>,
+    pins: Mutex<HashMap<u64, Arc<Mutex<Pinned>>>>,
+    next_pin: AtomicU64,
+    recent: Mutex<Recent>,
+    /// One gc (or fsck) at a time.
+    maintenance: Mutex<()>,
+}
+
+/// What one pin holds.
+#[derive(Default)]
+struct Pinned {
+    pages: Vec<Hash>,
+    ids: VecDeque<Hash>,
+}
+
+/// Everything pinned, as gc sees it under the write lock.
+#[derive(Default)]
+pub struct PinnedSnapshot {
+    /// Manifest pages: their chunks are pinned too.
+    pub pages: Vec<Hash>,
+    /// Chunk ids.
+    pub ids: Vec<Hash>,
+}
+
+impl Guard {
+    /// Held while looking chunks up and pinning or noting them.
+    pub fn read(&self) -> RwLockReadGuard<'_, ()> {
+        self.0.lock.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held by gc while it decides what to delete and deletes it. Only `gc.rs` calls this.
+    pub fn write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.0.lock.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held by gc and fsck for their whole run: they do not overlap.
+    pub fn maintenance(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0
+            .maintenance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new, empty pin; it lets go when dropped.
+    pub fn pin(&self) -> Pin {
+        let key = self.0.next_pin.fetch_add(1, Ordering::Relaxed);
+        let set = Arc::new(Mutex::new(Pinned::default()));
+        self.0
+            .pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, set.clone());
+        Pin {
+            guard: self.clone(),
+            key,
+            set,
+        }
+    }
+
+    /// Everything pinned right now (gc calls this under the write lock).
+    pub fn pinned(&self) -> PinnedSnapshot {
+        let mut out = PinnedSnapshot::default();
+        for set in self
+            .0
+            .pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            let p = set.lock().unwrap_or_else(PoisonError::into_inner);
+            out.pages.extend_from_slice(&p.pages);
+            out.ids.extend(p.ids.iter().copied());
+        }
+        out
+    }
+
+    /// Notes the ids whose flag in `missing` is false (reported present): gc spares them for
+    /// the grace period. Call under [`Guard::read`].
+    pub fn note_present(&self, ids: &[Hash], missing: &[bool]) {
+        let mut r = self.0.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, m) in ids.iter().zip(missing) {
+            if !m {
+                r.note(id);
+            }
+        }
+    }
+
+    /// Notes ids just stored: gc spares them for the grace period.
+    pub fn note_stored(&self, ids: impl IntoIterator<Item = Hash>) {
+        let mut r = self.0.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            r.note(&id);
+        }
+    }
+
+    /// True if `id` may have been noted within the grace period (gc calls this under the
+    /// write lock, after [`Guard::rotate`]).
+    pub fn recently_noted(&self, id: &Hash) -> bool {
+        self.0
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id)
+    }
+
+    /// Drops the notes older than `grace` (whole filters: a note is kept between one and two
+    /// grace periods).
+    pub fn rotate(&self, grace: Duration) {
+        self.0
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rotate(grace);
+    }
+}
+
+/// Keeps chunks and pages from gc until dropped (see the module notes).
+pub struct Pin {
+    guard: Guard,
+    key: u64,
+    set: Arc<Mutex<Pinned>>,
+}
+
+impl Pin {
+    fn with<T>(&self, f: impl FnOnce(&mut Pinned) -> T) -> T {
+        f(&mut self.set.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Pins chunk ids, in file order. Call under [`Guard::read`], together with the lookup
+    /// that decided the caller may count on them (`ChunkStore::missing_pinned` does both).
+    pub fn add(&self, ids: &[Hash]) {
+        self.with(|p| p.ids.extend(ids.iter().copied()));
+    }
+
+    /// Pins a stored manifest page (and so the chunks it lists).
+    pub fn add_page(&self, page: Hash) {
+        self.with(|p| p.pages.push(page));
+    }
+
+    /// A page listing the first `chunks` pinned ids was stored: pin it instead of them.
+    pub fn sealed(&self, page: Hash, chunks: usize) {
+        self.with(|p| {
+            p.pages.push(page);
+            let n = chunks.min(p.ids.len());
+            p.ids.drain(..n);
+        });
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.guard
+            .0
+            .pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Two Bloom filters over chunk ids, the newer one taking notes.
+struct Recent {
+    current: Vec<u64>,
+    previous: Vec<u64>,
+    since: Instant,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent {
+            current: Vec::new(),
+            previous: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+}
+
+/// The filter's bit positions for `id`. Ids are BLAKE3 outputs, uniformly distributed, so
+/// four 64-bit words of the id serve directly as the filter's four hash functions.
+fn bits(id: &Hash) -> impl Iterator<Item = usize> + '_ {
+    id.as_bytes().chunks_exact(8).map(|w| {
+        let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        (v as usize) & (FILTER_BITS - 1)
+    })
+}
+
+impl Recent {
+    fn note(&mut self, id: &Hash) {
+        if self.current.is_empty() {
+            // Allocated on first use (zeroed pages cost nothing until written).
+            self.current = vec![0; FILTER_BITS / 64];
+        }
+        for b in bits(id) {
+            self.current[b / 64] |= 1 << (b % 64);
+        }
+    }
+
+    fn contains(&self, id: &Hash) -> bool {
+        let has = |f: &[u64]| !f.is_empty() && bits(id).all(|b| f[b / 64] & (1 << (b % 64)) != 0);
+        has(&self.current) || has(&self.previous)
+    }
+
+    fn rotate(&mut self, grace: Duration) {
+        if self.since.elapsed() >= grace {
+            self.previous = std::mem::take(&mut self.current);
+            self.since = Instant::now();
+            if grace.is_zero() {
+                self.previous.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_shrink_to_pages_and_go_when_dropped() {
+        let g = Guard::default();
+        let ids: Vec<Hash> = (0u32..5).map(|i| Hash::of(&i.to_le_bytes())).collect();
+        let pin = g.pin();
+        pin.add(&ids);
+        pin.sealed(Hash::of(b"page"), 3);
+        let snap = g.pinned();
+        assert_eq!(snap.pages, vec![Hash::of(b"page")]);
+        assert_eq!(snap.ids, ids[3..]);
+        drop(pin);
+        let snap = g.pinned();
+        assert!(snap.pages.is_empty() && snap.ids.is_empty());
+    }
+
+    #[test]
+    fn grace_filter_keeps_notes_for_a_grace_period() {
+        let g = Guard::default();
+        let a = Hash::of(b"a");
+        let b = Hash::of(b"b");
+        assert!(!g.recently_noted(&a));
+        g.note_present(&[a, b], &[false, true]);
+        assert!(g.recently_noted(&a));
+        assert!(!g.recently_noted(&b));
+        g.rotate(Duration::from_secs(3600)); // too young to drop
+        assert!(g.recently_noted(&a));
+        g.rotate(Duration::ZERO); // now it is moved to the older filter, and with no grace dropped
+        assert!(!g.recently_noted(&a));
+    }
+}
