@@ -1,13 +1,15 @@
 //! What a store holds, as the CLI (`ls`, `stats`) and the server (`GET /v1/files`,
 //! `GET /v1/stats`) report it: one function each, so both say the same thing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::hash::Hash;
+use crate::manifest::Manifest;
+use crate::restore;
 use crate::store::ChunkStore;
 
 /// One stored file: a name and its versions, or a file stored without a name.
@@ -59,6 +61,22 @@ pub struct Stats {
     pub compression_ratio: f64,
     /// `logical_bytes / stored_bytes`.
     pub overall_ratio: f64,
+    /// Every file with the bytes only it holds, largest first.
+    pub per_file: Vec<FileUsage>,
+}
+
+/// What one file holds alone.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileUsage {
+    /// The file id.
+    pub id: Hash,
+    /// Names with a version pointing at it (`NAME@N` for older versions).
+    pub names: Vec<String>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Uncompressed bytes of the chunks no other file uses: what removing it (and gc) frees,
+    /// before compression.
+    pub unique_bytes: u64,
 }
 
 /// Formats Unix seconds as RFC 3339.
@@ -122,6 +140,7 @@ pub fn stats(store: &dyn ChunkStore) -> Result<Stats> {
     let manifests = store.manifests()?;
     let names = store.names()?.len();
     let logical: u64 = manifests.iter().map(|m| m.file_len).sum();
+    let per_file = usage(store, &manifests)?;
     let totals = store.chunk_totals()?;
     let stored = store.chunk_data_bytes()?;
     let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
@@ -135,5 +154,75 @@ pub fn stats(store: &dyn ChunkStore) -> Result<Stats> {
         dedup_ratio: ratio(logical, totals.raw_bytes),
         compression_ratio: ratio(totals.raw_bytes, stored),
         overall_ratio: ratio(logical, stored),
+        per_file,
     })
+}
+
+/// Who uses a chunk: the only file so far, or several.
+#[derive(Clone, Copy)]
+enum Owner {
+    One(usize),
+    Shared,
+}
+
+/// Bytes only each file holds (one pass over every manifest page).
+///
+/// # Errors
+/// Index errors, damaged or missing pages.
+fn usage(store: &dyn ChunkStore, manifests: &[Manifest]) -> Result<Vec<FileUsage>> {
+    let mut owner: HashMap<Hash, (Owner, u32)> = HashMap::new();
+    for (i, m) in manifests.iter().enumerate() {
+        restore::for_each_page(store, m, |page| {
+            for c in &page.chunks {
+                owner
+                    .entry(c.id)
+                    .and_modify(|(o, _)| {
+                        if !matches!(o, Owner::One(j) if *j == i) {
+                            *o = Owner::Shared;
+                        }
+                    })
+                    .or_insert((Owner::One(i), c.len));
+            }
+            Ok(())
+        })?;
+    }
+    let mut unique = vec![0u64; manifests.len()];
+    for (o, len) in owner.values() {
+        if let Owner::One(i) = o {
+            unique[*i] += u64::from(*len);
+        }
+    }
+    let mut names = file_labels(store)?;
+    let mut out: Vec<FileUsage> = manifests
+        .iter()
+        .zip(unique)
+        .map(|(m, unique_bytes)| FileUsage {
+            id: m.file_id,
+            names: names.remove(&m.file_id).unwrap_or_default(),
+            size: m.file_len,
+            unique_bytes,
+        })
+        .collect();
+    out.sort_by(|a, b| b.unique_bytes.cmp(&a.unique_bytes).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// Each file's names: `NAME` for a current version, `NAME@N` for an older one.
+///
+/// # Errors
+/// Index errors.
+pub fn file_labels(store: &dyn ChunkStore) -> Result<HashMap<Hash, Vec<String>>> {
+    let mut out: HashMap<Hash, Vec<String>> = HashMap::new();
+    for (name, rec) in store.names()? {
+        let last = rec.versions.len();
+        for (i, v) in rec.versions.iter().enumerate() {
+            let label = if i + 1 == last {
+                name.clone()
+            } else {
+                format!("{name}@{}", i + 1)
+            };
+            out.entry(v.file_id).or_default().push(label);
+        }
+    }
+    Ok(out)
 }

@@ -44,6 +44,8 @@ enum Command {
     Rm(RmArgs),
     /// Free the chunks no file refers to, and compact packs.
     Gc(GcArgs),
+    /// Re-read and re-hash every chunk, check every file and name; `--repair` fixes what it can.
+    Fsck(FsckArgs),
     /// Serve the store over HTTP (API v1).
     Serve(remote::ServeArgs),
     /// Send a file to a server; only chunks it lacks cross the wire.
@@ -114,6 +116,24 @@ struct GcArgs {
 }
 
 #[derive(Args)]
+struct FsckArgs {
+    /// Quarantine bad chunks (or point at an intact copy), drop index entries that point at
+    /// nothing, drop name versions whose file is gone.
+    #[arg(long)]
+    repair: bool,
+    /// With --repair: index every intact chunk in the packs that the chunk table lacks (after
+    /// the table was lost or damaged).
+    #[arg(long, requires = "repair")]
+    reindex: bool,
+    /// Start over instead of going on from an interrupted check.
+    #[arg(long)]
+    from_scratch: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct JsonArg {
     /// Print the result as JSON.
     #[arg(long)]
@@ -165,6 +185,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats(a) => stats(&open(&root, false)?, a.json),
         Command::Rm(a) => rm(&open(&root, false)?, &a),
         Command::Gc(a) => gc(&open(&root, false)?, &a),
+        Command::Fsck(a) => fsck(&root, &a),
         Command::Serve(a) => {
             remote::limit_malloc_arenas();
             remote::serve(open(&root, true)?, &a)
@@ -401,6 +422,90 @@ fn gc(store: &LocalStore, a: &GcArgs) -> Result<()> {
     ))
 }
 
+fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
+    let store = if a.repair {
+        let (store, reset) = LocalStore::open_for_repair(root)
+            .with_context(|| format!("cannot open store {}", root.display()))?;
+        for note in &reset {
+            eprintln!("hoard: {note}");
+        }
+        store
+    } else {
+        open(root, false)?
+    };
+    let opts = hoard::fsck::FsckOptions {
+        repair: a.repair,
+        resume: !a.from_scratch,
+        reindex: a.reindex || LocalStore::needs_reindex(root),
+    };
+    let pb = output::bar(Some(store.check_bytes()?), "checking");
+    let r = hoard::fsck::fsck(&store, &opts, &|n| pb.inc(n))
+        .with_context(|| format!("fsck of {} failed", root.display()))?;
+    pb.finish_and_clear();
+    if opts.repair && opts.reindex {
+        store.reindexed()?;
+    }
+    if a.json {
+        emit(&format!("{}\n", serde_json::to_value(&r)?))?;
+    } else {
+        let mut text = format!(
+            "checked {} packs, {} entries ({}): {} chunks ok, {} bad; {} unreferenced entries (gc reclaims them)\n\
+             {} files checked, {} damaged; {} name versions broken\n",
+            r.packs,
+            output::count(r.entries),
+            output::bytes(r.bytes),
+            output::count(r.chunks_ok),
+            output::count(r.bad_chunks),
+            output::count(r.unreferenced_entries),
+            output::count(r.files),
+            output::count(r.damaged_files),
+            output::count(r.broken_names),
+        );
+        for d in &r.damaged_packs {
+            text += &format!("note: {d}\n");
+        }
+        for p in &r.problems {
+            text += &format!("{} {}: {}\n", p.kind, p.subject, p.detail);
+            for f in &p.files {
+                text += &format!("    affects {f}\n");
+            }
+        }
+        if let Some(rep) = &r.repair {
+            text += &format!(
+                "repaired: {} chunks re-pointed at intact copies, {} quarantined{}, {} index entries dropped, {} chunks re-indexed, {} name versions dropped\n",
+                rep.chunks.repointed,
+                rep.chunks.quarantined,
+                rep.chunks
+                    .quarantine
+                    .as_ref()
+                    .map(|q| format!(" (in {})", q.display()))
+                    .unwrap_or_default(),
+                rep.chunks.dropped,
+                rep.chunks.reindexed,
+                rep.versions_dropped,
+            );
+        }
+        emit(&text)?;
+    }
+    if !r.clean {
+        let fix = if a.repair {
+            "import or push the damaged files' originals again to heal them"
+        } else {
+            "run `hoard fsck --repair`, then import or push the damaged files' originals again"
+        };
+        anyhow::bail!(
+            "{} damaged file(s), {} bad chunk(s), {} broken name version(s): {fix}",
+            r.damaged_files,
+            r.bad_chunks,
+            r.broken_names
+        );
+    }
+    if !a.json {
+        eprintln!("store is consistent");
+    }
+    Ok(())
+}
+
 fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
     let st = catalog::stats(store)?;
     if as_json {
@@ -421,5 +526,26 @@ fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
         output::bytes(st.stored_bytes),
         st.compression_ratio,
         st.overall_ratio,
-    ))
+    ))?;
+    if st.per_file.is_empty() {
+        return Ok(());
+    }
+    let mut text = format!(
+        "\n{:<16}  {:>10}  {:>12}  NAMES\n",
+        "ID", "SIZE", "ONLY IN IT"
+    );
+    for f in &st.per_file {
+        text += &format!(
+            "{:<16}  {:>10}  {:>12}  {}\n",
+            &f.id.to_hex()[..16],
+            output::bytes(f.size),
+            output::bytes(f.unique_bytes),
+            if f.names.is_empty() {
+                "-".to_owned()
+            } else {
+                f.names.join(", ")
+            },
+        );
+    }
+    emit(&text)
 }

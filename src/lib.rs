@@ -23,6 +23,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod fsck;
 pub mod gc;
 pub mod hash;
 pub mod ingest;

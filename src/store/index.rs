@@ -88,6 +88,21 @@ impl Index {
         })
     }
 
+    /// Opens the chunk table alone and closes it again: does it open?
+    ///
+    /// # Errors
+    /// The error opening it.
+    pub fn probe_chunks(chunks_path: &Path) -> Result<()> {
+        let db = redb::Database::builder()
+            .set_cache_size(1 << 20)
+            .create(chunks_path)?;
+        let tx = db.begin_read()?;
+        match tx.open_table(CHUNKS) {
+            Ok(_) | Err(redb::TableError::TableDoesNotExist(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The stored config, if the store was initialised.
     ///
     /// # Errors
@@ -235,11 +250,22 @@ impl Index {
     /// # Errors
     /// Index errors, damaged records, or `f`'s error.
     pub fn for_each_loc(&self, mut f: impl FnMut(&Hash, ChunkLoc) -> Result<()>) -> Result<()> {
+        self.for_each_record(|id, loc| f(id, loc?))
+    }
+
+    /// As [`Index::for_each_loc`], handing `f` a damaged record's error instead of stopping.
+    ///
+    /// # Errors
+    /// Index errors, or `f`'s error.
+    pub fn for_each_record(
+        &self,
+        mut f: impl FnMut(&Hash, Result<ChunkLoc>) -> Result<()>,
+    ) -> Result<()> {
         let tx = self.chunks.begin_read()?;
         let table = tx.open_table(CHUNKS)?;
         for kv in table.iter()? {
             let (k, v) = kv?;
-            f(&Hash::from_bytes(*k.value()), Self::decode_loc(v.value())?)?;
+            f(&Hash::from_bytes(*k.value()), Self::decode_loc(v.value()))?;
         }
         Ok(())
     }

@@ -26,17 +26,20 @@ use crate::store::pack::{
     ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, PACK_TARGET_LEN, PackReader, PackWriter, pack_path,
 };
 use crate::store::{
-    ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard, NameRecord, NameVersion,
-    PendingCommit, StoredChunk,
+    ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
+    NameRecord, NameVersion, PendingCommit, StoredChunk,
 };
+
+/// Present while a chunk table started afresh waits to be rebuilt from the packs.
+const REINDEX_MARKER: &str = "reindex-needed";
 
 /// A store in a local directory.
 pub struct LocalStore {
     /// Held (with an exclusive advisory lock) while the store is open: one process at a time.
     _lock: std::fs::File,
     root: PathBuf,
-    index: Index,
-    packs: PackReader,
+    pub(super) index: Index,
+    pub(super) packs: PackReader,
     config: StoreConfig,
     guard: Guard,
     /// Packs a writer may still append to, or whose entries are not indexed yet: compaction
@@ -130,6 +133,57 @@ impl LocalStore {
         Ok(Self::open(root, None)?.0)
     }
 
+    /// Opens the store at `root` for `fsck --repair`: a chunk table that cannot be opened is
+    /// moved aside (`chunks.redb.damaged-SECONDS`) and started afresh, to be rebuilt from the
+    /// packs (see [`LocalStore::needs_reindex`]). Returns notes on what was moved.
+    ///
+    /// # Errors
+    /// As [`LocalStore::open_existing`], for damage a fresh chunk table does not cure.
+    pub fn open_for_repair(root: &Path) -> Result<(Self, Vec<String>)> {
+        let first = match Self::open_existing(root) {
+            Ok(s) => return Ok((s, Vec::new())),
+            Err(e @ (Error::Locked(_) | Error::NoStore(_))) => return Err(e),
+            Err(e) => e,
+        };
+        let mut notes = Vec::new();
+        let chunks = root.join("chunks.redb");
+        if chunks.exists() && Index::probe_chunks(&chunks).is_err() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = root.join(format!("chunks.redb.damaged-{secs}"));
+            std::fs::write(root.join(REINDEX_MARKER), b"")
+                .map_err(Error::io("cannot write", root.join(REINDEX_MARKER)))?;
+            std::fs::rename(&chunks, &aside).map_err(Error::io("cannot move", &chunks))?;
+            notes.push(format!(
+                "the chunk table could not be opened ({first}); moved it to {} and rebuilding it from the packs",
+                aside.display()
+            ));
+        }
+        let store = Self::open_existing(root)?;
+        Ok((store, notes))
+    }
+
+    /// True if the chunk table was started afresh by [`LocalStore::open_for_repair`] and a
+    /// repair has not yet re-indexed the packs.
+    pub fn needs_reindex(root: &Path) -> bool {
+        root.join(REINDEX_MARKER).exists()
+    }
+
+    /// Notes that the packs were re-indexed (clears [`LocalStore::needs_reindex`]).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn reindexed(&self) -> Result<()> {
+        let marker = self.root.join(REINDEX_MARKER);
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("cannot remove", &marker)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The store directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -179,7 +233,7 @@ impl LocalStore {
         }
     }
 
-    fn is_busy(&self, pack: u64) -> bool {
+    pub(super) fn is_busy(&self, pack: u64) -> bool {
         self.busy
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -455,6 +509,14 @@ impl ChunkStore for LocalStore {
         }
         report.bytes_after = self.packs.total_bytes()?;
         Ok(report)
+    }
+
+    fn check_chunks(&self, resume: bool, progress: &(dyn Fn(u64) + Sync)) -> Result<ChunkCheck> {
+        self.check_packs(resume, progress)
+    }
+
+    fn repair_chunks(&self, check: &ChunkCheck, reindex: bool) -> Result<ChunkRepair> {
+        self.repair(check, reindex)
     }
 
     fn page_hashes(&self) -> Result<Vec<Hash>> {

@@ -7,6 +7,7 @@
 //! run the same assertions on both. Nothing here takes a process-wide lock the trait cannot
 //! express, so an object-store backend can implement it later.
 
+mod check;
 mod guard;
 mod index;
 mod local;
@@ -14,6 +15,8 @@ mod memory;
 pub mod pack;
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::pack::ChunkLoc;
 
 pub use guard::{Guard, Pin, PinnedSnapshot};
 pub use local::LocalStore;
@@ -78,6 +81,58 @@ pub struct CompactReport {
     pub bytes_before: u64,
     /// Bytes of chunk data on disk after.
     pub bytes_after: u64,
+}
+
+/// A stored chunk whose entry is damaged or gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadChunk {
+    /// The chunk.
+    pub id: Hash,
+    /// What is wrong with it.
+    pub detail: String,
+    /// Where the index said it was (none for an in-memory store, or an unreadable record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loc: Option<ChunkLoc>,
+}
+
+/// What [`ChunkStore::check_chunks`] found: every stored entry re-read and re-hashed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChunkCheck {
+    /// Pack files read.
+    pub packs: u64,
+    /// Entries read.
+    pub entries: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Stored chunks whose entry decoded and hashed to its id.
+    pub chunks_ok: u64,
+    /// Stored chunks whose entry is damaged or gone.
+    pub bad: Vec<BadChunk>,
+    /// Intact entries no index entry points at (left by a crash or gc; gc reclaims them).
+    pub unreferenced: u64,
+    /// Damaged entries no index entry points at.
+    pub damaged_unreferenced: u64,
+    /// Damage to pack files as such (a bad header, a cut-off tail).
+    pub damaged_packs: Vec<String>,
+    /// Intact copies that are not indexed: a repair can point the index at them.
+    #[serde(skip_serializing)]
+    pub spare: Vec<(Hash, ChunkLoc)>,
+}
+
+/// What [`ChunkStore::repair_chunks`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChunkRepair {
+    /// Bad chunks pointed at an intact copy found elsewhere in the packs.
+    pub repointed: u64,
+    /// Bad chunks copied to the quarantine directory and dropped from the index.
+    pub quarantined: u64,
+    /// Index entries that pointed at nothing, dropped.
+    pub dropped: u64,
+    /// Chunks indexed from the packs (when rebuilding the chunk table).
+    pub reindexed: u64,
+    /// Where quarantined entries went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<std::path::PathBuf>,
 }
 
 /// The second half of a commit: make the chunks durable, then visible. It owns what it needs,
@@ -176,6 +231,30 @@ pub trait ChunkStore: Send + Sync {
     /// # Errors
     /// I/O and index errors; what was done before the error stays done and consistent.
     fn compact(&self, min_dead: f64) -> Result<CompactReport>;
+
+    /// Re-reads and re-hashes every stored chunk. With `resume`, skips what an interrupted
+    /// earlier check finished (its findings are kept). `progress` gets bytes read.
+    ///
+    /// # Errors
+    /// I/O and index errors (damage is reported in the result, not as an error).
+    fn check_chunks(&self, resume: bool, progress: &(dyn Fn(u64) + Sync)) -> Result<ChunkCheck>;
+
+    /// Repairs what `check` found: bad chunks are pointed at an intact copy if the packs hold
+    /// one, else copied to a quarantine directory and dropped from the index (never deleted);
+    /// index entries that point at nothing are dropped. With `reindex`, every intact entry
+    /// not indexed is indexed (rebuilding a lost chunk table).
+    ///
+    /// # Errors
+    /// I/O and index errors.
+    fn repair_chunks(&self, check: &ChunkCheck, reindex: bool) -> Result<ChunkRepair>;
+
+    /// Bytes a chunk check reads (for progress).
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn check_bytes(&self) -> Result<u64> {
+        self.chunk_data_bytes()
+    }
 
     /// Every stored manifest page's hash.
     ///

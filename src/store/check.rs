@@ -1,0 +1,433 @@
+//! fsck of a local store's chunks: walk every pack file entry by entry, re-hash each one,
+//! compare with the chunk table; and the repairs (re-point, quarantine, drop, re-index).
+//!
+//! The walk reads each pack sequentially (1 MiB buffered reads) and decodes and hashes
+//! 8 MiB batches on all cores. An entry is judged against the index by its offset: the index
+//! entry at that offset must name the same chunk, codec and lengths, and the payload must
+//! decode to bytes that hash to the id. A damaged entry header stops the walk of that pack
+//! (lengths after it cannot be trusted); indexed entries after it are then read one by one at
+//! the offsets the index gives, so one flipped byte costs one chunk, not the rest of the pack.
+//!
+//! Progress survives an interruption: after each pack, the findings so far go to
+//! `STORE/fsck.state` (JSON, `version` 1), and a later check started with `resume` skips the
+//! packs listed there. The file is removed when a check finishes.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, Codec};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::store::pack::{
+    ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, pack_path, parse_entry_header,
+};
+use crate::store::{BadChunk, ChunkCheck, ChunkRepair, LocalStore};
+
+/// Where an interrupted check's progress is kept, under the store directory.
+const STATE_FILE: &str = "fsck.state";
+/// Version of that file.
+const STATE_VERSION: u32 = 1;
+/// Largest entry believed = 16 MiB, FastCDC 2020's largest chunk (a damaged length is not
+/// allocated).
+const MAX_ENTRY: u32 = 16 << 20;
+/// Payload bytes decoded and hashed per parallel batch = 8 MiB.
+const BATCH_BYTES: usize = 8 << 20;
+/// Where bad entries are copied by a repair, under the store directory.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// An interrupted check: the packs done and what they showed.
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    done: Vec<u64>,
+    check: ChunkCheck,
+    spare: Vec<(Hash, ChunkLoc)>,
+}
+
+/// One entry read from a pack.
+struct Entry {
+    offset: u64,
+    id: Hash,
+    tag: u8,
+    raw_len: u32,
+    payload: Vec<u8>,
+}
+
+impl Entry {
+    fn loc(&self, pack: u64) -> ChunkLoc {
+        ChunkLoc {
+            pack,
+            offset: self.offset,
+            stored_len: self.payload.len() as u32,
+            raw_len: self.raw_len,
+            codec: self.tag,
+        }
+    }
+}
+
+/// Decodes and hashes one payload; `None` if it is the chunk `id`, else what is wrong.
+fn verify(id: &Hash, tag: u8, raw_len: u32, payload: &[u8]) -> Option<String> {
+    let Some(codec) = Codec::from_tag(tag) else {
+        return Some(format!("unknown codec tag {tag}"));
+    };
+    if raw_len == 0 || raw_len > MAX_ENTRY {
+        return Some(format!("implausible length {raw_len}"));
+    }
+    let mut raw = vec![0; raw_len as usize];
+    if let Err(e) = codec::decode_into(id, codec, payload, &mut raw) {
+        return Some(e.to_string());
+    }
+    let actual = Hash::of(&raw);
+    (actual != *id).then(|| format!("content hashes to {actual}"))
+}
+
+fn read_state(path: &Path) -> Option<State> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice::<State>(&bytes)
+        .ok()
+        .filter(|s| s.version == STATE_VERSION)
+}
+
+fn write_state(path: &Path, st: &State) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(st).map_err(|e| Error::io("cannot write", &tmp)(e.into()))?;
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(Error::io("cannot write", path))
+}
+
+/// The walk of one pack: its indexed entries by offset, and which were judged.
+struct PackWalk<'a> {
+    pack: u64,
+    at: HashMap<u64, (Hash, ChunkLoc)>,
+    judged: HashSet<u64>,
+    st: &'a mut State,
+}
+
+impl PackWalk<'_> {
+    /// Hashes a batch on all cores, then sorts each entry into good, bad or unreferenced.
+    fn judge(&mut self, batch: &mut Vec<Entry>) {
+        let verdicts: Vec<Option<String>> = batch
+            .par_iter()
+            .map(|e| verify(&e.id, e.tag, e.raw_len, &e.payload))
+            .collect();
+        for (e, verdict) in batch.drain(..).zip(verdicts) {
+            let c = &mut self.st.check;
+            c.entries += 1;
+            c.bytes += (ENTRY_HEADER_LEN + e.payload.len()) as u64;
+            let loc = e.loc(self.pack);
+            match self.at.get(&e.offset) {
+                Some((id, indexed)) if *id == e.id && *indexed == loc => {
+                    self.judged.insert(e.offset);
+                    match verdict {
+                        None => c.chunks_ok += 1,
+                        Some(why) => c.bad.push(BadChunk {
+                            id: e.id,
+                            detail: format!(
+                                "entry at pack {:016x} offset {}: {why}",
+                                self.pack, e.offset
+                            ),
+                            loc: Some(loc),
+                        }),
+                    }
+                }
+                _ if verdict.is_none() => {
+                    c.unreferenced += 1;
+                    self.st.spare.push((e.id, loc));
+                }
+                _ => c.damaged_unreferenced += 1,
+            }
+        }
+    }
+}
+
+impl LocalStore {
+    /// See [`ChunkStore::check_chunks`](crate::store::ChunkStore::check_chunks).
+    pub(super) fn check_packs(
+        &self,
+        resume: bool,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<ChunkCheck> {
+        let state_path = self.root().join(STATE_FILE);
+        let mut st = resume
+            .then(|| read_state(&state_path))
+            .flatten()
+            .unwrap_or_default();
+        st.version = STATE_VERSION;
+        let mut by_pack: HashMap<u64, Vec<(Hash, ChunkLoc)>> = HashMap::new();
+        let mut unreadable = Vec::new();
+        self.index.for_each_record(|id, loc| {
+            match loc {
+                Ok(l) => by_pack.entry(l.pack).or_default().push((*id, l)),
+                Err(e) => unreadable.push(BadChunk {
+                    id: *id,
+                    detail: format!("its index record is damaged: {e}"),
+                    loc: None,
+                }),
+            }
+            Ok(())
+        })?;
+        let done: HashSet<u64> = st.done.iter().copied().collect();
+        for (pack, len) in self.packs.list()? {
+            let indexed = by_pack.remove(&pack).unwrap_or_default();
+            if done.contains(&pack) {
+                progress(len);
+                continue;
+            }
+            self.check_pack(pack, len, indexed, &mut st, progress)?;
+            st.done.push(pack);
+            write_state(&state_path, &st)?;
+        }
+        let mut check = std::mem::take(&mut st.check);
+        for (pack, entries) in by_pack {
+            for (id, loc) in entries {
+                check.bad.push(BadChunk {
+                    id,
+                    detail: format!("its pack {pack:016x} does not exist"),
+                    loc: Some(loc),
+                });
+            }
+        }
+        check.bad.extend(unreadable);
+        check.spare = std::mem::take(&mut st.spare);
+        let _ = std::fs::remove_file(&state_path);
+        Ok(check)
+    }
+
+    fn check_pack(
+        &self,
+        pack: u64,
+        len: u64,
+        indexed: Vec<(Hash, ChunkLoc)>,
+        st: &mut State,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
+        let path = pack_path(self.packs.dir(), pack);
+        let entry_end = |l: &ChunkLoc| l.offset + ENTRY_HEADER_LEN as u64 + u64::from(l.stored_len);
+        // A pack still being written is checked only as far as the index knew it.
+        let end = if self.is_busy(pack) {
+            indexed
+                .iter()
+                .map(|(_, l)| entry_end(l))
+                .max()
+                .unwrap_or(0)
+                .min(len)
+        } else {
+            len
+        };
+        st.check.packs += 1;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                for (id, loc) in indexed {
+                    st.check.bad.push(BadChunk {
+                        id,
+                        detail: format!("its pack {pack:016x} does not exist"),
+                        loc: Some(loc),
+                    });
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("cannot open pack", &path)(e)),
+        };
+        let mut walk = PackWalk {
+            pack,
+            at: indexed.into_iter().map(|(id, l)| (l.offset, (id, l))).collect(),
+            judged: HashSet::new(),
+            st,
+        };
+        let mut r = BufReader::with_capacity(1 << 20, &file);
+        let damaged = |what: String| format!("pack {pack:016x}: {what}");
+        let mut magic = [0u8; PACK_MAGIC.len()];
+        let mut pos = PACK_MAGIC.len() as u64;
+        let walking = r.read_exact(&mut magic).is_ok() && magic == PACK_MAGIC;
+        if !walking && end > 0 {
+            walk.st
+                .check
+                .damaged_packs
+                .push(damaged("its file header is damaged".into()));
+        }
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        while walking && pos < end {
+            let mut h = [0u8; ENTRY_HEADER_LEN];
+            let parsed = if end - pos < ENTRY_HEADER_LEN as u64 {
+                None
+            } else {
+                r.read_exact(&mut h)
+                    .ok()
+                    .and_then(|()| parse_entry_header(&h))
+            };
+            let Some((id, tag, raw_len, stored)) = parsed else {
+                walk.st.check.damaged_packs.push(damaged(format!(
+                    "no entry header at offset {pos} (damaged or cut off)"
+                )));
+                break;
+            };
+            let entry_len = ENTRY_HEADER_LEN as u64 + u64::from(stored);
+            if stored > MAX_ENTRY || raw_len > MAX_ENTRY || pos + entry_len > end {
+                walk.st.check.damaged_packs.push(damaged(format!(
+                    "the entry at offset {pos} runs past the end (damaged or cut off)"
+                )));
+                break;
+            }
+            let mut payload = vec![0; stored as usize];
+            if r.read_exact(&mut payload).is_err() {
+                walk.st
+                    .check
+                    .damaged_packs
+                    .push(damaged(format!("cut off inside the entry at offset {pos}")));
+                break;
+            }
+            batch.push(Entry {
+                offset: pos,
+                id,
+                tag,
+                raw_len,
+                payload,
+            });
+            batch_bytes += stored as usize;
+            pos += entry_len;
+            progress(entry_len);
+            if batch_bytes >= BATCH_BYTES {
+                walk.judge(&mut batch);
+                batch_bytes = 0;
+            }
+        }
+        walk.judge(&mut batch);
+        progress(len.saturating_sub(pos));
+        // Indexed entries the walk did not reach (or found no match for): read each where
+        // the index says it is.
+        let mut rest: Vec<(Hash, ChunkLoc)> = walk
+            .at
+            .iter()
+            .filter(|(off, _)| !walk.judged.contains(off))
+            .map(|(_, v)| *v)
+            .collect();
+        rest.sort_unstable_by_key(|(_, l)| l.offset);
+        for (id, loc) in rest {
+            let c = &mut walk.st.check;
+            let mut h = [0u8; ENTRY_HEADER_LEN];
+            let read = file.read_exact_at(&mut h, loc.offset).ok().and_then(|()| {
+                match parse_entry_header(&h) {
+                    Some((hid, tag, raw, stored))
+                        if hid == id
+                            && tag == loc.codec
+                            && raw == loc.raw_len
+                            && stored == loc.stored_len
+                            && stored <= MAX_ENTRY =>
+                    {
+                        let mut payload = vec![0; stored as usize];
+                        file.read_exact_at(&mut payload, loc.offset + ENTRY_HEADER_LEN as u64)
+                            .ok()
+                            .map(|()| payload)
+                    }
+                    _ => None,
+                }
+            });
+            let why = match read {
+                None => Some("no matching entry there (damaged or cut off)".to_owned()),
+                Some(payload) => verify(&id, loc.codec, loc.raw_len, &payload),
+            };
+            match why {
+                None => c.chunks_ok += 1,
+                Some(why) => c.bad.push(BadChunk {
+                    id,
+                    detail: format!("entry at pack {pack:016x} offset {}: {why}", loc.offset),
+                    loc: Some(loc),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// See [`ChunkStore::repair_chunks`](crate::store::ChunkStore::repair_chunks).
+    pub(super) fn repair(&self, check: &ChunkCheck, reindex: bool) -> Result<ChunkRepair> {
+        let mut spare: HashMap<Hash, ChunkLoc> = HashMap::new();
+        for (id, loc) in &check.spare {
+            spare.entry(*id).or_insert(*loc);
+        }
+        let mut out = ChunkRepair::default();
+        let mut moves = Vec::new();
+        let mut drops = Vec::new();
+        let mut inserts = Vec::new();
+        for b in &check.bad {
+            match (b.loc, spare.get(&b.id)) {
+                (Some(old), Some(alt)) => {
+                    moves.push((b.id, old, *alt));
+                    out.repointed += 1;
+                }
+                (None, Some(alt)) => {
+                    drops.push(b.id);
+                    inserts.push((b.id, *alt));
+                    out.repointed += 1;
+                }
+                (Some(loc), None) => {
+                    drops.push(b.id);
+                    if self.quarantine(&b.id, &loc)? {
+                        out.quarantined += 1;
+                        out.quarantine = Some(self.root().join(QUARANTINE_DIR));
+                    } else {
+                        out.dropped += 1;
+                    }
+                }
+                (None, None) => {
+                    drops.push(b.id);
+                    out.dropped += 1;
+                }
+            }
+        }
+        self.index.relocate(&moves)?;
+        self.index.remove_locs(&drops)?;
+        self.index.insert_locs(&inserts)?;
+        if reindex {
+            let ids: Vec<Hash> = spare.keys().copied().collect();
+            let absent = self.index.missing(&ids)?;
+            let add: Vec<(Hash, ChunkLoc)> = ids
+                .iter()
+                .zip(absent)
+                .filter(|(_, a)| *a)
+                .map(|(id, _)| (*id, spare[id]))
+                .collect();
+            out.reindexed = add.len() as u64;
+            for part in add.chunks(10_000) {
+                self.index.insert_locs(part)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Copies what can be read of a bad entry to the quarantine directory; false if its pack
+    /// is gone (nothing to keep).
+    fn quarantine(&self, id: &Hash, loc: &ChunkLoc) -> Result<bool> {
+        let src = pack_path(self.packs.dir(), loc.pack);
+        let file = match File::open(&src) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("cannot open pack", &src)(e)),
+        };
+        let file_len = file
+            .metadata()
+            .map_err(Error::io("cannot stat", &src))?
+            .len();
+        let want = (ENTRY_HEADER_LEN as u64 + u64::from(loc.stored_len.min(MAX_ENTRY)))
+            .min(file_len.saturating_sub(loc.offset));
+        let mut bytes = vec![0; want as usize];
+        file.read_exact_at(&mut bytes, loc.offset)
+            .map_err(Error::io("cannot read pack", &src))?;
+        let dir = self.root().join(QUARANTINE_DIR);
+        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
+        let dst = dir.join(format!("{id}-{:016x}-{}.entry", loc.pack, loc.offset));
+        let mut f = File::create(&dst).map_err(Error::io("cannot create", &dst))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(Error::io("cannot write", &dst))?;
+        Ok(true)
+    }
+}
