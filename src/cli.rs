@@ -125,6 +125,10 @@ struct FsckArgs {
     /// the table was lost or damaged).
     #[arg(long, requires = "repair")]
     reindex: bool,
+    /// With --repair: rebuild the whole index, manifests and names from the journal and the
+    /// chunk table from the packs, even if it opens (the old one is kept beside it).
+    #[arg(long, requires = "repair")]
+    rebuild_index: bool,
     /// Start over instead of going on from an interrupted check.
     #[arg(long)]
     from_scratch: bool,
@@ -424,7 +428,7 @@ fn gc(store: &LocalStore, a: &GcArgs) -> Result<()> {
 
 fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
     let store = if a.repair {
-        let (store, reset) = LocalStore::open_for_repair(root)
+        let (store, reset) = LocalStore::open_for_repair(root, a.rebuild_index)
             .with_context(|| format!("cannot open store {}", root.display()))?;
         for note in &reset {
             eprintln!("hoard: {note}");

@@ -44,6 +44,19 @@ pub enum Error {
         .0.display()
     )]
     NoStore(PathBuf),
+    /// Part of a store's index is missing or does not open.
+    #[error(
+        "the {what} of store {} is missing or damaged ({detail}); run `hoard fsck --repair` to rebuild it",
+        .root.display()
+    )]
+    IndexDamaged {
+        /// The store.
+        root: PathBuf,
+        /// Which part: "chunk table" or "index".
+        what: &'static str,
+        /// What went wrong opening it.
+        detail: String,
+    },
     /// A zstd context could not be created (out of memory).
     #[error("cannot create a zstd context")]
     Zstd(#[source] std::io::Error),

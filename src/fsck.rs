@@ -119,8 +119,15 @@ pub fn fsck(
         ..FsckReport::default()
     };
     if opts.repair {
+        // Chunks files need that the index lacks, but of which the packs hold an intact copy
+        // (a lost or damaged chunk table), are indexed again.
+        let wanted = if opts.reindex {
+            None
+        } else {
+            Some(absent_chunks(store)?)
+        };
         r.repair = Some(Repair {
-            chunks: store.repair_chunks(&check, opts.reindex)?,
+            chunks: store.repair_chunks(&check, wanted.as_ref())?,
             versions_dropped: 0,
         });
     }
@@ -212,6 +219,28 @@ pub fn fsck(
         && r.broken_names == 0
         && r.damaged_files == 0;
     Ok(r)
+}
+
+/// Chunks some manifest lists that the index lacks.
+fn absent_chunks(store: &dyn ChunkStore) -> Result<HashSet<Hash>> {
+    let mut out = HashSet::new();
+    for m in store.manifests()? {
+        for pref in &m.pages {
+            let Some(page) = store.get_page(&pref.hash)? else {
+                continue;
+            };
+            let Ok(page) = Page::decode(&page) else {
+                continue;
+            };
+            let ids: Vec<Hash> = page.chunks.iter().map(|c| c.id).collect();
+            for (id, absent) in ids.iter().zip(store.lookup(&ids)?) {
+                if absent {
+                    out.insert(*id);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Checks one manifest's pages and chunks; true if the file is damaged.

@@ -348,7 +348,11 @@ impl LocalStore {
     }
 
     /// See [`ChunkStore::repair_chunks`](crate::store::ChunkStore::repair_chunks).
-    pub(super) fn repair(&self, check: &ChunkCheck, reindex: bool) -> Result<ChunkRepair> {
+    pub(super) fn repair(
+        &self,
+        check: &ChunkCheck,
+        wanted: Option<&HashSet<Hash>>,
+    ) -> Result<ChunkRepair> {
         let mut spare: HashMap<Hash, ChunkLoc> = HashMap::new();
         for (id, loc) in &check.spare {
             spare.entry(*id).or_insert(*loc);
@@ -386,8 +390,12 @@ impl LocalStore {
         self.index.relocate(&moves)?;
         self.index.remove_locs(&drops)?;
         self.index.insert_locs(&inserts)?;
-        if reindex {
-            let ids: Vec<Hash> = spare.keys().copied().collect();
+        {
+            let ids: Vec<Hash> = spare
+                .keys()
+                .filter(|id| wanted.is_none_or(|w| w.contains(id)))
+                .copied()
+                .collect();
             let absent = self.index.missing(&ids)?;
             let add: Vec<(Hash, ChunkLoc)> = ids
                 .iter()

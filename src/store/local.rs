@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::index::Index;
+use crate::store::journal::{self, Journal, Kind};
 use crate::store::pack::{
     ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, PACK_TARGET_LEN, PackReader, PackWriter, pack_path,
 };
@@ -29,6 +30,9 @@ use crate::store::{
     ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
     NameRecord, NameVersion, PendingCommit, StoredChunk,
 };
+
+/// The metadata journal, under the store directory.
+const JOURNAL_FILE: &str = "journal.log";
 
 /// Present while a chunk table started afresh waits to be rebuilt from the packs.
 const REINDEX_MARKER: &str = "reindex-needed";
@@ -41,6 +45,7 @@ pub struct LocalStore {
     pub(super) index: Index,
     pub(super) packs: PackReader,
     config: StoreConfig,
+    journal: Journal,
     guard: Guard,
     /// Packs a writer may still append to, or whose entries are not indexed yet: compaction
     /// leaves them alone.
@@ -81,21 +86,24 @@ impl LocalStore {
         let packs = root.join("packs");
         std::fs::create_dir_all(&packs)
             .map_err(Error::io("cannot create store directory", &packs))?;
-        let lock_path = root.join("lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(Error::io("cannot open lock file", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(root.to_owned())),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io("cannot lock", &lock_path)(e));
-            }
+        let lock = lock_store(root)?;
+        let chunks = root.join("chunks.redb");
+        let damaged = |what, detail: String| Error::IndexDamaged {
+            root: root.to_owned(),
+            what,
+            detail,
+        };
+        if root.join("index").is_dir() && !chunks.exists() {
+            return Err(damaged("chunk table", "chunks.redb is gone".into()));
         }
-        let index = Index::open(&root.join("index"), &root.join("chunks.redb"), root)?;
+        if !root.join("index").is_dir() && root.join(JOURNAL_FILE).exists() {
+            return Err(damaged("index", "the index directory is gone".into()));
+        }
+        let index = match Index::open(&root.join("index"), &chunks, root) {
+            Ok(i) => i,
+            Err(e @ Error::Locked(_)) => return Err(e),
+            Err(e) => return Err(damaged("index", e.to_string())),
+        };
         let (config, created) = match (index.config()?, requested) {
             (Some(existing), Some(req)) if existing != req => {
                 return Err(Error::ParamsMismatch {
@@ -110,12 +118,19 @@ impl LocalStore {
                 (config, true)
             }
         };
+        let (journal, fresh) = Journal::open(&root.join(JOURNAL_FILE))?;
+        if fresh {
+            // A new store, or one made before the journal: start it with what the index holds.
+            let mut held = journal.lock();
+            journal.rewrite(&mut held, snapshot(&index))?;
+        }
         let store = LocalStore {
             _lock: lock,
             root: root.to_owned(),
             index,
             packs: PackReader::new(packs),
             config,
+            journal,
             guard: Guard::default(),
             busy: Arc::default(),
         };
@@ -127,38 +142,84 @@ impl LocalStore {
     /// # Errors
     /// [`Error::NoStore`] if there is no store there; otherwise as [`LocalStore::open`].
     pub fn open_existing(root: &Path) -> Result<Self> {
-        if !root.join("index").is_dir() {
+        if !root.join("index").is_dir() && !root.join(JOURNAL_FILE).exists() {
             return Err(Error::NoStore(root.to_owned()));
         }
         Ok(Self::open(root, None)?.0)
     }
 
-    /// Opens the store at `root` for `fsck --repair`: a chunk table that cannot be opened is
-    /// moved aside (`chunks.redb.damaged-SECONDS`) and started afresh, to be rebuilt from the
-    /// packs (see [`LocalStore::needs_reindex`]). Returns notes on what was moved.
+    /// Opens the store at `root` for `fsck --repair`. A chunk table that cannot be opened
+    /// is moved aside (`chunks.redb.damaged-SECONDS`) and started afresh, to be re-indexed
+    /// from the packs (see [`LocalStore::needs_reindex`]); a sled index that cannot be opened,
+    /// or is gone, is moved aside likewise and rebuilt from the journal. With `rebuild`, both
+    /// are rebuilt whatever their state. Returns notes on what was done.
     ///
     /// # Errors
-    /// As [`LocalStore::open_existing`], for damage a fresh chunk table does not cure.
-    pub fn open_for_repair(root: &Path) -> Result<(Self, Vec<String>)> {
-        let first = match Self::open_existing(root) {
-            Ok(s) => return Ok((s, Vec::new())),
-            Err(e @ (Error::Locked(_) | Error::NoStore(_))) => return Err(e),
-            Err(e) => e,
-        };
+    /// [`Error::Locked`], [`Error::NoStore`], I/O errors, or what still fails after that.
+    pub fn open_for_repair(root: &Path, rebuild: bool) -> Result<(Self, Vec<String>)> {
+        let journal = root.join(JOURNAL_FILE);
+        if !root.join("index").is_dir() && !journal.exists() {
+            return Err(Error::NoStore(root.to_owned()));
+        }
+        if !rebuild {
+            match Self::open_existing(root) {
+                Ok(s) => return Ok((s, Vec::new())),
+                Err(e @ Error::Locked(_)) => return Err(e),
+                Err(_) => {}
+            }
+        }
         let mut notes = Vec::new();
-        let chunks = root.join("chunks.redb");
-        if chunks.exists() && Index::probe_chunks(&chunks).is_err() {
+        {
+            let _lock = lock_store(root)?;
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let aside = root.join(format!("chunks.redb.damaged-{secs}"));
-            std::fs::write(root.join(REINDEX_MARKER), b"")
-                .map_err(Error::io("cannot write", root.join(REINDEX_MARKER)))?;
-            std::fs::rename(&chunks, &aside).map_err(Error::io("cannot move", &chunks))?;
-            notes.push(format!(
-                "the chunk table could not be opened ({first}); moved it to {} and rebuilding it from the packs",
-                aside.display()
-            ));
+            let chunks = root.join("chunks.redb");
+            if !chunks.exists() {
+                std::fs::write(root.join(REINDEX_MARKER), b"")
+                    .map_err(Error::io("cannot write", root.join(REINDEX_MARKER)))?;
+                notes.push("the chunk table is gone; re-indexing the packs".into());
+            } else if rebuild || Index::probe_chunks(&chunks).is_err() {
+                let aside = root.join(format!("chunks.redb.damaged-{secs}"));
+                std::fs::write(root.join(REINDEX_MARKER), b"")
+                    .map_err(Error::io("cannot write", root.join(REINDEX_MARKER)))?;
+                std::fs::rename(&chunks, &aside).map_err(Error::io("cannot move", &chunks))?;
+                notes.push(format!(
+                    "moved the chunk table to {}; re-indexing the packs",
+                    aside.display()
+                ));
+            }
+            if !chunks.exists() {
+                // A fresh, empty table; the repair indexes the packs into it.
+                Index::probe_chunks(&chunks)?;
+            }
+            let index = root.join("index");
+            let sled_ok = index.is_dir()
+                && sled::Config::new()
+                    .path(&index)
+                    .cache_capacity(1 << 20)
+                    .open()
+                    .is_ok();
+            if rebuild || !sled_ok {
+                if index.exists() {
+                    let aside = root.join(format!("index.damaged-{secs}"));
+                    std::fs::rename(&index, &aside).map_err(Error::io("cannot move", &index))?;
+                    notes.push(format!("moved the index to {}", aside.display()));
+                }
+                let r = replay_journal(&index, &journal)?;
+                notes.push(format!(
+                    "rebuilt the index from the journal: {} records{}{}",
+                    r.records,
+                    if r.damaged > 0 {
+                        format!(", {} damaged records skipped", r.damaged)
+                    } else {
+                        String::new()
+                    },
+                    r.stopped
+                        .map(|s| format!(", stopped at a {s}"))
+                        .unwrap_or_default(),
+                ));
+            }
         }
         let store = Self::open_existing(root)?;
         Ok((store, notes))
@@ -238,6 +299,25 @@ impl LocalStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(&pack)
+    }
+
+    /// Rewrites the journal as a snapshot of the index once it is over twice the size of one
+    /// (and over 1 MiB): removals and replaced name records are what make it grow.
+    fn compact_journal(&self) -> Result<()> {
+        const HEADER: u64 = 48;
+        let len = self.journal.len();
+        if len < 1 << 20 {
+            return Ok(());
+        }
+        let mut held = self.journal.lock();
+        let mut live = 0u64;
+        for r in snapshot(&self.index) {
+            live += HEADER + r?.1.len() as u64;
+        }
+        if len > 2 * live {
+            self.journal.rewrite(&mut held, snapshot(&self.index))?;
+        }
+        Ok(())
     }
 
     /// Copies the live entries of `pack` into new packs, points the index at the copies and
@@ -508,6 +588,7 @@ impl ChunkStore for LocalStore {
                 .map_err(Error::io("cannot sync directory", &dir))?;
         }
         report.bytes_after = self.packs.total_bytes()?;
+        self.compact_journal()?;
         Ok(report)
     }
 
@@ -515,8 +596,12 @@ impl ChunkStore for LocalStore {
         self.check_packs(resume, progress)
     }
 
-    fn repair_chunks(&self, check: &ChunkCheck, reindex: bool) -> Result<ChunkRepair> {
-        self.repair(check, reindex)
+    fn repair_chunks(
+        &self,
+        check: &ChunkCheck,
+        wanted: Option<&HashSet<Hash>>,
+    ) -> Result<ChunkRepair> {
+        self.repair(check, wanted)
     }
 
     fn page_hashes(&self) -> Result<Vec<Hash>> {
@@ -532,16 +617,28 @@ impl ChunkStore for LocalStore {
     }
 
     fn remove_pages(&self, hashes: &[Hash]) -> Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
         let mut b = sled::Batch::default();
+        let mut payload = Vec::with_capacity(hashes.len() * 32);
         for h in hashes {
             b.remove(h.as_bytes());
+            payload.extend_from_slice(h.as_bytes());
         }
+        let mut j = self.journal.lock();
+        j.append(Kind::PagesRemoved, &payload)?;
+        j.sync()?;
         self.index.pages.apply_batch(b)?;
+        drop(j);
         self.index.db.flush()?;
         Ok(())
     }
 
     fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
+        // Synced with the manifest that lists it (pages are stored before their manifest).
+        let mut j = self.journal.lock();
+        j.append(Kind::Page, bytes)?;
         self.index.pages.insert(hash.as_bytes(), bytes)?;
         Ok(())
     }
@@ -551,9 +648,12 @@ impl ChunkStore for LocalStore {
     }
 
     fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
-        self.index
-            .files
-            .insert(manifest.file_id.as_bytes(), manifest.encode())?;
+        let bytes = manifest.encode();
+        let mut j = self.journal.lock();
+        j.append(Kind::Manifest, &bytes)?;
+        j.sync()?;
+        self.index.files.insert(manifest.file_id.as_bytes(), bytes)?;
+        drop(j);
         self.index.db.flush()?;
         Ok(())
     }
@@ -591,22 +691,20 @@ impl ChunkStore for LocalStore {
     }
 
     fn push_name(&self, name: &str, version: NameVersion) -> Result<NameRecord> {
-        loop {
-            let old = self.index.names.get(name)?;
-            let mut rec = match &old {
-                Some(v) => Index::decode_name(v)?,
-                None => NameRecord::default(),
-            };
-            rec.versions.push(version.clone());
-            let swapped =
-                self.index
-                    .names
-                    .compare_and_swap(name, old, Some(Index::encode_name(&rec)))?;
-            if swapped.is_ok() {
-                self.index.db.flush()?;
-                return Ok(rec);
-            }
-        }
+        // Every name change holds the journal, so a read-modify-write needs no other lock.
+        let mut j = self.journal.lock();
+        let mut rec = match self.index.names.get(name)? {
+            Some(v) => Index::decode_name(&v)?,
+            None => NameRecord::default(),
+        };
+        rec.versions.push(version);
+        let value = Index::encode_name(&rec);
+        j.append(Kind::Name, &journal::name_payload(name, &value))?;
+        j.sync()?;
+        self.index.names.insert(name, value)?;
+        drop(j);
+        self.index.db.flush()?;
+        Ok(rec)
     }
 
     fn get_name(&self, name: &str) -> Result<Option<NameRecord>> {
@@ -647,19 +745,32 @@ impl ChunkStore for LocalStore {
     }
 
     fn remove_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        let mut j = self.journal.lock();
+        j.append(Kind::NameRemoved, name.as_bytes())?;
+        j.sync()?;
         let old = self.index.names.remove(name)?;
+        drop(j);
         self.index.db.flush()?;
         old.map(|v| Index::decode_name(&v)).transpose()
     }
 
     fn put_name(&self, name: &str, record: &NameRecord) -> Result<()> {
-        self.index.names.insert(name, Index::encode_name(record))?;
+        let value = Index::encode_name(record);
+        let mut j = self.journal.lock();
+        j.append(Kind::Name, &journal::name_payload(name, &value))?;
+        j.sync()?;
+        self.index.names.insert(name, value)?;
+        drop(j);
         self.index.db.flush()?;
         Ok(())
     }
 
     fn remove_manifest(&self, file_id: &Hash) -> Result<bool> {
+        let mut j = self.journal.lock();
+        j.append(Kind::ManifestRemoved, file_id.as_bytes())?;
+        j.sync()?;
         let old = self.index.files.remove(file_id.as_bytes())?;
+        drop(j);
         self.index.db.flush()?;
         Ok(old.is_some())
     }
@@ -688,4 +799,101 @@ impl ChunkStore for LocalStore {
         self.index.db.flush()?;
         Ok(())
     }
+}
+
+/// Takes the store's advisory lock (held while the returned file is open).
+fn lock_store(root: &Path) -> Result<std::fs::File> {
+    let lock_path = root.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(Error::io("cannot open lock file", &lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(root.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &lock_path)(e)),
+    }
+}
+
+/// Builds a fresh sled index at `path` from the journal at `journal_path`.
+fn replay_journal(path: &Path, journal_path: &Path) -> Result<journal::ReplayReport> {
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(8 << 20)
+        .open()?;
+    let meta = db.open_tree("meta")?;
+    let pages = db.open_tree("pages")?;
+    let files = db.open_tree("files")?;
+    let names = db.open_tree("names")?;
+    let mut config = false;
+    let report = journal::replay(journal_path, |kind, p| {
+        match kind {
+            Kind::Config => {
+                meta.insert("format", &[crate::store::index::STORE_FORMAT])?;
+                meta.insert("config", p)?;
+                config = true;
+            }
+            Kind::Page => {
+                pages.insert(Hash::of(p).as_bytes(), p)?;
+            }
+            Kind::Manifest => {
+                let m = Manifest::decode(p)?;
+                files.insert(m.file_id.as_bytes(), p)?;
+            }
+            Kind::Name => {
+                if let Some((name, value)) = journal::split_name_payload(p) {
+                    names.insert(name, value)?;
+                }
+            }
+            Kind::NameRemoved => {
+                names.remove(p)?;
+            }
+            Kind::ManifestRemoved => {
+                files.remove(p)?;
+            }
+            Kind::PagesRemoved => {
+                for h in p.chunks_exact(32) {
+                    pages.remove(h)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if !config {
+        return Err(Error::InvalidParams(format!(
+            "the journal {} holds no store config: the index cannot be rebuilt from it",
+            journal_path.display()
+        )));
+    }
+    db.flush()?;
+    Ok(report)
+}
+
+/// Journal records that rebuild what `index` holds: config, pages, manifests, names (read
+/// lazily: a large store's pages are never all in memory).
+fn snapshot(index: &Index) -> impl Iterator<Item = Result<(Kind, Vec<u8>)>> + use<> {
+    let config = index
+        .meta
+        .get("config")
+        .map_err(Error::from)
+        .transpose()
+        .map(|c| c.map(|c| (Kind::Config, c.to_vec())));
+    let pages = index
+        .pages
+        .iter()
+        .values()
+        .map(|v| Ok((Kind::Page, v?.to_vec())));
+    let files = index
+        .files
+        .iter()
+        .values()
+        .map(|v| Ok((Kind::Manifest, v?.to_vec())));
+    let names = index.names.iter().map(|kv| {
+        let (k, v) = kv?;
+        let name = String::from_utf8_lossy(&k);
+        Ok((Kind::Name, journal::name_payload(&name, &v)))
+    });
+    config.into_iter().chain(pages).chain(files).chain(names)
 }

@@ -168,7 +168,11 @@ impl ChunkStore for MemoryStore {
         Ok(check)
     }
 
-    fn repair_chunks(&self, check: &ChunkCheck, _reindex: bool) -> Result<ChunkRepair> {
+    fn repair_chunks(
+        &self,
+        check: &ChunkCheck,
+        _wanted: Option<&std::collections::HashSet<Hash>>,
+    ) -> Result<ChunkRepair> {
         let mut inner = self.lock();
         let mut out = ChunkRepair::default();
         for b in &check.bad {

@@ -10,6 +10,7 @@
 mod check;
 mod guard;
 mod index;
+pub mod journal;
 mod local;
 mod memory;
 pub mod pack;
@@ -241,12 +242,17 @@ pub trait ChunkStore: Send + Sync {
 
     /// Repairs what `check` found: bad chunks are pointed at an intact copy if the packs hold
     /// one, else copied to a quarantine directory and dropped from the index (never deleted);
-    /// index entries that point at nothing are dropped. With `reindex`, every intact entry
-    /// not indexed is indexed (rebuilding a lost chunk table).
+    /// index entries that point at nothing are dropped. Intact copies of chunks the index
+    /// lacks are indexed: those in `wanted`, or all of them if `wanted` is `None` (rebuilding
+    /// a lost chunk table).
     ///
     /// # Errors
     /// I/O and index errors.
-    fn repair_chunks(&self, check: &ChunkCheck, reindex: bool) -> Result<ChunkRepair>;
+    fn repair_chunks(
+        &self,
+        check: &ChunkCheck,
+        wanted: Option<&std::collections::HashSet<Hash>>,
+    ) -> Result<ChunkRepair>;
 
     /// Bytes a chunk check reads (for progress).
     ///
