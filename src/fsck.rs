@@ -148,7 +148,8 @@ pub fn fsck(
     let manifests = store.manifests()?;
     r.files = manifests.len() as u64;
     for m in &manifests {
-        let file_problems = check_manifest(store, m, &bad, &mut r, &mut affected, &label(&m.file_id))?;
+        let file_problems =
+            check_manifest(store, m, &bad, &mut r, &mut affected, &label(&m.file_id))?;
         if file_problems {
             damaged.insert(m.file_id);
         }

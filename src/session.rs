@@ -623,7 +623,6 @@ impl Sessions {
         }
         Ok(expired)
     }
-
 }
 
 /// Every open session's manifest in `store`: chunks gc must keep. A session past its TTL

@@ -5,6 +5,7 @@ mod integration {
     pub mod data;
     pub mod dedup;
     pub mod golden;
+    pub mod lifecycle;
     pub mod net;
     pub mod push_pull;
     pub mod roundtrip;

@@ -17,10 +17,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::{Json, Router};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
+use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -32,6 +32,7 @@ pub use auth::{Auth, Scope};
 pub use error::ApiError;
 
 use crate::error::{Error, Result};
+use crate::fsck::{FsckOptions, FsckReport};
 use crate::gc::{GcOptions, GcReport};
 use crate::session::Sessions;
 use crate::sink::ChunkSink;
@@ -181,7 +182,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/chunks/fetch", post(chunks::fetch))
         // Maintenance runs as long as the store is large.
-        .route("/v1/gc", post(gc_now));
+        .route("/v1/gc", post(gc_now))
+        .route("/v1/fsck", post(fsck_now));
     bounded
         .merge(streaming)
         .layer(axum::middleware::from_fn_with_state(
@@ -287,6 +289,36 @@ async fn run_gc(state: &AppState) -> Result<GcReport, ApiError> {
     let store = state.store();
     let opts = state.limits().gc;
     blocking(move || crate::gc::gc(&*store, &opts)).await
+}
+
+/// Query of `POST /v1/fsck`.
+#[derive(serde::Deserialize)]
+struct FsckQuery {
+    #[serde(default)]
+    repair: bool,
+}
+
+/// `POST /v1/fsck[?repair=true]`: checks (and repairs) the store now, going on from an
+/// interrupted check; answers the report (status 200 whatever it found: see `clean`).
+async fn fsck_now(
+    State(st): State<AppState>,
+    Query(q): Query<FsckQuery>,
+) -> Result<Json<FsckReport>, ApiError> {
+    let store = st.store();
+    let opts = FsckOptions {
+        repair: q.repair,
+        resume: true,
+        reindex: false,
+    };
+    let report = blocking(move || crate::fsck::fsck(&*store, &opts, &|_| {})).await?;
+    if !report.clean {
+        tracing::warn!(
+            bad_chunks = report.bad_chunks,
+            damaged_files = report.damaged_files,
+            "fsck found problems"
+        );
+    }
+    Ok(Json(report))
 }
 
 /// `POST /v1/gc`: runs gc now (waits for one already running) and answers its report.

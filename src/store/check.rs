@@ -24,9 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::pack::{
-    ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, pack_path, parse_entry_header,
-};
+use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, pack_path, parse_entry_header};
 use crate::store::{BadChunk, ChunkCheck, ChunkRepair, LocalStore};
 
 /// Where an interrupted check's progress is kept, under the store directory.
@@ -238,7 +236,10 @@ impl LocalStore {
         };
         let mut walk = PackWalk {
             pack,
-            at: indexed.into_iter().map(|(id, l)| (l.offset, (id, l))).collect(),
+            at: indexed
+                .into_iter()
+                .map(|(id, l)| (l.offset, (id, l)))
+                .collect(),
             judged: HashSet::new(),
             st,
         };
@@ -314,23 +315,24 @@ impl LocalStore {
         for (id, loc) in rest {
             let c = &mut walk.st.check;
             let mut h = [0u8; ENTRY_HEADER_LEN];
-            let read = file.read_exact_at(&mut h, loc.offset).ok().and_then(|()| {
-                match parse_entry_header(&h) {
-                    Some((hid, tag, raw, stored))
-                        if hid == id
-                            && tag == loc.codec
-                            && raw == loc.raw_len
-                            && stored == loc.stored_len
-                            && stored <= MAX_ENTRY =>
-                    {
-                        let mut payload = vec![0; stored as usize];
-                        file.read_exact_at(&mut payload, loc.offset + ENTRY_HEADER_LEN as u64)
-                            .ok()
-                            .map(|()| payload)
-                    }
-                    _ => None,
-                }
-            });
+            let read =
+                file.read_exact_at(&mut h, loc.offset).ok().and_then(
+                    |()| match parse_entry_header(&h) {
+                        Some((hid, tag, raw, stored))
+                            if hid == id
+                                && tag == loc.codec
+                                && raw == loc.raw_len
+                                && stored == loc.stored_len
+                                && stored <= MAX_ENTRY =>
+                        {
+                            let mut payload = vec![0; stored as usize];
+                            file.read_exact_at(&mut payload, loc.offset + ENTRY_HEADER_LEN as u64)
+                                .ok()
+                                .map(|()| payload)
+                        }
+                        _ => None,
+                    },
+                );
             let why = match read {
                 None => Some("no matching entry there (damaged or cut off)".to_owned()),
                 Some(payload) => verify(&id, loc.codec, loc.raw_len, &payload),

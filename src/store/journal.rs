@@ -275,7 +275,8 @@ pub fn replay(
             return Ok(report);
         }
         let mut payload = vec![0; len as usize];
-        if pos + (HEADER_LEN as u64) + u64::from(len) > total || r.read_exact(&mut payload).is_err() {
+        if pos + (HEADER_LEN as u64) + u64::from(len) > total || r.read_exact(&mut payload).is_err()
+        {
             report.stopped = Some(format!("torn record at offset {pos}"));
             return Ok(report);
         }

@@ -334,7 +334,10 @@ impl LocalStore {
                 tracing::warn!(pack, chunk = %id, error = %e, "not compacting a pack with an unreadable entry; run `hoard fsck`");
                 return Ok(false);
             }
-            if out.as_ref().is_some_and(|(w, _)| w.len() >= PACK_TARGET_LEN) {
+            if out
+                .as_ref()
+                .is_some_and(|(w, _)| w.len() >= PACK_TARGET_LEN)
+            {
                 let (mut w, b) = out.take().expect("checked");
                 w.sync()?;
                 busy.push(b);
@@ -457,7 +460,8 @@ impl PendingCommit for LocalCommit {
                 .map_err(Error::io("cannot sync pack", path))?;
         }
         if !self.pending.is_empty() {
-            self.guard.note_stored(self.pending.iter().map(|(id, _)| *id));
+            self.guard
+                .note_stored(self.pending.iter().map(|(id, _)| *id));
             self.index.insert_locs(&self.pending)?;
         }
         Ok(())
@@ -652,7 +656,9 @@ impl ChunkStore for LocalStore {
         let mut j = self.journal.lock();
         j.append(Kind::Manifest, &bytes)?;
         j.sync()?;
-        self.index.files.insert(manifest.file_id.as_bytes(), bytes)?;
+        self.index
+            .files
+            .insert(manifest.file_id.as_bytes(), bytes)?;
         drop(j);
         self.index.db.flush()?;
         Ok(())

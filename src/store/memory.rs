@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::{
-    BadChunk, ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport,
-    Guard, NameRecord, NameVersion, PendingCommit, StoredChunk,
+    BadChunk, ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
+    NameRecord, NameVersion, PendingCommit, StoredChunk,
 };
 
 #[derive(Default)]

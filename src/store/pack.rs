@@ -67,9 +67,10 @@ pub fn entry_header(
     h
 }
 
-/// Decodes an entry header: `(id, codec tag, raw_len, stored_len)`, or `None` if the magic is wrong.
+/// Decodes an entry header: `(id, codec tag, raw_len, stored_len)`, or `None` if the magic
+/// is wrong or the reserved bytes are not zero (so any damage to a header shows).
 pub fn parse_entry_header(h: &[u8; ENTRY_HEADER_LEN]) -> Option<(Hash, u8, u32, u32)> {
-    if h[0..4] != ENTRY_MAGIC {
+    if h[0..4] != ENTRY_MAGIC || h[5..8] != [0, 0, 0] {
         return None;
     }
     let raw_len = u32::from_le_bytes(h[8..12].try_into().ok()?);

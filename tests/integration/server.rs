@@ -549,6 +549,8 @@ fn missing_query_answers_in_both_encodings_and_openapi_lists_every_route() {
         "/v1/manifests/{name}",
         "/v1/stats",
         "/v1/config",
+        "/v1/gc",
+        "/v1/fsck",
         "/healthz",
         "/metrics",
     ] {
