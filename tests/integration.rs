@@ -4,6 +4,7 @@ mod integration {
     pub mod cli;
     pub mod data;
     pub mod dedup;
+    pub mod faults;
     pub mod golden;
     pub mod lifecycle;
     pub mod net;

@@ -41,6 +41,31 @@ const CHUNK_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// The chunk table: id -> [`ChunkLoc`] record.
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
 
+/// Opens sled at `path`. sled locks its file and lets go only when its background flusher
+/// notices the database was dropped: reopening in the same process right after a close can
+/// find it still locked for a moment, so that case is retried for up to 2 s. (Other processes
+/// are kept out by the store's own lock before this is reached.)
+///
+/// # Errors
+/// I/O and sled errors.
+pub fn open_sled(path: &Path, cache: u64) -> Result<sled::Db> {
+    let mut tries = 0;
+    loop {
+        match sled::Config::new().path(path).cache_capacity(cache).open() {
+            Ok(db) => return Ok(db),
+            // sled reports its lock as `Other` with this text.
+            Err(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock") && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(sled::Error::Io(io)) => return Err(Error::io("cannot open index", path)(io)),
+            Err(other) => return Err(Error::Index(other)),
+        }
+    }
+}
+
 /// Handles to the sled database and its trees (all cheap `Clone`s).
 #[derive(Clone)]
 pub struct Index {
@@ -59,14 +84,7 @@ impl Index {
     /// # Errors
     /// [`Error::Locked`] if another process holds it; sled errors otherwise.
     pub fn open(path: &Path, chunks_path: &Path, store_root: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => Error::io("cannot open index", path)(io),
-                other => Error::Index(other),
-            })?;
+        let db = open_sled(path, CACHE_BYTES)?;
         let chunks = redb::Database::builder()
             .set_cache_size(CHUNK_CACHE_BYTES)
             .create(chunks_path)

@@ -21,7 +21,7 @@ use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
-use crate::store::index::Index;
+use crate::store::index::{Index, open_sled};
 use crate::store::journal::{self, Journal, Kind};
 use crate::store::pack::{
     ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, PACK_TARGET_LEN, PackReader, PackWriter, pack_path,
@@ -194,12 +194,7 @@ impl LocalStore {
                 Index::probe_chunks(&chunks)?;
             }
             let index = root.join("index");
-            let sled_ok = index.is_dir()
-                && sled::Config::new()
-                    .path(&index)
-                    .cache_capacity(1 << 20)
-                    .open()
-                    .is_ok();
+            let sled_ok = index.is_dir() && open_sled(&index, 1 << 20).is_ok();
             if rebuild || !sled_ok {
                 if index.exists() {
                     let aside = root.join(format!("index.damaged-{secs}"));
@@ -825,10 +820,7 @@ fn lock_store(root: &Path) -> Result<std::fs::File> {
 
 /// Builds a fresh sled index at `path` from the journal at `journal_path`.
 fn replay_journal(path: &Path, journal_path: &Path) -> Result<journal::ReplayReport> {
-    let db = sled::Config::new()
-        .path(path)
-        .cache_capacity(8 << 20)
-        .open()?;
+    let db = open_sled(path, 8 << 20)?;
     let meta = db.open_tree("meta")?;
     let pages = db.open_tree("pages")?;
     let files = db.open_tree("files")?;
