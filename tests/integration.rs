@@ -2,6 +2,7 @@
 
 mod integration {
     pub mod cli;
+    pub mod crash;
     pub mod data;
     pub mod dedup;
     pub mod faults;
