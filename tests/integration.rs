@@ -5,6 +5,7 @@ mod integration {
     pub mod crash;
     pub mod data;
     pub mod dedup;
+    pub mod diskfull;
     pub mod faults;
     pub mod golden;
     pub mod lifecycle;

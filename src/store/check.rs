@@ -180,7 +180,10 @@ impl LocalStore {
             }
             self.check_pack(pack, len, indexed, &mut st, progress)?;
             st.done.push(pack);
-            write_state(&state_path, &st)?;
+            // Progress is a convenience: a full disk must not stop the check itself.
+            if let Err(e) = write_state(&state_path, &st) {
+                tracing::warn!(error = %e, "cannot save fsck progress; an interrupted check will start over");
+            }
         }
         let mut check = std::mem::take(&mut st.check);
         for (pack, entries) in by_pack {

@@ -69,7 +69,7 @@ fn import_killed_at_random_moments_loses_nothing() {
         let name = format!("t{trial}");
         let mut cmd = hoard(&s.store());
         cmd.args(["import", "--name", &name]).arg(&p);
-        let finished = kill_after(cmd, &mut rng, 120);
+        let finished = kill_after(cmd, &mut rng, 70);
         killed += u64::from(!finished);
         assert_clean(&s.store());
         assert_all_export(&s, &stored);
@@ -146,7 +146,7 @@ fn server_killed_during_pushes_loses_nothing() {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let mut client = push.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..250)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..180)));
         let pushed = matches!(client.try_wait(), Ok(Some(st)) if st.success());
         server.kill();
         let _ = client.kill();
