@@ -2,6 +2,7 @@
 
 mod integration {
     pub mod cli;
+    pub mod concurrent;
     pub mod crash;
     pub mod data;
     pub mod dedup;
