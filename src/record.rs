@@ -25,11 +25,18 @@ pub fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     out
 }
 
-/// Decodes a value written by [`encode`] with the same `version`.
+/// Decodes a value written by [`encode`] with the same `version`. Only the canonical
+/// encoding is accepted (bincode's varints could spell one value several ways): what decodes
+/// re-encodes to the same bytes, so content hashes of records stay meaningful.
 ///
 /// # Errors
-/// [`Error::Version`] for another version byte, [`Error::Decode`] for damaged bytes.
-pub fn decode<T: DeserializeOwned>(what: &'static str, version: u8, bytes: &[u8]) -> Result<T> {
+/// [`Error::Version`] for another version byte, [`Error::Decode`] for damaged or
+/// non-canonical bytes.
+pub fn decode<T: Serialize + DeserializeOwned>(
+    what: &'static str,
+    version: u8,
+    bytes: &[u8],
+) -> Result<T> {
     let Some((&found, body)) = bytes.split_first() else {
         return Err(Error::Version {
             what,
@@ -49,14 +56,15 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, version: u8, bytes: &[u8]
             what: what.to_owned(),
             source,
         })?;
+    let bad = |detail: String| Error::Decode {
+        what: what.to_owned(),
+        source: bincode::error::DecodeError::OtherString(detail),
+    };
     if used != body.len() {
-        return Err(Error::Decode {
-            what: what.to_owned(),
-            source: bincode::error::DecodeError::OtherString(format!(
-                "{} trailing bytes",
-                body.len() - used
-            )),
-        });
+        return Err(bad(format!("{} trailing bytes", body.len() - used)));
+    }
+    if encode(version, &value) != bytes {
+        return Err(bad("not in canonical form".into()));
     }
     Ok(value)
 }

@@ -11,6 +11,7 @@ mod integration {
     pub mod golden;
     pub mod lifecycle;
     pub mod net;
+    pub mod properties;
     pub mod push_pull;
     pub mod roundtrip;
     pub mod server;

@@ -129,31 +129,20 @@ pub async fn download(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    // RFC 9110: a Range that does not parse (or has another unit) is ignored; one that parses
-    // but lies past the end (any range of an empty file) is 416; several ranges get the
-    // whole file.
-    let range = match headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|r| http_range_header::parse_range_header(r).ok())
-    {
-        None => None,
-        Some(_) if len == 0 => return Err(ApiError::RangeNotSatisfiable(len)),
-        Some(parsed) => match parsed.validate(len) {
-            Ok(ranges) if ranges.len() == 1 && *ranges[0].start() < len => Some(ranges[0].clone()),
-            Ok(ranges) if ranges.len() > 1 => None,
-            _ => return Err(ApiError::RangeNotSatisfiable(len)),
-        },
+    let (status, start, end) = match choose_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        len,
+    ) {
+        RangeChoice::Part(start, end) => (StatusCode::PARTIAL_CONTENT, start, end),
+        RangeChoice::Whole => (StatusCode::OK, 0, len),
+        RangeChoice::NotSatisfiable => return Err(ApiError::RangeNotSatisfiable(len)),
     };
-    let (status, start, end) = match &range {
-        Some(r) => (StatusCode::PARTIAL_CONTENT, *r.start(), *r.end() + 1),
-        None => (StatusCode::OK, 0, len),
-    };
+    let partial = status == StatusCode::PARTIAL_CONTENT;
     let mut resp = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-        let whole = range.is_none();
+        let whole = !partial;
         let served = st.clone();
         let (rt, idle) = (tokio::runtime::Handle::current(), st.limits().idle_timeout);
         tokio::task::spawn_blocking(move || {
@@ -200,12 +189,36 @@ pub async fn download(
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
-    if range.is_some()
-        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1))
-    {
+    if partial && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
         h.insert(header::CONTENT_RANGE, v);
     }
     Ok(resp)
+}
+
+/// What a `Range` header asks of a file of `len` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeChoice {
+    /// The whole file (no header, one that does not parse or has another unit, or several ranges).
+    Whole,
+    /// Bytes `start..end` (206).
+    Part(u64, u64),
+    /// A range that parses but lies past the end, or any range of an empty file (416).
+    NotSatisfiable,
+}
+
+/// Reads a `Range` header as RFC 9110 says: a header that does not parse is ignored.
+pub fn choose_range(header: Option<&str>, len: u64) -> RangeChoice {
+    match header.and_then(|r| http_range_header::parse_range_header(r).ok()) {
+        None => RangeChoice::Whole,
+        Some(_) if len == 0 => RangeChoice::NotSatisfiable,
+        Some(parsed) => match parsed.validate(len) {
+            Ok(ranges) if ranges.len() == 1 && *ranges[0].start() < len => {
+                RangeChoice::Part(*ranges[0].start(), *ranges[0].end() + 1)
+            }
+            Ok(ranges) if ranges.len() > 1 => RangeChoice::Whole,
+            _ => RangeChoice::NotSatisfiable,
+        },
+    }
 }
 
 /// `DELETE /v1/files/{name, name@N or id}`: as `hoard rm` (see `names::remove`); the chunks

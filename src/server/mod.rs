@@ -30,6 +30,7 @@ use tracing::Level;
 
 pub use auth::{Auth, Scope};
 pub use error::ApiError;
+pub use files::{RangeChoice, choose_range};
 
 use crate::error::{Error, Result};
 use crate::fsck::{FsckOptions, FsckReport};

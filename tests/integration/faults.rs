@@ -42,13 +42,13 @@ fn populate(root: &Path, n: u64, seed: u64) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Where each chunk is stored.
+type Locations = HashMap<Hash, (PathBuf, ChunkLoc)>;
+/// Which files use each chunk.
+type Users = HashMap<Hash, Vec<String>>;
+
 /// Where every stored chunk lives, and which files use it.
-fn layout(
-    store: &LocalStore,
-) -> (
-    HashMap<Hash, (PathBuf, ChunkLoc)>,
-    HashMap<Hash, Vec<String>>,
-) {
+fn layout(store: &LocalStore) -> (Locations, Users) {
     let mut locs = HashMap::new();
     let mut users: HashMap<Hash, Vec<String>> = HashMap::new();
     for (name, rec) in hoard::store::ChunkStore::names(store).unwrap() {
