@@ -303,8 +303,12 @@ struct FsckQuery {
 /// interrupted check; answers the report (status 200 whatever it found: see `clean`).
 async fn fsck_now(
     State(st): State<AppState>,
-    Query(q): Query<FsckQuery>,
+    q: Result<Query<FsckQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<FsckReport>, ApiError> {
+    let Query(q) = q.map_err(|e| Error::Malformed {
+        what: "query",
+        detail: e.body_text(),
+    })?;
     let store = st.store();
     let opts = FsckOptions {
         repair: q.repair,
