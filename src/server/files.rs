@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -138,6 +138,7 @@ pub async fn download(
         RangeChoice::NotSatisfiable => return Err(ApiError::RangeNotSatisfiable(len)),
     };
     let partial = status == StatusCode::PARTIAL_CONTENT;
+    let file_id = m.file_id;
     let mut resp = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
@@ -179,7 +180,19 @@ pub async fn download(
                 }
             }
         });
-        Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).into_response()
+        // Nothing is sent before the first piece is ready: a file that fails verification
+        // there (any file of one piece: its only piece is held back until the whole file is
+        // checked) gets a 500. Later failures can only cut the body short.
+        let first = match rx.recv().await {
+            Some(Err(_)) => {
+                return Err(ApiError::Internal(format!(
+                    "file {file_id} failed verification; nothing was sent"
+                )));
+            }
+            first => first,
+        };
+        let rest = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Body::from_stream(futures_util::stream::iter(first).chain(rest)).into_response()
     };
     *resp.status_mut() = status;
     let h = resp.headers_mut();

@@ -287,3 +287,48 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Over HTTP a corrupt chunk is never served: a one-piece file and the chunk itself get a 500
+/// with a generic body, and the server log names the chunk.
+#[test]
+fn corrupt_chunks_get_500_over_http_and_the_log_names_them() {
+    let s = Scratch::new();
+    let files = populate(&s.store(), 2, 300);
+    let (locs, users) = layout(&LocalStore::open_existing(&s.store()).unwrap());
+    let (bad, (path, loc)) = locs
+        .iter()
+        .find(|(id, _)| users[*id] == ["f0"])
+        .map(|(id, l)| (*id, l.to_owned()))
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(loc.offset as usize) + ENTRY_HEADER_LEN + 10] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+
+    let log = s.path("server.log");
+    let server = super::net::ChildServer::start_logging(&s.store(), &log);
+    let get = |path: &str| {
+        super::net::rt().block_on(async {
+            let r = reqwest::get(format!("{}{path}", server.url)).await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.bytes().await.map(|b| b.to_vec()))
+        })
+    };
+    let (status, body) = get("/v1/files/f0");
+    assert_eq!(status, 500);
+    let body: serde_json::Value = serde_json::from_slice(&body.unwrap()).unwrap();
+    assert_eq!(body["error"], "internal");
+    assert!(
+        !body.to_string().contains(&bad.to_hex()),
+        "the detail leaked: {body}"
+    );
+    let (status, _) = get(&format!("/v1/chunks/{bad}"));
+    assert_eq!(status, 500);
+    let (status, body) = get("/v1/files/f1");
+    assert_eq!((status, body.unwrap()), (200, files[1].1.clone()));
+    server.kill();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains(&bad.to_hex()),
+        "the log does not name {bad}: {log}"
+    );
+}

@@ -96,11 +96,20 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn start(store: &Path) -> Self {
+        Self::spawn(store, Stdio::null())
+    }
+
+    /// As [`ChildServer::start`], with its log (stderr) going to `log`.
+    pub fn start_logging(store: &Path, log: &Path) -> Self {
+        Self::spawn(store, std::fs::File::create(log).expect("log file").into())
+    }
+
+    fn spawn(store: &Path, stderr: Stdio) -> Self {
         let mut child = super::support::hoard(store)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn hoard serve");
         let mut line = String::new();
