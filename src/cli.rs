@@ -427,20 +427,21 @@ fn gc(store: &LocalStore, a: &GcArgs) -> Result<()> {
 }
 
 fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
-    let store = if a.repair {
-        let (store, reset) = LocalStore::open_for_repair(root, a.rebuild_index)
+    let (store, keep_names) = if a.repair {
+        let (store, reset, partial) = LocalStore::open_for_repair(root, a.rebuild_index)
             .with_context(|| format!("cannot open store {}", root.display()))?;
         for note in &reset {
             eprintln!("hoard: {note}");
         }
-        store
+        (store, partial)
     } else {
-        open(root, false)?
+        (open(root, false)?, false)
     };
     let opts = hoard::fsck::FsckOptions {
         repair: a.repair,
         resume: !a.from_scratch,
         reindex: a.reindex || LocalStore::needs_reindex(root),
+        keep_names,
     };
     let pb = output::bar(Some(store.check_bytes()?), "checking");
     let r = hoard::fsck::fsck(&store, &opts, &|n| pb.inc(n))

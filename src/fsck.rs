@@ -32,6 +32,9 @@ pub struct FsckOptions {
     pub resume: bool,
     /// Index every intact chunk the packs hold that the chunk table lacks (rebuilding it).
     pub reindex: bool,
+    /// With `repair`: drop no name version, even one whose file is gone (after a rebuild
+    /// from a damaged journal, the file may come back by other means).
+    pub keep_names: bool,
 }
 
 /// One problem and the files it affects.
@@ -178,6 +181,7 @@ pub fn fsck(
     r.damaged_files = damaged.len() as u64;
 
     // Names.
+    let _names_held = store.guard().naming();
     for (name, mut rec) in store.names()? {
         let before = rec.versions.len();
         let mut broken = Vec::new();
@@ -198,7 +202,7 @@ pub fn fsck(
                 files: Vec::new(),
             });
         }
-        if let Some(rep) = &mut r.repair {
+        if let Some(rep) = r.repair.as_mut().filter(|_| !opts.keep_names) {
             let mut kept = Vec::new();
             for v in rec.versions {
                 if store.get_manifest(&v.file_id)?.is_some() {

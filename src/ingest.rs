@@ -269,6 +269,9 @@ impl<'a> StoreStage<'a> {
                 id: *id,
                 len: span.len() as u32,
             }) {
+                // Stored and pinned under the gc lock: a sweep sees the pin or runs before
+                // the page exists (an identical unreferenced page could be a candidate).
+                let _held = self.store.guard().read();
                 self.store.put_page(&page.pref.hash, &page.bytes)?;
                 self.pin.sealed(page.pref.hash, page.pref.chunks as usize);
             }
@@ -302,6 +305,7 @@ fn finish(
 ) -> Result<(Manifest, IngestReport)> {
     let (manifest, last) = builder.finish(file_id, store.config().chunker);
     if let Some(page) = last {
+        let _held = store.guard().read();
         store.put_page(&page.pref.hash, &page.bytes)?;
         pin.sealed(page.pref.hash, page.pref.chunks as usize);
     }

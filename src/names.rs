@@ -121,9 +121,15 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
 /// Points `name` at `manifest`'s file as its newest version (unless it already is).
 ///
 /// # Errors
-/// [`Error::InvalidName`] or store errors.
+/// [`Error::InvalidName`]; [`Error::NotFound`] if the file is not stored (removed meanwhile);
+/// store errors.
 pub fn record(store: &dyn ChunkStore, name: &str, manifest: &Manifest) -> Result<NameRecord> {
     validate(name)?;
+    let _one_at_a_time = store.guard().naming();
+    // A concurrent `rm` of this file may have won: then the name must not point at it.
+    if store.get_manifest(&manifest.file_id)?.is_none() {
+        return Err(Error::NotFound(manifest.file_id.to_string()));
+    }
     if let Some(rec) = store.get_name(name)?
         && rec
             .versions
@@ -166,6 +172,7 @@ pub struct Removed {
 /// # Errors
 /// [`Error::NotFound`], [`Error::NoSuchVersion`], [`Error::Ambiguous`], or store errors.
 pub fn remove(store: &dyn ChunkStore, spec: &str) -> Result<Removed> {
+    let _one_at_a_time = store.guard().naming();
     let mut out = Removed::default();
     let mut dropped: Vec<Hash> = Vec::new();
     if let Some(rec) = store.get_name(spec)? {

@@ -38,7 +38,7 @@ pub struct ServeArgs {
     /// Allow listening on a non-loopback address without any token.
     #[arg(long)]
     insecure_no_auth: bool,
-    /// Largest chunk accepted (K and M suffixes allowed).
+    /// Largest chunk accepted, at most 16M (K and M suffixes allowed).
     #[arg(long, value_parser = crate::cli::parse_size, default_value = "1M")]
     max_chunk: u32,
     /// Largest body of a chunk batch, manifest or id list.
@@ -151,6 +151,12 @@ pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
         specs.extend(Auth::specs_from_file(f)?);
     }
     let auth = Auth::new(&specs, a.public_read)?;
+    // FastCDC 2020 never cuts past 16 MiB; fsck takes longer entries for damage.
+    anyhow::ensure!(
+        a.max_chunk <= 16 << 20,
+        "--max-chunk {} is over 16M, the largest chunk a store holds",
+        a.max_chunk
+    );
     server::check_exposure(a.listen, &auth, a.insecure_no_auth)?;
     let limits = Limits {
         max_chunk: a.max_chunk,

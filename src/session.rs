@@ -708,7 +708,9 @@ impl Opening<'_> {
             }
             self.total += u64::from(r.len);
             if let Some(p) = self.builder.push(*r) {
-                self.sessions.store.put_page(&p.pref.hash, &p.bytes)?;
+                let store = &self.sessions.store;
+                let _held = store.guard().read(); // see ingest: store and pin as one step
+                store.put_page(&p.pref.hash, &p.bytes)?;
                 self.pin.add_page(p.pref.hash);
             }
         }
@@ -741,6 +743,7 @@ impl Opening<'_> {
         let builder = std::mem::take(&mut self.builder);
         let (manifest, last) = builder.finish(file_id, self.chunker);
         if let Some(p) = last {
+            let _held = store.guard().read();
             store.put_page(&p.pref.hash, &p.bytes)?;
             self.pin.add_page(p.pref.hash);
         }

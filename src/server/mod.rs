@@ -314,6 +314,7 @@ async fn fsck_now(
         repair: q.repair,
         resume: true,
         reindex: false,
+        keep_names: false,
     };
     let report = blocking(move || crate::fsck::fsck(&*store, &opts, &|_| {})).await?;
     if !report.clean {

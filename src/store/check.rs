@@ -171,8 +171,17 @@ impl LocalStore {
             }
             Ok(())
         })?;
+        let files = self.packs.list()?;
+        // A pack checked before the interruption that is gone now was compacted since: the
+        // findings no longer describe the store, so start over.
+        if st.done.iter().any(|d| !files.iter().any(|(p, _)| p == d)) {
+            st = State {
+                version: STATE_VERSION,
+                ..State::default()
+            };
+        }
         let done: HashSet<u64> = st.done.iter().copied().collect();
-        for (pack, len) in self.packs.list()? {
+        for (pack, len) in files {
             let indexed = by_pack.remove(&pack).unwrap_or_default();
             if done.contains(&pack) {
                 progress(len);
@@ -210,7 +219,10 @@ impl LocalStore {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
         let path = pack_path(self.packs.dir(), pack);
-        let entry_end = |l: &ChunkLoc| l.offset + ENTRY_HEADER_LEN as u64 + u64::from(l.stored_len);
+        let entry_end = |l: &ChunkLoc| {
+            l.offset
+                .saturating_add(ENTRY_HEADER_LEN as u64 + u64::from(l.stored_len))
+        };
         // A pack still being written is checked only as far as the index knew it.
         let end = if self.is_busy(pack) {
             indexed
@@ -358,9 +370,21 @@ impl LocalStore {
         check: &ChunkCheck,
         wanted: Option<&HashSet<Hash>>,
     ) -> Result<ChunkRepair> {
+        // Copies are read again before the index is pointed at them: packs may have been
+        // compacted since the check found them.
         let mut spare: HashMap<Hash, ChunkLoc> = HashMap::new();
+        let mut payload = Vec::new();
         for (id, loc) in &check.spare {
-            spare.entry(*id).or_insert(*loc);
+            if spare.contains_key(id) {
+                continue;
+            }
+            let intact = self
+                .packs
+                .read_into(id, loc, &mut payload)
+                .is_ok_and(|_| verify(id, loc.codec, loc.raw_len, &payload).is_none());
+            if intact {
+                spare.insert(*id, *loc);
+            }
         }
         let mut out = ChunkRepair::default();
         let mut moves = Vec::new();

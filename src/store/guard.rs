@@ -37,6 +37,8 @@ struct Inner {
     recent: Mutex<Recent>,
     /// One gc (or fsck) at a time.
     maintenance: Mutex<()>,
+    /// One change to names at a time (each reads, checks and writes).
+    naming: Mutex<()>,
 }
 
 /// What one pin holds.
@@ -72,6 +74,12 @@ impl Guard {
             .maintenance
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held while names change (`names::record`, `names::remove`, fsck's name repair): a name
+    /// is only pointed at a file that is stored, and no change overwrites another.
+    pub fn naming(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0.naming.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A new, empty pin; it lets go when dropped.

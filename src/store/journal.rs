@@ -123,9 +123,18 @@ impl Appender<'_> {
     /// # Errors
     /// I/O errors (a full disk among them).
     pub fn append(&mut self, kind: Kind, payload: &[u8]) -> Result<()> {
-        self.file
-            .write_all(&record(kind, payload))
-            .map_err(Error::io("cannot write journal", self.path))
+        let before = self
+            .file
+            .metadata()
+            .map_err(Error::io("cannot stat", self.path))?
+            .len();
+        let written = self.file.write_all(&record(kind, payload));
+        if written.is_err() {
+            // A part written before the error (a full disk) would hide every later record
+            // from a replay: cut it off again.
+            let _ = self.file.set_len(before);
+        }
+        written.map_err(Error::io("cannot write journal", self.path))
     }
 
     /// Makes the records appended so far durable.
@@ -224,21 +233,26 @@ impl Journal {
             .into_inner()
             .map_err(|e| io("cannot write")(e.into_error()))?;
         file.sync_all().map_err(io("cannot sync"))?;
+        // Open the new file before it replaces the old one, so appends never go to an
+        // unlinked file whatever fails after the rename.
+        let reopened = OpenOptions::new()
+            .append(true)
+            .open(&tmp)
+            .map_err(io("cannot open"))?;
         std::fs::rename(&tmp, &self.path).map_err(io("cannot rename"))?;
+        *held.file = reopened;
         if let Some(dir) = self.path.parent() {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(Error::io("cannot sync directory", dir))?;
         }
-        *held.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(Error::io("cannot open journal", &self.path))?;
         Ok(())
     }
 }
 
-/// Reads the journal at `path`, calling `apply` with each intact record in order.
+/// Reads the journal at `path`, calling `apply` with each intact record in order. After a
+/// damaged record (bad header, bad hash, cut off), reading goes on at the next offset where an
+/// intact record starts, so one damaged spot costs that record, not the rest.
 ///
 /// # Errors
 /// I/O errors opening or reading it, or `apply`'s errors (damage is counted, not returned).
@@ -259,36 +273,71 @@ pub fn replay(
         return Ok(report);
     }
     let mut pos = MAGIC.len() as u64;
-    loop {
-        if pos == total {
-            return Ok(report);
-        }
-        let mut h = [0u8; HEADER_LEN];
-        if total - pos < HEADER_LEN as u64 || r.read_exact(&mut h).is_err() {
-            report.stopped = Some(format!("torn record at offset {pos}"));
-            return Ok(report);
-        }
-        let len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-        let kind = Kind::from_tag(h[4]);
-        if h[0..4] != RECORD_MAGIC || len > MAX_RECORD {
-            report.stopped = Some(format!("damaged record header at offset {pos}"));
-            return Ok(report);
-        }
-        let mut payload = vec![0; len as usize];
-        if pos + (HEADER_LEN as u64) + u64::from(len) > total || r.read_exact(&mut payload).is_err()
-        {
-            report.stopped = Some(format!("torn record at offset {pos}"));
-            return Ok(report);
-        }
-        pos += (HEADER_LEN + payload.len()) as u64;
-        match kind {
-            Some(kind) if Hash::of(&payload).as_bytes() == &h[16..48] => {
+    while pos < total {
+        match next_record(&mut r, total - pos) {
+            Some((kind, payload)) => {
+                pos += (HEADER_LEN + payload.len()) as u64;
                 apply(kind, &payload)?;
                 report.records += 1;
             }
-            _ => report.damaged += 1,
+            None => {
+                // Damage: read the rest and look for the next intact record.
+                let mut rest = Vec::new();
+                let mut f = File::open(path).map_err(Error::io("cannot open journal", path))?;
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(pos))
+                    .and_then(|_| f.read_to_end(&mut rest))
+                    .map_err(Error::io("cannot read journal", path))?;
+                report.damaged += 1;
+                match (1..rest.len()).find(|&i| parse_at(&rest[i..]).is_some()) {
+                    Some(skip) => {
+                        pos += skip as u64;
+                        r = BufReader::with_capacity(1 << 20, f);
+                        std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(pos))
+                            .map_err(Error::io("cannot read journal", path))?;
+                    }
+                    None => {
+                        report.stopped = Some(format!("damaged or cut-off record at offset {pos}"));
+                        return Ok(report);
+                    }
+                }
+            }
         }
     }
+    Ok(report)
+}
+
+/// Reads one intact record of at most `left` bytes, or `None` (the reader is then somewhere
+/// inside the damage).
+fn next_record(r: &mut impl Read, left: u64) -> Option<(Kind, Vec<u8>)> {
+    let mut h = [0u8; HEADER_LEN];
+    if left < HEADER_LEN as u64 {
+        return None;
+    }
+    r.read_exact(&mut h).ok()?;
+    let (kind, len) = parse_header(&h)?;
+    if u64::from(len) > left - HEADER_LEN as u64 {
+        return None;
+    }
+    let mut payload = vec![0; len as usize];
+    r.read_exact(&mut payload).ok()?;
+    (Hash::of(&payload).as_bytes() == &h[16..48]).then_some((kind, payload))
+}
+
+fn parse_header(h: &[u8]) -> Option<(Kind, u32)> {
+    if h[0..4] != RECORD_MAGIC || h[5..8] != [0; 3] || h[12..16] != [0; 4] {
+        return None;
+    }
+    let len = u32::from_le_bytes(h[8..12].try_into().ok()?);
+    (len <= MAX_RECORD).then_some(())?;
+    Some((Kind::from_tag(h[4])?, len))
+}
+
+/// An intact record at the start of `buf`, if there is one.
+fn parse_at(buf: &[u8]) -> Option<()> {
+    let h = buf.get(..HEADER_LEN)?;
+    let (_, len) = parse_header(h)?;
+    let payload = buf.get(HEADER_LEN..HEADER_LEN + len as usize)?;
+    (Hash::of(payload).as_bytes() == &h[16..48]).then_some(())
 }
 
 #[cfg(test)]
@@ -325,6 +374,30 @@ mod tests {
         let rep = replay(&path, |_, _| Ok(())).unwrap();
         assert_eq!(rep.records, 1);
         assert_eq!(rep.damaged, 1);
-        assert!(rep.stopped.unwrap().contains("torn"));
+        assert!(rep.stopped.unwrap().contains("cut-off"));
+    }
+
+    #[test]
+    fn replay_finds_the_next_intact_record_after_a_damaged_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let (j, _) = Journal::open(&path).unwrap();
+        {
+            let mut a = j.lock();
+            for p in [&b"one"[..], b"two", b"three"] {
+                a.append(Kind::Page, p).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8 + 8] = 0xff; // the first record's length now runs past the end
+        std::fs::write(&path, &bytes).unwrap();
+        let mut seen = Vec::new();
+        let rep = replay(&path, |_, p| {
+            seen.push(p.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!((rep.damaged, rep.stopped), (1, None));
     }
 }

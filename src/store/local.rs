@@ -87,6 +87,18 @@ impl LocalStore {
         std::fs::create_dir_all(&packs)
             .map_err(Error::io("cannot create store directory", &packs))?;
         let lock = lock_store(root)?;
+        Self::open_locked(root, requested, lock, false)
+    }
+
+    /// Opens the store at `root` whose lock is `lock`. Unless `repairing`, a chunk table
+    /// waiting to be re-indexed is refused: gc would take every pack for garbage.
+    fn open_locked(
+        root: &Path,
+        requested: Option<StoreConfig>,
+        lock: std::fs::File,
+        repairing: bool,
+    ) -> Result<(Self, bool)> {
+        let packs = root.join("packs");
         let chunks = root.join("chunks.redb");
         let damaged = |what, detail: String| Error::IndexDamaged {
             root: root.to_owned(),
@@ -95,6 +107,12 @@ impl LocalStore {
         };
         if root.join("index").is_dir() && !chunks.exists() {
             return Err(damaged("chunk table", "chunks.redb is gone".into()));
+        }
+        if !repairing && root.join(REINDEX_MARKER).exists() {
+            return Err(damaged(
+                "chunk table",
+                "a repair started re-indexing the packs and did not finish".into(),
+            ));
         }
         if !root.join("index").is_dir() && root.join(JOURNAL_FILE).exists() {
             return Err(damaged("index", "the index directory is gone".into()));
@@ -119,7 +137,9 @@ impl LocalStore {
             }
         };
         let (journal, fresh) = Journal::open(&root.join(JOURNAL_FILE))?;
-        if fresh {
+        // A journal with no record (new, or cut off before its first snapshot was in place)
+        // starts with what the index holds; a store made before the journal likewise.
+        if fresh || journal.is_empty() {
             // A new store, or one made before the journal: start it with what the index holds.
             let mut held = journal.lock();
             journal.rewrite(&mut held, snapshot(&index))?;
@@ -152,25 +172,27 @@ impl LocalStore {
     /// is moved aside (`chunks.redb.damaged-SECONDS`) and started afresh, to be re-indexed
     /// from the packs (see [`LocalStore::needs_reindex`]); a sled index that cannot be opened,
     /// or is gone, is moved aside likewise and rebuilt from the journal. With `rebuild`, both
-    /// are rebuilt whatever their state. Returns notes on what was done.
+    /// are rebuilt whatever their state. Returns notes on what was done, and whether the
+    /// rebuilt index may lack files (the journal was damaged): a repair must then drop nothing.
     ///
     /// # Errors
     /// [`Error::Locked`], [`Error::NoStore`], I/O errors, or what still fails after that.
-    pub fn open_for_repair(root: &Path, rebuild: bool) -> Result<(Self, Vec<String>)> {
+    pub fn open_for_repair(root: &Path, rebuild: bool) -> Result<(Self, Vec<String>, bool)> {
         let journal = root.join(JOURNAL_FILE);
         if !root.join("index").is_dir() && !journal.exists() {
             return Err(Error::NoStore(root.to_owned()));
         }
         if !rebuild {
             match Self::open_existing(root) {
-                Ok(s) => return Ok((s, Vec::new())),
+                Ok(s) => return Ok((s, Vec::new(), false)),
                 Err(e @ Error::Locked(_)) => return Err(e),
                 Err(_) => {}
             }
         }
         let mut notes = Vec::new();
+        let mut partial = false;
+        let lock = lock_store(root)?;
         {
-            let _lock = lock_store(root)?;
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -202,6 +224,15 @@ impl LocalStore {
                     notes.push(format!("moved the index to {}", aside.display()));
                 }
                 let r = replay_journal(&index, &journal)?;
+                if r.damaged > 0 || r.stopped.is_some() {
+                    partial = true;
+                    notes.push(
+                        "the journal is damaged, so files may be missing from the rebuilt index: \
+                         names are kept as they are, and the old index stays beside it; \
+                         check `hoard ls` before running gc"
+                            .into(),
+                    );
+                }
                 notes.push(format!(
                     "rebuilt the index from the journal: {} records{}{}",
                     r.records,
@@ -216,8 +247,8 @@ impl LocalStore {
                 ));
             }
         }
-        let store = Self::open_existing(root)?;
-        Ok((store, notes))
+        let (store, _) = Self::open_locked(root, None, lock, true)?;
+        Ok((store, notes, partial))
     }
 
     /// True if the chunk table was started afresh by [`LocalStore::open_for_repair`] and a
@@ -534,7 +565,18 @@ impl ChunkStore for LocalStore {
     }
 
     fn compact(&self, min_dead: f64) -> Result<CompactReport> {
+        // Order matters: list the files, then note which are busy, then read the index. A
+        // pack not busy by then has had all its entries indexed (a commit lets go of a pack
+        // only after indexing), so the index read sees them; a pack busy then is skipped
+        // even if it is done by the time the loop reaches it.
         let files = self.packs.list()?;
+        let busy_before: HashSet<u64> = self
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
         let bytes_before = files.iter().map(|(_, len)| len).sum();
         let mut live: HashMap<u64, u64> = HashMap::new();
         self.index.for_each_loc(|_, loc| {
@@ -548,7 +590,7 @@ impl ChunkStore for LocalStore {
         };
         let mut rewrite = HashSet::new();
         for &(pack, len) in &files {
-            if self.is_busy(pack) {
+            if busy_before.contains(&pack) || self.is_busy(pack) {
                 continue;
             }
             let used = live.get(&pack).copied().unwrap_or(0);
@@ -620,13 +662,15 @@ impl ChunkStore for LocalStore {
             return Ok(());
         }
         let mut b = sled::Batch::default();
-        let mut payload = Vec::with_capacity(hashes.len() * 32);
         for h in hashes {
             b.remove(h.as_bytes());
-            payload.extend_from_slice(h.as_bytes());
         }
         let mut j = self.journal.lock();
-        j.append(Kind::PagesRemoved, &payload)?;
+        // One record per 100 000 pages keeps each under the journal's record limit.
+        for part in hashes.chunks(100_000) {
+            let payload: Vec<u8> = part.iter().flat_map(|h| *h.as_bytes()).collect();
+            j.append(Kind::PagesRemoved, &payload)?;
+        }
         j.sync()?;
         self.index.pages.apply_batch(b)?;
         drop(j);
@@ -836,10 +880,14 @@ fn replay_journal(path: &Path, journal_path: &Path) -> Result<journal::ReplayRep
             Kind::Page => {
                 pages.insert(Hash::of(p).as_bytes(), p)?;
             }
-            Kind::Manifest => {
-                let m = Manifest::decode(p)?;
-                files.insert(m.file_id.as_bytes(), p)?;
-            }
+            Kind::Manifest => match Manifest::decode(p) {
+                Ok(m) => {
+                    files.insert(m.file_id.as_bytes(), p)?;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a journal manifest that does not decode")
+                }
+            },
             Kind::Name => {
                 if let Some((name, value)) = journal::split_name_payload(p) {
                     names.insert(name, value)?;

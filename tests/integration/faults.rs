@@ -332,3 +332,27 @@ fn corrupt_chunks_get_500_over_http_and_the_log_names_them() {
         "the log does not name {bad}: {log}"
     );
 }
+
+/// A repair that stopped half way (its chunk table started afresh, not yet re-indexed) keeps
+/// every other command out, gc above all (it would take every pack for garbage), until a
+/// repair finishes.
+#[test]
+fn an_unfinished_reindex_keeps_gc_out_until_repair_finishes() {
+    let s = Scratch::new();
+    let files = populate(&s.store(), 2, 400);
+    std::fs::remove_file(s.store().join("chunks.redb")).unwrap();
+    // What an interrupted `fsck --repair` leaves: a fresh, empty table and the marker.
+    let (store, notes, _) = LocalStore::open_for_repair(&s.store(), false).unwrap();
+    assert!(!notes.is_empty());
+    drop(store);
+    let err = super::support::fails(hoard(&s.store()).arg("gc"), 1);
+    assert!(err.contains("fsck --repair"), "{err}");
+    let packs_before = packs(&s.store());
+    ok(hoard(&s.store()).args(["fsck", "--repair"]));
+    assert_eq!(packs(&s.store()), packs_before);
+    ok(hoard(&s.store()).arg("gc"));
+    let store = LocalStore::open_existing(&s.store()).unwrap();
+    for (name, v) in &files {
+        assert_eq!(&get(&store, name).unwrap(), v);
+    }
+}

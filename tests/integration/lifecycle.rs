@@ -202,6 +202,20 @@ fn rm_of_a_version_or_an_id_keeps_names_pointing_at_stored_files() {
 }
 
 #[test]
+fn a_name_is_never_pointed_at_a_removed_file() {
+    let s = Scratch::new();
+    let (store, _) = LocalStore::open(&s.store(), Some(small_chunks())).unwrap();
+    let (m, _) = ingest::ingest(&store, &data::random(50_000, 25)[..], &|_| {}).unwrap();
+    // An `rm` by id that won the race against the upload naming it.
+    names::remove(&store, &m.file_id.to_hex()).unwrap();
+    assert!(matches!(
+        names::record(&store, "late", &m),
+        Err(hoard::Error::NotFound(_))
+    ));
+    assert!(store.get_name("late").unwrap().is_none());
+}
+
+#[test]
 fn cli_rm_gc_and_stats_report_what_they_do() {
     let s = Scratch::new();
     let a = data::random(3 << 20, 30);
