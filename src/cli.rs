@@ -469,6 +469,31 @@ fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
         for d in &r.damaged_packs {
             text += &format!("note: {d}\n");
         }
+        if let Some(j) = &r.journal {
+            if j.agrees() {
+                text += &format!("journal: {} records, agrees with the index\n", j.records);
+            } else {
+                text += &format!(
+                    "note: the journal disagrees with the index ({} damaged records{}, {} names, {} files, {} pages differ); \
+                     `hoard fsck --repair` writes it anew from the index (or, if the index is the damaged side, \
+                     `--repair --rebuild-index` rebuilds the index from it)\n",
+                    j.damaged,
+                    j.stopped
+                        .as_ref()
+                        .map(|s| format!(", stopped at a {s}"))
+                        .unwrap_or_default(),
+                    j.names_differ,
+                    j.files_differ,
+                    j.pages_differ,
+                );
+            }
+            if let Some(old) = &j.rewritten {
+                text += &format!(
+                    "journal written anew from the index; the old one is {}\n",
+                    old.display()
+                );
+            }
+        }
         for p in &r.problems {
             text += &format!("{} {}: {}\n", p.kind, p.subject, p.detail);
             for f in &p.files {

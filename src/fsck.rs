@@ -10,6 +10,9 @@
 //! 4. Every name: each version's file is stored. With `repair`, versions whose file is gone
 //!    are dropped (a name left with none goes).
 //!
+//! 5. The metadata journal: every record intact, and replaying it gives the index's names,
+//!    manifests and pages. With `repair`, one that does not is kept aside and written anew.
+//!
 //! Each problem names the files it affects. Intact entries nothing points at (left by a
 //! crash, or freed by gc and not yet compacted) are counted, not reported: gc reclaims them.
 
@@ -21,7 +24,7 @@ use crate::catalog;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{Manifest, Page};
-use crate::store::{ChunkRepair, ChunkStore};
+use crate::store::{ChunkRepair, ChunkStore, JournalCheck};
 
 /// How fsck runs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -81,6 +84,10 @@ pub struct FsckReport {
     pub broken_names: u64,
     /// Each problem, with the files it affects.
     pub problems: Vec<Problem>,
+    /// How the metadata journal compares with the index (not part of `clean`: every file
+    /// may still export whole, but a rebuild from a journal that disagrees would differ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalCheck>,
     /// What a repair did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repair: Option<Repair>,
@@ -218,6 +225,8 @@ pub fn fsck(
             }
         }
     }
+    drop(_names_held);
+    r.journal = store.check_journal(opts.repair)?;
     r.clean = r.bad_chunks == 0
         && r.missing_chunks == 0
         && r.missing_pages == 0

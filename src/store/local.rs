@@ -28,7 +28,7 @@ use crate::store::pack::{
 };
 use crate::store::{
     ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
-    NameRecord, NameVersion, PendingCommit, StoredChunk,
+    JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk,
 };
 
 /// The metadata journal, under the store directory.
@@ -643,6 +643,83 @@ impl ChunkStore for LocalStore {
         wanted: Option<&HashSet<Hash>>,
     ) -> Result<ChunkRepair> {
         self.repair(check, wanted)
+    }
+
+    fn check_journal(&self, repair: bool) -> Result<Option<JournalCheck>> {
+        // Held throughout: nothing is appended while the two are compared.
+        let mut held = self.journal.lock();
+        let path = self.root.join(JOURNAL_FILE);
+        let mut names: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut files: HashSet<Hash> = HashSet::new();
+        let mut pages: HashSet<Hash> = HashSet::new();
+        let replay = journal::replay(&path, |kind, p| {
+            match kind {
+                Kind::Config => {}
+                Kind::Page => {
+                    pages.insert(Hash::of(p));
+                }
+                Kind::Manifest => {
+                    if let Ok(m) = Manifest::decode(p) {
+                        files.insert(m.file_id);
+                    }
+                }
+                Kind::Name => {
+                    if let Some((n, v)) = journal::split_name_payload(p) {
+                        names.insert(n.to_owned(), v.to_vec());
+                    }
+                }
+                Kind::NameRemoved => {
+                    names.remove(&*String::from_utf8_lossy(p));
+                }
+                Kind::ManifestRemoved => {
+                    if let Some(id) = Hash::from_slice(p) {
+                        files.remove(&id);
+                    }
+                }
+                Kind::PagesRemoved => {
+                    for h in p.chunks_exact(32) {
+                        pages.remove(&Hash::from_slice(h).expect("32 bytes"));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let mut out = JournalCheck {
+            records: replay.records,
+            damaged: replay.damaged,
+            stopped: replay.stopped,
+            ..JournalCheck::default()
+        };
+        for kv in self.index.names.iter() {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            if names.remove(&name).is_none_or(|j| j != *v) {
+                out.names_differ += 1;
+            }
+        }
+        out.names_differ += names.len() as u64;
+        let differ = |tree: &sled::Tree, set: &mut HashSet<Hash>| -> Result<u64> {
+            let mut n = 0;
+            for k in tree.iter().keys() {
+                let k = k?;
+                if !Hash::from_slice(&k).is_some_and(|h| set.remove(&h)) {
+                    n += 1;
+                }
+            }
+            Ok(n + set.len() as u64)
+        };
+        out.files_differ = differ(&self.index.files, &mut files)?;
+        out.pages_differ = differ(&self.index.pages, &mut pages)?;
+        if repair && !out.agrees() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let old = self.root.join(format!("{JOURNAL_FILE}.old-{secs}"));
+            std::fs::copy(&path, &old).map_err(Error::io("cannot copy", &path))?;
+            self.journal.rewrite(&mut held, snapshot(&self.index))?;
+            out.rewritten = Some(old);
+        }
+        Ok(Some(out))
     }
 
     fn page_hashes(&self) -> Result<Vec<Hash>> {

@@ -136,6 +136,36 @@ pub struct ChunkRepair {
     pub quarantine: Option<std::path::PathBuf>,
 }
 
+/// How the metadata journal compares with the index (fsck).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JournalCheck {
+    /// Intact records read.
+    pub records: u64,
+    /// Records skipped as damaged.
+    pub damaged: u64,
+    /// Where reading stopped early, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// Names whose history differs between the journal and the index.
+    pub names_differ: u64,
+    /// Files (manifests) in one and not the other.
+    pub files_differ: u64,
+    /// Manifest pages in one and not the other.
+    pub pages_differ: u64,
+    /// With repair: the journal was rewritten from the index; the old one is kept here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewritten: Option<std::path::PathBuf>,
+}
+
+impl JournalCheck {
+    /// True if the journal would rebuild exactly the index.
+    pub fn agrees(&self) -> bool {
+        self.damaged == 0
+            && self.stopped.is_none()
+            && self.names_differ + self.files_differ + self.pages_differ == 0
+    }
+}
+
 /// The second half of a commit: make the chunks durable, then visible. It owns what it needs,
 /// so it can run on another thread while the writer goes on appending.
 pub trait PendingCommit: Send {
@@ -253,6 +283,17 @@ pub trait ChunkStore: Send + Sync {
         check: &ChunkCheck,
         wanted: Option<&std::collections::HashSet<Hash>>,
     ) -> Result<ChunkRepair>;
+
+    /// Compares the metadata journal with the index (stores without one answer `None`).
+    /// With `repair`, a journal that is damaged or disagrees is kept aside and written anew
+    /// from the index.
+    ///
+    /// # Errors
+    /// I/O and index errors.
+    fn check_journal(&self, repair: bool) -> Result<Option<JournalCheck>> {
+        let _ = repair;
+        Ok(None)
+    }
 
     /// Bytes a chunk check reads (for progress).
     ///

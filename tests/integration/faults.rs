@@ -356,3 +356,39 @@ fn an_unfinished_reindex_keeps_gc_out_until_repair_finishes() {
         assert_eq!(&get(&store, name).unwrap(), v);
     }
 }
+
+/// A damaged journal is found by fsck (every file still exports), and a repair keeps it aside
+/// and writes it anew from the index, so a later rebuild gets everything back.
+#[test]
+fn a_damaged_journal_is_found_and_written_anew() {
+    for trial in 0..trials() {
+        let s = Scratch::new();
+        let files = populate(&s.store(), 3, 500 + trial);
+        let journal = s.store().join("journal.log");
+        let mut bytes = std::fs::read(&journal).unwrap();
+        let mut rng = StdRng::seed_from_u64(5000 + trial);
+        let at = rng.random_range(8..bytes.len());
+        bytes[at] ^= rng.random_range(1..=255u8);
+        std::fs::write(&journal, bytes).unwrap();
+
+        let r: serde_json::Value =
+            serde_json::from_str(&ok(hoard(&s.store()).args(["fsck", "--json"]))).unwrap();
+        assert_eq!(r["clean"], true, "{r}");
+        let j = &r["journal"];
+        assert!(
+            j["damaged"].as_u64().unwrap() > 0 || j["stopped"].is_string(),
+            "a flipped byte at {at} went unseen: {j}"
+        );
+        ok(hoard(&s.store()).args(["fsck", "--repair"]));
+        let r: serde_json::Value =
+            serde_json::from_str(&ok(hoard(&s.store()).args(["fsck", "--json"]))).unwrap();
+        assert_eq!(r["journal"]["damaged"], 0, "{r}");
+        assert_eq!(r["journal"]["names_differ"], 0, "{r}");
+        // The rewritten journal rebuilds everything.
+        ok(hoard(&s.store()).args(["fsck", "--repair", "--rebuild-index"]));
+        let store = LocalStore::open_existing(&s.store()).unwrap();
+        for (name, v) in &files {
+            assert_eq!(&get(&store, name).unwrap(), v);
+        }
+    }
+}
