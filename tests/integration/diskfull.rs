@@ -104,11 +104,13 @@ fn import_on_a_full_disk_fails_clearly_and_works_once_space_is_freed() {
 
 #[test]
 fn push_to_a_full_disk_gets_507_and_works_once_space_is_freed() {
-    let Some(fs) = Tmpfs::mount(32) else { return };
+    // 48 MiB with 30 of ballast: a 20 MiB file does not fit; without the ballast it fits
+    // with room for what the failed attempts left behind.
+    let Some(fs) = Tmpfs::mount(48) else { return };
     let s = Scratch::new();
     let store = fs.path("store");
     let server = TestServer::simple(&store, None);
-    ballast(&fs.path("ballast"), 14);
+    ballast(&fs.path("ballast"), 30);
     let big = data::random(20 << 20, 62);
     let p = s.file("big.bin", &big);
     let c = server.client();
