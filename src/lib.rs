@@ -39,5 +39,12 @@ pub mod store;
 pub mod wire;
 
 pub use config::{ChunkerParams, StoreConfig};
+
+/// Seconds since the Unix epoch (0 if the clock is before it): the time every record keeps.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 pub use error::{Error, Result};
 pub use hash::Hash;

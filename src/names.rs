@@ -4,8 +4,6 @@
 //! (1 = oldest); then a file id or an unambiguous id prefix of at least [`MIN_PREFIX`] hex
 //! characters. Names that could be read as `NAME@N` are refused, so the order never matters.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
@@ -138,9 +136,7 @@ pub fn record(store: &dyn ChunkStore, name: &str, manifest: &Manifest) -> Result
     {
         return Ok(rec);
     }
-    let added = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let added = crate::unix_now();
     store.push_name(
         name,
         NameVersion {

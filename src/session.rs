@@ -229,9 +229,7 @@ pub struct Sessions {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::unix_now()
 }
 
 impl Sessions {

@@ -147,9 +147,7 @@ impl Index {
     /// # Errors
     /// Index errors.
     pub fn init(&self, config: &StoreConfig) -> Result<()> {
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let created = crate::unix_now();
         let mut b = sled::Batch::default();
         b.insert("format", &[STORE_FORMAT]);
         b.insert("config", record::encode(RECORD_VERSION, config));

@@ -193,9 +193,7 @@ impl LocalStore {
         let mut partial = false;
         let lock = lock_store(root)?;
         {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let secs = crate::unix_now();
             let chunks = root.join("chunks.redb");
             if !chunks.exists() {
                 std::fs::write(root.join(REINDEX_MARKER), b"")
@@ -711,9 +709,7 @@ impl ChunkStore for LocalStore {
         out.files_differ = differ(&self.index.files, &mut files)?;
         out.pages_differ = differ(&self.index.pages, &mut pages)?;
         if repair && !out.agrees() {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let secs = crate::unix_now();
             let old = self.root.join(format!("{JOURNAL_FILE}.old-{secs}"));
             std::fs::copy(&path, &old).map_err(Error::io("cannot copy", &path))?;
             self.journal.rewrite(&mut held, snapshot(&self.index))?;
