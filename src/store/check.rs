@@ -70,7 +70,7 @@ impl Entry {
 }
 
 /// Decodes and hashes one payload; `None` if it is the chunk `id`, else what is wrong.
-fn verify(id: &Hash, tag: u8, raw_len: u32, payload: &[u8]) -> Option<String> {
+pub(super) fn verify(id: &Hash, tag: u8, raw_len: u32, payload: &[u8]) -> Option<String> {
     let Some(codec) = Codec::from_tag(tag) else {
         return Some(format!("unknown codec tag {tag}"));
     };

@@ -306,6 +306,87 @@ pub fn replay(
     Ok(report)
 }
 
+/// One change a journal record describes, decoded.
+pub enum Change<'a> {
+    /// The store config record.
+    Config(&'a [u8]),
+    /// A manifest page and its hash.
+    Page {
+        /// BLAKE3 of `bytes`.
+        hash: Hash,
+        /// The encoded page.
+        bytes: &'a [u8],
+    },
+    /// A manifest and its file id.
+    Manifest {
+        /// The file.
+        file_id: Hash,
+        /// The encoded manifest.
+        bytes: &'a [u8],
+    },
+    /// A name's whole history (its `names` value).
+    Name {
+        /// The name.
+        name: &'a str,
+        /// The encoded name record.
+        value: &'a [u8],
+    },
+    /// A name removed.
+    NameRemoved(&'a str),
+    /// A manifest removed.
+    ManifestRemoved(Hash),
+    /// Manifest pages removed.
+    PagesRemoved(Vec<Hash>),
+}
+
+fn decode_change(kind: Kind, p: &[u8]) -> Option<Change<'_>> {
+    Some(match kind {
+        Kind::Config => Change::Config(p),
+        Kind::Page => Change::Page {
+            hash: Hash::of(p),
+            bytes: p,
+        },
+        Kind::Manifest => Change::Manifest {
+            file_id: crate::manifest::Manifest::decode(p).ok()?.file_id,
+            bytes: p,
+        },
+        Kind::Name => {
+            let (name, value) = split_name_payload(p)?;
+            Change::Name { name, value }
+        }
+        Kind::NameRemoved => Change::NameRemoved(std::str::from_utf8(p).ok()?),
+        Kind::ManifestRemoved => Change::ManifestRemoved(Hash::from_slice(p)?),
+        Kind::PagesRemoved => {
+            if !p.len().is_multiple_of(32) {
+                return None;
+            }
+            Change::PagesRemoved(p.chunks_exact(32).filter_map(Hash::from_slice).collect())
+        }
+    })
+}
+
+/// As [`replay`], with each record decoded into the change it describes. An intact record
+/// whose payload does not decode counts as damaged.
+///
+/// # Errors
+/// As [`replay`].
+pub fn replay_changes(
+    path: &Path,
+    mut apply: impl FnMut(Change<'_>) -> Result<()>,
+) -> Result<ReplayReport> {
+    let mut undecodable = 0;
+    let mut report = replay(path, |kind, p| match decode_change(kind, p) {
+        Some(c) => apply(c),
+        None => {
+            undecodable += 1;
+            Ok(())
+        }
+    })?;
+    report.records -= undecodable;
+    report.damaged += undecodable;
+    Ok(report)
+}
+
 /// Reads one intact record of at most `left` bytes, or `None` (the reader is then somewhere
 /// inside the damage).
 fn next_record(r: &mut impl Read, left: u64) -> Option<(Kind, Vec<u8>)> {

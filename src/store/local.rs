@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::index::{Index, open_sled};
-use crate::store::journal::{self, Journal, Kind};
+use crate::store::journal::{self, Change, Journal, Kind};
 use crate::store::pack::{
     ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, PACK_TARGET_LEN, PackReader, PackWriter, pack_path,
 };
@@ -650,33 +650,27 @@ impl ChunkStore for LocalStore {
         let mut names: HashMap<String, Vec<u8>> = HashMap::new();
         let mut files: HashSet<Hash> = HashSet::new();
         let mut pages: HashSet<Hash> = HashSet::new();
-        let replay = journal::replay(&path, |kind, p| {
-            match kind {
-                Kind::Config => {}
-                Kind::Page => {
-                    pages.insert(Hash::of(p));
+        let replay = journal::replay_changes(&path, |change| {
+            match change {
+                Change::Config(_) => {}
+                Change::Page { hash, .. } => {
+                    pages.insert(hash);
                 }
-                Kind::Manifest => {
-                    if let Ok(m) = Manifest::decode(p) {
-                        files.insert(m.file_id);
-                    }
+                Change::Manifest { file_id, .. } => {
+                    files.insert(file_id);
                 }
-                Kind::Name => {
-                    if let Some((n, v)) = journal::split_name_payload(p) {
-                        names.insert(n.to_owned(), v.to_vec());
-                    }
+                Change::Name { name, value } => {
+                    names.insert(name.to_owned(), value.to_vec());
                 }
-                Kind::NameRemoved => {
-                    names.remove(&*String::from_utf8_lossy(p));
+                Change::NameRemoved(name) => {
+                    names.remove(name);
                 }
-                Kind::ManifestRemoved => {
-                    if let Some(id) = Hash::from_slice(p) {
-                        files.remove(&id);
-                    }
+                Change::ManifestRemoved(id) => {
+                    files.remove(&id);
                 }
-                Kind::PagesRemoved => {
-                    for h in p.chunks_exact(32) {
-                        pages.remove(&Hash::from_slice(h).expect("32 bytes"));
+                Change::PagesRemoved(hashes) => {
+                    for h in hashes {
+                        pages.remove(&h);
                     }
                 }
             }
@@ -943,38 +937,31 @@ fn replay_journal(path: &Path, journal_path: &Path) -> Result<journal::ReplayRep
     let files = db.open_tree("files")?;
     let names = db.open_tree("names")?;
     let mut config = false;
-    let report = journal::replay(journal_path, |kind, p| {
-        match kind {
-            Kind::Config => {
+    let report = journal::replay_changes(journal_path, |change| {
+        match change {
+            Change::Config(c) => {
                 meta.insert("format", &[crate::store::index::STORE_FORMAT])?;
-                meta.insert("config", p)?;
+                meta.insert("config", c)?;
                 config = true;
             }
-            Kind::Page => {
-                pages.insert(Hash::of(p).as_bytes(), p)?;
+            Change::Page { hash, bytes } => {
+                pages.insert(hash.as_bytes(), bytes)?;
             }
-            Kind::Manifest => match Manifest::decode(p) {
-                Ok(m) => {
-                    files.insert(m.file_id.as_bytes(), p)?;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping a journal manifest that does not decode")
-                }
-            },
-            Kind::Name => {
-                if let Some((name, value)) = journal::split_name_payload(p) {
-                    names.insert(name, value)?;
-                }
+            Change::Manifest { file_id, bytes } => {
+                files.insert(file_id.as_bytes(), bytes)?;
             }
-            Kind::NameRemoved => {
-                names.remove(p)?;
+            Change::Name { name, value } => {
+                names.insert(name, value)?;
             }
-            Kind::ManifestRemoved => {
-                files.remove(p)?;
+            Change::NameRemoved(name) => {
+                names.remove(name)?;
             }
-            Kind::PagesRemoved => {
-                for h in p.chunks_exact(32) {
-                    pages.remove(h)?;
+            Change::ManifestRemoved(id) => {
+                files.remove(id.as_bytes())?;
+            }
+            Change::PagesRemoved(hashes) => {
+                for h in hashes {
+                    pages.remove(h.as_bytes())?;
                 }
             }
         }

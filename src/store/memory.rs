@@ -149,18 +149,11 @@ impl ChunkStore for MemoryStore {
             check.entries += 1;
             check.bytes += c.payload.len() as u64;
             progress(c.payload.len() as u64);
-            let ok = crate::codec::decode(&c.id, c.codec, &c.payload, c.raw_len as usize)
-                .map(|raw| Hash::of(&raw) == c.id);
-            match ok {
-                Ok(true) => check.chunks_ok += 1,
-                Ok(false) => check.bad.push(BadChunk {
+            match super::check::verify(&c.id, c.codec as u8, c.raw_len, &c.payload) {
+                None => check.chunks_ok += 1,
+                Some(detail) => check.bad.push(BadChunk {
                     id: c.id,
-                    detail: "content does not hash to its id".into(),
-                    loc: None,
-                }),
-                Err(e) => check.bad.push(BadChunk {
-                    id: c.id,
-                    detail: e.to_string(),
+                    detail,
                     loc: None,
                 }),
             }
