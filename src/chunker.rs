@@ -44,6 +44,11 @@ impl Cutter {
         }
     }
 
+    /// The largest chunk these params cut.
+    pub fn max(&self) -> u32 {
+        self.params.max
+    }
+
     /// Length of the chunk starting at `data[0]`, given that `data` either reaches the end of
     /// the stream or holds at least `max` bytes.
     pub fn next_len(&self, data: &[u8]) -> usize {

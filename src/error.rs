@@ -234,6 +234,23 @@ pub enum Error {
         /// Its final state.
         state: &'static str,
     },
+    /// A tus `PATCH` does not start where the upload stands.
+    #[error("the upload stands at offset {expected}, not {got}; ask with HEAD and send from there")]
+    OffsetMismatch {
+        /// Where the upload stands.
+        expected: u64,
+        /// The `Upload-Offset` the request gave.
+        got: u64,
+    },
+    /// A tus `PATCH` body does not have the checksum its `Upload-Checksum` gave.
+    #[error("the body's {algorithm} checksum is not the one given; nothing of it was kept")]
+    ChecksumMismatch {
+        /// `sha1` or `blake3`.
+        algorithm: &'static str,
+    },
+    /// Another request is writing to this upload.
+    #[error("upload {0} is busy with another request; try again shortly")]
+    UploadBusy(String),
 }
 
 impl Error {

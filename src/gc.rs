@@ -4,7 +4,7 @@
 //! ## Why gc never removes a chunk from under someone (the argument)
 //!
 //! A chunk or page is *referenced* if a stored manifest lists it, an open upload session's
-//! manifest lists it, or a [`Pin`](crate::store::Pin) holds it (an import in progress, or a
+//! manifest lists it, an unfinished tus upload's record lists it, or a [`Pin`](crate::store::Pin) holds it (an import in progress, or a
 //! session being opened). Someone *counts on* a chunk from the moment a lookup told them it is
 //! present until their manifest or session record is stored.
 //!
@@ -48,6 +48,7 @@ use crate::hash::Hash;
 use crate::manifest::{Manifest, Page};
 use crate::session;
 use crate::store::ChunkStore;
+use crate::tus;
 
 /// How gc runs.
 #[derive(Clone, Copy, Debug)]
@@ -123,6 +124,21 @@ impl Live {
         self.files.insert(m.file_id);
         Ok(())
     }
+
+    /// Open upload sessions and unfinished tus uploads.
+    fn add_uploads(&mut self, store: &dyn ChunkStore) -> Result<()> {
+        for m in session::open_manifests(store)? {
+            self.add_manifest(store, &m)?;
+        }
+        for up in tus::open_uploads(store)? {
+            let owner = Hash::from_bytes([0u8; 32]);
+            for p in &up.pages {
+                self.add_page(store, p.hash, &owner)?;
+            }
+            self.ids.extend(up.refs.iter().map(|r| r.id));
+        }
+        Ok(())
+    }
 }
 
 /// Runs one gc over `store` (see the module notes). One gc or fsck runs at a time.
@@ -137,9 +153,7 @@ pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
 
     // 1. Mark: sessions first, then manifests (see the argument above).
     let mut live = Live::default();
-    for m in session::open_manifests(store)? {
-        live.add_manifest(store, &m)?;
-    }
+    live.add_uploads(store)?;
     for m in store.manifests()? {
         live.add_manifest(store, &m)?;
     }
@@ -176,9 +190,7 @@ pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
                     .extend(Page::decode(&bytes)?.chunks.iter().map(|c| c.id));
             }
         }
-        for m in session::open_manifests(store)? {
-            late.add_manifest(store, &m)?;
-        }
+        late.add_uploads(store)?;
         for id in store.file_ids_with_prefix(&[])? {
             if !live.files.contains(&id)
                 && let Some(m) = store.get_manifest(&id)?

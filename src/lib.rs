@@ -36,6 +36,7 @@ pub mod server;
 pub mod session;
 pub mod sink;
 pub mod store;
+pub mod tus;
 pub mod wire;
 
 pub use config::{ChunkerParams, StoreConfig};

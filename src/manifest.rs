@@ -155,6 +155,29 @@ impl ManifestBuilder {
         (self.current.chunks.len() == PAGE_CHUNKS).then(|| self.seal())
     }
 
+    /// Goes on from `pages` already sealed and stored, and the refs of the unfinished page
+    /// (a tus upload resumed after a restart). Pages fill exactly as if nothing had stopped.
+    pub fn resume(pages: Vec<PageRef>, current: Vec<ChunkRef>) -> Self {
+        let page_chunks: u64 = pages.iter().map(|p| u64::from(p.chunks)).sum();
+        let page_bytes: u64 = pages.iter().map(|p| p.bytes).sum();
+        ManifestBuilder {
+            chunk_count: page_chunks + current.len() as u64,
+            bytes: page_bytes + current.iter().map(|c| u64::from(c.len)).sum::<u64>(),
+            current: Page { chunks: current },
+            pages,
+        }
+    }
+
+    /// The pages sealed so far and the refs of the unfinished page.
+    pub fn parts(&self) -> (&[PageRef], &[ChunkRef]) {
+        (&self.pages, &self.current.chunks)
+    }
+
+    /// Bytes of all refs pushed so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     fn seal(&mut self) -> SealedPage {
         let page = std::mem::take(&mut self.current);
         let bytes = page.encode();

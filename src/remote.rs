@@ -68,6 +68,22 @@ pub struct ServeArgs {
     /// gc rewrites a pack once this share of it (0.0..=1.0) is dead.
     #[arg(long, value_parser = crate::cli::parse_share, default_value_t = hoard::gc::DEFAULT_MIN_DEAD)]
     gc_min_dead: f64,
+    /// Largest upload the tus endpoint accepts (`Tus-Max-Size`; K, M, G, T suffixes).
+    #[arg(long, value_parser = crate::cli::parse_size_u64, default_value = "1T")]
+    tus_max_size: u64,
+    /// An origin whose web pages may call this server (CORS), e.g. `https://app.example.com`;
+    /// repeatable. None by default: only the server's own page at `/`.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
+    /// POST a JSON event here when an upload starts, completes, fails or expires; repeatable.
+    #[arg(long = "hook-url", value_name = "URL")]
+    hook_urls: Vec<reqwest::Url>,
+    /// Deadline of one webhook delivery attempt.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    hook_timeout: Duration,
+    /// Attempts after a failed webhook delivery (backoff 0.5 s, doubling).
+    #[arg(long, default_value_t = 3)]
+    hook_retries: u32,
 }
 
 #[derive(Args)]
@@ -171,10 +187,19 @@ pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
             grace: a.gc_grace,
             min_dead: a.gc_min_dead,
         },
+        tus_max_size: a.tus_max_size,
+    };
+    let options = server::Options {
+        cors_origins: a.cors_origins.clone(),
+        hooks: server::HookConfig {
+            urls: a.hook_urls.clone(),
+            timeout: a.hook_timeout,
+            retries: a.hook_retries,
+        },
     };
     let root = store.root().to_owned();
     let store: Arc<dyn ChunkStore> = Arc::new(store);
-    let state = AppState::new(store, limits, auth)?;
+    let state = AppState::with_options(store, limits, auth, options)?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await

@@ -143,7 +143,19 @@ pub fn restore<W: Write + Send>(
     out: W,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
-    rebuild(store, manifest, out, progress, read_verified_into)
+    let actual = rebuild(store, manifest, out, progress, read_verified_into)?;
+    same_id(manifest, actual)
+}
+
+fn same_id(manifest: &Manifest, actual: Hash) -> Result<()> {
+    if actual == manifest.file_id {
+        Ok(())
+    } else {
+        Err(Error::FileMismatch {
+            expected: manifest.file_id,
+            actual,
+        })
+    }
 }
 
 /// Checks that the chunks of `manifest` make the file it claims: decodes them all and hashes
@@ -154,6 +166,15 @@ pub fn restore<W: Write + Send>(
 /// [`Error::FileMismatch`], [`Error::ChunkNotFound`], [`Error::Corrupt`] for an undecodable
 /// payload, or the store's errors.
 pub fn verify_file(store: &dyn ChunkStore, manifest: &Manifest) -> Result<()> {
+    same_id(manifest, hash_file(store, manifest)?)
+}
+
+/// The BLAKE3 of the file the chunks of `manifest` make, whatever id it claims (a tus upload
+/// resumed after a restart learns its id this way).
+///
+/// # Errors
+/// As [`verify_file`], but no mismatch.
+pub fn hash_file(store: &dyn ChunkStore, manifest: &Manifest) -> Result<Hash> {
     rebuild(store, manifest, std::io::sink(), &|_| {}, read_decoded_into)
 }
 
@@ -163,7 +184,7 @@ fn rebuild<W: Write + Send>(
     out: W,
     progress: &(dyn Fn(u64) + Sync),
     read: fn(&dyn ChunkStore, &ChunkRef, &mut [u8]) -> Result<()>,
-) -> Result<()> {
+) -> Result<Hash> {
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_BATCHES);
         let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
@@ -210,14 +231,7 @@ fn rebuild<W: Write + Send>(
         let written = writer.join().expect("writer thread panicked");
         written?;
         fed?;
-        let actual = Hash::from(hasher.finalize());
-        if actual != manifest.file_id {
-            return Err(Error::FileMismatch {
-                expected: manifest.file_id,
-                actual,
-            });
-        }
-        Ok(())
+        Ok(Hash::from(hasher.finalize()))
     })
 }
 

@@ -32,7 +32,7 @@ use crate::manifest::{ChunkRef, Manifest, ManifestBuilder};
 use crate::names;
 use crate::record;
 use crate::restore;
-use crate::store::{ChunkStore, Pin};
+use crate::store::{ChunkStore, Pin, UploadKind};
 use crate::wire::FlatManifest;
 
 /// Format version of session records.
@@ -41,6 +41,27 @@ const SESSION_VERSION: u8 = 1;
 /// A session's id: 16 random-looking bytes, 32 hex characters in text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    /// A fresh id: the hash of `salt`, the time, the process id and a counter, so ids do not
+    /// repeat.
+    pub fn generate(salt: &[u8]) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut h = blake3::Hasher::new();
+        h.update(salt);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        h.update(&nanos.to_le_bytes());
+        h.update(&seed.to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        SessionId(id)
+    }
+}
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,6 +161,8 @@ pub struct Progress {
     pub missing_bytes: u64,
     /// Distinct chunks that were missing when the session opened.
     pub missing_at_open: u64,
+    /// Their bytes: what the upload adds to the store.
+    pub missing_bytes_at_open: u64,
     /// Unix seconds after which an idle session expires.
     pub expires: u64,
 }
@@ -220,8 +243,8 @@ pub struct Sessions {
     /// Per-session locks, so two `complete` calls on one session cannot both record it.
     locks: Mutex<HashMap<SessionId, Arc<Mutex<()>>>>,
     /// Last use of each session seen by this process, kept in memory between persisted touches.
-    activity: Mutex<HashMap<SessionId, u64>>,
-    counter: AtomicU64,
+    /// With the chunk body bytes received for it.
+    activity: Mutex<HashMap<SessionId, (u64, u64)>>,
     arrivals: Arc<Arrivals>,
     verifiers: Mutex<HashMap<SessionId, Verifier>>,
     /// Background hashes running, opened sessions and openings alike.
@@ -240,7 +263,6 @@ impl Sessions {
             ttl,
             locks: Mutex::default(),
             activity: Mutex::default(),
-            counter: AtomicU64::new(0),
             arrivals: Arc::default(),
             verifiers: Mutex::default(),
             running: AtomicUsize::new(0),
@@ -364,25 +386,37 @@ impl Sessions {
     fn load(&self, id: SessionId) -> Result<Session> {
         let bytes = self
             .store
-            .get_session(&id.0)?
+            .get_upload(UploadKind::Session, &id.0)?
             .ok_or_else(|| Error::NoSession(id.to_string()))?;
         record::decode("upload session", SESSION_VERSION, &bytes)
     }
 
     fn save(&self, s: &Session) -> Result<()> {
-        self.store
-            .put_session(&s.id.0, &record::encode(SESSION_VERSION, s))
+        self.store.put_upload(
+            UploadKind::Session,
+            &s.id.0,
+            &record::encode(SESSION_VERSION, s),
+        )
     }
 
     fn last_use(&self, s: &Session) -> u64 {
         let activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
-        activity.get(&s.id).copied().unwrap_or(0).max(s.touched)
+        activity.get(&s.id).map_or(0, |a| a.0).max(s.touched)
     }
 
-    /// Notes that a request used session `id` (a chunk upload tagged with it).
-    pub fn touch(&self, id: SessionId) {
+    /// Notes that a request used session `id` (a chunk upload tagged with it) and sent
+    /// `bytes` of body.
+    pub fn touch(&self, id: SessionId, bytes: u64) {
         let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
-        activity.insert(id, now());
+        let a = activity.entry(id).or_default();
+        a.0 = now();
+        a.1 += bytes;
+    }
+
+    /// Body bytes of the chunk uploads tagged with session `id` that this process received.
+    pub fn bytes_sent(&self, id: SessionId) -> u64 {
+        let activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        activity.get(&id).map_or(0, |a| a.1)
     }
 
     /// Opens a session for `flat`, to be recorded under `name`.
@@ -440,19 +474,7 @@ impl Sessions {
     }
 
     fn new_id(&self, file_id: &Hash) -> SessionId {
-        let seed = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut h = blake3::Hasher::new();
-        h.update(file_id.as_bytes());
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        h.update(&nanos.to_le_bytes());
-        h.update(&seed.to_le_bytes());
-        h.update(&std::process::id().to_le_bytes());
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        SessionId(id)
+        SessionId::generate(file_id.as_bytes())
     }
 
     fn report(&self, s: &Session, missing_chunks: u64, missing_bytes: u64) -> Progress {
@@ -466,6 +488,7 @@ impl Sessions {
             missing_chunks,
             missing_bytes,
             missing_at_open: s.missing_at_open,
+            missing_bytes_at_open: s.missing_bytes_at_open,
             expires: self.last_use(s) + self.ttl.as_secs(),
         }
     }
@@ -583,7 +606,7 @@ impl Sessions {
         let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.load(id)?;
         self.take_verifier(id, true);
-        self.store.delete_session(&id.0)?;
+        self.store.delete_upload(UploadKind::Session, &id.0)?;
         self.forget(id);
         Ok(())
     }
@@ -599,22 +622,22 @@ impl Sessions {
             .remove(&id);
     }
 
-    /// Expires idle sessions and forgets ended ones older than one more TTL. Returns the ids
-    /// of the sessions it expired.
+    /// Expires idle sessions and forgets ended ones older than one more TTL. Returns the
+    /// sessions it expired.
     ///
     /// # Errors
     /// Store errors.
-    pub fn sweep(&self) -> Result<Vec<SessionId>> {
+    pub fn sweep(&self) -> Result<Vec<Progress>> {
         let mut expired = Vec::new();
-        for bytes in self.store.sessions()? {
+        for bytes in self.store.uploads(UploadKind::Session)? {
             let s: Session = record::decode("upload session", SESSION_VERSION, &bytes)?;
             let lock = self.lock_of(s.id);
             let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
             let Ok(mut s) = self.load(s.id) else { continue };
             if self.expire_if_idle(&mut s)? {
-                expired.push(s.id);
+                expired.push(self.report(&s, 0, 0));
             } else if !s.state.is_open() && s.touched + 2 * self.ttl.as_secs() < now() {
-                self.store.delete_session(&s.id.0)?;
+                self.store.delete_upload(UploadKind::Session, &s.id.0)?;
                 drop(_held);
                 self.forget(s.id);
             }
@@ -630,7 +653,7 @@ impl Sessions {
 /// Store errors.
 pub fn open_manifests(store: &dyn ChunkStore) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
-    for bytes in store.sessions()? {
+    for bytes in store.uploads(UploadKind::Session)? {
         let s: Session = record::decode("upload session", SESSION_VERSION, &bytes)?;
         if s.state.is_open() {
             out.push(s.manifest);

@@ -109,6 +109,10 @@ impl Auth {
 /// The scope a request needs: reads are GET/HEAD and the two POSTs that only look things up.
 fn needed(method: &Method, path: &str) -> Scope {
     let lookup = matches!(path, "/v1/chunks/missing" | "/v1/chunks/fetch");
+    // Everything about a tus upload is part of writing it (HEAD included).
+    if path.starts_with("/v1/tus") {
+        return Scope::Write;
+    }
     if method == Method::GET || method == Method::HEAD || lookup {
         Scope::Read
     } else {
@@ -116,14 +120,18 @@ fn needed(method: &Method, path: &str) -> Scope {
     }
 }
 
-/// Middleware: refuses requests without the token they need. `/healthz` is always open.
+/// Middleware: refuses requests without the token they need. `/healthz`, the page at `/` and
+/// `OPTIONS` are always open.
 pub async fn require_token(
     State(st): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let path = req.uri().path();
-    if path != "/healthz" {
+    // Open: the health check, the page's files (they hold no data), and OPTIONS (tus
+    // discovery; CORS preflights are answered before they get here).
+    let open = path == "/healthz" || req.method() == Method::OPTIONS || super::web::is_asset(path);
+    if !open {
         let auth = req
             .headers()
             .get(header::AUTHORIZATION)

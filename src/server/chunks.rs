@@ -246,10 +246,17 @@ async fn store_frames(
     Ok((n, report))
 }
 
+/// Counts a chunk upload's body toward its session's bytes sent (for the hooks).
+fn count_sent(st: &AppState, session: Option<SessionId>, body: &Bytes) {
+    if let Some(sid) = session {
+        st.0.sessions.touch(sid, body.len() as u64);
+    }
+}
+
 /// Keeps the session the chunks are tagged with alive; returns it.
 fn touch(st: &AppState, q: &SessionQuery) -> Option<SessionId> {
     let sid = q.session.as_deref()?.parse::<SessionId>().ok()?;
-    st.0.sessions.touch(sid);
+    st.0.sessions.touch(sid, 0);
     Some(sid)
 }
 
@@ -279,6 +286,7 @@ pub async fn upload_one(
             .await
             .map_err(|_| ApiError::Internal("closed".into()))?;
     let body = read_body(body, "chunk", max).await?;
+    count_sent(&st, session, &body);
     let zstd = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
@@ -329,6 +337,7 @@ pub async fn upload_batch(
             .await
             .map_err(|_| ApiError::Internal("closed".into()))?;
     let body = read_body(body, "chunk batch", limit).await?;
+    count_sent(&st, session, &body);
     let (n, report) = store_frames(&st, body, None, session).await?;
     Ok(Json(json!({
         "chunks": n, "new_chunks": report.new_chunks, "new_bytes": report.new_bytes

@@ -11,6 +11,12 @@ use serde_json::json;
 
 use crate::error::Error;
 
+/// tus's "460 Checksum Mismatch".
+const CHECKSUM_MISMATCH: StatusCode = match StatusCode::from_u16(460) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// An error as the API reports it.
 #[derive(Debug)]
 pub enum ApiError {
@@ -26,6 +32,10 @@ pub enum ApiError {
     BadRequest(String),
     /// A worker task died (a panic): a bug, reported as 500.
     Internal(String),
+    /// A tus request without `Tus-Resumable: 1.0.0`.
+    TusVersion,
+    /// A body of the wrong `Content-Type` (a tus `PATCH` needs `application/offset+octet-stream`).
+    UnsupportedMediaType(String),
 }
 
 impl From<Error> for ApiError {
@@ -45,6 +55,10 @@ impl ApiError {
             }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::TusVersion => (StatusCode::PRECONDITION_FAILED, "tus_version"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Lib(e) if e.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
             ApiError::Lib(e) => match e {
                 Error::Malformed { .. }
@@ -61,8 +75,32 @@ impl ApiError {
                 }
                 Error::Incomplete { .. } => (StatusCode::CONFLICT, "incomplete"),
                 Error::SessionEnded { .. } => (StatusCode::GONE, "session_ended"),
+                Error::OffsetMismatch { .. } => (StatusCode::CONFLICT, "offset_mismatch"),
+                Error::UploadBusy(_) => (StatusCode::LOCKED, "busy"),
+                // tus's checksum extension defines 460 for this.
+                Error::ChecksumMismatch { .. } => (CHECKSUM_MISMATCH, "checksum_mismatch"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
+        }
+    }
+
+    /// What went wrong, in words (the whole detail, also for 5xx: for logs and hooks).
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Lib(e) => format!("{e:#}"),
+            ApiError::Unauthorized => {
+                "this request needs a token: send `Authorization: Bearer TOKEN`".to_owned()
+            }
+            ApiError::Forbidden => "this token may only read; writing needs a write token".into(),
+            ApiError::RangeNotSatisfiable(len) => {
+                format!("the range starts past the end of the file ({len} bytes)")
+            }
+            ApiError::BadRequest(m) | ApiError::Internal(m) | ApiError::UnsupportedMediaType(m) => {
+                m.clone()
+            }
+            ApiError::TusVersion => {
+                "this endpoint speaks tus 1.0.0: send `Tus-Resumable: 1.0.0`".to_owned()
+            }
         }
     }
 }
@@ -78,17 +116,7 @@ impl IntoResponse for ApiError {
             let body = json!({ "error": code, "message": "internal error; the server log has the details" });
             return (status, Json(body)).into_response();
         }
-        let message = match &self {
-            ApiError::Lib(e) => format!("{e:#}"),
-            ApiError::Unauthorized => {
-                "this request needs a token: send `Authorization: Bearer TOKEN`".to_owned()
-            }
-            ApiError::Forbidden => "this token may only read; writing needs a write token".into(),
-            ApiError::RangeNotSatisfiable(len) => {
-                format!("the range starts past the end of the file ({len} bytes)")
-            }
-            ApiError::BadRequest(m) | ApiError::Internal(m) => m.clone(),
-        };
+        let message = self.message();
         let mut body = json!({ "error": code, "message": message });
         if let ApiError::Lib(Error::Incomplete { missing }) = &self {
             body["missing"] = json!(missing);
@@ -98,6 +126,10 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TusVersion => {
+                resp.headers_mut()
+                    .insert("tus-version", HeaderValue::from_static("1.0.0"));
             }
             ApiError::RangeNotSatisfiable(len) => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {

@@ -2,6 +2,7 @@
 //! listing, deletion and store totals.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::chunks::is_binary;
 use super::error::ApiError;
+use super::hooks::Event;
 use super::{AppState, OPENAPI, blocking};
 use crate::error::Error;
 use crate::manifest::ChunkRef;
@@ -38,10 +40,24 @@ pub async fn upload(
             .acquire()
             .await
             .map_err(|_| ApiError::Internal("closed".into()))?;
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = received.clone();
+    let stream = body
+        .into_data_stream()
+        .map_ok(move |piece| {
+            counted.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            piece
+        })
+        .map_err(std::io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(stream));
     let store = st.store();
-    let (report, version) = blocking(move || {
+    let event = |kind, state| Event {
+        name: Some(label.clone()),
+        bytes_sent: Some(received.load(Ordering::Relaxed)),
+        ..Event::new(kind, "put", state)
+    };
+    st.0.hooks.emit(event("upload.start", "uploading"));
+    let stored = blocking(move || {
         let (manifest, report) = ingest::ingest(&*store, reader, &|_| {})?;
         let rec = names::record(&*store, &name, &manifest)?;
         Ok((report, rec.versions.len()))
@@ -53,7 +69,22 @@ pub async fn upload(
             ApiError::BadRequest(format!("the upload stopped before its end: {io}"))
         }
         other => other,
-    })?;
+    });
+    let (report, version) = match stored {
+        Ok(r) => r,
+        Err(e) => {
+            let mut ev = event("upload.failure", "failed");
+            ev.error = Some(e.message());
+            st.0.hooks.emit(ev);
+            return Err(e);
+        }
+    };
+    st.0.hooks.emit(Event {
+        file_id: Some(report.id),
+        size: Some(report.size),
+        new_bytes: Some(report.new_bytes),
+        ..event("upload.complete", "complete")
+    });
     st.0.metrics.file_stored(report.size, report.new_bytes);
     let mut v = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["version"] = json!(version);

@@ -9,8 +9,11 @@ mod auth;
 mod chunks;
 mod error;
 mod files;
+mod hooks;
 mod metrics;
+mod tus;
 mod uploads;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +22,8 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
+use axum::http::{HeaderValue, Method};
+use axum::routing::{get, head, post, put};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -31,6 +35,7 @@ use tracing::Level;
 pub use auth::{Auth, Scope};
 pub use error::ApiError;
 pub use files::{RangeChoice, choose_range};
+pub use hooks::{Event, HookConfig, Hooks};
 
 use crate::error::{Error, Result};
 use crate::fsck::{FsckOptions, FsckReport};
@@ -38,6 +43,7 @@ use crate::gc::{GcOptions, GcReport};
 use crate::session::Sessions;
 use crate::sink::ChunkSink;
 use crate::store::ChunkStore;
+use crate::tus::TusUploads;
 
 /// The OpenAPI document of API v1, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -63,6 +69,8 @@ pub struct Limits {
     pub gc_interval: Duration,
     /// How gc runs (grace period, compaction threshold).
     pub gc: GcOptions,
+    /// Largest tus upload (`Tus-Max-Size`).
+    pub tus_max_size: u64,
 }
 
 impl Default for Limits {
@@ -80,8 +88,19 @@ impl Default for Limits {
                 grace: Duration::from_secs(3600),
                 min_dead: crate::gc::DEFAULT_MIN_DEAD,
             },
+            tus_max_size: 1 << 40,
         }
     }
+}
+
+/// What the server offers besides the API itself.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Origins whose pages may call the API from a browser (CORS), e.g.
+    /// `https://app.example.com`; none by default.
+    pub cors_origins: Vec<String>,
+    /// Where upload events go.
+    pub hooks: HookConfig,
 }
 
 /// Everything a handler can reach; a cheap `Clone`.
@@ -94,6 +113,9 @@ struct Shared {
     sessions: Sessions,
     limits: Limits,
     auth: Auth,
+    tus: TusUploads,
+    hooks: Hooks,
+    cors: Option<tower_http::cors::CorsLayer>,
     metrics: metrics::Metrics,
     /// Chunk-upload bodies held in memory at once: bounds the server's memory.
     upload_slots: Semaphore,
@@ -107,14 +129,33 @@ impl AppState {
     /// # Errors
     /// If the sink thread cannot start.
     pub fn new(store: Arc<dyn ChunkStore>, limits: Limits, auth: Auth) -> Result<Self> {
+        Self::with_options(store, limits, auth, Options::default())
+    }
+
+    /// As [`AppState::new`], with CORS origins and webhooks.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParams`] for an origin that is not a valid header value; if the sink
+    /// thread cannot start.
+    pub fn with_options(
+        store: Arc<dyn ChunkStore>,
+        limits: Limits,
+        auth: Auth,
+        options: Options,
+    ) -> Result<Self> {
+        let cors = cors_layer(&options.cors_origins)?;
         let sink = ChunkSink::start(store.clone())?;
         let sessions = Sessions::new(store.clone(), limits.session_ttl);
+        let tus = TusUploads::new(store.clone(), limits.session_ttl, limits.tus_max_size);
         Ok(AppState(Arc::new(Shared {
             store,
             sink,
             sessions,
             limits,
             auth,
+            tus,
+            hooks: Hooks::new(options.hooks),
+            cors,
             metrics: metrics::Metrics::default(),
             upload_slots: Semaphore::new(4),
             ingest_slots: Semaphore::new(4),
@@ -132,6 +173,76 @@ impl AppState {
     fn auth(&self) -> &Auth {
         &self.0.auth
     }
+}
+
+/// The CORS policy for `origins` (none: no CORS headers at all, browsers allow only the
+/// server's own page). Exposes what tus clients read and what the page's API calls return.
+fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins
+        .iter()
+        .map(|o| {
+            HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| {
+                Error::InvalidParams(format!("--cors-origin {o:?} is not a valid origin"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let names = |list: &[&'static str]| {
+        list.iter()
+            .map(|n| axum::http::HeaderName::from_static(n))
+            .collect::<Vec<_>>()
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(names(&[
+                "authorization",
+                "content-type",
+                "content-encoding",
+                "range",
+                "if-none-match",
+                "tus-resumable",
+                "upload-length",
+                "upload-offset",
+                "upload-metadata",
+                "upload-checksum",
+                "upload-defer-length",
+                "upload-concat",
+                "x-http-method-override",
+                "x-requested-with",
+            ]))
+            .expose_headers(names(&[
+                "location",
+                "upload-offset",
+                "upload-length",
+                "upload-metadata",
+                "upload-expires",
+                "tus-resumable",
+                "tus-version",
+                "tus-max-size",
+                "tus-extension",
+                "tus-checksum-algorithm",
+                "content-range",
+                "etag",
+                "hoard-file-id",
+                "hoard-session",
+                "hoard-missing-chunks",
+                "hoard-missing-bytes",
+            ]))
+            .max_age(Duration::from_secs(3600)),
+    ))
 }
 
 /// Runs `f` on the blocking pool: store work never runs on the async workers.
@@ -165,6 +276,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/config", get(files::config))
         .route("/v1/openapi.json", get(files::openapi))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(web::index))
+        .route("/{file}", get(web::asset))
         .route("/metrics", get(metrics::render))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -182,10 +295,21 @@ pub fn router(state: AppState) -> Router {
                 .delete(files::remove),
         )
         .route("/v1/chunks/fetch", post(chunks::fetch))
+        // tus: PATCH bodies stream for as long as the file is.
+        .route("/v1/tus", post(tus::create).options(tus::options))
+        .route("/v1/tus/", post(tus::create).options(tus::options))
+        .route(
+            "/v1/tus/{id}",
+            head(tus::head)
+                .patch(tus::patch)
+                .delete(tus::terminate)
+                .options(tus::options),
+        )
         // Maintenance runs as long as the store is large.
         .route("/v1/gc", post(gc_now))
         .route("/v1/fsck", post(fsck_now));
-    bounded
+    let cors = state.0.cors.clone();
+    let app = bounded
         .merge(streaming)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -195,6 +319,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        // Outside auth, so a 401 to a tus client carries Tus-Resumable too.
+        .layer(axum::middleware::from_fn(tus::protocol))
         .layer(RequestBodyTimeoutLayer::new(limits.idle_timeout))
         .layer(DefaultBodyLimit::disable())
         .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency))
@@ -203,7 +329,12 @@ pub fn router(state: AppState) -> Router {
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so every answer (errors, 401s, timeouts) carries the CORS headers.
+    match cors {
+        Some(c) => app.layer(c),
+        None => app,
+    }
 }
 
 /// Refuses to serve without tokens on an address other hosts can reach, unless told to.
@@ -232,6 +363,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let sweeper = tokio::spawn(sweep_sessions(state.clone()));
     let collector = tokio::spawn(collect_garbage(state.clone()));
+    let hooks = tokio::spawn(state.0.hooks.clone().deliver());
     let app = router(state.clone());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -240,6 +372,14 @@ pub async fn serve(
     collector.abort();
     let _ = sweeper.await;
     let _ = collector.await;
+    // Events queued before the shutdown get a moment to go out.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while state.0.hooks.pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    hooks.abort();
     let st = state.clone();
     let _ = tokio::task::spawn_blocking(move || st.0.sessions.stop_verifiers()).await;
     // Dropping the last handle joins the sink thread after its queue is empty.
@@ -247,7 +387,7 @@ pub async fn serve(
     served
 }
 
-/// Expires idle upload sessions now and then.
+/// Expires idle upload sessions and tus uploads now and then.
 async fn sweep_sessions(state: AppState) {
     let every =
         (state.limits().session_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -256,11 +396,20 @@ async fn sweep_sessions(state: AppState) {
         let st = state.clone();
         match blocking(move || st.0.sessions.sweep()).await {
             Ok(expired) => {
-                for id in expired {
-                    tracing::info!(session = %id, "upload session expired");
+                for p in expired {
+                    tracing::info!(session = %p.id, "upload session expired");
+                    state
+                        .0
+                        .hooks
+                        .emit(uploads::event(&state, "upload.expiry", &p));
                 }
             }
             Err(e) => tracing::warn!(error = ?e, "session sweep failed"),
+        }
+        let st = state.clone();
+        match blocking(move || st.0.tus.sweep()).await {
+            Ok(gone) => tus::expired(&state, &gone),
+            Err(e) => tracing::warn!(error = ?e, "tus sweep failed"),
         }
     }
 }

@@ -11,9 +11,10 @@ use serde_json::json;
 
 use super::chunks::{ids_response, is_binary, read_body};
 use super::error::ApiError;
+use super::hooks::Event;
 use super::{AppState, blocking};
 use crate::error::Error;
-use crate::session::SessionId;
+use crate::session::{Progress, SessionId};
 use crate::wire::{FlatManifest, ManifestReader};
 
 /// The JSON body of `POST /v1/uploads`: the manifest and the name it is to get.
@@ -58,6 +59,7 @@ pub async fn open(
         })
         .await?
     };
+    st.0.hooks.emit(event(&st, "upload.start", &progress));
     let location = format!("/v1/uploads/{}", progress.id);
     let mut resp = if binary {
         let mut r = ids_response(true, &missing);
@@ -168,6 +170,20 @@ async fn open_streamed(
     opened.map_err(ApiError::Lib)
 }
 
+/// A hook event about a session.
+pub(super) fn event(st: &AppState, kind: &'static str, p: &Progress) -> Event {
+    let sent = p.id.parse().map_or(0, |sid| st.0.sessions.bytes_sent(sid));
+    Event {
+        upload: Some(p.id.clone()),
+        name: p.name.clone(),
+        file_id: Some(p.file_id),
+        size: Some(p.size),
+        new_bytes: Some(p.missing_bytes_at_open),
+        bytes_sent: Some(sent),
+        ..Event::new(kind, "session", p.state)
+    }
+}
+
 fn sid(s: &str) -> Result<SessionId, ApiError> {
     s.parse::<SessionId>().map_err(ApiError::Lib)
 }
@@ -189,7 +205,24 @@ pub async fn complete(
 ) -> Result<Response, ApiError> {
     let id = sid(&id)?;
     let state = st.clone();
-    let p = blocking(move || state.0.sessions.complete(id)).await?;
+    let done = blocking(move || state.0.sessions.complete(id)).await;
+    let p = match done {
+        Ok(p) => p,
+        // The chunks do not make the file the manifest claims: this upload cannot complete.
+        Err(ApiError::Lib(e @ Error::FileIdMismatch { .. })) => {
+            let state = st.clone();
+            if let Ok(p) = blocking(move || state.0.sessions.progress(id)).await {
+                let mut ev = event(&st, "upload.failure", &p);
+                ev.error = Some(e.to_string());
+                st.0.hooks.emit(ev);
+            }
+            return Err(ApiError::Lib(e));
+        }
+        Err(e) => return Err(e),
+    };
+    if p.state == "complete" {
+        st.0.hooks.emit(event(&st, "upload.complete", &p));
+    }
     st.0.metrics.upload_completed();
     Ok(Json(p).into_response())
 }
@@ -200,6 +233,16 @@ pub async fn abort(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = sid(&id)?;
-    blocking(move || st.0.sessions.abort(id)).await?;
+    let state = st.clone();
+    let before = blocking(move || {
+        let p = state.0.sessions.progress(id)?;
+        state.0.sessions.abort(id)?;
+        Ok(p)
+    })
+    .await?;
+    let mut ev = event(&st, "upload.failure", &before);
+    ev.state = "aborted";
+    ev.error = Some("aborted by the client".into());
+    st.0.hooks.emit(ev);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

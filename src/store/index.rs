@@ -8,7 +8,8 @@
 //! | sled tree `files`        | file id (32 B)  | [`Manifest`](crate::manifest::Manifest) header |
 //! | sled tree `pages`        | page hash (32B) | encoded manifest page                   |
 //! | sled tree `names`        | name (UTF-8)    | [`NameRecord`] (versions, oldest first) |
-//! | sled tree `sessions`   | session id (16 B) | upload session record (see `session.rs`) |
+//! | sled tree `sessions`     | session id (16 B) | upload session record (see `session.rs`) |
+//! | sled tree `tus`          | upload id (16 B) | tus upload record (see `tus.rs`)        |
 //! | sled tree `meta`         | `"config"`, `"format"`, `"created"` | store-wide settings |
 //!
 //! Why the chunk table is not a sled tree: measured here, a sled 0.34.7 tree of 500 000 random
@@ -75,10 +76,19 @@ pub struct Index {
     pub(crate) pages: sled::Tree,
     pub(crate) names: sled::Tree,
     pub(crate) sessions: sled::Tree,
+    pub(crate) tus: sled::Tree,
     pub(crate) meta: sled::Tree,
 }
 
 impl Index {
+    /// The tree that keeps upload records of `kind`.
+    pub(crate) fn uploads(&self, kind: crate::store::UploadKind) -> &sled::Tree {
+        match kind {
+            crate::store::UploadKind::Session => &self.sessions,
+            crate::store::UploadKind::Tus => &self.tus,
+        }
+    }
+
     /// Opens (or creates) the index at `path`.
     ///
     /// # Errors
@@ -101,6 +111,7 @@ impl Index {
             pages: db.open_tree("pages")?,
             names: db.open_tree("names")?,
             sessions: db.open_tree("sessions")?,
+            tus: db.open_tree("tus")?,
             meta: db.open_tree("meta")?,
             db,
         })

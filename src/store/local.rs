@@ -28,7 +28,7 @@ use crate::store::pack::{
 };
 use crate::store::{
     ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
-    JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk,
+    JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk, UploadKind,
 };
 
 /// The metadata journal, under the store directory.
@@ -887,27 +887,27 @@ impl ChunkStore for LocalStore {
         Ok(old.is_some())
     }
 
-    fn put_session(&self, id: &[u8; 16], record: &[u8]) -> Result<()> {
-        self.index.sessions.insert(id, record)?;
+    fn put_upload(&self, kind: UploadKind, id: &[u8; 16], record: &[u8]) -> Result<()> {
+        self.index.uploads(kind).insert(id, record)?;
         self.index.db.flush()?;
         Ok(())
     }
 
-    fn get_session(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
-        Ok(self.index.sessions.get(id)?.map(|v| v.to_vec()))
+    fn get_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        Ok(self.index.uploads(kind).get(id)?.map(|v| v.to_vec()))
     }
 
-    fn sessions(&self) -> Result<Vec<Vec<u8>>> {
+    fn uploads(&self, kind: UploadKind) -> Result<Vec<Vec<u8>>> {
         self.index
-            .sessions
+            .uploads(kind)
             .iter()
             .values()
             .map(|v| Ok(v?.to_vec()))
             .collect()
     }
 
-    fn delete_session(&self, id: &[u8; 16]) -> Result<()> {
-        self.index.sessions.remove(id)?;
+    fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()> {
+        self.index.uploads(kind).remove(id)?;
         self.index.db.flush()?;
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::{
     BadChunk, ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
-    NameRecord, NameVersion, PendingCommit, StoredChunk,
+    NameRecord, NameVersion, PendingCommit, StoredChunk, UploadKind,
 };
 
 #[derive(Default)]
@@ -20,7 +20,7 @@ struct Inner {
     pages: HashMap<Hash, Vec<u8>>,
     files: BTreeMap<Hash, Manifest>,
     names: BTreeMap<String, NameRecord>,
-    sessions: BTreeMap<[u8; 16], Vec<u8>>,
+    uploads: BTreeMap<(UploadKind, [u8; 16]), Vec<u8>>,
     /// Chunks a repair took out of service.
     quarantine: Vec<StoredChunk>,
 }
@@ -286,21 +286,23 @@ impl ChunkStore for MemoryStore {
         Ok(self.lock().files.remove(file_id).is_some())
     }
 
-    fn put_session(&self, id: &[u8; 16], record: &[u8]) -> Result<()> {
-        self.lock().sessions.insert(*id, record.to_vec());
+    fn put_upload(&self, kind: UploadKind, id: &[u8; 16], record: &[u8]) -> Result<()> {
+        self.lock().uploads.insert((kind, *id), record.to_vec());
         Ok(())
     }
 
-    fn get_session(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
-        Ok(self.lock().sessions.get(id).cloned())
+    fn get_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().uploads.get(&(kind, *id)).cloned())
     }
 
-    fn sessions(&self) -> Result<Vec<Vec<u8>>> {
-        Ok(self.lock().sessions.values().cloned().collect())
+    fn uploads(&self, kind: UploadKind) -> Result<Vec<Vec<u8>>> {
+        let inner = self.lock();
+        let of_kind = inner.uploads.iter().filter(|((k, _), _)| *k == kind);
+        Ok(of_kind.map(|(_, v)| v.clone()).collect())
     }
 
-    fn delete_session(&self, id: &[u8; 16]) -> Result<()> {
-        self.lock().sessions.remove(id);
+    fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()> {
+        self.lock().uploads.remove(&(kind, *id));
         Ok(())
     }
 }

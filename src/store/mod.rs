@@ -166,6 +166,15 @@ impl JournalCheck {
     }
 }
 
+/// The two kinds of upload the index keeps records of, each in its own table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UploadKind {
+    /// Upload sessions by content (`session.rs`): sled tree `sessions`.
+    Session,
+    /// tus uploads by offset (`tus.rs`): sled tree `tus`.
+    Tus,
+}
+
 /// The second half of a commit: make the chunks durable, then visible. It owns what it needs,
 /// so it can run on another thread while the writer goes on appending.
 pub trait PendingCommit: Send {
@@ -424,27 +433,27 @@ pub trait ChunkStore: Send + Sync {
     /// Index errors.
     fn remove_manifest(&self, file_id: &Hash) -> Result<bool>;
 
-    /// Writes an upload session's record under its id; durable on return.
+    /// Writes the record of an upload of `kind` under its id; durable on return.
     ///
     /// # Errors
     /// Index errors.
-    fn put_session(&self, id: &[u8; 16], record: &[u8]) -> Result<()>;
+    fn put_upload(&self, kind: UploadKind, id: &[u8; 16], record: &[u8]) -> Result<()>;
 
-    /// The record of an upload session, if there is one.
+    /// The record of an upload of `kind`, if there is one.
     ///
     /// # Errors
     /// Index errors.
-    fn get_session(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>>;
+    fn get_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<Option<Vec<u8>>>;
 
-    /// Every upload session's record (open and ended).
+    /// Every record of uploads of `kind` (open and ended).
     ///
     /// # Errors
     /// Index errors.
-    fn sessions(&self) -> Result<Vec<Vec<u8>>>;
+    fn uploads(&self, kind: UploadKind) -> Result<Vec<Vec<u8>>>;
 
-    /// Forgets an upload session.
+    /// Forgets an upload of `kind`.
     ///
     /// # Errors
     /// Index errors.
-    fn delete_session(&self, id: &[u8; 16]) -> Result<()>;
+    fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()>;
 }

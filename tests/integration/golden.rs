@@ -73,3 +73,22 @@ fn fixture_id_matches_b3sum() {
     let committed = line.split_whitespace().next().expect("hash");
     assert_eq!(hoard::Hash::of(&data).to_hex(), committed);
 }
+
+#[test]
+fn prefix_hashes_match_the_blake3_crate() {
+    // The browser page's BLAKE3 (web/blake3.js) is tested against the same file.
+    let data = std::fs::read(fixture("mixed.bin")).expect("fixture");
+    let text = std::fs::read_to_string(fixture("mixed.prefix.b3")).expect("prefix hashes");
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (len, hex) = line.split_once(' ').expect("LEN HASH");
+        let len: usize = len.parse().expect("length");
+        assert_eq!(
+            hoard::Hash::of(&data[..len]).to_hex(),
+            hex,
+            "prefix of {len} bytes"
+        );
+        n += 1;
+    }
+    assert!(n >= 20, "only {n} prefixes");
+}

@@ -1,0 +1,279 @@
+//! tus 1.0.0 at `/v1/tus/`: core protocol with the creation, creation-with-upload,
+//! termination, expiration and checksum extensions, over the store's tus uploads
+//! (`crate::tus`), so existing upload clients (tus-js-client, Uppy, tuspy) get dedup too.
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::error::ApiError;
+use super::hooks::Event;
+use super::{AppState, blocking};
+use crate::error::Error;
+use crate::session::SessionId;
+use crate::tus::{Appended, CHECKSUM_ALGORITHMS, Checksum, TusState, Upload};
+
+/// The protocol version spoken.
+const TUS_VERSION: &str = "1.0.0";
+/// Extensions offered (`Tus-Extension`).
+const EXTENSIONS: &str = "creation,creation-with-upload,termination,expiration,checksum";
+/// Media type of `PATCH` bodies.
+const OFFSET_STREAM: &str = "application/offset+octet-stream";
+
+/// Middleware for `/v1/tus/…`: every answer carries `Tus-Resumable`, errors included, and
+/// every request but `OPTIONS` must speak 1.0.0 (else 412 with `Tus-Version`).
+pub async fn protocol(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if !(path == "/v1/tus" || path.starts_with("/v1/tus/")) {
+        return next.run(req).await;
+    }
+    let speaks = req
+        .headers()
+        .get("tus-resumable")
+        .is_some_and(|v| v == TUS_VERSION);
+    let mut resp = if req.method() == Method::OPTIONS || speaks {
+        next.run(req).await
+    } else {
+        ApiError::TusVersion.into_response()
+    };
+    resp.headers_mut()
+        .insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    resp
+}
+
+/// `OPTIONS /v1/tus/`: what this server offers.
+pub async fn options(State(st): State<AppState>) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+    h.insert("tus-extension", HeaderValue::from_static(EXTENSIONS));
+    h.insert(
+        "tus-checksum-algorithm",
+        HeaderValue::from_static(CHECKSUM_ALGORITHMS),
+    );
+    h.insert("tus-max-size", HeaderValue::from(st.0.tus.max_size()));
+    resp
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest(format!("{name} is not ASCII")))
+        })
+        .transpose()
+}
+
+fn header_u64(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiError> {
+    header_str(headers, name)?
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("{name} must be a non-negative integer, not {v:?}"))
+            })
+        })
+        .transpose()
+}
+
+fn upload_id(s: &str) -> Result<SessionId, ApiError> {
+    s.parse::<SessionId>().map_err(ApiError::Lib)
+}
+
+/// Headers every answer about an upload carries.
+fn describe(resp: &mut Response, up: &Upload, st: &AppState) {
+    let h = resp.headers_mut();
+    h.insert("upload-offset", HeaderValue::from(up.offset()));
+    h.insert("upload-length", HeaderValue::from(up.length));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if up.state == TusState::Uploading {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(up.expires(st.0.tus.ttl()));
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            h.insert("upload-expires", v);
+        }
+    }
+    if let Some(id) = up.file_id
+        && let Ok(v) = HeaderValue::from_str(&id.to_hex())
+    {
+        h.insert("hoard-file-id", v);
+    }
+}
+
+fn event(kind: &'static str, up: &Upload) -> Event {
+    let state = match up.state {
+        TusState::Uploading => "uploading",
+        TusState::Complete => "complete",
+    };
+    Event {
+        upload: Some(up.id.to_string()),
+        name: up.name.clone(),
+        file_id: up.file_id,
+        size: Some(up.length),
+        new_bytes: Some(up.new_bytes),
+        bytes_sent: Some(up.received),
+        ..Event::new(kind, "tus", state)
+    }
+}
+
+/// `POST /v1/tus/`: creates an upload (`Upload-Length`, optional `Upload-Metadata`); with a
+/// body of `application/offset+octet-stream`, appends it at once (creation-with-upload).
+pub async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if headers.contains_key("upload-defer-length") {
+        return Err(ApiError::BadRequest(
+            "Upload-Defer-Length is not supported: send Upload-Length".into(),
+        ));
+    }
+    let length = header_u64(&headers, "upload-length")?
+        .ok_or_else(|| ApiError::BadRequest("creating an upload needs Upload-Length".into()))?;
+    let metadata = header_str(&headers, "upload-metadata")?.map(str::to_owned);
+    let with_body = is_offset_stream(&headers);
+    let state = st.clone();
+    let up = blocking(move || state.0.tus.create(length, metadata.as_deref())).await?;
+    tracing::info!(upload = %up.id, length, name = ?up.name, "tus upload created");
+    st.0.hooks.emit(event("upload.start", &up));
+    let id = up.id;
+    let up = if with_body || length == 0 {
+        let checksum = checksum_of(&headers)?;
+        append(&st, id, 0, &headers, body, checksum).await?
+    } else {
+        up
+    };
+    let mut resp = StatusCode::CREATED.into_response();
+    describe(&mut resp, &up, &st);
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/tus/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+fn is_offset_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim() == OFFSET_STREAM)
+}
+
+fn checksum_of(headers: &HeaderMap) -> Result<Option<Checksum>, ApiError> {
+    Ok(header_str(headers, "upload-checksum")?
+        .map(Checksum::parse)
+        .transpose()?)
+}
+
+/// `HEAD /v1/tus/{id}`: where the upload stands.
+pub async fn head(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = upload_id(&id)?;
+    let state = st.clone();
+    let up = blocking(move || state.0.tus.info(id)).await?;
+    let mut resp = StatusCode::OK.into_response();
+    describe(&mut resp, &up, &st);
+    if let Some(m) = &up.metadata
+        && let Ok(v) = HeaderValue::from_str(m)
+    {
+        resp.headers_mut().insert("upload-metadata", v);
+    }
+    Ok(resp)
+}
+
+/// `PATCH /v1/tus/{id}`: appends the body at `Upload-Offset`.
+pub async fn patch(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = upload_id(&id)?;
+    if !is_offset_stream(&headers) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "a PATCH body must be {OFFSET_STREAM}"
+        )));
+    }
+    let offset = header_u64(&headers, "upload-offset")?
+        .ok_or_else(|| ApiError::BadRequest("a PATCH needs Upload-Offset".into()))?;
+    let checksum = checksum_of(&headers)?;
+    let up = append(&st, id, offset, &headers, body, checksum).await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    describe(&mut resp, &up, &st);
+    Ok(resp)
+}
+
+/// Streams `body` into upload `id` on the blocking pool; fires the completion hook.
+async fn append(
+    st: &AppState,
+    id: SessionId,
+    offset: u64,
+    headers: &HeaderMap,
+    body: Body,
+    checksum: Option<Checksum>,
+) -> Result<Upload, ApiError> {
+    let declared = header_u64(headers, header::CONTENT_LENGTH.as_str())?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let mut reader = SyncIoBridge::new(StreamReader::new(stream));
+    let state = st.clone();
+    let appended: Appended = blocking(move || {
+        let tus = &state.0.tus;
+        if let Some(n) = declared {
+            // Refuse a body that cannot fit before reading any of it.
+            let up = tus.info(id)?;
+            if offset.saturating_add(n) > up.length && offset == up.offset() {
+                return Err(Error::TooLarge {
+                    what: "PATCH body (past Upload-Length)",
+                    size: offset.saturating_add(n),
+                    limit: up.length,
+                });
+            }
+        }
+        tus.append(id, offset, &mut reader, checksum, &state.0.sink)
+    })
+    .await?;
+    let up = appended.upload;
+    if appended.completed {
+        tracing::info!(upload = %id, file = ?up.file_id, name = ?up.name, new_bytes = up.new_bytes,
+            received = up.received, "tus upload complete");
+        st.0.metrics.file_stored(up.length, up.new_bytes);
+        st.0.hooks.emit(event("upload.complete", &up));
+    }
+    if let Some(e) = appended.cut_off {
+        tracing::info!(upload = %id, offset = up.offset(), error = %e,
+            "tus PATCH stopped before its end; what arrived is kept");
+        return Err(ApiError::BadRequest(format!(
+            "the body stopped before its end ({e}); the upload stands at {}",
+            up.offset()
+        )));
+    }
+    Ok(up)
+}
+
+/// `DELETE /v1/tus/{id}`: terminates the upload.
+pub async fn terminate(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = upload_id(&id)?;
+    let state = st.clone();
+    let up = blocking(move || state.0.tus.terminate(id)).await?;
+    let mut ev = event("upload.failure", &up);
+    ev.state = "terminated";
+    ev.error = Some("terminated by the client".into());
+    st.0.hooks.emit(ev);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Expiry events for the uploads a sweep forgot.
+pub fn expired(st: &AppState, gone: &[Upload]) {
+    for up in gone {
+        tracing::info!(upload = %up.id, offset = up.offset(), "tus upload expired");
+        let mut ev = event("upload.expiry", up);
+        ev.state = "expired";
+        st.0.hooks.emit(ev);
+    }
+}

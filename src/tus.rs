@@ -1,0 +1,824 @@
+//! tus 1.0 uploads: a byte stream that arrives in `PATCH`es, cut into chunks as it comes,
+//! storing only the chunks the store lacks, resumable at the exact byte after a restart.
+//!
+//! ```text
+//! create (Upload-Length) ─▶ UPLOADING ─PATCH … PATCH─▶ offset = length ─▶ COMPLETE (manifest, name)
+//!                              └─ DELETE (terminated) / idle past the TTL (expired): record forgotten
+//! ```
+//!
+//! What is durable, and why a `PATCH` resumes where it stopped: the record keeps the manifest
+//! so far (pages already stored, plus the refs of the unfinished page) and the *tail*, the
+//! bytes after the last cut point (fewer than the chunker's max). Bytes are cut as they
+//! arrive; a chunk is final once `max` bytes follow its start (the same rule the import's
+//! chunker follows, so cut points are those of `hoard import`). Every 16 MiB, and when a
+//! `PATCH` ends for any reason (done, cut off, refused), the new chunks are stored durably
+//! (through the server's chunk sink), then the record is written and flushed. `HEAD` reports
+//! the record's offset, so what it says is always on disk; a server killed in the middle of a
+//! `PATCH` loses at most the bytes after the last checkpoint, and the client resends them.
+//!
+//! A `PATCH` with `Upload-Checksum` is all or nothing: nothing is recorded until the whole body
+//! has arrived and matched (its chunks may already be in the packs; gc takes them if it did
+//! not match). gc keeps an unfinished upload's chunks: [`open_manifests`] lists them, and a
+//! `PATCH` pins what it stores until its checkpoint is written (the argument in `gc.rs`).
+//!
+//! Record (sled tree `tus`): `len[4 LE] ‖ version 1 + bincode(Upload without the tail) ‖ tail`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha1::Digest as _;
+
+use crate::chunker::Cutter;
+use crate::codec::{self, Codec};
+use crate::config::ChunkerParams;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::manifest::{ChunkRef, ManifestBuilder, PageRef};
+use crate::names;
+use crate::record;
+use crate::restore;
+use crate::session::SessionId;
+use crate::sink::{ChunkSink, Verified};
+use crate::store::{ChunkStore, Pin, UploadKind};
+
+/// Format version of tus upload records.
+const TUS_VERSION: u8 = 1;
+/// Bytes buffered before they are cut and stored = 16 MiB; also the most a server kill in the
+/// middle of a `PATCH` makes the client send again.
+const STEP_BYTES: usize = 16 << 20;
+/// Bytes read from the body at a time.
+const READ_BYTES: usize = 1 << 20;
+/// Longest `Upload-Metadata` header kept.
+const MAX_METADATA: usize = 4096;
+/// How long a request waits for another one on the same upload to finish.
+const BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a tus upload is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TusState {
+    /// Bytes are still to come.
+    Uploading,
+    /// Every byte arrived; the file is stored (and named).
+    Complete,
+}
+
+/// The persisted record of one tus upload (the tail is stored beside it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Upload {
+    /// Its id (the last part of its URL).
+    pub id: SessionId,
+    /// `Upload-Length`: the file's size.
+    pub length: u64,
+    /// `Upload-Metadata` as the client sent it (echoed by `HEAD`).
+    pub metadata: Option<String>,
+    /// The name the file gets (metadata `filename`, else `name`).
+    pub name: Option<String>,
+    /// Params the stream is cut with (the store's at creation).
+    pub chunker: ChunkerParams,
+    /// Where it is.
+    pub state: TusState,
+    /// Unix seconds when created.
+    pub created: u64,
+    /// Unix seconds of the last request that wrote to it.
+    pub touched: u64,
+    /// Manifest pages already stored.
+    pub pages: Vec<PageRef>,
+    /// Refs of the unfinished page.
+    pub refs: Vec<ChunkRef>,
+    /// Body bytes accepted over the wire (a resent range counts again).
+    pub received: u64,
+    /// Chunks this upload added to the store.
+    pub new_chunks: u64,
+    /// Their bytes.
+    pub new_bytes: u64,
+    /// The file's id, once complete.
+    pub file_id: Option<Hash>,
+    /// Bytes after the last cut point (not part of the bincode record).
+    #[serde(skip)]
+    pub tail: Vec<u8>,
+}
+
+impl Upload {
+    /// Bytes received and kept so far: the `Upload-Offset`.
+    pub fn offset(&self) -> u64 {
+        if self.state == TusState::Complete {
+            return self.length;
+        }
+        let paged: u64 = self.pages.iter().map(|p| p.bytes).sum();
+        let refs: u64 = self.refs.iter().map(|r| u64::from(r.len)).sum();
+        paged + refs + self.tail.len() as u64
+    }
+
+    /// Unix seconds after which an unfinished upload is forgotten.
+    pub fn expires(&self, ttl: Duration) -> u64 {
+        self.touched + ttl.as_secs()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let head = record::encode(TUS_VERSION, self);
+        let mut out = Vec::with_capacity(4 + head.len() + self.tail.len());
+        out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&self.tail);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let damaged = || Error::Decode {
+            what: "tus upload".into(),
+            source: bincode::error::DecodeError::OtherString("bad length prefix".into()),
+        };
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(damaged)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(damaged());
+        }
+        let mut up: Upload = record::decode("tus upload", TUS_VERSION, &rest[..len])?;
+        up.tail = rest[len..].to_vec();
+        Ok(up)
+    }
+}
+
+/// A checksum algorithm of the checksum extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// SHA-1 (what every tus client offers).
+    Sha1,
+    /// BLAKE3 (hoard's own hash).
+    Blake3,
+}
+
+/// Algorithms for `Tus-Checksum-Algorithm`.
+pub const CHECKSUM_ALGORITHMS: &str = "sha1,blake3";
+
+impl Algorithm {
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha1 => "sha1",
+            Algorithm::Blake3 => "blake3",
+        }
+    }
+}
+
+/// An `Upload-Checksum`: the algorithm and the digest the body must have.
+#[derive(Clone, Debug)]
+pub struct Checksum {
+    algorithm: Algorithm,
+    digest: Vec<u8>,
+}
+
+impl Checksum {
+    /// Parses `ALGORITHM BASE64DIGEST`.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] for an unknown algorithm or a bad digest.
+    pub fn parse(header: &str) -> Result<Self> {
+        let bad = |detail: String| Error::Malformed {
+            what: "Upload-Checksum header",
+            detail,
+        };
+        let (algo, digest) = header
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| bad("expected `ALGORITHM BASE64`".into()))?;
+        let (algorithm, len) = match algo {
+            "sha1" => (Algorithm::Sha1, 20),
+            "blake3" => (Algorithm::Blake3, 32),
+            other => {
+                return Err(bad(format!(
+                    "unsupported algorithm {other:?}; this server offers {CHECKSUM_ALGORITHMS}"
+                )));
+            }
+        };
+        let digest = base64::engine::general_purpose::STANDARD
+            .decode(digest.trim())
+            .map_err(|e| bad(format!("digest is not base64: {e}")))?;
+        if digest.len() != len {
+            return Err(bad(format!(
+                "a {algo} digest has {len} bytes, not {}",
+                digest.len()
+            )));
+        }
+        Ok(Checksum { algorithm, digest })
+    }
+}
+
+enum Digester {
+    Sha1(sha1::Sha1),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Digester {
+    fn new(a: Algorithm) -> Self {
+        match a {
+            Algorithm::Sha1 => Digester::Sha1(sha1::Sha1::new()),
+            Algorithm::Blake3 => Digester::Blake3(Box::default()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Digester::Sha1(h) => h.update(data),
+            Digester::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Digester::Sha1(h) => h.finalize().to_vec(),
+            Digester::Blake3(h) => h.finalize().as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Parses `Upload-Metadata` (`key base64, key base64, key`) into keys and decoded values.
+///
+/// # Errors
+/// [`Error::Malformed`] for an empty or repeated key or a value that is not base64.
+pub fn parse_metadata(header: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let bad = |detail: String| Error::Malformed {
+        what: "Upload-Metadata header",
+        detail,
+    };
+    if header.len() > MAX_METADATA {
+        return Err(bad(format!("longer than {MAX_METADATA} bytes")));
+    }
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for pair in header.split(',') {
+        let pair = pair.trim_start();
+        if pair.trim().is_empty() {
+            continue;
+        }
+        let (key, value) = pair.split_once(' ').unwrap_or((pair, ""));
+        if key.is_empty() || !key.is_ascii() {
+            return Err(bad(format!("bad key {key:?}")));
+        }
+        if out.iter().any(|(k, _)| k == key) {
+            return Err(bad(format!("key {key:?} appears twice")));
+        }
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .map_err(|e| bad(format!("value of {key:?} is not base64: {e}")))?;
+        out.push((key.to_owned(), value));
+    }
+    Ok(out)
+}
+
+/// The name a file gets from its metadata: `filename`, else `name` (Uppy sends both).
+fn name_from(metadata: &[(String, Vec<u8>)]) -> Result<Option<String>> {
+    let value = ["filename", "name"]
+        .iter()
+        .find_map(|key| metadata.iter().find(|(k, _)| k == key))
+        .map(|(_, v)| v);
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let name = String::from_utf8(value.clone()).map_err(|_| Error::Malformed {
+        what: "Upload-Metadata header",
+        detail: "filename is not UTF-8".into(),
+    })?;
+    names::validate(&name)?;
+    Ok(Some(name))
+}
+
+/// What one `PATCH` (or a creation with a body) did.
+#[derive(Debug)]
+pub struct Appended {
+    /// The upload afterwards, as recorded.
+    pub upload: Upload,
+    /// Body bytes this request added.
+    pub accepted: u64,
+    /// Set if the body stopped before its end; what arrived before is kept (unless a checksum
+    /// was given).
+    pub cut_off: Option<std::io::Error>,
+    /// The upload completed with this request.
+    pub completed: bool,
+}
+
+/// The tus uploads of one store.
+pub struct TusUploads {
+    store: Arc<dyn ChunkStore>,
+    ttl: Duration,
+    max_size: u64,
+    /// Uploads a request is working on; one at a time per upload.
+    busy: Mutex<HashSet<SessionId>>,
+    freed: Condvar,
+    /// Whole-file hashes of uploads whose bytes this process saw from the start, with the
+    /// bytes they cover: completing needs no second pass over the file.
+    hashers: Mutex<HashMap<SessionId, (u64, blake3::Hasher)>>,
+}
+
+/// The right to work on one upload; released on drop.
+struct Claim<'a> {
+    uploads: &'a TusUploads,
+    id: SessionId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut busy = self
+            .uploads
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        busy.remove(&self.id);
+        self.uploads.freed.notify_all();
+    }
+}
+
+impl TusUploads {
+    /// Uploads of `store` up to `max_size` bytes, forgotten after `ttl` without a write.
+    pub fn new(store: Arc<dyn ChunkStore>, ttl: Duration, max_size: u64) -> Self {
+        TusUploads {
+            store,
+            ttl,
+            max_size,
+            busy: Mutex::default(),
+            freed: Condvar::new(),
+            hashers: Mutex::default(),
+        }
+    }
+
+    /// The largest upload accepted (`Tus-Max-Size`).
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// How long an unfinished upload lives without a write.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Waits (a few seconds at most) until no other request works on `id`.
+    fn claim(&self, id: SessionId) -> Result<Claim<'_>> {
+        let deadline = Instant::now() + BUSY_WAIT;
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        while busy.contains(&id) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::UploadBusy(id.to_string()));
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        busy.insert(id);
+        Ok(Claim { uploads: self, id })
+    }
+
+    fn load(&self, id: SessionId) -> Result<Upload> {
+        let bytes = self
+            .store
+            .get_upload(UploadKind::Tus, &id.0)?
+            .ok_or_else(|| Error::NoSession(id.to_string()))?;
+        let up = Upload::decode(&bytes)?;
+        // One past its TTL that no sweep has forgotten yet is gone all the same.
+        if up.state == TusState::Uploading && up.expires(self.ttl) < crate::unix_now() {
+            return Err(Error::NoSession(id.to_string()));
+        }
+        Ok(up)
+    }
+
+    fn save(&self, up: &Upload) -> Result<()> {
+        self.store
+            .put_upload(UploadKind::Tus, &up.id.0, &up.encode())
+    }
+
+    /// Creates an upload of `length` bytes with `metadata` (the raw `Upload-Metadata`).
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] past the max size; [`Error::Malformed`] or [`Error::InvalidName`]
+    /// for bad metadata; store errors.
+    pub fn create(&self, length: u64, metadata: Option<&str>) -> Result<Upload> {
+        if length > self.max_size {
+            return Err(Error::TooLarge {
+                what: "upload",
+                size: length,
+                limit: self.max_size,
+            });
+        }
+        let name = match metadata {
+            Some(m) => name_from(&parse_metadata(m)?)?,
+            None => None,
+        };
+        let now = crate::unix_now();
+        let id = SessionId::generate(&length.to_le_bytes());
+        let up = Upload {
+            id,
+            length,
+            metadata: metadata.map(str::to_owned),
+            name,
+            chunker: self.store.config().chunker,
+            state: TusState::Uploading,
+            created: now,
+            touched: now,
+            pages: Vec::new(),
+            refs: Vec::new(),
+            received: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+            file_id: None,
+            tail: Vec::new(),
+        };
+        self.save(&up)?;
+        self.hashers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, (0, blake3::Hasher::new()));
+        Ok(up)
+    }
+
+    /// Where upload `id` stands (`HEAD`); waits for a `PATCH` in progress to finish.
+    ///
+    /// # Errors
+    /// [`Error::NoSession`] for an unknown, terminated or expired upload;
+    /// [`Error::UploadBusy`]; store errors.
+    pub fn info(&self, id: SessionId) -> Result<Upload> {
+        let _claim = self.claim(id)?;
+        self.load(id)
+    }
+
+    /// Forgets upload `id` (termination); its stored chunks stay for gc.
+    ///
+    /// # Errors
+    /// As [`TusUploads::info`].
+    pub fn terminate(&self, id: SessionId) -> Result<Upload> {
+        let _claim = self.claim(id)?;
+        let up = self.load(id)?;
+        self.store.delete_upload(UploadKind::Tus, &id.0)?;
+        self.forget_hash(id);
+        Ok(up)
+    }
+
+    fn forget_hash(&self, id: SessionId) {
+        self.hashers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// Forgets unfinished uploads idle past the TTL (returned, for the expiry hook) and
+    /// completed ones older than that.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn sweep(&self) -> Result<Vec<Upload>> {
+        let now = crate::unix_now();
+        let mut expired = Vec::new();
+        for bytes in self.store.uploads(UploadKind::Tus)? {
+            let up = Upload::decode(&bytes)?;
+            if up.expires(self.ttl) >= now {
+                continue;
+            }
+            let Ok(_claim) = self.claim(up.id) else {
+                continue; // a request is writing to it: not idle
+            };
+            // Read again under the claim: a write may have come in between.
+            let Some(bytes) = self.store.get_upload(UploadKind::Tus, &up.id.0)? else {
+                continue;
+            };
+            let up = Upload::decode(&bytes)?;
+            if up.expires(self.ttl) >= now {
+                continue;
+            }
+            self.store.delete_upload(UploadKind::Tus, &up.id.0)?;
+            self.forget_hash(up.id);
+            if up.state == TusState::Uploading {
+                expired.push(up);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Appends `body` to upload `id` at `offset` (`PATCH`, or the body of a creation);
+    /// completes the upload when its last byte arrives. New chunks go through `sink`.
+    ///
+    /// A body that stops early is not an error: what arrived is kept (unless `checksum` is
+    /// given) and [`Appended::cut_off`] says why it stopped.
+    ///
+    /// # Errors
+    /// [`Error::OffsetMismatch`]; [`Error::ChecksumMismatch`] (nothing kept);
+    /// [`Error::TooLarge`] for bytes past the length (those before it are kept);
+    /// [`Error::NoSession`]; [`Error::UploadBusy`]; store errors.
+    pub fn append(
+        &self,
+        id: SessionId,
+        offset: u64,
+        body: &mut dyn Read,
+        checksum: Option<Checksum>,
+        sink: &ChunkSink,
+    ) -> Result<Appended> {
+        let _claim = self.claim(id)?;
+        let mut up = self.load(id)?;
+        if up.state == TusState::Complete && offset == up.length {
+            // Nothing is left to send; a byte more would be past the length.
+            let mut one = [0u8; 1];
+            if body.read(&mut one).unwrap_or(0) > 0 {
+                return Err(too_long(&up));
+            }
+            return Ok(Appended {
+                upload: up,
+                accepted: 0,
+                cut_off: None,
+                completed: false,
+            });
+        }
+        if offset != up.offset() {
+            return Err(Error::OffsetMismatch {
+                expected: up.offset(),
+                got: offset,
+            });
+        }
+        let hasher = self
+            .hashers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+            .filter(|(upto, _)| *upto == offset - up.tail.len() as u64)
+            .map(|(_, h)| h);
+        let mut run = Run {
+            store: &*self.store,
+            sink,
+            cutter: Cutter::new(up.chunker),
+            builder: ManifestBuilder::resume(
+                std::mem::take(&mut up.pages),
+                std::mem::take(&mut up.refs),
+            ),
+            buf: std::mem::take(&mut up.tail),
+            hasher,
+            pin: self.store.guard().pin(),
+            accepted: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+        };
+        let room = up.length - offset;
+        let mut digest = checksum.as_ref().map(|c| Digester::new(c.algorithm));
+        let mut total = 0u64;
+        let mut cut_off = None;
+        let mut overflow = false;
+        let mut piece = vec![0u8; READ_BYTES];
+        loop {
+            let n = match body.read(&mut piece) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    cut_off = Some(e);
+                    break;
+                }
+            };
+            let keep = n.min((room - total) as usize);
+            overflow = keep < n;
+            if let Some(d) = &mut digest {
+                d.update(&piece[..n]);
+            }
+            run.buf.extend_from_slice(&piece[..keep]);
+            run.accepted += keep as u64;
+            total += keep as u64;
+            if overflow {
+                break;
+            }
+            if run.buf.len() >= STEP_BYTES {
+                run.step(false)?;
+                if checksum.is_none() {
+                    self.checkpoint(&mut up, &mut run)?;
+                }
+            }
+        }
+        if let (Some(c), Some(d)) = (&checksum, digest) {
+            // All or nothing: the record was not touched; what this request stored is garbage.
+            if cut_off.is_some() {
+                self.keep_hash_if(id, None);
+                let upload = self.load(id)?;
+                return Ok(Appended {
+                    upload,
+                    accepted: 0,
+                    cut_off,
+                    completed: false,
+                });
+            }
+            if overflow || d.finish() != c.digest {
+                return Err(if overflow {
+                    too_long(&up)
+                } else {
+                    Error::ChecksumMismatch {
+                        algorithm: c.algorithm.name(),
+                    }
+                });
+            }
+        }
+        let completed = run.builder.bytes() + run.buf.len() as u64 == up.length;
+        if completed {
+            self.complete(&mut up, run)?;
+        } else {
+            run.step(false)?;
+            self.checkpoint(&mut up, &mut run)?;
+            let covered = run.builder.bytes();
+            self.keep_hash_if(id, run.hasher.take().map(|h| (covered, h)));
+        }
+        if overflow {
+            return Err(too_long(&up));
+        }
+        Ok(Appended {
+            upload: up,
+            accepted: total,
+            cut_off,
+            completed,
+        })
+    }
+
+    fn keep_hash_if(&self, id: SessionId, hash: Option<(u64, blake3::Hasher)>) {
+        if let Some(h) = hash {
+            self.hashers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, h);
+        }
+    }
+
+    /// Writes the record with what `run` has stored so far.
+    fn checkpoint(&self, up: &mut Upload, run: &mut Run<'_>) -> Result<()> {
+        let (pages, refs) = run.builder.parts();
+        up.pages = pages.to_vec();
+        up.refs = refs.to_vec();
+        up.tail = run.buf.clone();
+        run.count_into(up);
+        self.save(up)?;
+        // Up to here the pin kept gc off this request's chunks; the record now does.
+        run.pin = self.store.guard().pin();
+        Ok(())
+    }
+
+    /// Stores the last chunks, the manifest and the name; marks the upload complete.
+    fn complete(&self, up: &mut Upload, mut run: Run<'_>) -> Result<()> {
+        run.step(true)?;
+        let store = &*self.store;
+        let placeholder = Hash::from_bytes([0u8; 32]);
+        let builder = std::mem::take(&mut run.builder);
+        let (mut manifest, last) = builder.finish(placeholder, up.chunker);
+        if let Some(p) = last {
+            let _held = store.guard().read(); // store and pin as one step (see gc.rs)
+            store.put_page(&p.pref.hash, &p.bytes)?;
+            run.pin.add_page(p.pref.hash);
+        }
+        manifest.file_id = match run.hasher.take() {
+            Some(h) => Hash::from(h.finalize()),
+            // The server restarted during the upload: hash the file back out of the store.
+            None => restore::hash_file(store, &manifest)?,
+        };
+        store.put_manifest(&manifest)?;
+        if let Some(name) = &up.name {
+            names::record(store, name, &manifest)?;
+        }
+        up.state = TusState::Complete;
+        up.file_id = Some(manifest.file_id);
+        up.pages.clear();
+        up.refs.clear();
+        up.tail.clear();
+        run.count_into(up);
+        self.save(up)?;
+        self.forget_hash(up.id);
+        Ok(())
+    }
+}
+
+fn too_long(up: &Upload) -> Error {
+    Error::TooLarge {
+        what: "PATCH body (past Upload-Length; the bytes up to it were kept)",
+        size: up.length + 1,
+        limit: up.length,
+    }
+}
+
+/// One request's work on an upload: the bytes not yet cut, the manifest so far.
+struct Run<'a> {
+    store: &'a dyn ChunkStore,
+    sink: &'a ChunkSink,
+    cutter: Cutter,
+    builder: ManifestBuilder,
+    /// Bytes after the last cut point.
+    buf: Vec<u8>,
+    /// Hash of every byte before `buf`, if this process saw them all.
+    hasher: Option<blake3::Hasher>,
+    /// Keeps gc off what this request looked up and stored until the record holds it.
+    pin: Pin,
+    /// Body bytes, chunks and chunk bytes added since the last checkpoint.
+    accepted: u64,
+    new_chunks: u64,
+    new_bytes: u64,
+}
+
+impl Run<'_> {
+    /// Moves the counts since the last checkpoint into `up`, and the time of this write.
+    fn count_into(&mut self, up: &mut Upload) {
+        up.received += std::mem::take(&mut self.accepted);
+        up.new_chunks += std::mem::take(&mut self.new_chunks);
+        up.new_bytes += std::mem::take(&mut self.new_bytes);
+        up.touched = crate::unix_now();
+    }
+
+    /// Cuts every final chunk out of `buf` (all of it at the end of the stream), stores the
+    /// ones the store lacks, and adds them to the manifest.
+    fn step(&mut self, end: bool) -> Result<()> {
+        let max = self.cutter.max() as usize;
+        let mut spans = Vec::new();
+        let mut pos = 0;
+        while pos < self.buf.len() && (end || self.buf.len() - pos >= max) {
+            let n = self.cutter.next_len(&self.buf[pos..]);
+            spans.push(pos..pos + n);
+            pos += n;
+        }
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let buf = &self.buf;
+        let ids: Vec<Hash> = spans
+            .par_iter()
+            .map(|s| Hash::of(&buf[s.clone()]))
+            .collect();
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..pos]);
+        }
+        let missing = self.store.missing_pinned(&ids, &self.pin)?;
+        let mut seen = HashSet::new();
+        let new: Vec<(Hash, std::ops::Range<usize>)> = ids
+            .iter()
+            .zip(&spans)
+            .zip(&missing)
+            .filter(|((id, _), m)| **m && seen.insert(**id))
+            .map(|((id, s), _)| (*id, s.clone()))
+            .collect();
+        let level = self.store.config().level;
+        let verified: Vec<Verified> = new
+            .par_iter()
+            .map(|(id, s)| {
+                let raw = &buf[s.clone()];
+                let (codec, payload) = match codec::compress(raw, level) {
+                    Some(z) => (Codec::Zstd, Bytes::from(z)),
+                    None => (Codec::Raw, Bytes::copy_from_slice(raw)),
+                };
+                Verified {
+                    id: *id,
+                    codec,
+                    raw_len: raw.len() as u32,
+                    payload,
+                    raw: Bytes::new(),
+                }
+            })
+            .collect();
+        if !verified.is_empty() {
+            let (tx, rx) = mpsc::channel();
+            self.sink.submit(
+                verified,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            let report = rx
+                .recv()
+                .map_err(|_| Error::stage_stopped("chunk sink stopped"))??;
+            self.new_chunks += report.new_chunks;
+            self.new_bytes += report.new_bytes;
+        }
+        for (id, s) in ids.iter().zip(&spans) {
+            let r = ChunkRef {
+                id: *id,
+                len: s.len() as u32,
+            };
+            if let Some(p) = self.builder.push(r) {
+                let _held = self.store.guard().read(); // store and pin as one step
+                self.store.put_page(&p.pref.hash, &p.bytes)?;
+                self.pin.add_page(p.pref.hash);
+            }
+        }
+        self.buf.drain(..pos);
+        Ok(())
+    }
+}
+
+/// Every unfinished tus upload: its pages and refs are what gc must keep for it.
+///
+/// # Errors
+/// Store errors.
+pub fn open_uploads(store: &dyn ChunkStore) -> Result<Vec<Upload>> {
+    let mut out = Vec::new();
+    for bytes in store.uploads(UploadKind::Tus)? {
+        let up = Upload::decode(&bytes)?;
+        if up.state == TusState::Uploading {
+            out.push(up);
+        }
+    }
+    Ok(out)
+}
