@@ -17,4 +17,5 @@ mod integration {
     pub mod server;
     pub mod store_contract;
     pub mod support;
+    pub mod tus;
 }

@@ -112,7 +112,9 @@ pub(super) fn send_within(
     msg: std::io::Result<Bytes>,
     idle: Duration,
 ) -> std::io::Result<()> {
-    match rt.block_on(tokio::time::timeout(idle, tx.send(msg))) {
+    // The timer is made inside `block_on`, which enters the runtime: the caller may be a
+    // plain thread (the restore's writer) outside it.
+    match rt.block_on(async { tokio::time::timeout(idle, tx.send(msg)).await }) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),

@@ -4,12 +4,16 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hoard::StoreConfig;
 use hoard::client::{self, Client, PullOptions, PullReport, PushReport};
-use hoard::server::{self, AppState, Auth, Limits};
+use hoard::server::{self, AppState, Auth, Limits, Options};
 use hoard::store::{ChunkStore, LocalStore};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
 
 /// A runtime for the async client calls of a test.
 pub fn rt() -> tokio::runtime::Runtime {
@@ -30,9 +34,20 @@ pub struct TestServer {
 impl TestServer {
     /// Serves the store at `root` (created with `config` if new).
     pub fn start(root: &Path, config: Option<StoreConfig>, limits: Limits, auth: Auth) -> Self {
+        Self::start_with(root, config, limits, auth, Options::default())
+    }
+
+    /// As [`TestServer::start`], with CORS origins and webhooks.
+    pub fn start_with(
+        root: &Path,
+        config: Option<StoreConfig>,
+        limits: Limits,
+        auth: Auth,
+        options: Options,
+    ) -> Self {
         let (store, _) = LocalStore::open(root, config).expect("open store");
         let store: Arc<dyn ChunkStore> = Arc::new(store);
-        let state = AppState::new(store, limits, auth).expect("state");
+        let state = AppState::with_options(store, limits, auth, options).expect("state");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -85,6 +100,111 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Plain HTTP calls to a test server, blocking.
+pub struct Api {
+    pub rt: tokio::runtime::Runtime,
+    pub http: reqwest::Client,
+    pub url: String,
+}
+
+impl Api {
+    pub fn new(server: &TestServer) -> Self {
+        Self::from_url(&server.url)
+    }
+
+    /// Calls to the server at `url` (a child server).
+    pub fn from_url(url: &str) -> Self {
+        Api {
+            rt: rt(),
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+        }
+    }
+
+    /// Sends a request and returns status, headers and the body as JSON (null if not JSON).
+    pub fn call_json(&self, rb: reqwest::RequestBuilder) -> (StatusCode, HeaderMap, Value) {
+        let (s, h, b) = self.call(rb);
+        (s, h, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    /// Sends a request and returns status, headers and body.
+    pub fn call(&self, rb: reqwest::RequestBuilder) -> (StatusCode, HeaderMap, Vec<u8>) {
+        self.rt.block_on(async {
+            let r = rb.send().await.expect("request");
+            let (s, h) = (r.status(), r.headers().clone());
+            (s, h, r.bytes().await.expect("body").to_vec())
+        })
+    }
+
+    pub fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(m, format!("{}{path}", self.url))
+    }
+
+    pub fn json(&self, m: reqwest::Method, path: &str) -> (StatusCode, Value) {
+        let (s, _, b) = self.call(self.req(m, path));
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    pub fn stats(&self) -> Value {
+        self.json(reqwest::Method::GET, "/v1/stats").1
+    }
+}
+
+/// A webhook receiver on 127.0.0.1: keeps every JSON body POSTed to it.
+pub struct HookReceiver {
+    pub url: String,
+    events: Arc<Mutex<Vec<Value>>>,
+    _server: std::thread::JoinHandle<()>,
+}
+
+impl HookReceiver {
+    pub fn start() -> Self {
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let kept = events.clone();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            rt().block_on(async move {
+                let app = axum::Router::new().route(
+                    "/hook",
+                    axum::routing::post(move |axum::Json(v): axum::Json<Value>| async move {
+                        kept.lock().unwrap().push(v);
+                        "ok"
+                    }),
+                );
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(l.local_addr().unwrap()).unwrap();
+                // Lives as long as the test process; each test has its own port.
+                axum::serve(l, app).await.unwrap();
+            });
+        });
+        let addr = addr_rx.recv().expect("hook receiver address");
+        HookReceiver {
+            url: format!("http://{addr}/hook"),
+            events,
+            _server: server,
+        }
+    }
+
+    /// Waits (at most `limit`) until the events so far satisfy `done`; returns them.
+    pub fn wait_until(&self, done: impl Fn(&[Value]) -> bool, limit: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let evs = self.events.lock().unwrap().clone();
+            if done(&evs) {
+                return evs;
+            }
+            assert!(Instant::now() < deadline, "hook events so far: {evs:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the first event that matches `want`.
+    pub fn wait_for(&self, want: impl Fn(&Value) -> bool, limit: Duration) -> Value {
+        let evs = self.wait_until(|evs| evs.iter().any(&want), limit);
+        evs.into_iter().find(|e| want(e)).expect("matched")
     }
 }
 

@@ -11,49 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::data;
-use super::net::{TestServer, rt};
+use super::net::{Api, TestServer};
 use super::support::{Scratch, b3};
-
-struct Api {
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-    url: String,
-}
-
-impl Api {
-    fn new(server: &TestServer) -> Self {
-        Api {
-            rt: rt(),
-            http: reqwest::Client::new(),
-            url: server.url.clone(),
-        }
-    }
-
-    /// Sends a request and returns status, headers and body.
-    fn call(
-        &self,
-        rb: reqwest::RequestBuilder,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
-        self.rt.block_on(async {
-            let r = rb.send().await.expect("request");
-            let (s, h) = (r.status(), r.headers().clone());
-            (s, h, r.bytes().await.expect("body").to_vec())
-        })
-    }
-
-    fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(m, format!("{}{path}", self.url))
-    }
-
-    fn json(&self, m: reqwest::Method, path: &str) -> (StatusCode, Value) {
-        let (s, _, b) = self.call(self.req(m, path));
-        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
-    }
-
-    fn stats(&self) -> Value {
-        self.json(reqwest::Method::GET, "/v1/stats").1
-    }
-}
 
 use reqwest::Method as M;
 
