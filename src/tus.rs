@@ -10,7 +10,7 @@
 //! so far (pages already stored, plus the refs of the unfinished page) and the *tail*, the
 //! bytes after the last cut point (fewer than the chunker's max). Bytes are cut as they
 //! arrive; a chunk is final once `max` bytes follow its start (the same rule the import's
-//! chunker follows, so cut points are those of `hoard import`). Every 16 MiB, and when a
+//! chunker follows, so cut points are those of `hoard import`). Every 8 MiB, and when a
 //! `PATCH` ends for any reason (done, cut off, refused), the new chunks are stored durably
 //! (through the server's chunk sink), then the record is written and flushed. `HEAD` reports
 //! the record's offset, so what it says is always on disk; a server killed in the middle of a
@@ -50,9 +50,10 @@ use crate::store::{ChunkStore, Pin, UploadKind};
 
 /// Format version of tus upload records.
 const TUS_VERSION: u8 = 1;
-/// Bytes buffered before they are cut and stored = 16 MiB; also the most a server kill in the
-/// middle of a `PATCH` makes the client send again.
-const STEP_BYTES: usize = 16 << 20;
+/// Bytes buffered before they are cut and stored = 8 MiB; also the most a server kill in the
+/// middle of a `PATCH` makes the client send again. With the compressed copies of the new
+/// chunks, a `PATCH` holds about twice this in memory.
+const STEP_BYTES: usize = 8 << 20;
 /// Bytes read from the body at a time.
 const READ_BYTES: usize = 1 << 20;
 /// Longest `Upload-Metadata` header kept.

@@ -216,6 +216,12 @@ async fn append(
     checksum: Option<Checksum>,
 ) -> Result<Upload, ApiError> {
     let declared = header_u64(headers, header::CONTENT_LENGTH.as_str())?;
+    // Bodies being cut at once share the whole-file uploads' slots: bounded memory.
+    let _slot =
+        st.0.ingest_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("closed".into()))?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let state = st.clone();

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The browser page and tus in a real browser: Debian's chromium (apt), headless, driven by
+# playwright-core; tus-js-client as a third-party client (both from npm, versions pinned in
+# tests/browser/package-lock.json). First the page's own JavaScript (FastCDC, BLAKE3) against
+# the test vectors the Rust tests use, then tests/browser/page.test.mjs against a live server.
+# Screenshots and figures land in target/browser/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if ! command -v npm >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+echo "node $(node --version), $(/usr/bin/chromium --version 2>/dev/null)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+echo "== page JavaScript against the shared test vectors"
+node --test tests/js/
+echo "== the page and tus-js-client in chromium"
+cargo build --quiet --bin hoard
+timeout 900 node --test --test-timeout=600000 tests/browser/page.test.mjs
+ls -l target/browser/
