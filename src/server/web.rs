@@ -10,32 +10,32 @@ const ASSETS: &[(&str, &str, &str)] = &[
     (
         "index.html",
         "text/html; charset=utf-8",
-        include_str!("../../web/index.html"),
+        include_str!("../web/index.html"),
     ),
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_str!("../../web/style.css"),
+        include_str!("../web/style.css"),
     ),
     (
         "app.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../web/app.js"),
+        include_str!("../web/app.js"),
     ),
     (
         "worker.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../web/worker.js"),
+        include_str!("../web/worker.js"),
     ),
     (
         "fastcdc.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../web/fastcdc.js"),
+        include_str!("../web/fastcdc.js"),
     ),
     (
         "blake3.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../web/blake3.js"),
+        include_str!("../web/blake3.js"),
     ),
 ];
 

@@ -254,16 +254,20 @@ test('a 100 MiB file, then an edited copy that sends a small fraction, both down
   assert.ok(e2.bytes_sent < v2.length * 0.05, `second upload sent ${e2.bytes_sent} of ${v2.length}`);
   assert.ok(Number(second.bytesSent) <= e2.bytes_sent * 1.01 + 4096);
 
+  // The page with both uploads done (the README's picture).
+  await page.waitForFunction(() => /^2 files/.test(document.querySelector('#summary')?.textContent ?? ''));
+  await page.locator('#token').blur();
+  report.desktop_screenshot_colours = await screenshot(page, 'page.png');
+
   // Downloads through the page's own links: the newest version, byte for byte.
   await page.reload();
-  const link = page.locator('#files .file[data-name="disk.img"] .actions a[download]');
+  const link = page.getByRole('link', { name: 'Download disk.img', exact: true });
   const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
   const saved = path.join(work, 'downloaded.img');
   await download.saveAs(saved);
   assert.equal(sha256(fs.readFileSync(saved)), sha256(v2));
   const v1back = Buffer.from(await (await api('/v1/files/disk.img@1')).arrayBuffer());
   assert.equal(sha256(v1back), sha256(v1));
-  report.desktop_screenshot_colours = await screenshot(page, 'page.png');
   await page.context().close();
 });
 

@@ -1,4 +1,4 @@
-// Checks the browser page's FastCDC and BLAKE3 (web/fastcdc.js, web/blake3.js) against the Rust
+// Checks the browser page's FastCDC and BLAKE3 (src/web/fastcdc.js, src/web/blake3.js) against the Rust
 // side's golden files in fixtures/: the page must cut and hash exactly as the server does, or
 // its uploads would stop deduplicating. Run with `node --test tests/js/` (Node 20, no packages).
 
@@ -6,8 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 
-import { Cutter, ChunkStream, gearHex } from '../../web/fastcdc.js';
-import { Blake3, blake3Hex } from '../../web/blake3.js';
+import { Cutter, ChunkStream, gearHex } from '../../src/web/fastcdc.js';
+import { Blake3, blake3Hex } from '../../src/web/blake3.js';
 
 const fixture = (name) => readFileSync(new URL(`../../fixtures/${name}`, import.meta.url));
 const data = new Uint8Array(fixture('mixed.bin'));
@@ -138,7 +138,7 @@ for (const file of CUT_FILES) {
 }
 
 test('the worker turns a file into the manifest refs and the file id', async () => {
-  // web/worker.js runs here with a stand-in for the worker global.
+  // src/web/worker.js runs here with a stand-in for the worker global.
   const messages = [];
   let done;
   const finished = new Promise((resolve) => (done = resolve));
@@ -148,7 +148,7 @@ test('the worker turns a file into the manifest refs and the file id', async () 
       if (msg.type !== 'progress') done(msg);
     },
   };
-  await import('../../web/worker.js');
+  await import('../../src/web/worker.js');
   const { params, lens } = cuts(CUT_FILES[1]);
   self.onmessage({ data: { type: 'start', file: new Blob([data]), params, sliceSize: 300_001 } });
   const msg = await finished;
