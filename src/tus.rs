@@ -21,7 +21,11 @@
 //! not match). gc keeps an unfinished upload's chunks: [`open_manifests`] lists them, and a
 //! `PATCH` pins what it stores until its checkpoint is written (the argument in `gc.rs`).
 //!
-//! Record (sled tree `tus`): `len[4 LE] ‖ version 1 + bincode(Upload without the tail) ‖ tail`.
+//! Record (sled tree `tus`): version 1 + bincode of [`Upload`]. Tail (sled tree `tus_tail`):
+//! `base[8 LE] ‖ bytes`, where `base` is the number of bytes the record's pages and refs cover
+//! when the tail was written. A checkpoint writes the record, then the tail; a tail whose base
+//! is not the record's is stale (a crash came between the two writes) and is ignored: `HEAD`
+//! then reports the record's chunked bytes, all durable, and the client sends the rest again.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -40,7 +44,7 @@ use crate::codec::{self, Codec};
 use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::manifest::{ChunkRef, ManifestBuilder, PageRef};
+use crate::manifest::{ChunkRef, ManifestBuilder, PAGE_CHUNKS, PageRef};
 use crate::names;
 use crate::record;
 use crate::restore;
@@ -58,8 +62,11 @@ const STEP_BYTES: usize = 8 << 20;
 const READ_BYTES: usize = 1 << 20;
 /// Longest `Upload-Metadata` header kept.
 const MAX_METADATA: usize = 4096;
-/// How long a request waits for another one on the same upload to finish.
+/// How long a request waits for another one on the same upload to finish (after asking it to
+/// stop: see [`TusUploads::preempt`]).
 const BUSY_WAIT: Duration = Duration::from_secs(5);
+/// Most bytes of page refs a record may come to hold (half the record limit).
+const MAX_PAGE_LIST: u64 = 8 << 20;
 
 /// Where a tus upload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +109,7 @@ pub struct Upload {
     pub new_bytes: u64,
     /// The file's id, once complete.
     pub file_id: Option<Hash>,
-    /// Bytes after the last cut point (not part of the bincode record).
+    /// Bytes after the last cut point (stored beside the record).
     #[serde(skip)]
     pub tail: Vec<u8>,
 }
@@ -113,9 +120,14 @@ impl Upload {
         if self.state == TusState::Complete {
             return self.length;
         }
+        self.chunked() + self.tail.len() as u64
+    }
+
+    /// Bytes the pages and refs cover.
+    fn chunked(&self) -> u64 {
         let paged: u64 = self.pages.iter().map(|p| p.bytes).sum();
         let refs: u64 = self.refs.iter().map(|r| u64::from(r.len)).sum();
-        paged + refs + self.tail.len() as u64
+        paged + refs
     }
 
     /// Unix seconds after which an unfinished upload is forgotten.
@@ -123,28 +135,8 @@ impl Upload {
         self.touched + ttl.as_secs()
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let head = record::encode(TUS_VERSION, self);
-        let mut out = Vec::with_capacity(4 + head.len() + self.tail.len());
-        out.extend_from_slice(&(head.len() as u32).to_le_bytes());
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&self.tail);
-        out
-    }
-
     fn decode(bytes: &[u8]) -> Result<Self> {
-        let damaged = || Error::Decode {
-            what: "tus upload".into(),
-            source: bincode::error::DecodeError::OtherString("bad length prefix".into()),
-        };
-        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(damaged)?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if len > rest.len() {
-            return Err(damaged());
-        }
-        let mut up: Upload = record::decode("tus upload", TUS_VERSION, &rest[..len])?;
-        up.tail = rest[len..].to_vec();
-        Ok(up)
+        record::decode("tus upload", TUS_VERSION, bytes)
     }
 }
 
@@ -317,6 +309,37 @@ pub struct TusUploads {
     /// Whole-file hashes of uploads whose bytes this process saw from the start, with the
     /// bytes they cover: completing needs no second pass over the file.
     hashers: Mutex<HashMap<SessionId, (u64, blake3::Hasher)>>,
+    /// How to stop the request working on an upload (its body ends early), so a client that
+    /// comes back after its connection stalled need not wait for the idle timeout.
+    stops: Mutex<HashMap<SessionId, Stop>>,
+}
+
+/// Ends a request's body early; what arrived is kept.
+pub type Stop = Box<dyn Fn() + Send>;
+
+/// A request's way to be stopped, registered while it holds the claim.
+struct Stoppable<'a> {
+    uploads: &'a TusUploads,
+    id: SessionId,
+}
+
+impl<'a> Stoppable<'a> {
+    fn new(uploads: &'a TusUploads, id: SessionId, stop: Stop) -> Self {
+        let mut stops = uploads.stops.lock().unwrap_or_else(PoisonError::into_inner);
+        stops.insert(id, stop);
+        Stoppable { uploads, id }
+    }
+}
+
+impl Drop for Stoppable<'_> {
+    fn drop(&mut self) {
+        let mut stops = self
+            .uploads
+            .stops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        stops.remove(&self.id);
+    }
 }
 
 /// The right to work on one upload; released on drop.
@@ -347,6 +370,16 @@ impl TusUploads {
             busy: Mutex::default(),
             freed: Condvar::new(),
             hashers: Mutex::default(),
+            stops: Mutex::default(),
+        }
+    }
+
+    /// Asks the request working on upload `id` (if any) to stop reading its body: it keeps
+    /// what arrived and lets go, so the caller's request gets the upload at once.
+    pub fn preempt(&self, id: SessionId) {
+        let stops = self.stops.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stop) = stops.get(&id) {
+            stop();
         }
     }
 
@@ -384,17 +417,41 @@ impl TusUploads {
             .store
             .get_upload(UploadKind::Tus, &id.0)?
             .ok_or_else(|| Error::NoSession(id.to_string()))?;
-        let up = Upload::decode(&bytes)?;
+        let mut up = Upload::decode(&bytes)?;
         // One past its TTL that no sweep has forgotten yet is gone all the same.
         if up.state == TusState::Uploading && up.expires(self.ttl) < crate::unix_now() {
             return Err(Error::NoSession(id.to_string()));
         }
+        if up.state == TusState::Uploading
+            && let Some(tail) = self.store.get_upload(UploadKind::TusTail, &id.0)?
+            && let Some((base, bytes)) = tail.split_first_chunk::<8>()
+            && u64::from_le_bytes(*base) == up.chunked()
+        {
+            up.tail = bytes.to_vec();
+        }
         Ok(up)
     }
 
+    /// Writes the record, then the tail (see the module notes for why in this order).
     fn save(&self, up: &Upload) -> Result<()> {
-        self.store
-            .put_upload(UploadKind::Tus, &up.id.0, &up.encode())
+        let record = record::encode(TUS_VERSION, up);
+        self.store.put_upload(UploadKind::Tus, &up.id.0, &record)?;
+        if up.state == TusState::Uploading {
+            let mut tail = Vec::with_capacity(8 + up.tail.len());
+            tail.extend_from_slice(&up.chunked().to_le_bytes());
+            tail.extend_from_slice(&up.tail);
+            self.store
+                .put_upload(UploadKind::TusTail, &up.id.0, &tail)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets upload `id`: the tail first, so no tail outlives its record.
+    fn delete(&self, id: SessionId) -> Result<()> {
+        self.store.delete_upload(UploadKind::TusTail, &id.0)?;
+        self.store.delete_upload(UploadKind::Tus, &id.0)?;
+        self.forget_hash(id);
+        Ok(())
     }
 
     /// Creates an upload of `length` bytes with `metadata` (the raw `Upload-Metadata`).
@@ -410,6 +467,16 @@ impl TusUploads {
                 limit: self.max_size,
             });
         }
+        // Its manifest's page list lives in the record: keep it well inside a record's size.
+        let chunker = self.store.config().chunker;
+        let pages = length / u64::from(chunker.min) / PAGE_CHUNKS as u64 + 2;
+        if pages * 50 > MAX_PAGE_LIST {
+            return Err(Error::TooLarge {
+                what: "upload (at this store's chunk sizes its manifest would not fit one record)",
+                size: length,
+                limit: MAX_PAGE_LIST / 50 * PAGE_CHUNKS as u64 * u64::from(chunker.min),
+            });
+        }
         let name = match metadata {
             Some(m) => name_from(&parse_metadata(m)?)?,
             None => None,
@@ -421,7 +488,7 @@ impl TusUploads {
             length,
             metadata: metadata.map(str::to_owned),
             name,
-            chunker: self.store.config().chunker,
+            chunker,
             state: TusState::Uploading,
             created: now,
             touched: now,
@@ -434,10 +501,6 @@ impl TusUploads {
             tail: Vec::new(),
         };
         self.save(&up)?;
-        self.hashers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, (0, blake3::Hasher::new()));
         Ok(up)
     }
 
@@ -458,8 +521,7 @@ impl TusUploads {
     pub fn terminate(&self, id: SessionId) -> Result<Upload> {
         let _claim = self.claim(id)?;
         let up = self.load(id)?;
-        self.store.delete_upload(UploadKind::Tus, &id.0)?;
-        self.forget_hash(id);
+        self.delete(id)?;
         Ok(up)
     }
 
@@ -479,7 +541,17 @@ impl TusUploads {
         let now = crate::unix_now();
         let mut expired = Vec::new();
         for bytes in self.store.uploads(UploadKind::Tus)? {
-            let up = Upload::decode(&bytes)?;
+            let up = match Upload::decode(&bytes) {
+                Ok(up) => up,
+                Err(e) => {
+                    // No request can resume it; its chunks go with the next gc.
+                    if let Some(id) = record_id(&bytes) {
+                        tracing::warn!(upload = %id, error = %e, "damaged tus upload record dropped");
+                        self.delete(id)?;
+                    }
+                    continue;
+                }
+            };
             if up.expires(self.ttl) >= now {
                 continue;
             }
@@ -494,8 +566,7 @@ impl TusUploads {
             if up.expires(self.ttl) >= now {
                 continue;
             }
-            self.store.delete_upload(UploadKind::Tus, &up.id.0)?;
-            self.forget_hash(up.id);
+            self.delete(up.id)?;
             if up.state == TusState::Uploading {
                 expired.push(up);
             }
@@ -520,8 +591,10 @@ impl TusUploads {
         body: &mut dyn Read,
         checksum: Option<Checksum>,
         sink: &ChunkSink,
+        stop: Option<Stop>,
     ) -> Result<Appended> {
         let _claim = self.claim(id)?;
+        let _stoppable = stop.map(|s| Stoppable::new(self, id, s));
         let mut up = self.load(id)?;
         if up.state == TusState::Complete && offset == up.length {
             // Nothing is left to send; a byte more would be past the length.
@@ -542,13 +615,18 @@ impl TusUploads {
                 got: offset,
             });
         }
-        let hasher = self
+        let kept = self
             .hashers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id)
             .filter(|(upto, _)| *upto == offset - up.tail.len() as u64)
             .map(|(_, h)| h);
+        let hasher = if offset == 0 {
+            Some(blake3::Hasher::new())
+        } else {
+            kept
+        };
         let mut run = Run {
             store: &*self.store,
             sink,
@@ -565,6 +643,9 @@ impl TusUploads {
             new_bytes: 0,
         };
         let room = up.length - offset;
+        // Cut once a step's worth is buffered, and never less than two chunks' worth, so
+        // every step cuts something.
+        let step_at = STEP_BYTES.max(2 * run.cutter.max() as usize);
         let mut digest = checksum.as_ref().map(|c| Digester::new(c.algorithm));
         let mut total = 0u64;
         let mut cut_off = None;
@@ -591,7 +672,9 @@ impl TusUploads {
             if overflow {
                 break;
             }
-            if run.buf.len() >= STEP_BYTES {
+            // The last byte is never checkpointed here: a record at offset = length would
+            // tell a client the upload is done before the file is.
+            if run.buf.len() >= step_at && total < room {
                 run.step(false)?;
                 if checksum.is_none() {
                     self.checkpoint(&mut up, &mut run)?;
@@ -630,7 +713,9 @@ impl TusUploads {
             self.keep_hash_if(id, run.hasher.take().map(|h| (covered, h)));
         }
         if overflow {
-            return Err(too_long(&up));
+            // Only a body without a declared length gets here (the handler refuses one that
+            // declares too much): the file is what Upload-Length said.
+            tracing::warn!(upload = %id, "bytes past Upload-Length were ignored");
         }
         Ok(Appended {
             upload: up,
@@ -654,7 +739,7 @@ impl TusUploads {
         let (pages, refs) = run.builder.parts();
         up.pages = pages.to_vec();
         up.refs = refs.to_vec();
-        up.tail = run.buf.clone();
+        up.tail.clone_from(&run.buf);
         run.count_into(up);
         self.save(up)?;
         // Up to here the pin kept gc off this request's chunks; the record now does.
@@ -690,6 +775,7 @@ impl TusUploads {
         up.tail.clear();
         run.count_into(up);
         self.save(up)?;
+        self.store.delete_upload(UploadKind::TusTail, &up.id.0)?;
         self.forget_hash(up.id);
         Ok(())
     }
@@ -809,17 +895,31 @@ impl Run<'_> {
     }
 }
 
-/// Every unfinished tus upload: its pages and refs are what gc must keep for it.
+/// Every unfinished tus upload: its pages and refs are what gc must keep for it. A record that
+/// does not decode is left out: no request can resume it (the sweep drops it).
 ///
 /// # Errors
 /// Store errors.
 pub fn open_uploads(store: &dyn ChunkStore) -> Result<Vec<Upload>> {
     let mut out = Vec::new();
     for bytes in store.uploads(UploadKind::Tus)? {
-        let up = Upload::decode(&bytes)?;
-        if up.state == TusState::Uploading {
+        if let Ok(up) = Upload::decode(&bytes)
+            && up.state == TusState::Uploading
+        {
             out.push(up);
         }
     }
     Ok(out)
+}
+
+/// The id in a record that does not decode as a whole: bincode writes the id's 16 bytes first
+/// (after the version byte), each as a varint below 251, i.e. as itself.
+fn record_id(bytes: &[u8]) -> Option<SessionId> {
+    let raw = bytes.get(1..17)?;
+    if raw.iter().any(|&b| b >= 251) {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(raw);
+    Some(SessionId(id))
 }

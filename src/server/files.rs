@@ -35,9 +35,10 @@ pub async fn upload(
 ) -> Result<Response, ApiError> {
     names::validate(&name)?;
     let label = name.clone();
-    let _slot =
+    let slot =
         st.0.ingest_slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ApiError::Internal("closed".into()))?;
     let received = Arc::new(AtomicU64::new(0));
@@ -50,17 +51,39 @@ pub async fn upload(
         })
         .map_err(std::io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(stream));
-    let store = st.store();
-    let event = |kind, state| Event {
-        name: Some(label.clone()),
-        bytes_sent: Some(received.load(Ordering::Relaxed)),
-        ..Event::new(kind, "put", state)
-    };
-    st.0.hooks.emit(event("upload.start", "uploading"));
-    let stored = blocking(move || {
-        let (manifest, report) = ingest::ingest(&*store, reader, &|_| {})?;
-        let rec = names::record(&*store, &name, &manifest)?;
-        Ok((report, rec.versions.len()))
+    let state = st.clone();
+    // Everything up to the hooks runs on the blocking pool: it finishes (and reports) even if
+    // the client goes away and the request is dropped.
+    let (report, version) = blocking(move || {
+        let _slot = slot;
+        let event = |kind, phase| Event {
+            name: Some(name.clone()),
+            bytes_sent: Some(received.load(Ordering::Relaxed)),
+            ..Event::new(kind, "put", phase)
+        };
+        state.0.hooks.emit(event("upload.start", "uploading"));
+        let store = state.store();
+        let stored = ingest::ingest(&*store, reader, &|_| {}).and_then(|(manifest, report)| {
+            let rec = names::record(&*store, &name, &manifest)?;
+            Ok((report, rec.versions.len()))
+        });
+        match &stored {
+            Ok((report, _)) => {
+                state.0.hooks.emit(Event {
+                    file_id: Some(report.id),
+                    size: Some(report.size),
+                    new_bytes: Some(report.new_bytes),
+                    ..event("upload.complete", "complete")
+                });
+                state.0.metrics.file_stored(report.size, report.new_bytes);
+            }
+            Err(e) => {
+                let mut ev = event("upload.failure", "failed");
+                ev.error = Some(e.to_string());
+                state.0.hooks.emit(ev);
+            }
+        }
+        stored
     })
     .await
     .map_err(|e| match e {
@@ -69,23 +92,7 @@ pub async fn upload(
             ApiError::BadRequest(format!("the upload stopped before its end: {io}"))
         }
         other => other,
-    });
-    let (report, version) = match stored {
-        Ok(r) => r,
-        Err(e) => {
-            let mut ev = event("upload.failure", "failed");
-            ev.error = Some(e.message());
-            st.0.hooks.emit(ev);
-            return Err(e);
-        }
-    };
-    st.0.hooks.emit(Event {
-        file_id: Some(report.id),
-        size: Some(report.size),
-        new_bytes: Some(report.new_bytes),
-        ..event("upload.complete", "complete")
-    });
-    st.0.metrics.file_stored(report.size, report.new_bytes);
+    })?;
     let mut v = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["version"] = json!(version);
     v["name"] = json!(label);

@@ -3,8 +3,10 @@
 //! and whole-file `PUT`s alike.
 //!
 //! The upload path only queues an event; a task delivers it to each URL with a timeout and
-//! retries (backoff 0.5 s, 1 s, 2 s, …). When the queue is full (hooks far slower than
-//! uploads) the event is dropped with a warning: a slow or dead hook never slows an upload.
+//! retries (backoff 0.5 s, 1 s, 2 s, … at most 60 s). When the queue is full (hooks far slower
+//! than uploads) the event is dropped with a warning: a slow or dead hook never slows an
+//! upload. Deliveries run concurrently, so a receiver may see one upload's events out of
+//! order (a quick upload's `complete` before its `start`): order them by `time`.
 //!
 //! Body: `{"event": "upload.start"|"upload.complete"|"upload.failure"|"upload.expiry",
 //! "source": "session"|"tus"|"put", "upload", "name", "file_id", "size", "new_bytes",
@@ -23,6 +25,8 @@ use crate::hash::Hash;
 const QUEUE: usize = 1024;
 /// Deliveries in flight at once.
 const IN_FLIGHT: usize = 16;
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Where and how events are delivered.
 #[derive(Clone, Debug)]
@@ -183,6 +187,6 @@ async fn deliver_one(client: &reqwest::Client, url: &reqwest::Url, ev: &Event, r
         }
         tracing::debug!(%url, event = ev.event, error = why, attempt, "webhook failed; retrying");
         tokio::time::sleep(wait).await;
-        wait *= 2;
+        wait = (wait * 2).min(MAX_BACKOFF);
     }
 }

@@ -97,7 +97,7 @@ impl Default for Limits {
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Origins whose pages may call the API from a browser (CORS), e.g.
-    /// `https://app.example.com`; none by default.
+    /// `https://app.example.com` (`*`: any); none by default.
     pub cors_origins: Vec<String>,
     /// Where upload events go.
     pub hooks: HookConfig,
@@ -120,7 +120,7 @@ struct Shared {
     /// Chunk-upload bodies held in memory at once: bounds the server's memory.
     upload_slots: Semaphore,
     /// Whole-file uploads (`PUT /v1/files`) chunked at once.
-    ingest_slots: Semaphore,
+    ingest_slots: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -158,7 +158,7 @@ impl AppState {
             cors,
             metrics: metrics::Metrics::default(),
             upload_slots: Semaphore::new(4),
-            ingest_slots: Semaphore::new(4),
+            ingest_slots: Arc::new(Semaphore::new(4)),
         })))
     }
 
@@ -182,14 +182,19 @@ fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>>
     if origins.is_empty() {
         return Ok(None);
     }
-    let origins = origins
-        .iter()
-        .map(|o| {
-            HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| {
-                Error::InvalidParams(format!("--cors-origin {o:?} is not a valid origin"))
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| {
+                    Error::InvalidParams(format!("--cors-origin {o:?} is not a valid origin"))
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
     let names = |list: &[&'static str]| {
         list.iter()
             .map(|n| axum::http::HeaderName::from_static(n))
@@ -197,7 +202,7 @@ fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>>
     };
     Ok(Some(
         CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
+            .allow_origin(allow)
             .allow_methods([
                 Method::GET,
                 Method::HEAD,
@@ -219,8 +224,6 @@ fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>>
                 "upload-metadata",
                 "upload-checksum",
                 "upload-defer-length",
-                "upload-concat",
-                "x-http-method-override",
                 "x-requested-with",
             ]))
             .expose_headers(names(&[

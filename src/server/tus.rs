@@ -7,15 +7,16 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::hooks::Event;
 use super::{AppState, blocking};
 use crate::error::Error;
 use crate::session::SessionId;
-use crate::tus::{Appended, CHECKSUM_ALGORITHMS, Checksum, TusState, Upload};
+use crate::tus::{CHECKSUM_ALGORITHMS, Checksum, Stop, TusState, Upload};
 
 /// The protocol version spoken.
 const TUS_VERSION: &str = "1.0.0";
@@ -125,31 +126,48 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if headers.contains_key("upload-defer-length") {
-        return Err(ApiError::BadRequest(
-            "Upload-Defer-Length is not supported: send Upload-Length".into(),
-        ));
+    for (name, what) in [
+        (
+            "upload-defer-length",
+            "Upload-Defer-Length is not supported: send Upload-Length",
+        ),
+        (
+            "upload-concat",
+            "concatenation is not supported: upload the file in one upload",
+        ),
+    ] {
+        if headers.contains_key(name) {
+            return Err(ApiError::BadRequest(what.into()));
+        }
     }
     let length = header_u64(&headers, "upload-length")?
         .ok_or_else(|| ApiError::BadRequest("creating an upload needs Upload-Length".into()))?;
     let metadata = header_str(&headers, "upload-metadata")?.map(str::to_owned);
+    let checksum = checksum_of(&headers)?;
     let with_body = is_offset_stream(&headers);
     let state = st.clone();
     let up = blocking(move || state.0.tus.create(length, metadata.as_deref())).await?;
     tracing::info!(upload = %up.id, length, name = ?up.name, "tus upload created");
     st.0.hooks.emit(event("upload.start", &up));
     let id = up.id;
+    let location = HeaderValue::from_str(&format!("/v1/tus/{id}"))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let up = if with_body || length == 0 {
-        let checksum = checksum_of(&headers)?;
-        append(&st, id, 0, &headers, body, checksum).await?
+        match append(&st, id, 0, &headers, body, checksum).await {
+            Ok(up) => up,
+            Err(e) => {
+                // The upload exists: say where, so the client can resume it.
+                let mut resp = e.into_response();
+                resp.headers_mut().insert(header::LOCATION, location);
+                return Ok(resp);
+            }
+        }
     } else {
         up
     };
     let mut resp = StatusCode::CREATED.into_response();
     describe(&mut resp, &up, &st);
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/tus/{id}")) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
+    resp.headers_mut().insert(header::LOCATION, location);
     Ok(resp)
 }
 
@@ -166,14 +184,19 @@ fn checksum_of(headers: &HeaderMap) -> Result<Option<Checksum>, ApiError> {
         .transpose()?)
 }
 
-/// `HEAD /v1/tus/{id}`: where the upload stands.
+/// `HEAD /v1/tus/{id}`: where the upload stands. A request still writing to it (a client
+/// that lost its connection and came back) is stopped first, keeping what it received.
 pub async fn head(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = upload_id(&id)?;
     let state = st.clone();
-    let up = blocking(move || state.0.tus.info(id)).await?;
+    let up = blocking(move || {
+        state.0.tus.preempt(id);
+        state.0.tus.info(id)
+    })
+    .await?;
     let mut resp = StatusCode::OK.into_response();
     describe(&mut resp, &up, &st);
     if let Some(m) = &up.metadata
@@ -206,7 +229,11 @@ pub async fn patch(
     Ok(resp)
 }
 
-/// Streams `body` into upload `id` on the blocking pool; fires the completion hook.
+/// Streams `body` into upload `id` on the blocking pool. Everything after the body is read
+/// (the completion hook, the metrics) happens there too, so it happens even if the client
+/// goes away and the request is dropped. A body that stops early (client gone, idle timeout,
+/// or stopped by a newer request on the same upload) is not an error: what arrived is kept,
+/// and the answer says where the upload stands.
 async fn append(
     st: &AppState,
     id: SessionId,
@@ -217,16 +244,24 @@ async fn append(
 ) -> Result<Upload, ApiError> {
     let declared = header_u64(headers, header::CONTENT_LENGTH.as_str())?;
     // Bodies being cut at once share the whole-file uploads' slots: bounded memory.
-    let _slot =
+    let slot =
         st.0.ingest_slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ApiError::Internal("closed".into()))?;
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let stop = CancellationToken::new();
+    let stream = body
+        .into_data_stream()
+        .take_until(Box::pin(stop.clone().cancelled_owned()))
+        .map_err(std::io::Error::other);
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let state = st.clone();
-    let appended: Appended = blocking(move || {
+    let appended = blocking(move || {
+        let _slot = slot;
         let tus = &state.0.tus;
+        // A request still writing to this upload lets go (keeping what it received).
+        tus.preempt(id);
         if let Some(n) = declared {
             // Refuse a body that cannot fit before reading any of it.
             let up = tus.info(id)?;
@@ -238,25 +273,30 @@ async fn append(
                 });
             }
         }
-        tus.append(id, offset, &mut reader, checksum, &state.0.sink)
+        let stopper: Stop = Box::new(move || stop.cancel());
+        let appended = tus.append(
+            id,
+            offset,
+            &mut reader,
+            checksum,
+            &state.0.sink,
+            Some(stopper),
+        )?;
+        let up = &appended.upload;
+        if appended.completed {
+            tracing::info!(upload = %id, file = ?up.file_id, name = ?up.name,
+                new_bytes = up.new_bytes, received = up.received, "tus upload complete");
+            state.0.metrics.file_stored(up.length, up.new_bytes);
+            state.0.hooks.emit(event("upload.complete", up));
+        }
+        if let Some(e) = &appended.cut_off {
+            tracing::info!(upload = %id, offset = up.offset(), error = %e,
+                "tus PATCH stopped before its end; what arrived is kept");
+        }
+        Ok(appended.upload)
     })
     .await?;
-    let up = appended.upload;
-    if appended.completed {
-        tracing::info!(upload = %id, file = ?up.file_id, name = ?up.name, new_bytes = up.new_bytes,
-            received = up.received, "tus upload complete");
-        st.0.metrics.file_stored(up.length, up.new_bytes);
-        st.0.hooks.emit(event("upload.complete", &up));
-    }
-    if let Some(e) = appended.cut_off {
-        tracing::info!(upload = %id, offset = up.offset(), error = %e,
-            "tus PATCH stopped before its end; what arrived is kept");
-        return Err(ApiError::BadRequest(format!(
-            "the body stopped before its end ({e}); the upload stands at {}",
-            up.offset()
-        )));
-    }
-    Ok(up)
+    Ok(appended)
 }
 
 /// `DELETE /v1/tus/{id}`: terminates the upload.
@@ -266,11 +306,18 @@ pub async fn terminate(
 ) -> Result<Response, ApiError> {
     let id = upload_id(&id)?;
     let state = st.clone();
-    let up = blocking(move || state.0.tus.terminate(id)).await?;
-    let mut ev = event("upload.failure", &up);
-    ev.state = "terminated";
-    ev.error = Some("terminated by the client".into());
-    st.0.hooks.emit(ev);
+    let up = blocking(move || {
+        state.0.tus.preempt(id);
+        state.0.tus.terminate(id)
+    })
+    .await?;
+    // Terminating a completed upload only forgets the record: the file stays.
+    if up.state == TusState::Uploading {
+        let mut ev = event("upload.failure", &up);
+        ev.state = "terminated";
+        ev.error = Some("terminated by the client".into());
+        st.0.hooks.emit(ev);
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

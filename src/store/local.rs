@@ -888,6 +888,9 @@ impl ChunkStore for LocalStore {
     }
 
     fn put_upload(&self, kind: UploadKind, id: &[u8; 16], record: &[u8]) -> Result<()> {
+        // An upload record may list pages whose journal records are not synced yet (they
+        // are synced with a manifest, which an unfinished upload does not have yet).
+        self.journal.lock().sync()?;
         self.index.uploads(kind).insert(id, record)?;
         self.index.db.flush()?;
         Ok(())

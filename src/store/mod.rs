@@ -173,6 +173,8 @@ pub enum UploadKind {
     Session,
     /// tus uploads by offset (`tus.rs`): sled tree `tus`.
     Tus,
+    /// The bytes after the last cut point of each tus upload: sled tree `tus_tail`.
+    TusTail,
 }
 
 /// The second half of a commit: make the chunks durable, then visible. It owns what it needs,
