@@ -177,7 +177,13 @@ pub fn verify_file(store: &dyn ChunkStore, manifest: &Manifest) -> Result<()> {
 /// # Errors
 /// [`Error::Corrupt`] or [`Error::ChunkNotFound`] for a bad chunk; the store's errors.
 pub fn hash_file(store: &dyn ChunkStore, manifest: &Manifest) -> Result<Hash> {
-    rebuild(store, manifest, std::io::sink(), &|_| {}, read_verified_into)
+    rebuild(
+        store,
+        manifest,
+        std::io::sink(),
+        &|_| {},
+        read_verified_into,
+    )
 }
 
 fn rebuild<W: Write + Send>(

@@ -98,13 +98,24 @@ impl Index {
     /// [`Error::Locked`] if another process holds it; sled errors otherwise.
     pub fn open(path: &Path, chunks_path: &Path, store_root: &Path) -> Result<Self> {
         let db = open_sled(path, CACHE_BYTES)?;
-        let chunks = redb::Database::builder()
-            .set_cache_size(CHUNK_CACHE_BYTES)
-            .create(chunks_path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(store_root.to_owned()),
-                other => other.into(),
-            })?;
+        // As with sled's lock (see `open_sled`): retry a lock that a forked child may hold.
+        let mut tries = 0;
+        let chunks = loop {
+            match redb::Database::builder()
+                .set_cache_size(CHUNK_CACHE_BYTES)
+                .create(chunks_path)
+            {
+                Ok(c) => break c,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(Error::Locked(store_root.to_owned()));
+                }
+                Err(other) => return Err(other.into()),
+            }
+        };
         let tx = chunks.begin_write()?;
         tx.open_table(CHUNKS)?;
         tx.commit()?;

@@ -925,10 +925,21 @@ fn lock_store(root: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&lock_path)
         .map_err(Error::io("cannot open lock file", &lock_path))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(root.to_owned())),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &lock_path)(e)),
+    // A lock just released can look held for a moment: a child process forked elsewhere in
+    // this process holds a copy of every descriptor until it execs. Try for up to 2 s.
+    let mut tries = 0;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(root.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io("cannot lock", &lock_path)(e));
+            }
+        }
     }
 }
 
