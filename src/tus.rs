@@ -18,7 +18,7 @@
 //!
 //! A `PATCH` with `Upload-Checksum` is all or nothing: nothing is recorded until the whole body
 //! has arrived and matched (its chunks may already be in the packs; gc takes them if it did
-//! not match). gc keeps an unfinished upload's chunks: [`open_manifests`] lists them, and a
+//! not match). gc keeps an unfinished upload's chunks: [`open_uploads`] lists them, and a
 //! `PATCH` pins what it stores until its checkpoint is written (the argument in `gc.rs`).
 //!
 //! Record (sled tree `tus`): version 1 + bincode of [`Upload`]. Tail (sled tree `tus_tail`):

@@ -350,6 +350,37 @@ test('tus-js-client on a page of another origin uploads through CORS; the same b
   await context.close();
 });
 
+test('a file pushed with the CLI, then dropped on the page with another one: only the new one is sent', async () => {
+  const pushed = mixed(8 * MIB, 21);
+  const fresh = mixed(3 * MIB, 22);
+  const pushedPath = writeFile('pushed.bin', pushed);
+  const push = spawn(HOARD, ['push', pushedPath, '--server', server.url, '--token', TOKEN, '--json'],
+    { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [code] = await once(push, 'exit');
+  assert.equal(code, 0, 'hoard push failed');
+
+  const page = await openPage();
+  // Both files at once, by drag-and-drop onto the drop zone.
+  const transfer = await page.evaluateHandle(([a, b]) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([Uint8Array.from(atob(a), (c) => c.charCodeAt(0))], 'pushed.bin'));
+    dt.items.add(new File([Uint8Array.from(atob(b), (c) => c.charCodeAt(0))], 'fresh.bin'));
+    return dt;
+  }, [pushed.toString('base64'), fresh.toString('base64')]);
+  await page.dispatchEvent('#drop-zone', 'drop', { dataTransfer: transfer });
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#uploads .upload')];
+    return rows.length === 2 && rows.every((e) => e.dataset.state === 'complete');
+  }, null, { timeout: 120000, polling: 100 });
+  const sent = async (name) => Number(await row(page, name).getAttribute('data-bytes-sent'));
+  report.cli_then_page_bytes_sent = await sent('pushed.bin');
+  assert.equal(await sent('pushed.bin'), 0, 'a file the CLI pushed was sent again');
+  assert.ok(await sent('fresh.bin') > 0);
+  const back = Buffer.from(await (await api('/v1/files/fresh.bin')).arrayBuffer());
+  assert.equal(sha256(back), sha256(fresh));
+  await page.context().close();
+});
+
 test('the page works at phone width', async () => {
   const page = await openPage({ width: 390, height: 844 });
   await page.waitForSelector('#files .file');
