@@ -35,12 +35,7 @@ pub async fn upload(
 ) -> Result<Response, ApiError> {
     names::validate(&name)?;
     let label = name.clone();
-    let slot =
-        st.0.ingest_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::Internal("closed".into()))?;
+    let slot = st.ingest_slot().await?;
     let received = Arc::new(AtomicU64::new(0));
     let counted = received.clone();
     let stream = body

@@ -166,6 +166,17 @@ impl AppState {
         self.0.store.clone()
     }
 
+    /// One of the slots of streamed bodies being cut (`PUT /v1/files`, tus `PATCH`): waits
+    /// while all are taken, so their memory stays bounded.
+    async fn ingest_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.0
+            .ingest_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Internal("closed".into()))
+    }
+
     fn limits(&self) -> &Limits {
         &self.0.limits
     }

@@ -16,7 +16,7 @@ use super::hooks::Event;
 use super::{AppState, blocking};
 use crate::error::Error;
 use crate::session::SessionId;
-use crate::tus::{CHECKSUM_ALGORITHMS, Checksum, Stop, TusState, Upload};
+use crate::tus::{CHECKSUM_ALGORITHMS, Checksum, Stop, TusState, TusUploads, Upload};
 
 /// The protocol version spoken.
 const TUS_VERSION: &str = "1.0.0";
@@ -184,19 +184,29 @@ fn checksum_of(headers: &HeaderMap) -> Result<Option<Checksum>, ApiError> {
         .transpose()?)
 }
 
+/// Runs `op` on upload `id` on the blocking pool, after stopping a request still writing to it
+/// (which keeps what it received).
+async fn stopping_others(
+    st: &AppState,
+    id: &str,
+    op: fn(&TusUploads, SessionId) -> crate::Result<Upload>,
+) -> Result<Upload, ApiError> {
+    let id = upload_id(id)?;
+    let state = st.clone();
+    blocking(move || {
+        state.0.tus.preempt(id);
+        op(&state.0.tus, id)
+    })
+    .await
+}
+
 /// `HEAD /v1/tus/{id}`: where the upload stands. A request still writing to it (a client
 /// that lost its connection and came back) is stopped first, keeping what it received.
 pub async fn head(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = upload_id(&id)?;
-    let state = st.clone();
-    let up = blocking(move || {
-        state.0.tus.preempt(id);
-        state.0.tus.info(id)
-    })
-    .await?;
+    let up = stopping_others(&st, &id, TusUploads::info).await?;
     let mut resp = StatusCode::OK.into_response();
     describe(&mut resp, &up, &st);
     if let Some(m) = &up.metadata
@@ -244,12 +254,7 @@ async fn append(
 ) -> Result<Upload, ApiError> {
     let declared = header_u64(headers, header::CONTENT_LENGTH.as_str())?;
     // Bodies being cut at once share the whole-file uploads' slots: bounded memory.
-    let slot =
-        st.0.ingest_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::Internal("closed".into()))?;
+    let slot = st.ingest_slot().await?;
     let stop = CancellationToken::new();
     let stream = body
         .into_data_stream()
@@ -304,13 +309,7 @@ pub async fn terminate(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = upload_id(&id)?;
-    let state = st.clone();
-    let up = blocking(move || {
-        state.0.tus.preempt(id);
-        state.0.tus.terminate(id)
-    })
-    .await?;
+    let up = stopping_others(&st, &id, TusUploads::terminate).await?;
     // Terminating a completed upload only forgets the record: the file stays.
     if up.state == TusState::Uploading {
         let mut ev = event("upload.failure", &up);
