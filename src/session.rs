@@ -537,19 +537,20 @@ impl Sessions {
     }
 
     /// Completes session `id`: checks every chunk and the whole file, records the manifest,
-    /// then the name. Completing a completed session again answers the same.
+    /// then the name. Completing a completed session again answers the same; the flag says
+    /// whether this call was the one that completed it.
     ///
     /// # Errors
     /// [`Error::Incomplete`] with the missing ids; [`Error::FileIdMismatch`] if the chunks do
     /// not make the file the manifest claims; [`Error::SessionEnded`] for an expired session;
     /// [`Error::NoSession`]; store errors.
-    pub fn complete(&self, id: SessionId) -> Result<Progress> {
+    pub fn complete(&self, id: SessionId) -> Result<(Progress, bool)> {
         let lock = self.lock_of(id);
         let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut s = self.load(id)?;
         self.expire_if_idle(&mut s)?;
         match s.state {
-            SessionState::Complete => return Ok(self.report(&s, 0, 0)),
+            SessionState::Complete => return Ok((self.report(&s, 0, 0), false)),
             SessionState::Expired => {
                 return Err(Error::SessionEnded {
                     id: id.to_string(),
@@ -594,7 +595,7 @@ impl Sessions {
         s.state = SessionState::Complete;
         s.touched = now();
         self.save(&s)?;
-        Ok(self.report(&s, 0, 0))
+        Ok((self.report(&s, 0, 0), true))
     }
 
     /// Aborts session `id` and forgets it. The chunks it brought stay until gc.

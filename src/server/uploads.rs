@@ -206,8 +206,8 @@ pub async fn complete(
     let id = sid(&id)?;
     let state = st.clone();
     let done = blocking(move || state.0.sessions.complete(id)).await;
-    let p = match done {
-        Ok(p) => p,
+    let (p, now_complete) = match done {
+        Ok(done) => done,
         // The chunks do not make the file the manifest claims: this upload cannot complete.
         Err(ApiError::Lib(e @ Error::FileIdMismatch { .. })) => {
             let state = st.clone();
@@ -220,10 +220,11 @@ pub async fn complete(
         }
         Err(e) => return Err(e),
     };
-    if p.state == "complete" {
+    // Completing again answers the same, and is neither a new event nor counted again.
+    if now_complete {
         st.0.hooks.emit(event(&st, "upload.complete", &p));
+        st.0.metrics.upload_completed();
     }
-    st.0.metrics.upload_completed();
     Ok(Json(p).into_response())
 }
 
