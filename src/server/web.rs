@@ -60,6 +60,14 @@ fn serve(name: &str) -> Response {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    // Everything the page needs comes from here; nothing else may run in it or frame it.
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
     resp
 }
 

@@ -577,6 +577,8 @@ fn cors_lets_listed_origins_in_on_every_answer_and_no_one_else() {
     assert_eq!(st, StatusCode::OK);
     assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(String::from_utf8_lossy(&b).contains("<html"));
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
     let (st, h, _) = api.call(api.req(M::GET, "/app.js"));
     assert_eq!(st, StatusCode::OK);
     assert!(
