@@ -108,6 +108,8 @@ struct Runs {
     push2: Vec<f64>,
     pull: Vec<f64>,
     sent2: Vec<f64>,
+    tus1: Vec<f64>,
+    tus2: Vec<f64>,
     rss_client: u64,
     rss_server: u64,
     rss_local: u64,
@@ -200,6 +202,41 @@ fn main() {
             let _ = remote_s;
         }
         r.rss_server = r.rss_server.max(stop_server(server));
+
+        // tus (what Uppy or tuspy send): every byte crosses, the server keeps only new
+        // chunks. curl streams each file in one creation-with-upload request.
+        let tus_store = tmp.join(format!("tus-{run}"));
+        let server = start_server(hoard, &tus_store);
+        for (file, times) in [(s1, &mut r.tus1), (s2, &mut r.tus2)] {
+            prime(tmp);
+            warm(Path::new(file));
+            let len = std::fs::metadata(file).expect("input").len();
+            let (t, _) = timed_out(
+                &[
+                    "curl",
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    "-X",
+                    "POST",
+                    "-T",
+                    file,
+                    "-H",
+                    "Tus-Resumable: 1.0.0",
+                    "-H",
+                    &format!("Upload-Length: {len}"),
+                    "-H",
+                    "Upload-Metadata: filename dg==",
+                    "-H",
+                    "Content-Type: application/offset+octet-stream",
+                    &format!("{}/v1/tus/", server.url),
+                ],
+                tmp,
+            );
+            times.push(t.secs);
+        }
+        r.rss_server = r.rss_server.max(stop_server(server));
+        let _ = std::fs::remove_dir_all(&tus_store);
         if run == 0 {
             let local_s = local_lookup(&remote);
             missing.1 = local_s;
@@ -217,6 +254,7 @@ fn main() {
         m(&r.pull),
     );
     let sent2 = m(&r.sent2);
+    let (t1, t2) = (m(&r.tus1), m(&r.tus2));
     println!("\n## {mib} MiB mixed file over loopback, {runs} runs, medians\n");
     println!("| step | local | over HTTP | ratio |");
     println!("|---|---|---|---|");
@@ -237,6 +275,18 @@ fn main() {
         mbps(n, ex),
         mbps(n, pl),
         ex / pl * 100.0
+    );
+    println!(
+        "| v1 in (import / tus, every byte sent) | {:.0} MB/s | {:.0} MB/s | {:.0}% |",
+        mbps(n, i1),
+        mbps(n, t1),
+        i1 / t1 * 100.0
+    );
+    println!(
+        "| v2 in (import / tus, every byte sent) | {:.2} s | {:.2} s | {:.2}x the time |",
+        i2,
+        t2,
+        t2 / i2
     );
     println!(
         "| 1 000 000 ids (index lookup / missing query) | {:.2} M ids/s | {:.2} M ids/s | {:.0}% |",
@@ -269,7 +319,7 @@ fn main() {
     let json = serde_json::json!({
         "mib": mib, "runs": runs,
         "import1_s": i1, "import2_s": i2, "export_s": ex, "push1_s": p1, "push2_s": p2, "pull_s": pl,
-        "push2_bytes_sent": sent2, "missing_query_s": missing.0, "local_lookup_s": missing.1,
+        "push2_bytes_sent": sent2, "tus1_s": t1, "tus2_s": t2, "missing_query_s": missing.0, "local_lookup_s": missing.1,
         "rss_server_kib": r.rss_server, "rss_client_kib": r.rss_client, "rss_local_kib": r.rss_local,
     });
     std::fs::write(
