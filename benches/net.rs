@@ -229,7 +229,7 @@ fn main() {
                     "Upload-Metadata: filename dg==",
                     "-H",
                     "Content-Type: application/offset+octet-stream",
-                    &format!("{}/v1/tus/", server.url),
+                    &format!("{}/v1/tus", server.url), // (no slash: curl -T would append the file name)
                 ],
                 tmp,
             );
