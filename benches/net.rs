@@ -187,7 +187,9 @@ fn main() {
         );
         let sent: serde_json::Value = serde_json::from_str(json2.trim()).expect("push --json");
         prime(tmp);
+        let after_push = vm_hwm_kib(server.child.id());
         let (p3, _) = timed_out(&[hoard, "pull", "v", out_s, "--server", &url], tmp);
+        let after_pull = vm_hwm_kib(server.child.id());
         let _ = std::fs::remove_file(&out);
         r.push1.push(p1.secs);
         r.push2.push(p2.secs);
@@ -201,7 +203,14 @@ fn main() {
             let (remote_s, _) = missing;
             let _ = remote_s;
         }
-        r.rss_server = r.rss_server.max(stop_server(server));
+        let peak = stop_server(server);
+        eprintln!(
+            "server peak RSS: {} MiB after the pushes, {} after the pull, {} at the end",
+            after_push / 1024,
+            after_pull / 1024,
+            peak / 1024
+        );
+        r.rss_server = r.rss_server.max(peak);
 
         // tus (what Uppy or tuspy send): every byte crosses, the server keeps only new
         // chunks. curl streams each file in one creation-with-upload request.
