@@ -682,9 +682,9 @@ impl TusUploads {
             }
         }
         if let (Some(c), Some(d)) = (&checksum, digest) {
-            // All or nothing: the record was not touched; what this request stored is garbage.
+            // All or nothing: the record was not touched; what this request stored is garbage
+            // (and the whole-file hash, which went past the record, is dropped with `run`).
             if cut_off.is_some() {
-                self.keep_hash_if(id, None);
                 let upload = self.load(id)?;
                 return Ok(Appended {
                     upload,
@@ -709,8 +709,12 @@ impl TusUploads {
         } else {
             run.step(false)?;
             self.checkpoint(&mut up, &mut run)?;
-            let covered = run.builder.bytes();
-            self.keep_hash_if(id, run.hasher.take().map(|h| (covered, h)));
+            // The whole-file hash so far is kept for the next request on this upload.
+            if let Some(h) = run.hasher.take() {
+                let covered = run.builder.bytes();
+                let mut hashers = self.hashers.lock().unwrap_or_else(PoisonError::into_inner);
+                hashers.insert(id, (covered, h));
+            }
         }
         if overflow {
             // Only a body without a declared length gets here (the handler refuses one that
@@ -723,15 +727,6 @@ impl TusUploads {
             cut_off,
             completed,
         })
-    }
-
-    fn keep_hash_if(&self, id: SessionId, hash: Option<(u64, blake3::Hasher)>) {
-        if let Some(h) = hash {
-            self.hashers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, h);
-        }
     }
 
     /// Writes the record with what `run` has stored so far.
