@@ -253,6 +253,9 @@ async fn append(
     checksum: Option<Checksum>,
 ) -> Result<Upload, ApiError> {
     let declared = header_u64(headers, header::CONTENT_LENGTH.as_str())?;
+    // A request still writing to this upload lets go (keeping what it received), also before
+    // waiting for a slot, which a stalled request may be holding.
+    st.0.tus.preempt(id);
     // Bodies being cut at once share the whole-file uploads' slots: bounded memory.
     let slot = st.ingest_slot().await?;
     let stop = CancellationToken::new();
@@ -265,8 +268,7 @@ async fn append(
     let appended = blocking(move || {
         let _slot = slot;
         let tus = &state.0.tus;
-        // A request still writing to this upload lets go (keeping what it received).
-        tus.preempt(id);
+        tus.preempt(id); // (one may have started while this request waited for its slot)
         if let Some(n) = declared {
             // Refuse a body that cannot fit before reading any of it.
             let up = tus.info(id)?;
