@@ -730,10 +730,7 @@ impl Opening<'_> {
             }
             self.total += u64::from(r.len);
             if let Some(p) = self.builder.push(*r) {
-                let store = &self.sessions.store;
-                let _held = store.guard().read(); // see ingest: store and pin as one step
-                store.put_page(&p.pref.hash, &p.bytes)?;
-                self.pin.add_page(p.pref.hash);
+                self.sessions.store.put_page_pinned(&p, &self.pin)?;
             }
         }
         self.refs.extend_from_slice(refs);
@@ -765,9 +762,7 @@ impl Opening<'_> {
         let builder = std::mem::take(&mut self.builder);
         let (manifest, last) = builder.finish(file_id, self.chunker);
         if let Some(p) = last {
-            let _held = store.guard().read();
-            store.put_page(&p.pref.hash, &p.bytes)?;
-            self.pin.add_page(p.pref.hash);
+            store.put_page_pinned(&p, &self.pin)?;
         }
         let (missing, missing_bytes) = missing_among(&**store, &self.refs, Some(&self.pin))?;
         let t = now();

@@ -289,8 +289,6 @@ fn name_from(metadata: &[(String, Vec<u8>)]) -> Result<Option<String>> {
 pub struct Appended {
     /// The upload afterwards, as recorded.
     pub upload: Upload,
-    /// Body bytes this request added.
-    pub accepted: u64,
     /// Set if the body stopped before its end; what arrived before is kept (unless a checksum
     /// was given).
     pub cut_off: Option<std::io::Error>,
@@ -604,7 +602,6 @@ impl TusUploads {
             }
             return Ok(Appended {
                 upload: up,
-                accepted: 0,
                 cut_off: None,
                 completed: false,
             });
@@ -688,7 +685,6 @@ impl TusUploads {
                 let upload = self.load(id)?;
                 return Ok(Appended {
                     upload,
-                    accepted: 0,
                     cut_off,
                     completed: false,
                 });
@@ -723,7 +719,6 @@ impl TusUploads {
         }
         Ok(Appended {
             upload: up,
-            accepted: total,
             cut_off,
             completed,
         })
@@ -750,9 +745,7 @@ impl TusUploads {
         let builder = std::mem::take(&mut run.builder);
         let (mut manifest, last) = builder.finish(placeholder, up.chunker);
         if let Some(p) = last {
-            let _held = store.guard().read(); // store and pin as one step (see gc.rs)
-            store.put_page(&p.pref.hash, &p.bytes)?;
-            run.pin.add_page(p.pref.hash);
+            store.put_page_pinned(&p, &run.pin)?;
         }
         manifest.file_id = match run.hasher.take() {
             Some(h) => Hash::from(h.finalize()),
@@ -880,9 +873,7 @@ impl Run<'_> {
                 len: s.len() as u32,
             };
             if let Some(p) = self.builder.push(r) {
-                let _held = self.store.guard().read(); // store and pin as one step
-                self.store.put_page(&p.pref.hash, &p.bytes)?;
-                self.pin.add_page(p.pref.hash);
+                self.store.put_page_pinned(&p, &self.pin)?;
             }
         }
         self.buf.drain(..pos);

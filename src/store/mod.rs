@@ -27,7 +27,7 @@ use crate::codec::Codec;
 use crate::config::StoreConfig;
 use crate::error::Result;
 use crate::hash::Hash;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, SealedPage};
 
 /// A chunk as it is stored: encoded payload plus what is needed to decode and check it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,6 +252,19 @@ pub trait ChunkStore: Send + Sync {
         let missing = self.lookup(ids)?;
         pin.add(ids);
         Ok(missing)
+    }
+
+    /// Stores a sealed manifest page and pins it until `pin` is dropped, as one step under
+    /// gc's read lock: a sweep either sees the pin or ran before the page existed (an
+    /// identical unreferenced page could have been a candidate).
+    ///
+    /// # Errors
+    /// Index errors.
+    fn put_page_pinned(&self, page: &SealedPage, pin: &Pin) -> Result<()> {
+        let _held = self.guard().read();
+        self.put_page(&page.pref.hash, &page.bytes)?;
+        pin.add_page(page.pref.hash);
+        Ok(())
     }
 
     /// Calls `f` with every stored chunk's id, in id order, from one consistent view.

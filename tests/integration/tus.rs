@@ -23,9 +23,9 @@ fn small_chunks() -> StoreConfig {
     StoreConfig::new(ChunkerParams::new(4096, 16384, 65536).unwrap(), 1).unwrap()
 }
 
-fn b64(s: &str) -> String {
+fn b64(bytes: impl AsRef<[u8]>) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(s)
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn tus(api: &Api, m: M, path: &str) -> reqwest::RequestBuilder {
@@ -48,14 +48,27 @@ fn create(api: &Api, len: usize, name: &str) -> String {
     h["location"].to_str().unwrap().to_owned()
 }
 
+/// A `PATCH` of `body` at `offset`, ready to send (add headers to it).
+fn patch_req(api: &Api, loc: &str, offset: usize, body: &[u8]) -> reqwest::RequestBuilder {
+    tus(api, M::PATCH, loc)
+        .header("Upload-Offset", offset.to_string())
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(body.to_vec())
+}
+
 fn patch(api: &Api, loc: &str, offset: usize, body: &[u8]) -> (StatusCode, HeaderMap, Value) {
-    let (s, h, b) = api.call(
-        tus(api, M::PATCH, loc)
-            .header("Upload-Offset", offset.to_string())
-            .header("Content-Type", "application/offset+octet-stream")
-            .body(body.to_vec()),
-    );
-    (s, h, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    api.call_json(patch_req(api, loc, offset, body))
+}
+
+/// A `PATCH` with `Upload-Checksum: checksum`.
+fn patch_checked(
+    api: &Api,
+    loc: &str,
+    offset: usize,
+    body: &[u8],
+    checksum: &str,
+) -> (StatusCode, HeaderMap, Value) {
+    api.call_json(patch_req(api, loc, offset, body).header("Upload-Checksum", checksum))
 }
 
 fn offset(api: &Api, loc: &str) -> u64 {
@@ -180,52 +193,24 @@ fn refusals_follow_the_protocol_and_change_nothing() {
     let (st, _, _) = patch(&api, &loc, 1000, &vec![7u8; data.len()]);
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
     // Checksum that does not match: 460, nothing kept; unknown algorithm: 400.
-    let (st, _, v) = api.call_json(
-        tus(&api, M::PATCH, &loc)
-            .header("Upload-Offset", "1000")
-            .header("Content-Type", "application/offset+octet-stream")
-            .header(
-                "Upload-Checksum",
-                format!("sha1 {}", b64("not the digest of it")),
-            )
-            .body(data[1000..50_000].to_vec()),
-    );
+    let wrong = format!("sha1 {}", b64("not the digest of it"));
+    let (st, _, v) = patch_checked(&api, &loc, 1000, &data[1000..50_000], &wrong);
     assert_eq!(st.as_u16(), 460, "{v}");
     assert_eq!(v["error"], "checksum_mismatch");
-    let (st, _, _) = api.call(
-        tus(&api, M::PATCH, &loc)
-            .header("Upload-Offset", "1000")
-            .header("Content-Type", "application/offset+octet-stream")
-            .header("Upload-Checksum", "md5 AAAA")
-            .body(data[1000..2000].to_vec()),
-    );
+    let (st, _, _) = patch_checked(&api, &loc, 1000, &data[1000..2000], "md5 AAAA");
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert_eq!(offset(&api, &loc), 1000);
     // The right checksums are taken (sha1, then blake3).
     let piece = &data[1000..50_000];
     let sha1 = {
         use sha1::Digest as _;
-        base64_of(&sha1::Sha1::digest(piece))
+        b64(sha1::Sha1::digest(piece))
     };
-    let (st, _, _) = api.call(
-        tus(&api, M::PATCH, &loc)
-            .header("Upload-Offset", "1000")
-            .header("Content-Type", "application/offset+octet-stream")
-            .header("Upload-Checksum", format!("sha1 {sha1}"))
-            .body(piece.to_vec()),
-    );
+    let (st, _, _) = patch_checked(&api, &loc, 1000, piece, &format!("sha1 {sha1}"));
     assert_eq!(st, StatusCode::NO_CONTENT);
     let rest = &data[50_000..];
-    let (st, _, _) = api.call(
-        tus(&api, M::PATCH, &loc)
-            .header("Upload-Offset", "50000")
-            .header("Content-Type", "application/offset+octet-stream")
-            .header(
-                "Upload-Checksum",
-                format!("blake3 {}", base64_of(blake3::hash(rest).as_bytes())),
-            )
-            .body(rest.to_vec()),
-    );
+    let blake3 = format!("blake3 {}", b64(blake3::hash(rest).as_bytes()));
+    let (st, _, _) = patch_checked(&api, &loc, 50_000, rest, &blake3);
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(download(&api, "a.bin"), data);
 
@@ -259,10 +244,7 @@ fn refusals_follow_the_protocol_and_change_nothing() {
         tus(&api, M::POST, "/v1/tus/")
             .header("Upload-Length", "10")
             .header("Content-Type", "application/offset+octet-stream")
-            .header(
-                "Upload-Checksum",
-                format!("sha1 {}", b64("not the digest of it")),
-            )
+            .header("Upload-Checksum", &wrong)
             .body(b"0123456789".to_vec()),
     );
     assert_eq!(st.as_u16(), 460);
@@ -294,11 +276,6 @@ fn refusals_follow_the_protocol_and_change_nothing() {
     let (st, _, _) = patch(&api, &loc, data.len(), b"x");
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(offset(&api, &loc), data.len() as u64);
-}
-
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Sends a PATCH whose body stops after `sent` of `declared` bytes, then drops the
