@@ -480,6 +480,13 @@ fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
         if let Some(j) = &r.journal {
             if j.agrees() {
                 text += &format!("journal: {} records, agrees with the index\n", j.records);
+            } else if j.index_behind() {
+                text += &format!(
+                    "the index lacks {} files and {} names the journal records: \
+                     `hoard fsck --repair --rebuild-index` rebuilds the index from the journal \
+                     (gc deletes nothing until then)\n",
+                    j.index_lacks_files, j.index_lacks_names,
+                );
             } else {
                 text += &format!(
                     "note: the journal disagrees with the index ({} damaged records{}, {} names, {} files, {} pages differ); \
@@ -524,6 +531,14 @@ fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
             );
         }
         emit(&text)?;
+    }
+    if let Some(j) = r.journal.as_ref().filter(|j| j.index_behind()) {
+        return Err(hoard::Error::IndexBehindJournal {
+            root: root.to_owned(),
+            files: j.index_lacks_files,
+            names: j.index_lacks_names,
+        }
+        .into());
     }
     if !r.clean {
         let fix = if a.repair {

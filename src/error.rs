@@ -57,6 +57,42 @@ pub enum Error {
         /// What went wrong opening it.
         detail: String,
     },
+    /// The store could not be opened or changed for a reason outside it (see
+    /// [`Error::environment`]): reported as what it is, never as damage.
+    #[error("cannot use the {what} of store {}: {hint}", .root.display())]
+    Environment {
+        /// The store directory.
+        root: PathBuf,
+        /// Which part of it: "index", "journal", "chunk table", "packs".
+        what: &'static str,
+        /// What stands in the way, and what to do.
+        hint: &'static str,
+        /// The error as it came.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The index knows fewer files or names than the metadata journal: the journal must not
+    /// be rewritten from it, and gc must not trust it.
+    #[error(
+        "the index of store {} lacks {files} file(s) and {names} name(s) that the metadata journal records; rebuild the index from the journal with `hoard fsck --repair --rebuild-index`",
+        .root.display()
+    )]
+    IndexBehindJournal {
+        /// The store directory.
+        root: PathBuf,
+        /// Files the journal records and the index lacks.
+        files: u64,
+        /// Names (or versions of names) the journal records and the index lacks.
+        names: u64,
+    },
+    /// gc found a reason not to delete anything.
+    #[error(
+        "gc deleted nothing: {reason}; run `hoard fsck` to see why, then `hoard fsck --repair`"
+    )]
+    GcRefused {
+        /// Why, in words.
+        reason: String,
+    },
     /// A zstd context could not be created (out of memory).
     #[error("cannot create a zstd context")]
     Zstd(#[source] std::io::Error),
@@ -254,23 +290,52 @@ pub enum Error {
 }
 
 impl Error {
-    /// Returns true if and only if the error comes from a full disk (ENOSPC), anywhere in its
-    /// chain: the server answers 507 for it.
+    /// Returns true if and only if the error comes from a full disk or an exhausted quota
+    /// (ENOSPC, EDQUOT), anywhere in its chain: the server answers 507 for it.
     pub fn is_no_space(&self) -> bool {
+        matches!(
+            self.io_kind(),
+            Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        )
+    }
+
+    /// What stands in the way when the cause is the machine, not the store: a full disk, an
+    /// exhausted quota, a read-only file system, or permissions. Such an error is never damage,
+    /// and nothing may be moved aside or rebuilt because of it.
+    pub fn environment(&self) -> Option<&'static str> {
+        use std::io::ErrorKind as K;
+        Some(match self.io_kind()? {
+            K::StorageFull => "its disk is full: free some space and try again",
+            K::QuotaExceeded => "its disk quota is exhausted: free some space and try again",
+            K::ReadOnlyFilesystem => {
+                "its file system is read-only: remount it read-write to change the store"
+            }
+            K::PermissionDenied => {
+                "permission denied: run hoard as a user who owns the store's files"
+            }
+            _ => return None,
+        })
+    }
+
+    /// The kind of the first I/O error in the chain, also where sled and redb keep one
+    /// without exposing it as a source.
+    fn io_kind(&self) -> Option<std::io::ErrorKind> {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = cur {
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::StorageFull
-            {
-                return true;
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Some(io.kind());
+            }
+            if let Some(sled::Error::Io(io)) = e.downcast_ref::<sled::Error>() {
+                return Some(io.kind());
+            }
+            if let Some(redb::Error::Io(io)) = e.downcast_ref::<redb::Error>() {
+                return Some(io.kind());
             }
             cur = e.source();
         }
-        false
+        None
     }
 
-    /// A pipeline stage found the next stage's queue closed: that stage failed, and its own
-    /// error is the one to report (callers check it first).
     pub(crate) fn stage_stopped(stage: &'static str) -> Error {
         Error::Stream(stage, std::io::ErrorKind::BrokenPipe.into())
     }

@@ -84,8 +84,9 @@ pub struct FsckReport {
     pub broken_names: u64,
     /// Each problem, with the files it affects.
     pub problems: Vec<Problem>,
-    /// How the metadata journal compares with the index (not part of `clean`: every file
-    /// may still export whole, but a rebuild from a journal that disagrees would differ).
+    /// How the metadata journal compares with the index. Part of `clean` only where the index
+    /// lacks what the journal records (gc would take those files' chunks for garbage); other
+    /// differences leave every file exporting whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalCheck>,
     /// What a repair did.
@@ -231,7 +232,8 @@ pub fn fsck(
         && r.missing_chunks == 0
         && r.missing_pages == 0
         && r.broken_names == 0
-        && r.damaged_files == 0;
+        && r.damaged_files == 0
+        && !r.journal.as_ref().is_some_and(JournalCheck::index_behind);
     Ok(r)
 }
 

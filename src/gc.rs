@@ -150,6 +150,23 @@ pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
     let started = Instant::now();
     let guard = store.guard();
     let _one_at_a_time = guard.maintenance();
+    // The index is what gc marks from: while it disagrees with the journal, it may lack files
+    // whose chunks would look like garbage. Nothing is deleted until fsck has settled which
+    // side is right.
+    if let Some(j) = store.check_journal(false)?
+        && !j.agrees()
+    {
+        return Err(Error::GcRefused {
+            reason: if j.index_behind() {
+                format!(
+                    "the index lacks {} files and {} names that the metadata journal records",
+                    j.index_lacks_files, j.index_lacks_names
+                )
+            } else {
+                "the index and the metadata journal disagree".to_owned()
+            },
+        });
+    }
 
     // 1. Mark: sessions first, then manifests (see the argument above).
     let mut live = Live::default();

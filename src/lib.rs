@@ -47,5 +47,11 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// Locks `m`, going on past a panic in another holder: every value hoard keeps behind a
+/// mutex stays consistent between statements, so a poisoned lock holds nothing half-done.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 pub use error::{Error, Result};
 pub use hash::Hash;

@@ -77,6 +77,9 @@ impl ApiError {
                 Error::SessionEnded { .. } => (StatusCode::GONE, "session_ended"),
                 Error::OffsetMismatch { .. } => (StatusCode::CONFLICT, "offset_mismatch"),
                 Error::UploadBusy(_) => (StatusCode::LOCKED, "busy"),
+                Error::GcRefused { .. } | Error::IndexBehindJournal { .. } => {
+                    (StatusCode::CONFLICT, "store_disagrees")
+                }
                 // tus's checksum extension defines 460 for this.
                 Error::ChecksumMismatch { .. } => (CHECKSUM_MISMATCH, "checksum_mismatch"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -87,7 +90,7 @@ impl ApiError {
     /// What went wrong, in words (the whole detail, also for 5xx: for logs and hooks).
     pub fn message(&self) -> String {
         match self {
-            ApiError::Lib(e) => format!("{e:#}"),
+            ApiError::Lib(e) => chain(e),
             ApiError::Unauthorized => {
                 "this request needs a token: send `Authorization: Bearer TOKEN`".to_owned()
             }
@@ -108,12 +111,18 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status();
-        if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
+        if status.is_server_error() {
+            // The detail (paths among it) goes to the log only.
             match &self {
-                ApiError::Lib(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
+                ApiError::Lib(e) => tracing::error!(error = %chain(e), "request failed"),
                 other => tracing::error!(error = ?other, "request failed"),
             }
-            let body = json!({ "error": code, "message": "internal error; the server log has the details" });
+            let message = if status == StatusCode::INSUFFICIENT_STORAGE {
+                "the server's disk is full; nothing of this request was kept: try again once the operator has freed space"
+            } else {
+                "internal error; the server log has the details"
+            };
+            let body = json!({ "error": code, "message": message });
             return (status, Json(body)).into_response();
         }
         let message = self.message();
@@ -140,4 +149,16 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// `e` and each of its causes, joined by ": ".
+fn chain(e: &Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }

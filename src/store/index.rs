@@ -72,7 +72,7 @@ pub fn open_sled(path: &Path, cache: u64) -> Result<sled::Db> {
 #[derive(Clone)]
 pub struct Index {
     pub(crate) db: sled::Db,
-    chunks: Arc<redb::Database>,
+    chunks: Arc<ChunkTable>,
     pub(crate) files: sled::Tree,
     pub(crate) pages: sled::Tree,
     pub(crate) names: sled::Tree,
@@ -98,27 +98,11 @@ impl Index {
     /// [`Error::Locked`] if another process holds it; sled errors otherwise.
     pub fn open(path: &Path, chunks_path: &Path, store_root: &Path) -> Result<Self> {
         let db = open_sled(path, CACHE_BYTES)?;
-        // As with sled's lock (see `open_sled`): retry a lock that a forked child may hold.
-        let mut tries = 0;
-        let chunks = loop {
-            match redb::Database::builder()
-                .set_cache_size(CHUNK_CACHE_BYTES)
-                .create(chunks_path)
-            {
-                Ok(c) => break c,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                    return Err(Error::Locked(store_root.to_owned()));
-                }
-                Err(other) => return Err(other.into()),
-            }
-        };
-        let tx = chunks.begin_write()?;
-        tx.open_table(CHUNKS)?;
-        tx.commit()?;
+        let chunks = ChunkTable::open(chunks_path, store_root)?;
+        chunks.write(|tx| {
+            tx.open_table(CHUNKS)?;
+            Ok(())
+        })?;
         Ok(Index {
             chunks: Arc::new(chunks),
             files: db.open_tree("files")?,
@@ -201,10 +185,11 @@ impl Index {
     /// # Errors
     /// Index errors or a damaged record.
     pub fn loc(&self, id: &Hash) -> Result<Option<ChunkLoc>> {
-        let tx = self.chunks.begin_read()?;
-        let table = tx.open_table(CHUNKS)?;
-        let v = table.get(id.as_bytes())?;
-        v.map(|v| Self::decode_loc(v.value())).transpose()
+        self.chunks.read(|tx| {
+            let table = tx.open_table(CHUNKS)?;
+            let v = table.get(id.as_bytes())?;
+            v.map(|v| Self::decode_loc(v.value())).transpose()
+        })
     }
 
     /// For each id, true if and only if it is not indexed. Looks ids up in key order (one read
@@ -213,15 +198,16 @@ impl Index {
     /// # Errors
     /// Index errors.
     pub fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
-        let tx = self.chunks.begin_read()?;
-        let table = tx.open_table(CHUNKS)?;
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_unstable_by_key(|&i| ids[i]);
-        let mut out = vec![false; ids.len()];
-        for i in order {
-            out[i] = table.get(ids[i].as_bytes())?.is_none();
-        }
-        Ok(out)
+        self.chunks.read(|tx| {
+            let table = tx.open_table(CHUNKS)?;
+            let mut order: Vec<usize> = (0..ids.len()).collect();
+            order.sort_unstable_by_key(|&i| ids[i]);
+            let mut out = vec![false; ids.len()];
+            for i in order {
+                out[i] = table.get(ids[i].as_bytes())?.is_none();
+            }
+            Ok(out)
+        })
     }
 
     /// Indexes chunks whose pack bytes are already durable; durable on return.
@@ -229,16 +215,14 @@ impl Index {
     /// # Errors
     /// Index errors.
     pub fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
-        let tx = self.chunks.begin_write()?;
-        {
+        self.chunks.write(|tx| {
             let mut table = tx.open_table(CHUNKS)?;
             for (id, loc) in locs {
                 let v = Self::encode_loc(loc);
                 table.insert(id.as_bytes(), v.as_slice())?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Removes chunks from the table; returns how many were there and their encoded bytes.
@@ -246,9 +230,8 @@ impl Index {
     /// # Errors
     /// Index errors.
     pub fn remove_locs(&self, ids: &[Hash]) -> Result<(u64, u64)> {
-        let tx = self.chunks.begin_write()?;
-        let (mut n, mut bytes) = (0, 0);
-        {
+        self.chunks.write(|tx| {
+            let (mut n, mut bytes) = (0, 0);
             let mut table = tx.open_table(CHUNKS)?;
             for id in ids {
                 if let Some(v) = table.remove(id.as_bytes())? {
@@ -256,9 +239,8 @@ impl Index {
                     bytes += Self::decode_loc(v.value()).map_or(0, |l| u64::from(l.stored_len));
                 }
             }
-        }
-        tx.commit()?;
-        Ok((n, bytes))
+            Ok((n, bytes))
+        })
     }
 
     /// Points chunks at their new entries, each only if it still points at the old one;
@@ -267,9 +249,8 @@ impl Index {
     /// # Errors
     /// Index errors.
     pub fn relocate(&self, moves: &[(Hash, ChunkLoc, ChunkLoc)]) -> Result<u64> {
-        let tx = self.chunks.begin_write()?;
-        let mut n = 0;
-        {
+        self.chunks.write(|tx| {
+            let mut n = 0;
             let mut table = tx.open_table(CHUNKS)?;
             for (id, old, new) in moves {
                 let current = table
@@ -282,9 +263,8 @@ impl Index {
                     n += 1;
                 }
             }
-        }
-        tx.commit()?;
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// Calls `f` with every indexed chunk location.
@@ -303,13 +283,14 @@ impl Index {
         &self,
         mut f: impl FnMut(&Hash, Result<ChunkLoc>) -> Result<()>,
     ) -> Result<()> {
-        let tx = self.chunks.begin_read()?;
-        let table = tx.open_table(CHUNKS)?;
-        for kv in table.iter()? {
-            let (k, v) = kv?;
-            f(&Hash::from_bytes(*k.value()), Self::decode_loc(v.value()))?;
-        }
-        Ok(())
+        self.chunks.read(|tx| {
+            let table = tx.open_table(CHUNKS)?;
+            for kv in table.iter()? {
+                let (k, v) = kv?;
+                f(&Hash::from_bytes(*k.value()), Self::decode_loc(v.value()))?;
+            }
+            Ok(())
+        })
     }
 
     /// Decodes a `names` value.
@@ -323,5 +304,86 @@ impl Index {
     /// Encodes a `names` value.
     pub fn encode_name(rec: &NameRecord) -> Vec<u8> {
         record::encode(RECORD_VERSION, rec)
+    }
+}
+
+/// The redb chunk table. After an I/O error (a full disk) redb refuses all further work with
+/// "previous I/O error" until the database is opened again; this reopens it, so that a server
+/// works again once space is freed instead of failing every write until it is restarted.
+struct ChunkTable {
+    path: std::path::PathBuf,
+    store_root: std::path::PathBuf,
+    db: std::sync::Mutex<Option<Arc<redb::Database>>>,
+}
+
+impl ChunkTable {
+    fn open(path: &Path, store_root: &Path) -> Result<Self> {
+        let db = Self::open_db(path, store_root)?;
+        Ok(ChunkTable {
+            path: path.to_owned(),
+            store_root: store_root.to_owned(),
+            db: std::sync::Mutex::new(Some(Arc::new(db))),
+        })
+    }
+
+    /// As with sled's lock (see `open_sled`): retries for up to 2 s a lock that a forked
+    /// child, or a transaction on the handle being replaced, may still hold.
+    fn open_db(path: &Path, store_root: &Path) -> Result<redb::Database> {
+        let mut tries = 0;
+        loop {
+            match redb::Database::builder()
+                .set_cache_size(CHUNK_CACHE_BYTES)
+                .create(path)
+            {
+                Ok(c) => return Ok(c),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(Error::Locked(store_root.to_owned()));
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    /// The open database, opened anew if an I/O error closed it.
+    fn get(&self) -> Result<Arc<redb::Database>> {
+        let mut slot = crate::lock(&self.db);
+        if let Some(db) = &*slot {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(Self::open_db(&self.path, &self.store_root)?);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs `f` on `db`'s result; an I/O error closes `db` so that the next call reopens it.
+    fn after<T>(&self, db: Arc<redb::Database>, r: Result<T>) -> Result<T> {
+        if let Err(Error::ChunkIndex(redb::Error::Io(_) | redb::Error::PreviousIo)) = &r {
+            let mut slot = crate::lock(&self.db);
+            if slot.as_ref().is_some_and(|d| Arc::ptr_eq(d, &db)) {
+                *slot = None;
+            }
+        }
+        r
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
+        let db = self.get()?;
+        let r = db.begin_read().map_err(Error::from).and_then(|tx| f(&tx));
+        self.after(db, r)
+    }
+
+    /// Runs `f` in a write transaction and commits it (durable on return).
+    fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
+        let db = self.get()?;
+        let r = db.begin_write().map_err(Error::from).and_then(|tx| {
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        });
+        self.after(db, r)
     }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::codec::Codec;
@@ -37,6 +38,9 @@ const JOURNAL_FILE: &str = "journal.log";
 /// Present while a chunk table started afresh waits to be rebuilt from the packs.
 const REINDEX_MARKER: &str = "reindex-needed";
 
+/// sled meta key present while a process has the store open (removed on a clean close).
+const OPEN_MARK: &str = "open";
+
 /// A store in a local directory.
 pub struct LocalStore {
     /// Held (with an exclusive advisory lock) while the store is open: one process at a time.
@@ -50,6 +54,18 @@ pub struct LocalStore {
     /// Packs a writer may still append to, or whose entries are not indexed yet: compaction
     /// leaves them alone.
     busy: Arc<Mutex<HashMap<u64, usize>>>,
+    /// Set when an index change failed after its journal record was written: the index is
+    /// behind the journal, so the store is left marked open and the next open replays it.
+    behind: AtomicBool,
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        if !self.behind.load(Ordering::SeqCst) {
+            let _ = self.index.meta.remove(OPEN_MARK);
+            let _ = self.index.db.flush();
+        }
+    }
 }
 
 /// Marks a pack busy until dropped (counted: a writer and its commits in flight each hold one).
@@ -120,8 +136,13 @@ impl LocalStore {
         let index = match Index::open(&root.join("index"), &chunks, root) {
             Ok(i) => i,
             Err(e @ Error::Locked(_)) => return Err(e),
-            Err(e) => return Err(damaged("index", e.to_string())),
+            Err(e) => {
+                return Err(environment(root, "index", e)
+                    .unwrap_or_else(|e| damaged("index", e.to_string())));
+            }
         };
+        let (journal, fresh) = Journal::open(&root.join(JOURNAL_FILE))
+            .map_err(|e| environment(root, "journal", e).unwrap_or_else(|e| e))?;
         let (config, created) = match (index.config()?, requested) {
             (Some(existing), Some(req)) if existing != req => {
                 return Err(Error::ParamsMismatch {
@@ -130,13 +151,22 @@ impl LocalStore {
                 });
             }
             (Some(existing), _) => (existing, false),
+            // An index with no config is a new store only if the journal is new too: an
+            // emptied index beside a journal that has records is damage, never a fresh start.
+            (None, _) if !(fresh || journal.is_empty()) => {
+                return Err(damaged(
+                    "index",
+                    "it is empty, but the metadata journal holds the store's records".into(),
+                ));
+            }
             (None, req) => {
                 let config = req.unwrap_or_default();
-                index.init(&config)?;
+                index
+                    .init(&config)
+                    .map_err(|e| environment(root, "index", e).unwrap_or_else(|e| e))?;
                 (config, true)
             }
         };
-        let (journal, fresh) = Journal::open(&root.join(JOURNAL_FILE))?;
         // A journal with no record (new, or cut off before its first snapshot was in place)
         // starts with what the index holds; a store made before the journal likewise.
         if fresh || journal.is_empty() {
@@ -144,6 +174,23 @@ impl LocalStore {
             let mut held = journal.lock();
             journal.rewrite(&mut held, snapshot(&index))?;
         }
+        // The journal is the index's write-ahead log. A store that was not closed cleanly
+        // (kill -9, power loss, or an index change that failed after its journal record)
+        // may lack what its last journal records say: apply the journal again (redo).
+        if !created && index.meta.get(OPEN_MARK)?.is_some() {
+            let (r, _) = apply_journal(&index.db, &root.join(JOURNAL_FILE))
+                .map_err(|e| environment(root, "index", e).unwrap_or_else(|e| e))?;
+            tracing::info!(
+                records = r.records,
+                "store was not closed cleanly: journal applied to the index again"
+            );
+        }
+        index
+            .meta
+            .insert(OPEN_MARK, &[1u8])
+            .map_err(Error::from)
+            .and_then(|_| Ok(index.db.flush()?))
+            .map_err(|e| environment(root, "index", e).unwrap_or_else(|e| e))?;
         let store = LocalStore {
             _lock: lock,
             root: root.to_owned(),
@@ -153,6 +200,7 @@ impl LocalStore {
             journal,
             guard: Guard::default(),
             busy: Arc::default(),
+            behind: AtomicBool::new(false),
         };
         Ok((store, created))
     }
@@ -185,65 +233,78 @@ impl LocalStore {
         if !rebuild {
             match Self::open_existing(root) {
                 Ok(s) => return Ok((s, Vec::new(), false)),
-                Err(e @ Error::Locked(_)) => return Err(e),
+                // Not damage: a full disk, a read-only file system, another process. Nothing
+                // is moved aside or rebuilt for these.
+                Err(e @ (Error::Locked(_) | Error::Environment { .. })) => return Err(e),
                 Err(_) => {}
             }
         }
         let mut notes = Vec::new();
         let mut partial = false;
         let lock = lock_store(root)?;
-        {
-            let secs = crate::unix_now();
-            let chunks = root.join("chunks.redb");
-            if !chunks.exists() {
-                std::fs::write(root.join(REINDEX_MARKER), b"")
-                    .map_err(Error::io("cannot write", root.join(REINDEX_MARKER)))?;
-                notes.push("the chunk table is gone; re-indexing the packs".into());
-            } else if rebuild || Index::probe_chunks(&chunks).is_err() {
-                let aside = root.join(format!("chunks.redb.damaged-{secs}"));
-                std::fs::write(root.join(REINDEX_MARKER), b"")
-                    .map_err(Error::io("cannot write", root.join(REINDEX_MARKER)))?;
-                std::fs::rename(&chunks, &aside).map_err(Error::io("cannot move", &chunks))?;
-                notes.push(format!(
-                    "moved the chunk table to {}; re-indexing the packs",
-                    aside.display()
-                ));
+        let secs = crate::unix_now();
+        let chunks = root.join("chunks.redb");
+        if !chunks.exists() {
+            mark_reindex(root)?;
+            notes.push("the chunk table is gone; re-indexing the packs".into());
+        } else if rebuild || chunk_table_damaged(root, &chunks)? {
+            let aside = root.join(format!("chunks.redb.damaged-{secs}"));
+            mark_reindex(root)?;
+            std::fs::rename(&chunks, &aside).map_err(Error::io("cannot move", &chunks))?;
+            notes.push(format!(
+                "moved the chunk table to {}; re-indexing the packs",
+                aside.display()
+            ));
+        }
+        if !chunks.exists() {
+            // A fresh, empty table; the repair indexes the packs into it.
+            Index::probe_chunks(&chunks)
+                .map_err(|e| environment(root, "chunk table", e).unwrap_or_else(|e| e))?;
+        }
+        let index = root.join("index");
+        if rebuild || index_damaged(root, &index, &journal)? {
+            // Built beside the old index and swapped in only once complete: a rebuild that
+            // fails (a full disk) leaves the old index where it was.
+            need_space(root, journal_rebuild_bytes(&journal))?;
+            let fresh = root.join("index.rebuilding");
+            if fresh.exists() {
+                std::fs::remove_dir_all(&fresh).map_err(Error::io("cannot remove", &fresh))?;
             }
-            if !chunks.exists() {
-                // A fresh, empty table; the repair indexes the packs into it.
-                Index::probe_chunks(&chunks)?;
-            }
-            let index = root.join("index");
-            let sled_ok = index.is_dir() && open_sled(&index, 1 << 20).is_ok();
-            if rebuild || !sled_ok {
-                if index.exists() {
-                    let aside = root.join(format!("index.damaged-{secs}"));
-                    std::fs::rename(&index, &aside).map_err(Error::io("cannot move", &index))?;
-                    notes.push(format!("moved the index to {}", aside.display()));
+            let r = match replay_journal(&fresh, &journal) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&fresh);
+                    return Err(environment(root, "index", e).unwrap_or_else(|e| e));
                 }
-                let r = replay_journal(&index, &journal)?;
-                if r.damaged > 0 || r.stopped.is_some() {
-                    partial = true;
-                    notes.push(
-                        "the journal is damaged, so files may be missing from the rebuilt index: \
-                         names are kept as they are, and the old index stays beside it; \
-                         check `hoard ls` before running gc"
-                            .into(),
-                    );
-                }
-                notes.push(format!(
-                    "rebuilt the index from the journal: {} records{}{}",
-                    r.records,
-                    if r.damaged > 0 {
-                        format!(", {} damaged records skipped", r.damaged)
-                    } else {
-                        String::new()
-                    },
-                    r.stopped
-                        .map(|s| format!(", stopped at a {s}"))
-                        .unwrap_or_default(),
-                ));
+            };
+            if index.exists() {
+                let aside = root.join(format!("index.damaged-{secs}"));
+                std::fs::rename(&index, &aside).map_err(Error::io("cannot move", &index))?;
+                notes.push(format!("moved the index to {}", aside.display()));
             }
+            std::fs::rename(&fresh, &index).map_err(Error::io("cannot move", &fresh))?;
+            sync_dir(root)?;
+            if r.damaged > 0 || r.stopped.is_some() {
+                partial = true;
+                notes.push(
+                    "the journal is damaged, so files may be missing from the rebuilt index: \
+                     names are kept as they are, and the old index stays beside it; \
+                     check `hoard ls` before running gc"
+                        .into(),
+                );
+            }
+            notes.push(format!(
+                "rebuilt the index from the journal: {} records{}{}",
+                r.records,
+                if r.damaged > 0 {
+                    format!(", {} damaged records skipped", r.damaged)
+                } else {
+                    String::new()
+                },
+                r.stopped
+                    .map(|s| format!(", stopped at a {s}"))
+                    .unwrap_or_default(),
+            ));
         }
         let (store, _) = Self::open_locked(root, None, lock, true)?;
         Ok((store, notes, partial))
@@ -267,6 +328,14 @@ impl LocalStore {
             }
             _ => Ok(()),
         }
+    }
+
+    /// `r`, noting on error that the index is now behind the journal (see `behind`).
+    fn behind_on_error<T, E>(&self, r: std::result::Result<T, E>) -> std::result::Result<T, E> {
+        if r.is_err() {
+            self.behind.store(true, Ordering::SeqCst);
+        }
+        r
     }
 
     /// The store directory.
@@ -349,14 +418,45 @@ impl LocalStore {
     /// read back (fsck's to judge: compaction never drops bytes it could not copy).
     fn rewrite_pack(&self, pack: u64, live: &mut [(Hash, ChunkLoc)]) -> Result<bool> {
         live.sort_unstable_by_key(|(_, loc)| loc.offset);
+        let mut created = Vec::new();
+        let copied = self.copy_entries(live, &mut created);
+        let moves = match copied {
+            Ok(Some(moves)) => moves,
+            other => {
+                // Nothing points at the copies yet: remove them (a full disk leaves no
+                // half-written packs behind).
+                for path in &created {
+                    let _ = std::fs::remove_file(path);
+                }
+                return other.map(|_| false);
+            }
+        };
+        // Durability order: the copies are synced; now the index points at them; only then
+        // does the old file go. A crash in between leaves a pack nothing points at.
+        self.index.relocate(&moves)?;
+        self.packs.forget(pack);
+        let path = pack_path(&self.packs_dir(), pack);
+        std::fs::remove_file(&path).map_err(Error::io("cannot delete pack", &path))?;
+        Ok(true)
+    }
+
+    /// Copies `live` into new packs (their paths pushed on `created`) and syncs them. Returns
+    /// the moves to index, or None if an entry cannot be read back (fsck's to judge:
+    /// compaction never drops bytes it could not copy).
+    #[allow(clippy::type_complexity)]
+    fn copy_entries(
+        &self,
+        live: &[(Hash, ChunkLoc)],
+        created: &mut Vec<PathBuf>,
+    ) -> Result<Option<Vec<(Hash, ChunkLoc, ChunkLoc)>>> {
         let mut out: Option<(PackWriter, Busy)> = None;
         let mut busy = Vec::new();
         let mut moves = Vec::with_capacity(live.len());
         let mut payload = Vec::new();
-        for (id, loc) in live.iter() {
+        for (id, loc) in live {
             if let Err(e) = self.packs.read_into(id, loc, &mut payload) {
-                tracing::warn!(pack, chunk = %id, error = %e, "not compacting a pack with an unreadable entry; run `hoard fsck`");
-                return Ok(false);
+                tracing::warn!(pack = loc.pack, chunk = %id, error = %e, "not compacting a pack with an unreadable entry; run `hoard fsck`");
+                return Ok(None);
             }
             if out
                 .as_ref()
@@ -368,7 +468,11 @@ impl LocalStore {
             }
             let (w, _) = match &mut out {
                 Some(o) => o,
-                None => out.insert(self.new_pack()?),
+                None => {
+                    let (w, b) = self.new_pack()?;
+                    created.push(pack_path(&self.packs_dir(), w.id));
+                    out.insert((w, b))
+                }
             };
             let codec = Codec::from_tag(loc.codec).ok_or_else(|| Error::Corrupt {
                 id: *id,
@@ -381,13 +485,7 @@ impl LocalStore {
             w.sync()?;
             busy.push(b);
         }
-        // Durability order: the copies are synced; now the index points at them; only then
-        // does the old file go. A crash in between leaves a pack nothing points at.
-        self.index.relocate(&moves)?;
-        self.packs.forget(pack);
-        let path = pack_path(&self.packs_dir(), pack);
-        std::fs::remove_file(&path).map_err(Error::io("cannot delete pack", &path))?;
-        Ok(true)
+        Ok(Some(moves))
     }
 }
 
@@ -447,7 +545,9 @@ impl LocalWriter<'_> {
     fn on_error<T>(&mut self, r: Result<T>) -> Result<T> {
         if r.is_err() {
             self.pending.clear();
-            self.pack = None;
+            if let Some((pack, _busy)) = self.pack.take() {
+                pack.abandon();
+            }
             self.retired.clear();
         }
         r
@@ -685,11 +785,28 @@ impl ChunkStore for LocalStore {
         for kv in self.index.names.iter() {
             let (k, v) = kv?;
             let name = String::from_utf8_lossy(&k).into_owned();
-            if names.remove(&name).is_none_or(|j| j != *v) {
-                out.names_differ += 1;
+            match names.remove(&name) {
+                Some(j) if j == *v => {}
+                Some(j) => {
+                    out.names_differ += 1;
+                    // The journal is ahead if it records a version the index lacks.
+                    let held = Index::decode_name(&v)
+                        .map(|r| r.versions)
+                        .unwrap_or_default();
+                    let recorded = Index::decode_name(&j)
+                        .map(|r| r.versions)
+                        .unwrap_or_default();
+                    if recorded.iter().any(|r| !held.contains(r)) {
+                        out.index_lacks_names += 1;
+                    }
+                }
+                None => out.names_differ += 1,
             }
         }
         out.names_differ += names.len() as u64;
+        out.index_lacks_names += names.len() as u64;
+        // Counts keys of `tree` the journal lacks and takes them out of `set`, which is left
+        // with what the index lacks.
         let differ = |tree: &sled::Tree, set: &mut HashSet<Hash>| -> Result<u64> {
             let mut n = 0;
             for k in tree.iter().keys() {
@@ -698,10 +815,19 @@ impl ChunkStore for LocalStore {
                     n += 1;
                 }
             }
-            Ok(n + set.len() as u64)
+            Ok(n)
         };
-        out.files_differ = differ(&self.index.files, &mut files)?;
-        out.pages_differ = differ(&self.index.pages, &mut pages)?;
+        out.files_differ = differ(&self.index.files, &mut files)? + files.len() as u64;
+        out.index_lacks_files = files.len() as u64;
+        out.pages_differ = differ(&self.index.pages, &mut pages)? + pages.len() as u64;
+        if repair && out.index_lacks_files + out.index_lacks_names > 0 {
+            // Rewriting the journal from this index would forget what only the journal knows.
+            return Err(Error::IndexBehindJournal {
+                root: self.root.clone(),
+                files: out.index_lacks_files,
+                names: out.index_lacks_names,
+            });
+        }
         if repair && !out.agrees() {
             let secs = crate::unix_now();
             let old = self.root.join(format!("{JOURNAL_FILE}.old-{secs}"));
@@ -739,7 +865,7 @@ impl ChunkStore for LocalStore {
             j.append(Kind::PagesRemoved, &payload)?;
         }
         j.sync()?;
-        self.index.pages.apply_batch(b)?;
+        self.behind_on_error(self.index.pages.apply_batch(b))?;
         drop(j);
         self.index.db.flush()?;
         Ok(())
@@ -749,7 +875,7 @@ impl ChunkStore for LocalStore {
         // Synced with the manifest that lists it (pages are stored before their manifest).
         let mut j = self.journal.lock();
         j.append(Kind::Page, bytes)?;
-        self.index.pages.insert(hash.as_bytes(), bytes)?;
+        self.behind_on_error(self.index.pages.insert(hash.as_bytes(), bytes))?;
         Ok(())
     }
 
@@ -762,9 +888,7 @@ impl ChunkStore for LocalStore {
         let mut j = self.journal.lock();
         j.append(Kind::Manifest, &bytes)?;
         j.sync()?;
-        self.index
-            .files
-            .insert(manifest.file_id.as_bytes(), bytes)?;
+        self.behind_on_error(self.index.files.insert(manifest.file_id.as_bytes(), bytes))?;
         drop(j);
         self.index.db.flush()?;
         Ok(())
@@ -813,7 +937,7 @@ impl ChunkStore for LocalStore {
         let value = Index::encode_name(&rec);
         j.append(Kind::Name, &journal::name_payload(name, &value))?;
         j.sync()?;
-        self.index.names.insert(name, value)?;
+        self.behind_on_error(self.index.names.insert(name, value))?;
         drop(j);
         self.index.db.flush()?;
         Ok(rec)
@@ -860,7 +984,7 @@ impl ChunkStore for LocalStore {
         let mut j = self.journal.lock();
         j.append(Kind::NameRemoved, name.as_bytes())?;
         j.sync()?;
-        let old = self.index.names.remove(name)?;
+        let old = self.behind_on_error(self.index.names.remove(name))?;
         drop(j);
         self.index.db.flush()?;
         old.map(|v| Index::decode_name(&v)).transpose()
@@ -871,7 +995,7 @@ impl ChunkStore for LocalStore {
         let mut j = self.journal.lock();
         j.append(Kind::Name, &journal::name_payload(name, &value))?;
         j.sync()?;
-        self.index.names.insert(name, value)?;
+        self.behind_on_error(self.index.names.insert(name, value))?;
         drop(j);
         self.index.db.flush()?;
         Ok(())
@@ -881,7 +1005,7 @@ impl ChunkStore for LocalStore {
         let mut j = self.journal.lock();
         j.append(Kind::ManifestRemoved, file_id.as_bytes())?;
         j.sync()?;
-        let old = self.index.files.remove(file_id.as_bytes())?;
+        let old = self.behind_on_error(self.index.files.remove(file_id.as_bytes()))?;
         drop(j);
         self.index.db.flush()?;
         Ok(old.is_some())
@@ -943,9 +1067,106 @@ fn lock_store(root: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// `e` as an [`Error::Environment`] of the store's `what` if the machine is the cause (a
+/// full disk, a read-only file system, permissions); otherwise `Err(e)` unchanged.
+fn environment(root: &Path, what: &'static str, e: Error) -> Result<Error, Error> {
+    match e.environment() {
+        Some(hint) => Ok(Error::Environment {
+            root: root.to_owned(),
+            what,
+            hint,
+            source: Box::new(e),
+        }),
+        None => Err(e),
+    }
+}
+
+/// Notes that the chunk table must be re-indexed from the packs before the store is used.
+fn mark_reindex(root: &Path) -> Result<()> {
+    let marker = root.join(REINDEX_MARKER);
+    std::fs::write(&marker, b"").map_err(Error::io("cannot write", &marker))?;
+    sync_dir(root)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("cannot sync directory", dir))
+}
+
+/// True if the chunk table is shown damaged: it does not open for a reason other than the
+/// machine's (which is returned as the error instead).
+fn chunk_table_damaged(root: &Path, chunks: &Path) -> Result<bool> {
+    match Index::probe_chunks(chunks) {
+        Ok(()) => Ok(false),
+        Err(e) => environment(root, "chunk table", e).map_or(Ok(true), Err),
+    }
+}
+
+/// True if the sled index is shown damaged: gone, not opening for a reason other than the
+/// machine's, or empty beside a journal that has records.
+fn index_damaged(root: &Path, index: &Path, journal: &Path) -> Result<bool> {
+    if !index.is_dir() {
+        return Ok(true);
+    }
+    match open_sled(index, 1 << 20) {
+        Ok(db) => {
+            let empty = db.open_tree("meta")?.get("config")?.is_none();
+            let journal_len = std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0);
+            Ok(empty && journal_len > 0)
+        }
+        Err(e) => environment(root, "index", e).map_or(Ok(true), Err),
+    }
+}
+
+/// About what rebuilding the index from `journal` writes: sled keeps roughly twice the
+/// records' bytes while it settles, plus its own files.
+fn journal_rebuild_bytes(journal: &Path) -> u64 {
+    let len = std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0);
+    2 * len + (4 << 20)
+}
+
+/// Refuses, before anything is changed, a step that needs `bytes` the disk of `root` does not
+/// have.
+fn need_space(root: &Path, bytes: u64) -> Result<()> {
+    let Ok(st) = rustix::fs::statvfs(root) else {
+        return Ok(()); // no figure to go by: the step itself reports a full disk
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < bytes {
+        return Err(Error::Environment {
+            root: root.to_owned(),
+            what: "index",
+            hint: "its disk is full: free some space and try again",
+            source: Box::new(Error::TooLarge {
+                what: "the space the rebuild needs",
+                size: bytes,
+                limit: free,
+            }),
+        });
+    }
+    Ok(())
+}
+
 /// Builds a fresh sled index at `path` from the journal at `journal_path`.
 fn replay_journal(path: &Path, journal_path: &Path) -> Result<journal::ReplayReport> {
     let db = open_sled(path, 8 << 20)?;
+    let (report, config) = apply_journal(&db, journal_path)?;
+    if !config {
+        return Err(Error::InvalidParams(format!(
+            "the journal {} holds no store config: the index cannot be rebuilt from it",
+            journal_path.display()
+        )));
+    }
+    db.flush()?;
+    Ok(report)
+}
+
+/// Applies every record of the journal at `journal_path` to `db`, in order; returns the
+/// replay's report and whether a store config was among the records. Every record sets or
+/// removes one key, so applying a journal to an index that already holds some of it leaves
+/// exactly what the journal says for every key the journal names.
+fn apply_journal(db: &sled::Db, journal_path: &Path) -> Result<(journal::ReplayReport, bool)> {
     let meta = db.open_tree("meta")?;
     let pages = db.open_tree("pages")?;
     let files = db.open_tree("files")?;
@@ -981,14 +1202,7 @@ fn replay_journal(path: &Path, journal_path: &Path) -> Result<journal::ReplayRep
         }
         Ok(())
     })?;
-    if !config {
-        return Err(Error::InvalidParams(format!(
-            "the journal {} holds no store config: the index cannot be rebuilt from it",
-            journal_path.display()
-        )));
-    }
-    db.flush()?;
-    Ok(report)
+    Ok((report, config))
 }
 
 /// Journal records that rebuild what `index` holds: config, pages, manifests, names (read

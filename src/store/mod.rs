@@ -152,12 +152,22 @@ pub struct JournalCheck {
     pub files_differ: u64,
     /// Manifest pages in one and not the other.
     pub pages_differ: u64,
+    /// Files the journal records and the index lacks: the index is behind, so the journal
+    /// must not be rewritten from it and gc must not trust it.
+    pub index_lacks_files: u64,
+    /// Names, or versions of names, the journal records and the index lacks.
+    pub index_lacks_names: u64,
     /// With repair: the journal was rewritten from the index; the old one is kept here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewritten: Option<std::path::PathBuf>,
 }
 
 impl JournalCheck {
+    /// True if the index lacks something the journal records.
+    pub fn index_behind(&self) -> bool {
+        self.index_lacks_files + self.index_lacks_names > 0
+    }
+
     /// True if the journal would rebuild exactly the index.
     pub fn agrees(&self) -> bool {
         self.damaged == 0

@@ -90,6 +90,8 @@ pub struct PackWriter {
     path: PathBuf,
     out: BufWriter<File>,
     len: u64,
+    /// True once bytes of this pack were handed to a commit: index entries may point here.
+    shared: bool,
 }
 
 impl PackWriter {
@@ -105,18 +107,31 @@ impl PackWriter {
             .open(&path)
             .map_err(Error::io("cannot create pack", &path))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&PACK_MAGIC)
-            .map_err(Error::io("cannot write pack", &path))?;
         // The new directory entry must survive a crash before any index entry names the pack.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io("cannot sync directory", dir))?;
+        let started = out
+            .write_all(&PACK_MAGIC)
+            .and_then(|()| out.flush())
+            .and_then(|()| File::open(dir).and_then(|d| d.sync_all()));
+        if let Err(e) = started {
+            // A pack that could not even be started holds nothing: leave no empty file.
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::io("cannot write pack", &path)(e));
+        }
         Ok(PackWriter {
             id,
             path,
             out,
             len: PACK_MAGIC.len() as u64,
+            shared: false,
         })
+    }
+
+    /// Removes the pack after a failed write, unless a commit may point into it (then its
+    /// unreferenced tail is garbage for gc). Nothing of it is indexed otherwise.
+    pub fn abandon(self) {
+        if !self.shared {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 
     /// Appends one entry; returns its location.
@@ -166,6 +181,7 @@ impl PackWriter {
     /// # Errors
     /// I/O errors.
     pub fn flush_and_share(&mut self) -> Result<(File, PathBuf)> {
+        self.shared = true;
         self.out
             .flush()
             .and_then(|()| self.out.get_ref().try_clone())

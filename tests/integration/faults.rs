@@ -392,3 +392,55 @@ fn a_damaged_journal_is_found_and_written_anew() {
         }
     }
 }
+
+/// An index that knows fewer files and names than the journal (here: an older copy of it put
+/// back): fsck says so and is not clean, repair refuses to rewrite the journal from it, gc
+/// deletes nothing, and rebuilding the index from the journal brings every file back.
+#[test]
+fn an_index_behind_the_journal_is_never_trusted_over_it() {
+    let s = Scratch::new();
+    let store = s.store();
+    let a = data::random(3 << 20, 80);
+    let b = data::random(3 << 20, 81);
+    ok(hoard(&store).arg("import").arg(s.file("a", &a)));
+    let old = s.path("index.old");
+    let cp = |from: &Path, to: &Path| {
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    cp(&store.join("index"), &old);
+    ok(hoard(&store).arg("import").arg(s.file("b", &b)));
+    std::fs::remove_dir_all(store.join("index")).unwrap();
+    cp(&old, &store.join("index"));
+
+    let out = hoard(&store).args(["fsck", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["clean"], false, "{r}");
+    assert_eq!(r["journal"]["index_lacks_files"], 1, "{r}");
+    assert_eq!(r["journal"]["index_lacks_names"], 1, "{r}");
+
+    let journal = std::fs::read(store.join("journal.log")).unwrap();
+    let err = super::support::fails(hoard(&store).args(["fsck", "--repair"]), 1);
+    assert!(err.contains("--rebuild-index"), "{err}");
+    assert_eq!(std::fs::read(store.join("journal.log")).unwrap(), journal);
+
+    let packs_before = packs(&store);
+    let err = super::support::fails(hoard(&store).arg("gc"), 1);
+    assert!(err.contains("gc deleted nothing"), "{err}");
+    assert_eq!(packs(&store), packs_before);
+
+    ok(hoard(&store).args(["fsck", "--repair", "--rebuild-index"]));
+    for (name, bytes) in [("a", &a), ("b", &b)] {
+        let out = s.path(&format!("{name}.out"));
+        ok(hoard(&store).args(["export", name]).arg(&out));
+        assert!(std::fs::read(&out).unwrap() == *bytes, "{name}");
+    }
+    ok(hoard(&store).arg("gc"));
+    ok(hoard(&store).arg("fsck"));
+}
