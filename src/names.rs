@@ -35,6 +35,15 @@ pub fn validate(name: &str) -> Result<()> {
     if name.chars().any(char::is_control) {
         return bad("it contains control characters");
     }
+    if name.chars().any(is_format_char) {
+        return bad("it contains invisible format characters (such as bidi overrides)");
+    }
+    if name.contains('\\') {
+        return bad("it contains a backslash; separate path components with /");
+    }
+    if looks_like_id(name) {
+        return bad("it is 8 to 64 hex digits, which is how file ids and id prefixes are written");
+    }
     if name
         .split('/')
         .any(|c| c.is_empty() || c == "." || c == "..")
@@ -45,6 +54,21 @@ pub fn validate(name: &str) -> Result<()> {
         return bad("it ends in @<number>, which is version syntax");
     }
     Ok(())
+}
+
+/// True for what reads as a file id or an id prefix: 8 to 64 hex digits.
+pub fn looks_like_id(spec: &str) -> bool {
+    (MIN_PREFIX..=64).contains(&spec.len()) && spec.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Unicode's format characters (general category Cf): invisible, and some reorder the text
+/// around them (U+202E shows `exe.txt` for `txt.exe`), so a listing could lie about a name.
+fn is_format_char(c: char) -> bool {
+    matches!(c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x890..=0x891 | 0x8E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 fn split_version(spec: &str) -> Option<(&str, usize)> {
@@ -74,6 +98,14 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
             .ok_or_else(|| Error::NotFound(spec.to_owned()))?;
         Ok(Resolved { manifest, label })
     };
+    // What reads as an id is an id: a name never shadows one (such names are refused; one
+    // stored before that rule is still found, but only when no file id matches).
+    if looks_like_id(spec) {
+        match resolve_id(store, spec, &by_id) {
+            Err(Error::NotFound(_)) => {}
+            other => return other,
+        }
+    }
     if let Some(rec) = store.get_name(spec)?
         && let Some(v) = rec.versions.last()
     {
@@ -92,28 +124,35 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
             })?;
         return by_id(v.file_id, spec.to_owned());
     }
-    let hex = spec.to_ascii_lowercase();
-    if (MIN_PREFIX..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let even = &hex[..hex.len() / 2 * 2];
-        let raw: Vec<u8> = (0..even.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&even[i..i + 2], 16).expect("checked hex"))
-            .collect();
-        let matches: Vec<Hash> = store
-            .file_ids_with_prefix(&raw)?
-            .into_iter()
-            .filter(|id| id.to_hex().starts_with(&hex))
-            .collect();
-        return match matches.as_slice() {
-            [id] => by_id(*id, id.to_hex()),
-            [] => Err(Error::NotFound(spec.to_owned())),
-            many => Err(Error::Ambiguous {
-                prefix: spec.to_owned(),
-                count: many.len(),
-            }),
-        };
-    }
     Err(Error::NotFound(spec.to_owned()))
+}
+
+/// Resolves a file id or an unambiguous id prefix (`spec` is 8–64 hex digits). The file
+/// found has an id that starts with `spec`, whatever names exist.
+fn resolve_id(
+    store: &dyn ChunkStore,
+    spec: &str,
+    by_id: &dyn Fn(Hash, String) -> Result<Resolved>,
+) -> Result<Resolved> {
+    let hex = spec.to_ascii_lowercase();
+    let even = &hex[..hex.len() / 2 * 2];
+    let raw: Vec<u8> = (0..even.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&even[i..i + 2], 16).expect("checked hex"))
+        .collect();
+    let matches: Vec<Hash> = store
+        .file_ids_with_prefix(&raw)?
+        .into_iter()
+        .filter(|id| id.to_hex().starts_with(&hex))
+        .collect();
+    match matches.as_slice() {
+        [id] => by_id(*id, id.to_hex()),
+        [] => Err(Error::NotFound(spec.to_owned())),
+        many => Err(Error::Ambiguous {
+            prefix: spec.to_owned(),
+            count: many.len(),
+        }),
+    }
 }
 
 /// Points `name` at `manifest`'s file as its newest version (unless it already is).

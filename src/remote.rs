@@ -26,10 +26,12 @@ pub struct ServeArgs {
         long = "token",
         value_name = "[SCOPE:]TOKEN",
         env = "HOARD_TOKENS",
+        hide_env_values = true,
         value_delimiter = ','
     )]
     tokens: Vec<String>,
-    /// A file of tokens, one `read TOKEN`, `write TOKEN` or `TOKEN` per line.
+    /// A file of tokens, one `read TOKEN` or `write TOKEN` per line (`#` comments); any
+    /// other line stops the server, naming the line.
     #[arg(long, value_name = "FILE")]
     tokens_file: Option<PathBuf>,
     /// Let anyone who can reach the server read (writes still need a token).
@@ -162,11 +164,10 @@ pub fn limit_malloc_arenas() {
 
 pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
     init_logs("info");
-    let mut specs = a.tokens.clone();
-    if let Some(f) = &a.tokens_file {
-        specs.extend(Auth::specs_from_file(f)?);
-    }
-    let auth = Auth::new(&specs, a.public_read)?;
+    let auth = match &a.tokens_file {
+        Some(f) => Auth::with_file(&a.tokens, f, a.public_read)?,
+        None => Auth::new(&a.tokens, a.public_read)?,
+    };
     // FastCDC 2020 never cuts past 16 MiB; fsck takes longer entries for damage.
     anyhow::ensure!(
         a.max_chunk <= 16 << 20,

@@ -9,6 +9,7 @@ mod integration {
     pub mod diskfull;
     pub mod faults;
     pub mod golden;
+    pub mod hardening;
     pub mod lifecycle;
     pub mod net;
     pub mod properties;

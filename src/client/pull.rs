@@ -131,6 +131,15 @@ pub async fn pull(
         .await
         .map_err(|e| Error::Transport { what, source: e })?;
     let flat = FlatManifest::from_binary(&body)?;
+    // Asked for by id (or prefix): the file must be that one, whatever the server resolved.
+    if crate::names::looks_like_id(spec)
+        && !flat.id.to_hex().starts_with(&spec.to_ascii_lowercase())
+    {
+        return Err(Error::Malformed {
+            what: "manifest",
+            detail: format!("asked for file {spec}, the server sent file {}", flat.id),
+        });
+    }
     let total: u64 = flat.chunks.iter().map(|r| u64::from(r.len)).sum();
     if total != flat.size || flat.chunks.iter().any(|r| r.len == 0) {
         return Err(Error::Malformed {

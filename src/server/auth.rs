@@ -21,6 +21,17 @@ pub enum Scope {
     Write,
 }
 
+impl Scope {
+    /// `read` or `write`, exactly (lowercase).
+    fn parse(word: &str) -> Option<Scope> {
+        match word {
+            "read" => Some(Scope::Read),
+            "write" => Some(Scope::Write),
+            _ => None,
+        }
+    }
+}
+
 /// The configured tokens and whether reads need one.
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
@@ -30,45 +41,109 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Parses `[read:|write:]TOKEN` specs (write when no scope is given).
+    /// Parses `--token` values: `read:TOKEN`, `write:TOKEN`, or a bare `TOKEN` (write).
     ///
     /// # Errors
-    /// [`Error::InvalidParams`] for an empty token.
+    /// [`Error::InvalidParams`] for an empty token, an unknown scope (anything before a `:`
+    /// that is a word but not `read` or `write`, such as `Read:` or `readonly:`), or a token
+    /// given twice.
     pub fn new(specs: &[String], public_read: bool) -> Result<Self> {
-        let mut tokens = Vec::new();
+        let mut entries = Vec::new();
         for spec in specs {
             let (scope, token) = match spec.split_once(':') {
-                Some(("read", t)) => (Scope::Read, t),
-                Some(("write", t)) => (Scope::Write, t),
+                Some((word, t))
+                    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphabetic()) =>
+                {
+                    let scope = Scope::parse(word).ok_or_else(|| {
+                        Error::InvalidParams(format!(
+                            "--token {word}:…: unknown scope {word:?}; use read:TOKEN or write:TOKEN"
+                        ))
+                    })?;
+                    (scope, t)
+                }
                 _ => (Scope::Write, spec.as_str()),
             };
-            if token.trim().is_empty() {
-                return Err(Error::InvalidParams("a token cannot be empty".into()));
-            }
-            tokens.push((blake3::hash(token.as_bytes()), scope));
+            entries.push((scope, token.to_owned(), "--token".to_owned()));
         }
+        Self::from_entries(entries, public_read)
+    }
+
+    /// `--token` values plus the lines of a tokens file.
+    ///
+    /// # Errors
+    /// As [`Auth::new`] and [`Auth::parse_file`].
+    pub fn with_file(specs: &[String], file: &std::path::Path, public_read: bool) -> Result<Self> {
+        let mut auth = Self::new(specs, public_read)?;
+        let mut entries: Vec<_> = Vec::new();
+        let text =
+            std::fs::read_to_string(file).map_err(Error::io("cannot read tokens file", file))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = format!("{} line {}", file.display(), n + 1);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [word, token] = fields[..] else {
+                return Err(Error::InvalidParams(format!(
+                    "{at}: expected `read TOKEN` or `write TOKEN`, found {} field(s)",
+                    fields.len()
+                )));
+            };
+            let scope = Scope::parse(word).ok_or_else(|| {
+                Error::InvalidParams(format!(
+                    "{at}: unknown scope {word:?}; the scopes are `read` and `write`"
+                ))
+            })?;
+            entries.push((scope, token.to_owned(), at));
+        }
+        let mut all: Vec<_> = std::mem::take(&mut auth.tokens)
+            .into_iter()
+            .map(|(h, s)| (h, s, "--token".to_owned()))
+            .collect();
+        for (scope, token, at) in entries {
+            all.push((Self::hash_checked(&token, &at)?, scope, at));
+        }
+        Self::check_unique(&all)?;
+        auth.tokens = all.into_iter().map(|(h, s, _)| (h, s)).collect();
+        Ok(auth)
+    }
+
+    fn from_entries(entries: Vec<(Scope, String, String)>, public_read: bool) -> Result<Self> {
+        let mut all = Vec::new();
+        for (scope, token, at) in entries {
+            all.push((Self::hash_checked(&token, &at)?, scope, at));
+        }
+        Self::check_unique(&all)?;
         Ok(Auth {
-            tokens,
+            tokens: all.into_iter().map(|(h, s, _)| (h, s)).collect(),
             public_read,
         })
     }
 
-    /// Reads a tokens file: one `read TOKEN`, `write TOKEN` or `TOKEN` per line; `#` comments.
-    ///
-    /// # Errors
-    /// [`Error::Io`] if it cannot be read.
-    pub fn specs_from_file(path: &std::path::Path) -> Result<Vec<String>> {
-        let text =
-            std::fs::read_to_string(path).map_err(Error::io("cannot read tokens file", path))?;
-        Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| match l.split_once(char::is_whitespace) {
-                Some((scope, t)) => format!("{scope}:{}", t.trim()),
-                None => l.to_owned(),
-            })
-            .collect())
+    fn hash_checked(token: &str, at: &str) -> Result<blake3::Hash> {
+        if token.trim().is_empty() {
+            return Err(Error::InvalidParams(format!(
+                "{at}: a token cannot be empty"
+            )));
+        }
+        if token.chars().any(char::is_whitespace) {
+            return Err(Error::InvalidParams(format!(
+                "{at}: a token cannot contain spaces"
+            )));
+        }
+        Ok(blake3::hash(token.as_bytes()))
+    }
+
+    fn check_unique(all: &[(blake3::Hash, Scope, String)]) -> Result<()> {
+        for (i, (h, _, at)) in all.iter().enumerate() {
+            if let Some((_, _, first)) = all[..i].iter().find(|(g, _, _)| g == h) {
+                return Err(Error::InvalidParams(format!(
+                    "{at}: the same token as {first}; give each token once, with one scope"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Returns true if and only if no token is configured (everything is open).
@@ -95,8 +170,11 @@ impl Auth {
         if self.is_open() || (need == Scope::Read && self.public_read) {
             return Ok(());
         }
+        // The scheme is case-insensitive (RFC 9110 section 11.1): `bearer`, `BEARER`.
         let token = authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t)
             .ok_or(ApiError::Unauthorized)?;
         match self.scope_of(token.trim()) {
             None => Err(ApiError::Unauthorized),
@@ -153,6 +231,9 @@ mod tests {
             Err(ApiError::Unauthorized)
         ));
         assert!(a.check(Scope::Read, Some("Bearer r")).is_ok());
+        assert!(a.check(Scope::Write, Some("bearer w")).is_ok());
+        assert!(a.check(Scope::Write, Some("BEARER w")).is_ok());
+        assert!(a.check(Scope::Write, Some("Basic w")).is_err());
         assert!(matches!(
             a.check(Scope::Write, Some("Bearer r")),
             Err(ApiError::Forbidden)
@@ -165,6 +246,14 @@ mod tests {
         let public = Auth::new(&["w".into()], true).unwrap();
         assert!(public.check(Scope::Read, None).is_ok());
         assert!(Auth::new(&["read:".into()], false).is_err());
+        for bad in ["Read:SECRETR", "readonly:X", "write:", " "] {
+            assert!(Auth::new(&[bad.into()], false).is_err(), "{bad}");
+        }
+        assert!(Auth::new(&["a".into(), "write:a".into()], false).is_err());
+        // A token may hold a colon after something that is not a scope word; a word before
+        // a colon is a scope, and only two are known.
+        assert!(Auth::new(&["s3cr:et".into(), "12:ab".into()], false).is_ok());
+        assert!(Auth::new(&["secret:x".into()], false).is_err());
         assert!(Auth::default().check(Scope::Write, None).is_ok());
     }
 }

@@ -162,3 +162,60 @@ fn chain(e: &Error) -> String {
     }
     out
 }
+
+/// Response middleware: an error answer made outside the handlers (no route, a method a route
+/// does not take, a timeout, a body-limit or extractor rejection) gets the same JSON body as
+/// every other error. Bodies already JSON pass through.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // What axum's rejections say is short and useful ("Failed to parse the request body…").
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = match status {
+        StatusCode::NOT_FOUND => {
+            "no such endpoint; the API is described at /v1/openapi.json".to_owned()
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            format!("this endpoint does not take that method (it takes: {allow})")
+        }
+        StatusCode::REQUEST_TIMEOUT => "the request took too long; send it again".to_owned(),
+        s if s.is_server_error() => "internal error; the server log has the details".to_owned(),
+        _ if !text.is_empty() => text,
+        s => s.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = json!({ "error": code, "message": message });
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}

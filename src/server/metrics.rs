@@ -136,9 +136,26 @@ impl Metrics {
     }
 }
 
+/// The method's name if it is one the API uses, else `other`.
+fn known_method(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts every request by method, route and status.
 pub async fn count(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    // Labels take only bounded values: a made-up method, or a path no route matches, must
+    // not create a new series (each costs memory for good, and every scrape).
+    let method = known_method(req.method()).to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()

@@ -338,6 +338,7 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(limits.idle_timeout))
         .layer(DefaultBodyLimit::disable())
         .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency))
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
