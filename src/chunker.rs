@@ -74,6 +74,40 @@ impl Cutter {
     }
 }
 
+/// How the cut loop works, in words, for `GET /v1/config` (the README's "The chunker, as a
+/// spec" has it in pseudocode).
+const CUT_RULE: &str = "len(src) <= min: the rest is one chunk. Else n = min(len(src), max), \
+center = avg (or n if n < avg); h = 0; for each pair of bytes a, a+1 from a = 2*(min/2) while \
+a + 1 < n: h = (h << 2) + gear_ls[src[a]], cut at a if h & mask_ls == 0; h = h + gear[src[a+1]], \
+cut at a+1 if h & mask == 0; where mask is mask_s (mask_s_ls) while a < 2*(center/2), else \
+mask_l (mask_l_ls). No cut: the chunk is n bytes. Cutting at i makes a chunk of i bytes: the \
+byte that matched starts the next chunk. Wrapping 64-bit arithmetic; h restarts at 0 for each \
+chunk; a chunk is final once max bytes follow its start or the stream ends.";
+
+/// Everything a client in another language needs to cut the chunks these params cut: the
+/// algorithm, sizes, normalization, the four masks, both gear tables and the cut rule
+/// (`GET /v1/config`'s `chunker`). Numbers over 2^53 are `0x` + 16 hex digits.
+pub fn published(params: ChunkerParams) -> serde_json::Value {
+    let c = Cutter::new(params);
+    let hex = |v: u64| format!("0x{v:016x}");
+    serde_json::json!({
+        "algorithm": "fastcdc",
+        "version": "2020",
+        "min": params.min,
+        "avg": params.avg,
+        "max": params.max,
+        "normalization": Normalization::Level1.bits(),
+        "gear_seed": 0,
+        "mask_s": hex(c.mask_s),
+        "mask_l": hex(c.mask_l),
+        "mask_s_ls": hex(c.mask_s << 1),
+        "mask_l_ls": hex(c.mask_l << 1),
+        "gear": c.gear.iter().map(|&g| hex(g)).collect::<Vec<_>>(),
+        "gear_ls": c.gear_ls.iter().map(|&g| hex(g)).collect::<Vec<_>>(),
+        "cut": CUT_RULE,
+    })
+}
+
 /// A run of whole chunks cut from the stream, in order.
 pub struct Block {
     /// Offset of `data[0]` in the stream.

@@ -24,7 +24,8 @@ pub const DEFAULT_LEVEL: i32 = 1;
 /// store at creation and recorded in every manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {
-    /// No chunk is shorter than this, except the last one of a file.
+    /// No chunk is shorter than this, except the last one of a file (with an odd `min`, one
+    /// byte shorter: the cut loop hashes bytes in pairs from `2 * (min / 2)`).
     pub min: u32,
     /// The size the chunker aims at; rounded to a power of two for the cut mask.
     pub avg: u32,

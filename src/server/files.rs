@@ -344,7 +344,7 @@ pub async fn config(State(st): State<AppState>) -> Response {
     let c = st.store().config();
     let l = st.limits();
     Json(json!({
-        "chunker": c.chunker, "level": c.level,
+        "chunker": crate::chunker::published(c.chunker), "level": c.level,
         "max_chunk": l.max_chunk, "max_body": l.max_body, "max_ids": l.max_ids,
     }))
     .into_response()
