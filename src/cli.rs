@@ -189,6 +189,22 @@ pub fn run(cli: Cli) -> Result<()> {
         None => LocalStore::default_path()
             .ok_or_else(|| anyhow!("no store directory: pass --store DIR or set HOARD_STORE"))?,
     };
+    // `s3://bucket/x` is a URL, not a directory: never create `./s3:` for it.
+    if let Some(scheme) = root
+        .to_str()
+        .and_then(|r| r.split_once("://"))
+        .map(|(scheme, _)| scheme)
+        .filter(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        })
+    {
+        return Err(anyhow!(
+            "--store {}: this build of hoard stores only in a local directory, not at {scheme}:// URLs; give a directory path",
+            root.display()
+        ));
+    }
     match cli.command {
         Command::Init(a) => init(&root, &a),
         Command::Import(a) => import(&open(&root, true)?, &a),

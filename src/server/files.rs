@@ -160,7 +160,8 @@ pub async fn download(
     let etag = format!("\"{}\"", m.file_id);
     if headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| none_match(v, &etag))
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
@@ -254,19 +255,70 @@ pub enum RangeChoice {
     NotSatisfiable,
 }
 
-/// Reads a `Range` header as RFC 9110 says: a header that does not parse is ignored.
+/// Reads a `Range` header as RFC 9110 (section 14) says. Written out rather than taken from
+/// http-range-header, whose validation answers 416 where the RFC says to ignore the header
+/// (`bytes=10-5`) or to serve the whole file (a suffix longer than it).
+///
+/// - A header that does not parse, has another unit, or holds an invalid range spec (last
+///   before first) is ignored: the whole file.
+/// - `bytes=A-B` serves A..=min(B, len-1); `bytes=A-` serves from A; `bytes=-N` the last N
+///   bytes (the whole file if N >= len).
+/// - Unsatisfiable (416): A >= len, `-0`, or any range of an empty file.
+/// - Several ranges: the whole file with 200 (no multipart answers), unless every one is
+///   unsatisfiable.
 pub fn choose_range(header: Option<&str>, len: u64) -> RangeChoice {
-    match header.and_then(|r| http_range_header::parse_range_header(r).ok()) {
-        None => RangeChoice::Whole,
-        Some(_) if len == 0 => RangeChoice::NotSatisfiable,
-        Some(parsed) => match parsed.validate(len) {
-            Ok(ranges) if ranges.len() == 1 && *ranges[0].start() < len => {
-                RangeChoice::Part(*ranges[0].start(), *ranges[0].end() + 1)
-            }
-            Ok(ranges) if ranges.len() > 1 => RangeChoice::Whole,
-            _ => RangeChoice::NotSatisfiable,
-        },
+    let Some(specs) = header.and_then(|h| {
+        let (unit, rest) = h.trim().split_once('=')?;
+        unit.trim().eq_ignore_ascii_case("bytes").then_some(rest)
+    }) else {
+        return RangeChoice::Whole;
+    };
+    let mut parts = Vec::new();
+    for spec in specs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((first, last)) = spec.split_once('-') else {
+            return RangeChoice::Whole;
+        };
+        let num = |t: &str| -> Option<u64> {
+            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse().ok())
+                .flatten()
+        };
+        let part = match (first.trim(), last.trim()) {
+            ("", suffix) => match num(suffix) {
+                Some(0) => None,
+                Some(n) if len > 0 => Some((len.saturating_sub(n), len)),
+                Some(_) => None,
+                None => return RangeChoice::Whole,
+            },
+            (a, "") => match num(a) {
+                Some(a) if a < len => Some((a, len)),
+                Some(_) => None,
+                None => return RangeChoice::Whole,
+            },
+            (a, b) => match (num(a), num(b)) {
+                (Some(a), Some(b)) if b < a => return RangeChoice::Whole,
+                (Some(a), Some(b)) if a < len => Some((a, b.saturating_add(1).min(len))),
+                (Some(_), Some(_)) => None,
+                _ => return RangeChoice::Whole,
+            },
+        };
+        parts.push(part);
     }
+    match parts.as_slice() {
+        [] => RangeChoice::Whole,
+        [Some((a, b))] => RangeChoice::Part(*a, *b),
+        p if p.iter().all(Option::is_none) => RangeChoice::NotSatisfiable,
+        _ => RangeChoice::Whole,
+    }
+}
+
+/// True if `If-None-Match` (RFC 9110 section 13.1.2) matches `etag` (`"ID"`): `*`, or a list
+/// holding it, weak (`W/"ID"`) or strong (the comparison is weak).
+fn none_match(header: &str, etag: &str) -> bool {
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
 /// `DELETE /v1/files/{name, name@N or id}`: as `hoard rm` (see `names::remove`); the chunks
@@ -348,4 +400,41 @@ pub async fn config(State(st): State<AppState>) -> Response {
         "max_chunk": l.max_chunk, "max_body": l.max_body, "max_ids": l.max_ids,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RangeChoice as R, choose_range, none_match};
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        let c = |h: &str, len| choose_range(Some(h), len);
+        assert_eq!(c("bytes=0-9", 100), R::Part(0, 10));
+        assert_eq!(c("bytes=90-", 100), R::Part(90, 100));
+        assert_eq!(c("bytes=90-500", 100), R::Part(90, 100));
+        assert_eq!(c("bytes=-10", 100), R::Part(90, 100));
+        // A suffix longer than the file is the whole file, as a 206.
+        assert_eq!(c("bytes=-500", 100), R::Part(0, 100));
+        // An invalid range spec makes the header ignored, not unsatisfiable.
+        assert_eq!(c("bytes=10-5", 100), R::Whole);
+        assert_eq!(c("bytes=x-5", 100), R::Whole);
+        assert_eq!(c("items=0-5", 100), R::Whole);
+        assert_eq!(c("bytes=100-", 100), R::NotSatisfiable);
+        assert_eq!(c("bytes=-0", 100), R::NotSatisfiable);
+        assert_eq!(c("bytes=0-5", 0), R::NotSatisfiable);
+        assert_eq!(c("bytes=0-5,10-20", 100), R::Whole);
+        assert_eq!(c("bytes=200-300,400-", 100), R::NotSatisfiable);
+        assert_eq!(c("Bytes = 1-2", 100), R::Part(1, 3));
+    }
+
+    #[test]
+    fn if_none_match_takes_weak_tags_star_and_lists() {
+        let e = "\"abc\"";
+        assert!(none_match("\"abc\"", e));
+        assert!(none_match("W/\"abc\"", e));
+        assert!(none_match("*", e));
+        assert!(none_match("\"x\", W/\"abc\"", e));
+        assert!(!none_match("\"abcd\"", e));
+        assert!(!none_match("", e));
+    }
 }

@@ -480,7 +480,18 @@ async fn fsck_now(
         reindex: false,
         keep_names: false,
     };
-    let report = blocking(move || crate::fsck::fsck(&*store, &opts, &|_| {})).await?;
+    let mut report = blocking(move || crate::fsck::fsck(&*store, &opts, &|_| {})).await?;
+    // Paths on the server are for its log, not for clients.
+    if let Some(q) = report
+        .repair
+        .as_mut()
+        .and_then(|r| r.chunks.quarantine.take())
+    {
+        tracing::warn!(quarantine = %q.display(), "fsck quarantined bad chunks");
+    }
+    if let Some(old) = report.journal.as_mut().and_then(|j| j.rewritten.take()) {
+        tracing::warn!(old_journal = %old.display(), "fsck wrote the journal anew");
+    }
     if !report.clean {
         tracing::warn!(
             bad_chunks = report.bad_chunks,

@@ -179,3 +179,88 @@ fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(status.as_u16(), 200, "{scheme}: {body}");
     }
 }
+
+#[test]
+fn ranges_and_conditional_requests_follow_rfc_9110() {
+    let s = Scratch::new();
+    let server = TestServer::simple(&s.store(), None);
+    let api = Api::new(&server);
+    let body = data::random(100_000, 92);
+    let id = super::support::b3(&body);
+    let (st, _, _) = api.call(api.req(Method::PUT, "/v1/files/r.bin").body(body.clone()));
+    assert!(st.is_success());
+    let get = |h: &[(&str, String)]| {
+        let mut rb = api.req(Method::GET, "/v1/files/r.bin");
+        for (k, v) in h {
+            rb = rb.header(*k, v);
+        }
+        api.call(rb)
+    };
+    let (st, _, got) = get(&[("range", "bytes=10-5".into())]);
+    assert_eq!(st.as_u16(), 200);
+    assert!(got == body);
+    let (st, h, got) = get(&[("range", "bytes=-999999".into())]);
+    assert_eq!(st.as_u16(), 206);
+    assert_eq!(h["content-range"], "bytes 0-99999/100000");
+    assert!(got == body);
+    let (st, _, got) = get(&[("range", "bytes=99990-200000".into())]);
+    assert_eq!(st.as_u16(), 206);
+    assert!(got == body[99_990..]);
+    let (st, _, _) = get(&[("range", "bytes=100000-".into())]);
+    assert_eq!(st.as_u16(), 416);
+    for inm in [
+        format!("W/\"{id}\""),
+        "*".into(),
+        format!("\"nope\", \"{id}\""),
+    ] {
+        let (st, _, _) = get(&[("if-none-match", inm.clone())]);
+        assert_eq!(st.as_u16(), 304, "{inm}");
+    }
+    let (st, _, _) = get(&[("if-none-match", "\"nope\"".into())]);
+    assert_eq!(st.as_u16(), 200);
+}
+
+#[test]
+fn a_store_url_this_build_cannot_use_is_refused() {
+    let s = Scratch::new();
+    for cmd in [&["import", "x"][..], &["ls"], &["init"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .current_dir(s.dir.path())
+            .args(["--store", "s3://bucket/x"])
+            .args(cmd)
+            .env_remove("HOARD_STORE")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("s3://"), "{err}");
+    }
+    assert!(!s.path("s3:").exists(), "a directory named s3: was created");
+}
+
+#[test]
+fn fsck_over_http_returns_no_server_paths() {
+    let s = Scratch::new();
+    let store = s.store();
+    let body = data::random(2 << 20, 93);
+    ok(hoard(&store).arg("import").arg(s.file("f", &body)));
+    // Flip a byte in the middle of the pack: one chunk goes bad, repair quarantines it.
+    let pack = std::fs::read_dir(store.join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&pack, bytes).unwrap();
+    let server = TestServer::simple(&store, None);
+    let api = Api::new(&server);
+    let (st, _, text) = api.call(api.req(Method::POST, "/v1/fsck?repair=true"));
+    assert_eq!(st.as_u16(), 200);
+    let text = String::from_utf8(text).unwrap();
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert!(r["repair"]["quarantined"].as_u64().unwrap() >= 1, "{r}");
+    assert!(!text.contains(&*s.dir.path().to_string_lossy()), "{text}");
+}
