@@ -70,6 +70,20 @@ pub struct ServeArgs {
     /// gc rewrites a pack once this share of it (0.0..=1.0) is dead.
     #[arg(long, value_parser = crate::cli::parse_share, default_value_t = hoard::gc::DEFAULT_MIN_DEAD)]
     gc_min_dead: f64,
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may sit idle.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    header_timeout: Duration,
+    /// Connections open at once; more wait to be accepted.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Least bytes a second a streamed body must bring, averaged over each --idle-timeout
+    /// (K and M suffixes; 0: no minimum).
+    #[arg(long, value_parser = crate::cli::parse_size_u64, default_value = "1K")]
+    min_body_rate: u64,
+    /// After SIGTERM or Ctrl-C, how long requests in flight may go on.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    shutdown_timeout: Duration,
     /// Largest upload the tus endpoint accepts (`Tus-Max-Size`; K, M, G, T suffixes).
     #[arg(long, value_parser = crate::cli::parse_size_u64, default_value = "1T")]
     tus_max_size: u64,
@@ -189,6 +203,10 @@ pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
             min_dead: a.gc_min_dead,
         },
         tus_max_size: a.tus_max_size,
+        header_timeout: a.header_timeout,
+        max_connections: a.max_connections,
+        min_body_rate: a.min_body_rate,
+        shutdown_timeout: a.shutdown_timeout,
     };
     let options = server::Options {
         cors_origins: a.cors_origins.clone(),

@@ -280,11 +280,7 @@ pub async fn upload_one(
     let id = parse_id(&id)?;
     let session = touch(&st, &q);
     let max = st.limits().max_chunk as usize;
-    let _slot =
-        st.0.upload_slots
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("closed".into()))?;
+    let _slot = st.upload_slot().await?;
     let body = read_body(body, "chunk", max).await?;
     count_sent(&st, session, &body);
     let zstd = headers
@@ -331,11 +327,7 @@ pub async fn upload_batch(
 ) -> Result<Response, ApiError> {
     let session = touch(&st, &q);
     let limit = st.limits().max_body;
-    let _slot =
-        st.0.upload_slots
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("closed".into()))?;
+    let _slot = st.upload_slot().await?;
     let body = read_body(body, "chunk batch", limit).await?;
     count_sent(&st, session, &body);
     let (n, report) = store_frames(&st, body, None, session).await?;

@@ -34,6 +34,13 @@ pub enum ApiError {
     Internal(String),
     /// A tus request without `Tus-Resumable: 1.0.0`.
     TusVersion,
+    /// The server is at a limit right now (slots, open uploads): 503 with `Retry-After`.
+    Unavailable {
+        /// What is full, in words.
+        what: &'static str,
+        /// Seconds after which trying again makes sense.
+        retry_after: u64,
+    },
     /// A body of the wrong `Content-Type` (a tus `PATCH` needs `application/offset+octet-stream`).
     UnsupportedMediaType(String),
 }
@@ -56,6 +63,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::TusVersion => (StatusCode::PRECONDITION_FAILED, "tus_version"),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -104,6 +112,9 @@ impl ApiError {
             ApiError::TusVersion => {
                 "this endpoint speaks tus 1.0.0: send `Tus-Resumable: 1.0.0`".to_owned()
             }
+            ApiError::Unavailable { what, retry_after } => {
+                format!("{what}; try again in {retry_after} s")
+            }
         }
     }
 }
@@ -111,7 +122,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, ApiError::Unavailable { .. }) {
             // The detail (paths among it) goes to the log only.
             match &self {
                 ApiError::Lib(e) => tracing::error!(error = %chain(e), "request failed"),
@@ -144,6 +155,10 @@ impl IntoResponse for ApiError {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                     resp.headers_mut().insert(header::CONTENT_RANGE, v);
                 }
+            }
+            ApiError::Unavailable { retry_after, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}
         }

@@ -10,6 +10,7 @@ mod chunks;
 mod error;
 mod files;
 mod hooks;
+mod listen;
 mod metrics;
 mod tus;
 mod uploads;
@@ -71,6 +72,16 @@ pub struct Limits {
     pub gc: GcOptions,
     /// Largest tus upload (`Tus-Max-Size`).
     pub tus_max_size: u64,
+    /// Longest a client may take to send a request's headers; also how long a kept-alive
+    /// connection may sit idle between requests.
+    pub header_timeout: Duration,
+    /// Connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Least bytes a second a streamed body must bring, averaged over each `idle_timeout`
+    /// (0: no minimum).
+    pub min_body_rate: u64,
+    /// After a shutdown signal, how long requests in flight may go on.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -89,6 +100,10 @@ impl Default for Limits {
                 min_dead: crate::gc::DEFAULT_MIN_DEAD,
             },
             tus_max_size: 1 << 40,
+            header_timeout: Duration::from_secs(20),
+            max_connections: 1024,
+            min_body_rate: 1024,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -102,6 +117,9 @@ pub struct Options {
     /// Where upload events go.
     pub hooks: HookConfig,
 }
+
+/// Longest a request waits for a streamed-upload slot before it gets 503.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything a handler can reach; a cheap `Clone`.
 #[derive(Clone)]
@@ -167,14 +185,30 @@ impl AppState {
     }
 
     /// One of the slots of streamed bodies being cut (`PUT /v1/files`, tus `PATCH`): waits
-    /// while all are taken, so their memory stays bounded.
+    /// while all are taken, so their memory stays bounded, but at most [`SLOT_WAIT`]; then
+    /// 503 with `Retry-After` (slow clients holding every slot must not hang the rest).
     async fn ingest_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        self.0
-            .ingest_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::Internal("closed".into()))
+        let wait = self.0.ingest_slots.clone().acquire_owned();
+        match tokio::time::timeout(SLOT_WAIT, wait).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(ApiError::Internal("closed".into())),
+            Err(_) => Err(ApiError::Unavailable {
+                what: "every streamed-upload slot is busy",
+                retry_after: 5,
+            }),
+        }
+    }
+
+    /// One of the slots of chunk-upload bodies held in memory; as [`AppState::ingest_slot`].
+    async fn upload_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(SLOT_WAIT, self.0.upload_slots.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(ApiError::Internal("closed".into())),
+            Err(_) => Err(ApiError::Unavailable {
+                what: "every chunk-upload slot is busy",
+                retry_after: 5,
+            }),
+        }
     }
 
     fn limits(&self) -> &Limits {
@@ -289,7 +323,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(files::stats))
         .route("/v1/config", get(files::config))
         .route("/v1/openapi.json", get(files::openapi))
-        .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(web::index))
         .route("/{file}", get(web::asset))
         .route("/metrics", get(metrics::render))
@@ -335,9 +368,16 @@ pub fn router(state: AppState) -> Router {
         ))
         // Outside auth, so a 401 to a tus client carries Tus-Resumable too.
         .layer(axum::middleware::from_fn(tus::protocol))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            listen::min_rate,
+        ))
         .layer(RequestBodyTimeoutLayer::new(limits.idle_timeout))
         .layer(DefaultBodyLimit::disable())
         .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency))
+        // Outside the concurrency limit: a health check answers while slow clients hold
+        // every request slot.
+        .merge(Router::new().route("/healthz", get(|| async { "ok\n" })))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(
             TraceLayer::new_for_http()
@@ -380,9 +420,7 @@ pub async fn serve(
     let collector = tokio::spawn(collect_garbage(state.clone()));
     let hooks = tokio::spawn(state.0.hooks.clone().deliver());
     let app = router(state.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = listen::accept_loop(listener, app, state.limits(), shutdown).await;
     sweeper.abort();
     collector.abort();
     let _ = sweeper.await;

@@ -264,3 +264,183 @@ fn fsck_over_http_returns_no_server_paths() {
     assert!(r["repair"]["quarantined"].as_u64().unwrap() >= 1, "{r}");
     assert!(!text.contains(&*s.dir.path().to_string_lossy()), "{text}");
 }
+
+/// Raw connections to a test server, for clients that misbehave below HTTP.
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    pub fn connect(url: &str) -> TcpStream {
+        let addr = url.strip_prefix("http://").unwrap();
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// Seconds until the server closes `s` (reads return 0 or fail), reading what it sends.
+    pub fn closed_after(s: &mut TcpStream) -> f64 {
+        let t = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return t.elapsed().as_secs_f64(),
+                Ok(_) => {}
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "never closed");
+        }
+    }
+
+    /// Sends `bytes` one by one, `gap` apart, until the server stops taking them or `limit`
+    /// passes; returns how long it took.
+    pub fn trickle(s: &mut TcpStream, bytes: &[u8], gap: Duration, limit: Duration) -> f64 {
+        let t = Instant::now();
+        for b in bytes {
+            if s.write_all(&[*b]).is_err() || t.elapsed() > limit {
+                break;
+            }
+            std::thread::sleep(gap);
+        }
+        t.elapsed().as_secs_f64()
+    }
+}
+
+fn quick_limits() -> hoard::server::Limits {
+    let second = std::time::Duration::from_secs(1);
+    hoard::server::Limits {
+        header_timeout: second,
+        idle_timeout: second,
+        shutdown_timeout: second,
+        gc_interval: std::time::Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn trickled_headers_and_idle_connections_are_closed() {
+    use std::io::Write;
+    let s = Scratch::new();
+    let server = TestServer::start(
+        &s.store(),
+        None,
+        quick_limits(),
+        hoard::server::Auth::default(),
+    );
+    // Headers that never finish.
+    let mut c = raw::connect(&server.url);
+    raw::trickle(
+        &mut c,
+        b"GET /v1/files HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(4),
+    );
+    let t = raw::closed_after(&mut c);
+    assert!(t < 3.0, "a connection trickling its headers stayed open");
+    // A kept-alive connection left idle after a request.
+    let mut c = raw::connect(&server.url);
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let t = raw::closed_after(&mut c);
+    assert!(t < 3.0, "an idle kept-alive connection stayed open {t} s");
+    // A connection that sends nothing at all.
+    let mut c = raw::connect(&server.url);
+    assert!(raw::closed_after(&mut c) < 3.0);
+}
+
+#[test]
+fn the_connection_cap_holds_and_healthz_answers_past_the_request_limit() {
+    use std::io::Write;
+    let s = Scratch::new();
+    let mut limits = quick_limits();
+    limits.header_timeout = std::time::Duration::from_secs(30);
+    limits.idle_timeout = std::time::Duration::from_secs(30);
+    limits.min_body_rate = 0;
+    limits.concurrency = 2;
+    limits.max_connections = 4;
+    let server = TestServer::start(&s.store(), None, limits, hoard::server::Auth::default());
+    let api = Api::new(&server);
+    // Two requests whose bodies never finish hold both request slots.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut c = raw::connect(&server.url);
+        c.write_all(b"POST /v1/chunks/missing HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[").unwrap();
+        slow.push(c);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let (st, _, _) = api.call(
+        api.req(Method::GET, "/healthz")
+            .timeout(std::time::Duration::from_secs(3)),
+    );
+    assert_eq!(st.as_u16(), 200);
+    assert!(t.elapsed().as_secs_f64() < 2.0);
+    // Two more idle connections reach the cap of 4: a fifth client waits for one to close.
+    let idle: Vec<_> = (0..2).map(|_| raw::connect(&server.url)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let fifth = api.rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/healthz", server.url))
+            .timeout(std::time::Duration::from_millis(800))
+            .send()
+            .await
+    });
+    assert!(
+        fifth.is_err(),
+        "a fifth connection was served past the cap of 4"
+    );
+    drop(idle);
+    let (st, _, _) = api.call(
+        api.req(Method::GET, "/healthz")
+            .timeout(std::time::Duration::from_secs(3)),
+    );
+    assert_eq!(st.as_u16(), 200);
+    drop(slow);
+}
+
+#[test]
+fn a_body_slower_than_the_minimum_rate_is_cut_off_and_shutdown_has_a_deadline() {
+    use std::io::Write;
+    let s = Scratch::new();
+    let mut limits = quick_limits();
+    limits.min_body_rate = 1000;
+    let server = TestServer::start(&s.store(), None, limits, hoard::server::Auth::default());
+    let mut c = raw::connect(&server.url);
+    c.write_all(b"PUT /v1/files/slow.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    // 10 bytes a second, each byte well inside the 1 s idle timeout.
+    let sent = raw::trickle(
+        &mut c,
+        &[7u8; 100],
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(8),
+    );
+    let t = raw::closed_after(&mut c) + sent;
+    assert!(t < 6.0, "a trickling body was served for {t} s");
+
+    // With no minimum rate, a trickling upload is still cut off by the shutdown deadline.
+    let mut limits = quick_limits();
+    limits.min_body_rate = 0;
+    let store2 = s.path("store2");
+    let server2 = TestServer::start(&store2, None, limits, hoard::server::Auth::default());
+    let mut c = raw::connect(&server2.url);
+    c.write_all(b"PUT /v1/files/slow.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    let feeder = std::thread::spawn(move || {
+        raw::trickle(
+            &mut c,
+            &[7u8; 100],
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(8),
+        );
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    server2.stop();
+    assert!(
+        t.elapsed().as_secs_f64() < 4.0,
+        "shutdown waited {:?} for a trickling upload",
+        t.elapsed()
+    );
+    feeder.join().unwrap();
+    drop(server);
+}
