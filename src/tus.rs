@@ -699,6 +699,12 @@ impl TusUploads {
                 });
             }
         }
+        if overflow {
+            // More bytes than Upload-Length: refused (413), not cut silently. What the last
+            // checkpoint holds stays; HEAD says where to resume.
+            tracing::warn!(upload = %id, "PATCH body went past Upload-Length; refused");
+            return Err(too_long(&up));
+        }
         let completed = run.builder.bytes() + run.buf.len() as u64 == up.length;
         if completed {
             self.complete(&mut up, run)?;
@@ -711,11 +717,6 @@ impl TusUploads {
                 let mut hashers = self.hashers.lock().unwrap_or_else(PoisonError::into_inner);
                 hashers.insert(id, (covered, h));
             }
-        }
-        if overflow {
-            // Only a body without a declared length gets here (the handler refuses one that
-            // declares too much): the file is what Upload-Length said.
-            tracing::warn!(upload = %id, "bytes past Upload-Length were ignored");
         }
         Ok(Appended {
             upload: up,
@@ -771,7 +772,7 @@ impl TusUploads {
 
 fn too_long(up: &Upload) -> Error {
     Error::TooLarge {
-        what: "PATCH body (past Upload-Length; the bytes up to it were kept)",
+        what: "PATCH body (past Upload-Length; HEAD gives the offset to resume from)",
         size: up.length + 1,
         limit: up.length,
     }

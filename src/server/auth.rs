@@ -187,9 +187,14 @@ impl Auth {
 /// The scope a request needs: reads are GET/HEAD and the two POSTs that only look things up.
 fn needed(method: &Method, path: &str) -> Scope {
     let lookup = matches!(path, "/v1/chunks/missing" | "/v1/chunks/fetch");
-    // Everything about a tus upload is part of writing it (HEAD included).
+    // Everything about a tus upload is part of writing it (HEAD included), but for reading
+    // a completed upload's file with GET.
     if path.starts_with("/v1/tus") {
-        return Scope::Write;
+        return if method == Method::GET {
+            Scope::Read
+        } else {
+            Scope::Write
+        };
     }
     if method == Method::GET || method == Method::HEAD || lookup {
         Scope::Read

@@ -32,6 +32,15 @@ pub(super) async fn read_body(
     what: &'static str,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
+    // A declared length over the limit is refused before any of the body is read.
+    let declared = http_body::Body::size_hint(&body).lower();
+    if declared > limit as u64 {
+        return Err(ApiError::Lib(Error::TooLarge {
+            what,
+            size: declared,
+            limit: limit as u64,
+        }));
+    }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

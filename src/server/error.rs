@@ -34,6 +34,8 @@ pub enum ApiError {
     Internal(String),
     /// A tus request without `Tus-Resumable: 1.0.0`.
     TusVersion,
+    /// Asked for the result of something not finished (a tus upload's file).
+    NotComplete(String),
     /// The server is at a limit right now (slots, open uploads): 503 with `Retry-After`.
     Unavailable {
         /// What is full, in words.
@@ -64,6 +66,7 @@ impl ApiError {
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::TusVersion => (StatusCode::PRECONDITION_FAILED, "tus_version"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::NotComplete(_) => (StatusCode::CONFLICT, "not_complete"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -106,9 +109,10 @@ impl ApiError {
             ApiError::RangeNotSatisfiable(len) => {
                 format!("the range starts past the end of the file ({len} bytes)")
             }
-            ApiError::BadRequest(m) | ApiError::Internal(m) | ApiError::UnsupportedMediaType(m) => {
-                m.clone()
-            }
+            ApiError::BadRequest(m)
+            | ApiError::Internal(m)
+            | ApiError::UnsupportedMediaType(m)
+            | ApiError::NotComplete(m) => m.clone(),
             ApiError::TusVersion => {
                 "this endpoint speaks tus 1.0.0: send `Tus-Resumable: 1.0.0`".to_owned()
             }

@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::error::ApiError;
 use super::{AppState, Limits};
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits up to
@@ -87,19 +88,25 @@ pub async fn accept_loop(
 }
 
 /// Middleware: a request body must bring at least `min_body_rate` bytes a second, averaged
-/// over each `idle_timeout`; a slower one fails (the handler sees a timed-out read).
+/// over each `idle_timeout`; a slower one fails (the handler sees a timed-out read). The
+/// body's size hint is its `Content-Length`.
 pub async fn min_rate(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let l = st.limits();
-    if l.min_body_rate == 0 {
-        return next.run(req).await;
-    }
     let window = l.idle_timeout.max(Duration::from_secs(1));
     let least = l.min_body_rate.saturating_mul(window.as_secs().max(1));
+    // tower-http's timeout body does not pass the declared length on; this one does, so a
+    // handler can refuse a body over its limit before reading it.
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let req = req.map(|body| {
         Body::new(MinRate {
             inner: body,
             window,
             least,
+            declared,
             since: Instant::now(),
             got: 0,
         })
@@ -112,6 +119,8 @@ struct MinRate {
     inner: Body,
     window: Duration,
     least: u64,
+    /// `Content-Length`, if the request had one.
+    declared: Option<u64>,
     since: Instant,
     got: u64,
 }
@@ -129,7 +138,7 @@ impl http_body::Body for MinRate {
             && let Some(data) = frame.data_ref()
         {
             self.got += data.len() as u64;
-            if self.since.elapsed() >= self.window {
+            if self.least > 0 && self.since.elapsed() >= self.window {
                 if self.got < self.least {
                     let e = std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
@@ -152,6 +161,26 @@ impl http_body::Body for MinRate {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match self.declared {
+            Some(n) => http_body::SizeHint::with_exact(n),
+            None => self.inner.size_hint(),
+        }
     }
+}
+
+/// Middleware: a body in a `Content-Encoding` the route does not decode is refused (415)
+/// before it is read, instead of being stored as if it were plain. Only a single chunk
+/// (`PUT /v1/chunks/{id}`) may come as `zstd`; `identity` is the same as none.
+pub async fn encodings(req: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(enc) = req.headers().get(axum::http::header::CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        let zstd_ok =
+            req.method() == axum::http::Method::PUT && req.uri().path().starts_with("/v1/chunks/");
+        if !(enc == "identity" || (enc == "zstd" && zstd_ok)) {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Encoding {enc:?} is not accepted here: send the body plain (only PUT /v1/chunks/{{id}} takes zstd)"
+            )));
+        }
+    }
+    Ok(next.run(req).await)
 }

@@ -348,6 +348,7 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/tus/{id}",
             head(tus::head)
+                .get(tus::download)
                 .patch(tus::patch)
                 .delete(tus::terminate)
                 .options(tus::options),
@@ -368,6 +369,7 @@ pub fn router(state: AppState) -> Router {
         ))
         // Outside auth, so a 401 to a tus client carries Tus-Resumable too.
         .layer(axum::middleware::from_fn(tus::protocol))
+        .layer(axum::middleware::from_fn(listen::encodings))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             listen::min_rate,

@@ -36,7 +36,16 @@ pub async fn protocol(req: Request, next: Next) -> Response {
         .headers()
         .get("tus-resumable")
         .is_some_and(|v| v == TUS_VERSION);
-    let mut resp = if req.method() == Method::OPTIONS || speaks {
+    // Only the tus requests need Tus-Resumable: GET reads a completed upload's file from a
+    // plain link (a browser, Uppy's file link), OPTIONS is discovery, and any other method
+    // gets the router's 405.
+    let tus_request = if path == "/v1/tus" || path == "/v1/tus/" {
+        req.method() == Method::POST
+    } else {
+        matches!(*req.method(), Method::HEAD | Method::PATCH | Method::DELETE)
+    };
+    let plain = !tus_request;
+    let mut resp = if plain || speaks {
         next.run(req).await
     } else {
         ApiError::TusVersion.into_response()
@@ -70,12 +79,20 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&
         .transpose()
 }
 
+/// A header of decimal digits only (tus: `Upload-Length: +5` is not a length).
 fn header_u64(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiError> {
     header_str(headers, name)?
         .map(|v| {
-            v.trim().parse::<u64>().map_err(|_| {
-                ApiError::BadRequest(format!("{name} must be a non-negative integer, not {v:?}"))
-            })
+            let t = v.trim();
+            t.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| t.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "{name} must be a non-negative integer in decimal digits, not {v:?}"
+                    ))
+                })
         })
         .transpose()
 }
@@ -209,12 +226,42 @@ pub async fn head(
     let up = stopping_others(&st, &id, TusUploads::info).await?;
     let mut resp = StatusCode::OK.into_response();
     describe(&mut resp, &up, &st);
+    // A completed upload's URL is also its file's (GET serves it): say what a GET returns.
+    if let (TusState::Complete, Some(file)) = (up.state, up.file_id) {
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(up.length));
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{file}\"")) {
+            h.insert(header::ETAG, v);
+        }
+    }
     if let Some(m) = &up.metadata
         && let Ok(v) = HeaderValue::from_str(m)
     {
         resp.headers_mut().insert("upload-metadata", v);
     }
     Ok(resp)
+}
+
+/// `GET /v1/tus/{id}`: the file of a completed upload (as `GET /v1/files/{id}`, `Range`
+/// included), which is the link tus clients such as Uppy show; 409 while it is unfinished.
+pub async fn download(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = upload_id(&id)?;
+    let state = st.clone();
+    let up = blocking(move || state.0.tus.info(id)).await?;
+    match (up.state, up.file_id) {
+        (TusState::Complete, Some(file)) => {
+            super::files::download(State(st), Method::GET, Path(file.to_hex()), headers).await
+        }
+        _ => Err(ApiError::NotComplete(format!(
+            "upload {id} is at offset {} of {}: its file exists once the last byte arrives",
+            up.offset(),
+            up.length
+        ))),
+    }
 }
 
 /// `PATCH /v1/tus/{id}`: appends the body at `Upload-Offset`.

@@ -444,3 +444,96 @@ fn a_body_slower_than_the_minimum_rate_is_cut_off_and_shutdown_has_a_deadline() 
     feeder.join().unwrap();
     drop(server);
 }
+
+#[test]
+fn tus_lengths_are_strict_and_a_completed_upload_serves_its_file() {
+    let s = Scratch::new();
+    let server = TestServer::simple(&s.store(), None);
+    let api = Api::new(&server);
+    let tus = |m: Method, path: &str| api.req(m, path).header("tus-resumable", "1.0.0");
+    for bad in ["+5", "-1", "5 5", "0x10", ""] {
+        let (st, _, body) =
+            api.call_json(tus(Method::POST, "/v1/tus/").header("upload-length", bad));
+        assert_eq!(st.as_u16(), 400, "Upload-Length {bad:?}: {body}");
+    }
+    let file = data::random(300_000, 94);
+    let create = |len: usize| {
+        let (st, h, _) =
+            api.call(tus(Method::POST, "/v1/tus/").header("upload-length", len.to_string()));
+        assert_eq!(st.as_u16(), 201);
+        let loc = h["location"].to_str().unwrap().to_owned();
+        loc.strip_prefix(&server.url).unwrap_or(&loc).to_owned()
+    };
+    // A body longer than Upload-Length, with no Content-Length: 413, and no file.
+    let url = create(file.len());
+    let mut longer = file.clone();
+    longer.extend_from_slice(b"and more");
+    let stream =
+        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(longer))]);
+    let (st, _, body) = api.call_json(
+        tus(Method::PATCH, &url)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(reqwest::Body::wrap_stream(stream)),
+    );
+    assert_eq!(st.as_u16(), 413, "{body}");
+    let (st, _, _) = api.call(tus(Method::GET, &url));
+    assert_eq!(st.as_u16(), 409, "an unfinished upload has no file yet");
+
+    // A completed upload's URL serves the file (Uppy shows it as the file's link).
+    let url = create(file.len());
+    let (st, _, _) = api.call(
+        tus(Method::PATCH, &url)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(file.clone()),
+    );
+    assert_eq!(st.as_u16(), 204);
+    let (st, _, got) = api.call(api.req(Method::GET, &url));
+    assert_eq!(st.as_u16(), 200);
+    assert!(got == file);
+    let (st, h, _) = api.call(api.req(Method::GET, &url).header("range", "bytes=10-19"));
+    assert_eq!(st.as_u16(), 206);
+    assert_eq!(h["content-range"], "bytes 10-19/300000");
+    let (st, h, _) = api.call(tus(Method::HEAD, &url));
+    assert_eq!(st.as_u16(), 200);
+    assert_eq!(h["upload-offset"], "300000");
+    assert_eq!(h["content-length"], "300000");
+    assert_eq!(
+        h["etag"].to_str().unwrap(),
+        format!("\"{}\"", super::support::b3(&file))
+    );
+}
+
+#[test]
+fn bodies_over_a_limit_or_in_an_unknown_encoding_are_refused_before_reading() {
+    use std::io::{Read, Write};
+    let s = Scratch::new();
+    let server = TestServer::simple(&s.store(), None);
+    // Headers only: the answer comes without the body ever being sent.
+    let mut c = raw::connect(&server.url);
+    c.write_all(
+        b"POST /v1/chunks/missing HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = [0u8; 512];
+    let n = c.read(&mut answer).unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    let api = Api::new(&server);
+    for (enc, path, method) in [
+        ("gzip", "/v1/files/x.bin", Method::PUT),
+        ("zstd", "/v1/files/x.bin", Method::PUT),
+        ("br", "/v1/chunks", Method::POST),
+    ] {
+        let (st, _, body) = api.call_json(
+            api.req(method, path)
+                .header("content-encoding", enc)
+                .body(vec![1u8; 100]),
+        );
+        assert_eq!(st.as_u16(), 415, "{enc} {path}: {body}");
+    }
+    let (st, _, _) = api.call(api.req(Method::GET, "/v1/files/x.bin"));
+    assert_eq!(st.as_u16(), 404, "a refused body was stored");
+}
