@@ -85,6 +85,19 @@ pub enum Error {
         /// Names (or versions of names) the journal records and the index lacks.
         names: u64,
     },
+    /// One frame of a chunk batch was refused; the frames before it were stored.
+    #[error(
+        "chunk frame {index} of the batch was refused; the {kept} frame(s) before it were stored"
+    )]
+    BadFrame {
+        /// Its place in the batch, from 0.
+        index: usize,
+        /// Frames before it, all stored.
+        kept: usize,
+        /// Why it was refused (it decides the status).
+        #[source]
+        source: Box<Error>,
+    },
     /// gc found a reason not to delete anything.
     #[error(
         "gc deleted nothing: {reason}; run `hoard fsck` to see why, then `hoard fsck --repair`"

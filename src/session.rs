@@ -405,12 +405,34 @@ impl Sessions {
     }
 
     /// Notes that a request used session `id` (a chunk upload tagged with it) and sent
-    /// `bytes` of body.
-    pub fn touch(&self, id: SessionId, bytes: u64) {
+    /// `bytes` of body. Only an open session is remembered: an id no session has costs no
+    /// memory and is an error, as is one that ended.
+    ///
+    /// # Errors
+    /// [`Error::NoSession`] for an unknown id, [`Error::SessionEnded`] for a completed or
+    /// expired one; store errors.
+    pub fn touch(&self, id: SessionId, bytes: u64) -> Result<()> {
+        {
+            let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(a) = activity.get_mut(&id) {
+                a.0 = now();
+                a.1 += bytes;
+                return Ok(());
+            }
+        }
+        // Not seen by this process yet (opened before a restart, or not at all).
+        let s = self.load(id)?;
+        if matches!(s.state, SessionState::Complete | SessionState::Expired) {
+            return Err(Error::SessionEnded {
+                id: id.to_string(),
+                state: s.state.as_str(),
+            });
+        }
         let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
         let a = activity.entry(id).or_default();
         a.0 = now();
         a.1 += bytes;
+        Ok(())
     }
 
     /// Body bytes of the chunk uploads tagged with session `id` that this process received.
@@ -495,6 +517,9 @@ impl Sessions {
 
     /// The distinct chunks of `s` the store lacks, with their bytes.
     fn still_missing(&self, s: &Session) -> Result<(Vec<Hash>, u64)> {
+        if self.store.get_manifest(&s.manifest.file_id)?.is_some() {
+            return Ok((Vec::new(), 0));
+        }
         let mut refs = Vec::new();
         restore::for_each_page(&*self.store, &s.manifest, |page| {
             refs.extend(page.chunks);
@@ -523,8 +548,17 @@ impl Sessions {
         let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut s = self.load(id)?;
         self.expire_if_idle(&mut s)?;
-        if !s.state.is_open() {
+        if s.state == SessionState::Complete {
             return Ok(self.report(&s, 0, 0));
+        }
+        if s.state == SessionState::Expired {
+            // Nothing is kept for it any more, but what is missing is still what the store
+            // lacks of its file (all of it, once gc has taken its manifest pages too).
+            let (n, bytes) = match self.still_missing(&s) {
+                Ok((missing, bytes)) => (missing.len() as u64, bytes),
+                Err(_) => (s.manifest.chunk_count, s.manifest.file_len),
+            };
+            return Ok(self.report(&s, n, bytes));
         }
         let (missing, bytes) = self.still_missing(&s)?;
         if s.state == SessionState::Waiting && (missing.len() as u64) < s.missing_at_open {
@@ -764,7 +798,12 @@ impl Opening<'_> {
         if let Some(p) = last {
             store.put_page_pinned(&p, &self.pin)?;
         }
-        let (missing, missing_bytes) = missing_among(&**store, &self.refs, Some(&self.pin))?;
+        // A file the store holds already needs no chunk, whatever boundaries this client cut.
+        let (missing, missing_bytes) = if store.get_manifest(&file_id)?.is_some() {
+            (Vec::new(), 0)
+        } else {
+            missing_among(&**store, &self.refs, Some(&self.pin))?
+        };
         let t = now();
         let s = Session {
             id: sessions.new_id(&file_id),

@@ -149,19 +149,34 @@ pub fn parse_frame(buf: &[u8], max_chunk: u32) -> Result<Option<(Frame<'_>, usiz
 ///
 /// # Errors
 /// As [`parse_frame`], and [`Error::Malformed`] if the body ends inside a frame.
-pub fn parse_frames(mut body: &[u8], max_chunk: u32) -> Result<Vec<Frame<'_>>> {
+pub fn parse_frames(body: &[u8], max_chunk: u32) -> Result<Vec<Frame<'_>>> {
+    match parse_frames_until_bad(body, max_chunk) {
+        (frames, None) => Ok(frames),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// Parses frames up to the first that does not parse: the frames before it, and its error
+/// (its index is the number of frames returned).
+pub fn parse_frames_until_bad(mut body: &[u8], max_chunk: u32) -> (Vec<Frame<'_>>, Option<Error>) {
     let mut frames = Vec::new();
     while !body.is_empty() {
-        let Some((frame, used)) = parse_frame(body, max_chunk)? else {
-            return Err(malformed(
-                "chunk frame",
-                format!("body ends inside a frame ({} bytes left)", body.len()),
-            ));
-        };
-        frames.push(frame);
-        body = &body[used..];
+        match parse_frame(body, max_chunk) {
+            Ok(Some((frame, used))) => {
+                frames.push(frame);
+                body = &body[used..];
+            }
+            Ok(None) => {
+                let e = malformed(
+                    "chunk frame",
+                    format!("body ends inside a frame ({} bytes left)", body.len()),
+                );
+                return (frames, Some(e));
+            }
+            Err(e) => return (frames, Some(e)),
+        }
     }
-    Ok(frames)
+    (frames, None)
 }
 
 /// A whole manifest in one piece, as the API sends and takes it.

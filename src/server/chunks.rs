@@ -190,15 +190,20 @@ async fn store_frames(
     // of body limit, so a body of tiny frames that each claim a big chunk is refused before
     // anything is decompressed.
     let max_raw = (st.limits().max_body as u64).saturating_mul(4);
-    let verified = blocking(move || -> Result<Vec<Verified>> {
-        let frames: Vec<Frame<'_>> = match single {
-            Some(id) => vec![Frame {
-                id,
-                codec: Codec::Raw,
-                raw_len: body.len() as u32,
-                payload: &body,
-            }],
-            None => wire::parse_frames(&body, max_chunk)?,
+    // The frames up to the first bad one are verified and stored; the bad one (if any) is
+    // reported after, naming its place, so a resuming client sends from there.
+    let (verified, refused) = blocking(move || -> Result<(Vec<Verified>, Option<Error>)> {
+        let (frames, parse_error): (Vec<Frame<'_>>, Option<Error>) = match single {
+            Some(id) => (
+                vec![Frame {
+                    id,
+                    codec: Codec::Raw,
+                    raw_len: body.len() as u32,
+                    payload: &body,
+                }],
+                None,
+            ),
+            None => wire::parse_frames_until_bad(&body, max_chunk),
         };
         let claimed: u64 = frames.iter().map(|f| u64::from(f.raw_len)).sum();
         if claimed > max_raw {
@@ -210,7 +215,7 @@ async fn store_frames(
         }
         // Decoded chunks kept for the session's hash: at most its cache's worth.
         let budget = std::sync::atomic::AtomicU64::new(if keep_raw { 16 << 20 } else { 0 });
-        frames
+        let results: Vec<Result<Verified>> = frames
             .par_iter()
             .map(|f| {
                 let want = u64::from(f.raw_len);
@@ -223,9 +228,35 @@ async fn store_frames(
                     .is_ok();
                 verify(f, &body, level, keep)
             })
-            .collect()
+            .collect();
+        let mut good = Vec::with_capacity(results.len());
+        let mut refused = None;
+        for (index, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(v) => good.push(v),
+                Err(e) => {
+                    refused = Some((index, e));
+                    break;
+                }
+            }
+        }
+        let refused = refused.or_else(|| parse_error.map(|e| (good.len(), e)));
+        let refused = refused.map(|(index, e)| match single {
+            Some(_) => e,
+            None => Error::BadFrame {
+                index,
+                kept: index,
+                source: Box::new(e),
+            },
+        });
+        Ok((good, refused))
     })
     .await?;
+    if verified.is_empty()
+        && let Some(e) = refused
+    {
+        return Err(e.into());
+    }
     let n = verified.len();
     let received: u64 = verified.iter().map(|v| u64::from(v.raw_len)).sum();
     let decoded: Vec<(Hash, Bytes)> = verified
@@ -252,21 +283,31 @@ async fn store_frames(
     if report.new_chunks > 0 {
         st.0.sessions.chunks_arrived(session, &decoded);
     }
+    if let Some(e) = refused {
+        return Err(e.into());
+    }
     Ok((n, report))
 }
 
 /// Counts a chunk upload's body toward its session's bytes sent (for the hooks).
 fn count_sent(st: &AppState, session: Option<SessionId>, body: &Bytes) {
     if let Some(sid) = session {
-        st.0.sessions.touch(sid, body.len() as u64);
+        // The session was checked when the request began; one that ended meanwhile only
+        // misses this count.
+        let _ = st.0.sessions.touch(sid, body.len() as u64);
     }
 }
 
-/// Keeps the session the chunks are tagged with alive; returns it.
-fn touch(st: &AppState, q: &SessionQuery) -> Option<SessionId> {
-    let sid = q.session.as_deref()?.parse::<SessionId>().ok()?;
-    st.0.sessions.touch(sid, 0);
-    Some(sid)
+/// Keeps the session the chunks are tagged with alive; returns it. A `?session=` that is
+/// not a session id, or names no open session, is an error (400, 404 or 410), not ignored.
+async fn touch(st: &AppState, q: &SessionQuery) -> Result<Option<SessionId>, ApiError> {
+    let Some(text) = q.session.as_deref() else {
+        return Ok(None);
+    };
+    let sid = text.parse::<SessionId>()?;
+    let state = st.clone();
+    blocking(move || state.0.sessions.touch(sid, 0)).await?;
+    Ok(Some(sid))
 }
 
 fn parse_id(s: &str) -> Result<Hash, ApiError> {
@@ -287,7 +328,7 @@ pub async fn upload_one(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let session = touch(&st, &q);
+    let session = touch(&st, &q).await?;
     let max = st.limits().max_chunk as usize;
     let _slot = st.upload_slot().await?;
     let body = read_body(body, "chunk", max).await?;
@@ -334,7 +375,7 @@ pub async fn upload_batch(
     Query(q): Query<SessionQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let session = touch(&st, &q);
+    let session = touch(&st, &q).await?;
     let limit = st.limits().max_body;
     let _slot = st.upload_slot().await?;
     let body = read_body(body, "chunk batch", limit).await?;

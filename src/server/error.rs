@@ -70,31 +70,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::Lib(e) if e.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
-            ApiError::Lib(e) => match e {
-                Error::Malformed { .. }
-                | Error::InvalidName { .. }
-                | Error::InvalidParams(_)
-                | Error::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
-                Error::NotFound(_)
-                | Error::NoSuchVersion { .. }
-                | Error::ChunkNotFound(_)
-                | Error::NoSession(_) => (StatusCode::NOT_FOUND, "not_found"),
-                Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-                Error::HashMismatch { .. } | Error::FileIdMismatch { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch")
-                }
-                Error::Incomplete { .. } => (StatusCode::CONFLICT, "incomplete"),
-                Error::SessionEnded { .. } => (StatusCode::GONE, "session_ended"),
-                Error::OffsetMismatch { .. } => (StatusCode::CONFLICT, "offset_mismatch"),
-                Error::UploadBusy(_) => (StatusCode::LOCKED, "busy"),
-                Error::GcRefused { .. } | Error::IndexBehindJournal { .. } => {
-                    (StatusCode::CONFLICT, "store_disagrees")
-                }
-                // tus's checksum extension defines 460 for this.
-                Error::ChecksumMismatch { .. } => (CHECKSUM_MISMATCH, "checksum_mismatch"),
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            },
+            ApiError::Lib(e) => lib_status(e),
         }
     }
 
@@ -120,6 +96,40 @@ impl ApiError {
                 format!("{what}; try again in {retry_after} s")
             }
         }
+    }
+}
+
+/// The status and code of a library error: the one map from errors to statuses.
+fn lib_status(e: &Error) -> (StatusCode, &'static str) {
+    if e.is_no_space() {
+        return (StatusCode::INSUFFICIENT_STORAGE, "no_space");
+    }
+    match e {
+        // A refused frame of a batch answers as its cause.
+        Error::BadFrame { source, .. } => lib_status(source),
+
+        Error::Malformed { .. }
+        | Error::InvalidName { .. }
+        | Error::InvalidParams(_)
+        | Error::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        Error::NotFound(_)
+        | Error::NoSuchVersion { .. }
+        | Error::ChunkNotFound(_)
+        | Error::NoSession(_) => (StatusCode::NOT_FOUND, "not_found"),
+        Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        Error::HashMismatch { .. } | Error::FileIdMismatch { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch")
+        }
+        Error::Incomplete { .. } => (StatusCode::CONFLICT, "incomplete"),
+        Error::SessionEnded { .. } => (StatusCode::GONE, "session_ended"),
+        Error::OffsetMismatch { .. } => (StatusCode::CONFLICT, "offset_mismatch"),
+        Error::UploadBusy(_) => (StatusCode::LOCKED, "busy"),
+        Error::GcRefused { .. } | Error::IndexBehindJournal { .. } => {
+            (StatusCode::CONFLICT, "store_disagrees")
+        }
+        // tus's checksum extension defines 460 for this.
+        Error::ChecksumMismatch { .. } => (CHECKSUM_MISMATCH, "checksum_mismatch"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
