@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// After SIGTERM or Ctrl-C, how long requests in flight may go on.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     shutdown_timeout: Duration,
+    /// Open upload sessions, and unfinished tus uploads, each at most this many (more get 503
+    /// with Retry-After).
+    #[arg(long, default_value_t = 1000)]
+    max_uploads: usize,
     /// Largest upload the tus endpoint accepts (`Tus-Max-Size`; K, M, G, T suffixes).
     #[arg(long, value_parser = crate::cli::parse_size_u64, default_value = "1T")]
     tus_max_size: u64,
@@ -207,6 +211,7 @@ pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
         max_connections: a.max_connections,
         min_body_rate: a.min_body_rate,
         shutdown_timeout: a.shutdown_timeout,
+        max_uploads: a.max_uploads,
     };
     let options = server::Options {
         cors_origins: a.cors_origins.clone(),

@@ -27,13 +27,22 @@ pub(super) fn is_binary(headers: &HeaderMap) -> bool {
 }
 
 /// Reads a whole body of at most `limit` bytes.
+///
+/// The bytes it and what is made of it take are reserved first from the server's memory
+/// budget: the declared length (or `limit` when none is declared) times `factor` (how much
+/// more memory the handler's parse of it takes). The reservation is held until the returned
+/// permit is dropped, so bodies in flight together stay within the budget whatever clients
+/// send; a request that cannot get its share within 10 s gets 503.
 pub(super) async fn read_body(
+    st: &AppState,
     body: Body,
     what: &'static str,
     limit: usize,
-) -> Result<Bytes, ApiError> {
+    factor: u64,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), ApiError> {
     // A declared length over the limit is refused before any of the body is read.
-    let declared = http_body::Body::size_hint(&body).lower();
+    let hint = http_body::Body::size_hint(&body);
+    let declared = hint.lower();
     if declared > limit as u64 {
         return Err(ApiError::Lib(Error::TooLarge {
             what,
@@ -41,6 +50,13 @@ pub(super) async fn read_body(
             limit: limit as u64,
         }));
     }
+    let expect = hint.exact().unwrap_or(limit as u64);
+    let held = st.reserve(expect.saturating_mul(factor)).await?;
+    let bytes = read_limited(body, what, limit).await?;
+    Ok((bytes, held))
+}
+
+async fn read_limited(body: Body, what: &'static str, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
@@ -98,7 +114,8 @@ pub async fn missing(
     let store = st.store();
     if !is_binary(&headers) {
         // 67 bytes per id covers a JSON array of hex strings with separators.
-        let body = read_body(body, "id list", max * 67 + 64).await?;
+        // Parsed, the ids and the answer take about as much again.
+        let (body, _held) = read_body(&st, body, "id list", max * 67 + 64, 2).await?;
         let missing = blocking(move || {
             let ids = parse_ids(&headers, &body, max)?;
             let flags = store.missing(&ids)?;
@@ -112,6 +129,11 @@ pub async fn missing(
         .await?;
         return Ok(ids_response(false, &missing));
     }
+    // The ids and the answer, each at most the body's length.
+    let expect = http_body::Body::size_hint(&body)
+        .exact()
+        .unwrap_or((max * HASH_LEN) as u64);
+    let _held = st.reserve(expect.saturating_mul(2)).await?;
     // The answer is at most as long as the body: sized once, it never copies itself to grow.
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -331,7 +353,7 @@ pub async fn upload_one(
     let session = touch(&st, &q).await?;
     let max = st.limits().max_chunk as usize;
     let _slot = st.upload_slot().await?;
-    let body = read_body(body, "chunk", max).await?;
+    let (body, _held) = read_body(&st, body, "chunk", max, 2).await?;
     count_sent(&st, session, &body);
     let zstd = headers
         .get(header::CONTENT_ENCODING)
@@ -378,7 +400,7 @@ pub async fn upload_batch(
     let session = touch(&st, &q).await?;
     let limit = st.limits().max_body;
     let _slot = st.upload_slot().await?;
-    let body = read_body(body, "chunk batch", limit).await?;
+    let (body, _held) = read_body(&st, body, "chunk batch", limit, 2).await?;
     count_sent(&st, session, &body);
     let (n, report) = store_frames(&st, body, None, session).await?;
     Ok(Json(json!({
@@ -437,7 +459,7 @@ pub async fn fetch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = st.limits().max_ids;
-    let body = read_body(body, "id list", max * 67 + 64).await?;
+    let (body, _held) = read_body(&st, body, "id list", max * 67 + 64, 2).await?;
     let ids = {
         let headers = headers.clone();
         blocking(move || parse_ids(&headers, &body, max)).await?

@@ -82,6 +82,8 @@ pub struct Limits {
     pub min_body_rate: u64,
     /// After a shutdown signal, how long requests in flight may go on.
     pub shutdown_timeout: Duration,
+    /// Open upload sessions, and unfinished tus uploads, each at most this many.
+    pub max_uploads: usize,
 }
 
 impl Default for Limits {
@@ -104,6 +106,7 @@ impl Default for Limits {
             max_connections: 1024,
             min_body_rate: 1024,
             shutdown_timeout: Duration::from_secs(30),
+            max_uploads: 1000,
         }
     }
 }
@@ -139,7 +142,13 @@ struct Shared {
     upload_slots: Semaphore,
     /// Whole-file uploads (`PUT /v1/files`) chunked at once.
     ingest_slots: Arc<Semaphore>,
+    /// The memory request bodies may take together, in KiB (see [`AppState::reserve`]).
+    memory: Arc<Semaphore>,
 }
+
+/// Memory all request bodies held at once (and what their handlers make of them) may take:
+/// 512 MiB, in KiB permits.
+const MEMORY_BUDGET_KIB: usize = 512 * 1024;
 
 impl AppState {
     /// State for serving `store` with `limits` and `auth`; starts the chunk sink thread.
@@ -177,6 +186,7 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             upload_slots: Semaphore::new(4),
             ingest_slots: Arc::new(Semaphore::new(4)),
+            memory: Arc::new(Semaphore::new(MEMORY_BUDGET_KIB)),
         })))
     }
 
@@ -194,6 +204,22 @@ impl AppState {
             Ok(Err(_)) => Err(ApiError::Internal("closed".into())),
             Err(_) => Err(ApiError::Unavailable {
                 what: "every streamed-upload slot is busy",
+                retry_after: 5,
+            }),
+        }
+    }
+
+    /// Reserves `bytes` of the server's memory budget for one request's body and what is
+    /// parsed from it (at most the whole budget); waits up to [`SLOT_WAIT`], then 503.
+    async fn reserve(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let kib = u32::try_from(bytes.div_ceil(1024).clamp(1, MEMORY_BUDGET_KIB as u64))
+            .unwrap_or(u32::MAX);
+        let wait = self.0.memory.clone().acquire_many_owned(kib);
+        match tokio::time::timeout(SLOT_WAIT, wait).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(ApiError::Internal("closed".into())),
+            Err(_) => Err(ApiError::Unavailable {
+                what: "the memory for request bodies is taken by other requests",
                 retry_after: 5,
             }),
         }
@@ -291,6 +317,33 @@ fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>>
             ]))
             .max_age(Duration::from_secs(3600)),
     ))
+}
+
+/// Refuses a new upload (503 with `Retry-After`) while `--max-uploads` of that kind are open:
+/// each holds a record and pins chunks until it ends or expires. Counted from the records,
+/// so uploads opened before a restart count too.
+async fn room_for_upload(st: &AppState, kind: &'static str) -> Result<(), ApiError> {
+    let store = st.store();
+    let tus = kind == "tus uploads";
+    let open = blocking(move || {
+        Ok(if tus {
+            crate::tus::open_uploads(&*store)?.len()
+        } else {
+            crate::session::open_manifests(&*store)?.len()
+        })
+    })
+    .await?;
+    if open >= st.limits().max_uploads {
+        return Err(ApiError::Unavailable {
+            what: if tus {
+                "the server holds as many unfinished tus uploads as it takes (--max-uploads)"
+            } else {
+                "the server holds as many open upload sessions as it takes (--max-uploads)"
+            },
+            retry_after: 60,
+        });
+    }
+    Ok(())
 }
 
 /// Runs `f` on the blocking pool: store work never runs on the async workers.

@@ -162,6 +162,7 @@ pub async fn create(
     let metadata = header_str(&headers, "upload-metadata")?.map(str::to_owned);
     let checksum = checksum_of(&headers)?;
     let with_body = is_offset_stream(&headers);
+    super::room_for_upload(&st, "tus uploads").await?;
     let state = st.clone();
     let up = blocking(move || state.0.tus.create(length, metadata.as_deref())).await?;
     tracing::info!(upload = %up.id, length, name = ?up.name, "tus upload created");

@@ -39,12 +39,14 @@ pub async fn open(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    super::room_for_upload(&st, "upload sessions").await?;
     let binary = is_binary(&headers);
     let max_chunk = st.limits().max_chunk;
     let (progress, missing) = if binary {
         open_streamed(&st, q.name, body).await?
     } else {
-        let body = read_body(body, "manifest", st.limits().max_body).await?;
+        // Parsed, a JSON manifest's refs, pages and missing list take about twice its text.
+        let (body, _held) = read_body(&st, body, "manifest", st.limits().max_body, 3).await?;
         let state = st.clone();
         blocking(move || {
             let r: OpenRequest = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
@@ -96,6 +98,17 @@ async fn open_streamed(
 ) -> Result<(crate::session::Progress, Vec<crate::hash::Hash>), ApiError> {
     let limit = st.limits().max_body;
     let max_chunk = st.limits().max_chunk;
+    // A binary manifest is 36 bytes a chunk; opening it keeps the refs, a copy for the
+    // background hash and the lookup's set: about eight times the body, reserved up front.
+    let declared = http_body::Body::size_hint(&body).exact();
+    let _held = st
+        .reserve(
+            declared
+                .unwrap_or(limit as u64)
+                .min(limit as u64)
+                .saturating_mul(8),
+        )
+        .await?;
     // The opening lives on one blocking thread; the body's pieces are handed to it.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
     let state = st.clone();

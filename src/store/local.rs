@@ -13,6 +13,7 @@
 //! leaves at worst pack bytes no index entry points at, which gc reclaims.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -100,7 +101,9 @@ impl LocalStore {
     /// [`Error::ParamsMismatch`] if `requested` differs from what the store was created with.
     pub fn open(root: &Path, requested: Option<StoreConfig>) -> Result<(Self, bool)> {
         let packs = root.join("packs");
-        std::fs::create_dir_all(&packs)
+        // A new store's directories are its owner's alone, whatever the umask.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&packs)
             .map_err(Error::io("cannot create store directory", &packs))?;
         let lock = lock_store(root)?;
         Self::open_locked(root, requested, lock, false)
@@ -1047,6 +1050,7 @@ fn lock_store(root: &Path) -> Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(Error::io("cannot open lock file", &lock_path))?;
     // A lock just released can look held for a moment: a child process forked elsewhere in

@@ -707,3 +707,93 @@ fn a_manifest_over_the_servers_limits_is_refused_before_it_is_recorded() {
     let (_, _, list) = api.call_json(api.req(Method::GET, "/v1/files"));
     assert_eq!(list["files"].as_array().map_or(0, Vec::len), 0, "{list}");
 }
+
+#[test]
+fn open_uploads_are_capped_with_a_clear_refusal() {
+    let s = Scratch::new();
+    let limits = hoard::server::Limits {
+        max_uploads: 3,
+        gc_interval: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let server = TestServer::start(&s.store(), None, limits, hoard::server::Auth::default());
+    let api = Api::new(&server);
+    let create = || {
+        api.call_json(
+            api.req(Method::POST, "/v1/tus/")
+                .header("tus-resumable", "1.0.0")
+                .header("upload-length", "1000"),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(create().0.as_u16(), 201);
+    }
+    let (st, h, body) = create();
+    assert_eq!(st.as_u16(), 503, "{body}");
+    assert_eq!(h["retry-after"], "60");
+    assert!(
+        body["message"].as_str().unwrap().contains("--max-uploads"),
+        "{body}"
+    );
+    // Sessions have a cap of their own.
+    let mut sids = Vec::new();
+    for i in 0..4 {
+        let file = data::random(50_000, 130 + i);
+        let (st, h, body) = api.call_json(api.req(Method::POST, "/v1/uploads").json(
+            &manifest_json(&file, hoard::ChunkerParams::DEFAULT, &format!("f{i}")),
+        ));
+        if i < 3 {
+            assert_eq!(st.as_u16(), 201, "{body}");
+            sids.push(body["id"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(st.as_u16(), 503, "{body}");
+            assert_eq!(h["retry-after"], "60");
+        }
+    }
+    // An aborted session makes room again.
+    let (st, _, _) = api.call(api.req(Method::DELETE, &format!("/v1/uploads/{}", sids[0])));
+    assert!(st.is_success());
+    let file = data::random(50_000, 140);
+    let (st, _, body) = api.call_json(api.req(Method::POST, "/v1/uploads").json(&manifest_json(
+        &file,
+        hoard::ChunkerParams::DEFAULT,
+        "again",
+    )));
+    assert_eq!(st.as_u16(), 201, "{body}");
+}
+
+#[test]
+fn store_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let store = s.store();
+    let f = s.file("f", &data::random(2 << 20, 150));
+    let sh = |args: &str| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask 000; exec \"$0\" --store \"$1\" {args}"))
+            .arg(env!("CARGO_BIN_EXE_hoard"))
+            .arg(&store)
+            .env_remove("HOARD_STORE")
+            .status()
+            .unwrap();
+        assert!(st.success(), "{args}");
+    };
+    sh(&format!("import {}", f.display()));
+    sh("fsck");
+    sh("gc");
+    let mut seen = 0;
+    let mut stack = vec![store.clone()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        }
+        seen += 1;
+    }
+    assert!(seen > 5);
+}
