@@ -99,16 +99,10 @@ async fn open_streamed(
     let limit = st.limits().max_body;
     let max_chunk = st.limits().max_chunk;
     // A binary manifest is 36 bytes a chunk; opening it keeps the refs, a copy for the
-    // background hash and the lookup's set: about eight times the body, reserved up front.
-    let declared = http_body::Body::size_hint(&body).exact();
-    let _held = st
-        .reserve(
-            declared
-                .unwrap_or(limit as u64)
-                .min(limit as u64)
-                .saturating_mul(8),
-        )
-        .await?;
+    // background hash and the lookup's set: about eight times the body, reserved from the
+    // memory budget piece by piece as it arrives (a push streams its manifest for as long as
+    // it reads its file: nothing is held for what has not come yet).
+    let mut held = Vec::new();
     // The opening lives on one blocking thread; the body's pieces are handed to it.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
     let state = st.clone();
@@ -154,6 +148,13 @@ async fn open_streamed(
                         limit: limit as u64,
                     }));
                     break;
+                }
+                match st.reserve(piece.len() as u64 * 8).await {
+                    Ok(p) => held.push(p),
+                    Err(e) => {
+                        read_error = Some(e);
+                        break;
+                    }
                 }
                 let tx = tx.clone();
                 // A full queue means the opening is busy storing pages: wait off the runtime.
