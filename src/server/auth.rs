@@ -71,7 +71,9 @@ impl Auth {
     /// `--token` values plus the lines of a tokens file.
     ///
     /// # Errors
-    /// As [`Auth::new`] and [`Auth::parse_file`].
+    /// As [`Auth::new`]; [`Error::Io`] if the file cannot be read; [`Error::InvalidParams`]
+    /// naming the line for a line that is not `read TOKEN` or `write TOKEN`, an empty token,
+    /// or a token given twice.
     pub fn with_file(specs: &[String], file: &std::path::Path, public_read: bool) -> Result<Self> {
         let mut auth = Self::new(specs, public_read)?;
         let mut entries: Vec<_> = Vec::new();
