@@ -104,8 +104,10 @@ impl LocalStore {
         // A new store's directories are its owner's alone, whatever the umask.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(&packs)
-            .map_err(Error::io("cannot create store directory", &packs))?;
-        let lock = lock_store(root)?;
+            .map_err(Error::io("cannot create store directory", &packs))
+            .map_err(|e| environment(root, "directory", e).unwrap_or_else(|e| e))?;
+        let lock = lock_store(root)
+            .map_err(|e| environment(root, "lock file", e).unwrap_or_else(|e| e))?;
         Self::open_locked(root, requested, lock, false)
     }
 

@@ -271,3 +271,39 @@ fn gc_on_a_full_disk_gets_507_and_leaves_no_empty_packs() {
         serde_json::from_str(&ok(hoard(&store).args(["fsck", "--json"]))).unwrap();
     assert_eq!(fsck["clean"], true, "{fsck}");
 }
+
+/// A store on a file system remounted read-only: every command says so (not "damaged"),
+/// repair moves nothing, and once it is writable again everything is there.
+#[test]
+fn a_read_only_file_system_is_reported_as_such() {
+    let Some(fs) = Tmpfs::mount(32) else { return };
+    let store = fs.path("store");
+    let s = Scratch::new();
+    let f = data::random(1 << 20, 74);
+    ok(hoard(&store)
+        .arg("import")
+        .arg(s.file("f", &f))
+        .args(["--name", "f"]));
+    let remount = |how: &str| {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(fs.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {how}");
+    };
+    remount("ro");
+    for args in [&["ls"][..], &["fsck"], &["fsck", "--repair"], &["gc"]] {
+        let err = fails(hoard(&store).args(args), 1);
+        assert!(err.contains("read-only"), "{args:?}: {err}");
+        assert!(
+            !err.contains("damaged") && !err.contains("--repair"),
+            "{args:?}: {err}"
+        );
+    }
+    remount("rw");
+    assert!(entries_starting(&store, "index.").is_empty());
+    let out = fs.path("out");
+    ok(hoard(&store).args(["export", "f"]).arg(&out));
+    assert!(std::fs::read(&out).unwrap() == f);
+}
