@@ -797,3 +797,41 @@ fn store_files_are_private_whatever_the_umask() {
     }
     assert!(seen > 5);
 }
+
+#[test]
+fn slow_uploads_holding_every_slot_make_others_wait_at_most_ten_seconds() {
+    use std::io::Write;
+    let s = Scratch::new();
+    let limits = hoard::server::Limits {
+        min_body_rate: 0,
+        idle_timeout: std::time::Duration::from_secs(60),
+        gc_interval: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let server = TestServer::start(&s.store(), None, limits, hoard::server::Auth::default());
+    // Four whole-file uploads that send their headers and a few bytes, then nothing.
+    let mut slow = Vec::new();
+    for i in 0..4 {
+        let mut c = raw::connect(&server.url);
+        c.write_all(
+            format!(
+                "PUT /v1/files/slow{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        slow.push(c);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let api = Api::new(&server);
+    let t = std::time::Instant::now();
+    let (st, h, body) = api.call_json(
+        api.req(Method::PUT, "/v1/files/fifth")
+            .body(vec![1u8; 1000]),
+    );
+    let waited = t.elapsed().as_secs_f64();
+    assert_eq!(st.as_u16(), 503, "{body}");
+    assert_eq!(h["retry-after"], "5");
+    assert!((9.0..15.0).contains(&waited), "waited {waited} s");
+    drop(slow);
+}
