@@ -51,9 +51,30 @@ pub(super) async fn read_body(
         }));
     }
     let expect = hint.exact().unwrap_or(limit as u64);
-    let held = st.reserve(expect.saturating_mul(factor)).await?;
+    let held = match st.reserve(expect.saturating_mul(factor)).await {
+        Ok(h) => h,
+        Err(e) => {
+            // Read the body and throw it away (no memory) before answering 503: a client
+            // still sending would otherwise see its connection closed, not the answer.
+            drain(body, limit).await;
+            return Err(e);
+        }
+    };
     let bytes = read_limited(body, what, limit).await?;
     Ok((bytes, held))
+}
+
+/// Reads and discards up to `limit` bytes of `body`.
+async fn drain(body: Body, limit: usize) {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(Ok(piece)) = stream.next().await {
+        seen += piece.len();
+        if seen > limit {
+            break;
+        }
+    }
 }
 
 async fn read_limited(body: Body, what: &'static str, limit: usize) -> Result<Bytes, ApiError> {
