@@ -66,8 +66,12 @@ pub(super) async fn read_body(
 
 /// Reads and discards up to `limit` bytes of `body`.
 async fn drain(body: Body, limit: usize) {
+    drain_stream(&mut body.into_data_stream(), limit).await;
+}
+
+/// Reads and discards up to `limit` more bytes of `stream`.
+pub(super) async fn drain_stream(stream: &mut axum::body::BodyDataStream, limit: usize) {
     use futures_util::StreamExt;
-    let mut stream = body.into_data_stream();
     let mut seen = 0usize;
     while let Some(Ok(piece)) = stream.next().await {
         seen += piece.len();
