@@ -27,7 +27,7 @@ use axum::http::{HeaderValue, Method};
 use axum::routing::{get, head, post, put};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
@@ -121,8 +121,26 @@ pub struct Options {
     pub hooks: HookConfig,
 }
 
-/// Longest a request waits for a streamed-upload slot before it gets 503.
+/// Longest a request waits for a slot or its share of memory before it gets 503.
 const SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes `permits` of `sem`, waiting while they are held by others but at most
+/// [`SLOT_WAIT`]; then 503 with `Retry-After` saying `what` (slow clients holding every slot
+/// must not hang the rest).
+async fn wait_for(
+    sem: &Arc<Semaphore>,
+    permits: u32,
+    what: &'static str,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(SLOT_WAIT, sem.clone().acquire_many_owned(permits)).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(_)) => Err(ApiError::Internal("closed".into())),
+        Err(_) => Err(ApiError::Unavailable {
+            what,
+            retry_after: 5,
+        }),
+    }
+}
 
 /// Everything a handler can reach; a cheap `Clone`.
 #[derive(Clone)]
@@ -139,7 +157,7 @@ struct Shared {
     cors: Option<tower_http::cors::CorsLayer>,
     metrics: metrics::Metrics,
     /// Chunk-upload bodies held in memory at once: bounds the server's memory.
-    upload_slots: Semaphore,
+    upload_slots: Arc<Semaphore>,
     /// Whole-file uploads (`PUT /v1/files`) chunked at once.
     ingest_slots: Arc<Semaphore>,
     /// The memory request bodies may take together, in KiB (see [`AppState::reserve`]).
@@ -184,7 +202,7 @@ impl AppState {
             hooks: Hooks::new(options.hooks),
             cors,
             metrics: metrics::Metrics::default(),
-            upload_slots: Semaphore::new(4),
+            upload_slots: Arc::new(Semaphore::new(4)),
             ingest_slots: Arc::new(Semaphore::new(4)),
             memory: Arc::new(Semaphore::new(MEMORY_BUDGET_KIB)),
         })))
@@ -194,47 +212,29 @@ impl AppState {
         self.0.store.clone()
     }
 
-    /// One of the slots of streamed bodies being cut (`PUT /v1/files`, tus `PATCH`): waits
-    /// while all are taken, so their memory stays bounded, but at most [`SLOT_WAIT`]; then
-    /// 503 with `Retry-After` (slow clients holding every slot must not hang the rest).
-    async fn ingest_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        let wait = self.0.ingest_slots.clone().acquire_owned();
-        match tokio::time::timeout(SLOT_WAIT, wait).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(ApiError::Internal("closed".into())),
-            Err(_) => Err(ApiError::Unavailable {
-                what: "every streamed-upload slot is busy",
-                retry_after: 5,
-            }),
-        }
+    /// One of the slots of streamed bodies being cut (`PUT /v1/files`, tus `PATCH`), so
+    /// their memory stays bounded (see [`wait_for`]).
+    async fn ingest_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        wait_for(
+            &self.0.ingest_slots,
+            1,
+            "every streamed-upload slot is busy",
+        )
+        .await
+    }
+
+    /// One of the slots of chunk-upload bodies held in memory (see [`wait_for`]).
+    async fn upload_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        wait_for(&self.0.upload_slots, 1, "every chunk-upload slot is busy").await
     }
 
     /// Reserves `bytes` of the server's memory budget for one request's body and what is
-    /// parsed from it (at most the whole budget); waits up to [`SLOT_WAIT`], then 503.
-    async fn reserve(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    /// parsed from it (at most the whole budget; see [`wait_for`]).
+    async fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit, ApiError> {
         let kib = u32::try_from(bytes.div_ceil(1024).clamp(1, MEMORY_BUDGET_KIB as u64))
             .unwrap_or(u32::MAX);
-        let wait = self.0.memory.clone().acquire_many_owned(kib);
-        match tokio::time::timeout(SLOT_WAIT, wait).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(ApiError::Internal("closed".into())),
-            Err(_) => Err(ApiError::Unavailable {
-                what: "the memory for request bodies is taken by other requests",
-                retry_after: 5,
-            }),
-        }
-    }
-
-    /// One of the slots of chunk-upload bodies held in memory; as [`AppState::ingest_slot`].
-    async fn upload_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-        match tokio::time::timeout(SLOT_WAIT, self.0.upload_slots.acquire()).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(ApiError::Internal("closed".into())),
-            Err(_) => Err(ApiError::Unavailable {
-                what: "every chunk-upload slot is busy",
-                retry_after: 5,
-            }),
-        }
+        let what = "the memory for request bodies is taken by other requests";
+        wait_for(&self.0.memory, kib, what).await
     }
 
     fn limits(&self) -> &Limits {
