@@ -835,3 +835,61 @@ fn slow_uploads_holding_every_slot_make_others_wait_at_most_ten_seconds() {
     assert!((9.0..15.0).contains(&waited), "waited {waited} s");
     drop(slow);
 }
+
+#[test]
+fn running_out_of_file_descriptors_pauses_accepting_but_never_stops_the_server() {
+    use std::io::{BufRead, BufReader};
+    let s = Scratch::new();
+    let store = s.store();
+    ok(hoard(&store).arg("init"));
+    // A server allowed 64 descriptors, then 150 clients that connect and stay.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64; exec \"$0\" --store \"$1\" serve --listen 127.0.0.1:0 --gc-interval 0s")
+        .arg(env!("CARGO_BIN_EXE_hoard"))
+        .arg(&store)
+        .env_remove("HOARD_STORE")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let hogs: Vec<_> = (0..150)
+        .filter_map(|_| std::net::TcpStream::connect(url.strip_prefix("http://").unwrap()).ok())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "the server stopped");
+    drop(hogs);
+    // Once descriptors are free again it serves.
+    let api = Api::from_url(&url);
+    let mut served = false;
+    for _ in 0..50 {
+        let r = api.rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{url}/healthz"))
+                .timeout(std::time::Duration::from_secs(2))
+                .send()
+                .await
+        });
+        if r.is_ok_and(|r| r.status() == 200) {
+            served = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        served,
+        "the server did not serve again after descriptors were freed"
+    );
+}
