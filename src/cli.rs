@@ -184,9 +184,12 @@ pub fn parse_share(s: &str) -> Result<f64, String> {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
-    // Everything hoard creates is for its owner alone: store files 0600, directories 0700,
-    // whatever umask the shell has (sled and redb create files of their own as they go).
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // Everything hoard creates in a store is for its owner alone: files 0600, directories
+    // 0700, whatever umask the shell has (sled and redb create files of their own as they
+    // go). push and pull write no store, and a pulled file takes the shell's umask.
+    if !matches!(cli.command, Command::Push(_) | Command::Pull(_)) {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    }
     let root = match &cli.store {
         Some(p) => p.clone(),
         None => LocalStore::default_path()
