@@ -893,3 +893,27 @@ fn running_out_of_file_descriptors_pauses_accepting_but_never_stops_the_server()
         "the server did not serve again after descriptors were freed"
     );
 }
+
+#[test]
+fn a_request_past_its_deadline_gets_408_with_the_json_body() {
+    use std::io::{Read, Write};
+    let s = Scratch::new();
+    let limits = hoard::server::Limits {
+        request_timeout: std::time::Duration::from_secs(1),
+        idle_timeout: std::time::Duration::from_secs(30),
+        min_body_rate: 0,
+        gc_interval: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let server = TestServer::start(&s.store(), None, limits, hoard::server::Auth::default());
+    let mut c = raw::connect(&server.url);
+    c.write_all(b"POST /v1/chunks/missing HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[\"ab").unwrap();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("application/json") && text.contains("\"error\":\"timeout\""),
+        "{text}"
+    );
+}
