@@ -412,23 +412,17 @@ impl Sessions {
     /// [`Error::NoSession`] for an unknown id, [`Error::SessionEnded`] for a completed or
     /// expired one; store errors.
     pub fn touch(&self, id: SessionId, bytes: u64) -> Result<()> {
-        {
-            let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(a) = activity.get_mut(&id) {
-                a.0 = now();
-                a.1 += bytes;
-                return Ok(());
+        // Not seen by this process yet (opened before a restart, or not at all): look first.
+        if !crate::lock(&self.activity).contains_key(&id) {
+            let s = self.load(id)?;
+            if !s.state.is_open() {
+                return Err(Error::SessionEnded {
+                    id: id.to_string(),
+                    state: s.state.as_str(),
+                });
             }
         }
-        // Not seen by this process yet (opened before a restart, or not at all).
-        let s = self.load(id)?;
-        if matches!(s.state, SessionState::Complete | SessionState::Expired) {
-            return Err(Error::SessionEnded {
-                id: id.to_string(),
-                state: s.state.as_str(),
-            });
-        }
-        let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut activity = crate::lock(&self.activity);
         let a = activity.entry(id).or_default();
         a.0 = now();
         a.1 += bytes;

@@ -48,24 +48,7 @@ impl Auth {
     /// that is a word but not `read` or `write`, such as `Read:` or `readonly:`), or a token
     /// given twice.
     pub fn new(specs: &[String], public_read: bool) -> Result<Self> {
-        let mut entries = Vec::new();
-        for spec in specs {
-            let (scope, token) = match spec.split_once(':') {
-                Some((word, t))
-                    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphabetic()) =>
-                {
-                    let scope = Scope::parse(word).ok_or_else(|| {
-                        Error::InvalidParams(format!(
-                            "--token {word}:…: unknown scope {word:?}; use read:TOKEN or write:TOKEN"
-                        ))
-                    })?;
-                    (scope, t)
-                }
-                _ => (Scope::Write, spec.as_str()),
-            };
-            entries.push((scope, token.to_owned(), "--token".to_owned()));
-        }
-        Self::from_entries(entries, public_read)
+        Self::from_entries(Self::spec_entries(specs)?, public_read)
     }
 
     /// `--token` values plus the lines of a tokens file.
@@ -75,8 +58,7 @@ impl Auth {
     /// naming the line for a line that is not `read TOKEN` or `write TOKEN`, an empty token,
     /// or a token given twice.
     pub fn with_file(specs: &[String], file: &std::path::Path, public_read: bool) -> Result<Self> {
-        let mut auth = Self::new(specs, public_read)?;
-        let mut entries: Vec<_> = Vec::new();
+        let mut entries = Self::spec_entries(specs)?;
         let text =
             std::fs::read_to_string(file).map_err(Error::io("cannot read tokens file", file))?;
         for (n, line) in text.lines().enumerate() {
@@ -99,16 +81,29 @@ impl Auth {
             })?;
             entries.push((scope, token.to_owned(), at));
         }
-        let mut all: Vec<_> = std::mem::take(&mut auth.tokens)
-            .into_iter()
-            .map(|(h, s)| (h, s, "--token".to_owned()))
-            .collect();
-        for (scope, token, at) in entries {
-            all.push((Self::hash_checked(&token, &at)?, scope, at));
+        Self::from_entries(entries, public_read)
+    }
+
+    /// `--token` values as (scope, token, where it came from).
+    fn spec_entries(specs: &[String]) -> Result<Vec<(Scope, String, String)>> {
+        let mut entries = Vec::new();
+        for spec in specs {
+            let (scope, token) = match spec.split_once(':') {
+                Some((word, t))
+                    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphabetic()) =>
+                {
+                    let scope = Scope::parse(word).ok_or_else(|| {
+                        Error::InvalidParams(format!(
+                            "--token {word}:…: unknown scope {word:?}; use read:TOKEN or write:TOKEN"
+                        ))
+                    })?;
+                    (scope, t)
+                }
+                _ => (Scope::Write, spec.as_str()),
+            };
+            entries.push((scope, token.to_owned(), "--token".to_owned()));
         }
-        Self::check_unique(&all)?;
-        auth.tokens = all.into_iter().map(|(h, s, _)| (h, s)).collect();
-        Ok(auth)
+        Ok(entries)
     }
 
     fn from_entries(entries: Vec<(Scope, String, String)>, public_read: bool) -> Result<Self> {

@@ -154,18 +154,17 @@ pub async fn missing(
         .await?;
         return Ok(ids_response(false, &missing));
     }
-    // The ids and the answer, each at most the body's length.
-    let expect = http_body::Body::size_hint(&body)
+    // The ids and the answer, each at most the body's length (its declared length, or the
+    // most ids a query may hold).
+    let declared = http_body::Body::size_hint(&body)
         .exact()
-        .unwrap_or((max * HASH_LEN) as u64);
-    let _held = st.reserve(expect.saturating_mul(2)).await?;
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= max * HASH_LEN);
+    let _held = st
+        .reserve(declared.unwrap_or(max * HASH_LEN) as u64 * 2)
+        .await?;
     // The answer is at most as long as the body: sized once, it never copies itself to grow.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n <= max * HASH_LEN)
-        .unwrap_or(0);
+    let declared = declared.unwrap_or(0);
     let mut stream = body.into_data_stream();
     let mut pending: Vec<u8> = Vec::with_capacity(MISSING_GROUP * HASH_LEN);
     let mut answer: Vec<u8> = Vec::with_capacity(declared);

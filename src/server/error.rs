@@ -107,7 +107,6 @@ fn lib_status(e: &Error) -> (StatusCode, &'static str) {
     match e {
         // A refused frame of a batch answers as its cause.
         Error::BadFrame { source, .. } => lib_status(source),
-
         Error::Malformed { .. }
         | Error::InvalidName { .. }
         | Error::InvalidParams(_)

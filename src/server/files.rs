@@ -278,11 +278,7 @@ pub fn choose_range(header: Option<&str>, len: u64) -> RangeChoice {
         let Some((first, last)) = spec.split_once('-') else {
             return RangeChoice::Whole;
         };
-        let num = |t: &str| -> Option<u64> {
-            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| t.parse().ok())
-                .flatten()
-        };
+        let num = super::decimal;
         let part = match (first.trim(), last.trim()) {
             ("", suffix) => match num(suffix) {
                 Some(0) => None,

@@ -43,7 +43,7 @@ use crate::fsck::{FsckOptions, FsckReport};
 use crate::gc::{GcOptions, GcReport};
 use crate::session::Sessions;
 use crate::sink::ChunkSink;
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, UploadKind};
 use crate::tus::TusUploads;
 
 /// The OpenAPI document of API v1, served at `/v1/openapi.json`.
@@ -322,28 +322,35 @@ fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>>
 /// Refuses a new upload (503 with `Retry-After`) while `--max-uploads` of that kind are open:
 /// each holds a record and pins chunks until it ends or expires. Counted from the records,
 /// so uploads opened before a restart count too.
-async fn room_for_upload(st: &AppState, kind: &'static str) -> Result<(), ApiError> {
+async fn room_for_upload(st: &AppState, kind: UploadKind) -> Result<(), ApiError> {
     let store = st.store();
-    let tus = kind == "tus uploads";
     let open = blocking(move || {
-        Ok(if tus {
-            crate::tus::open_uploads(&*store)?.len()
-        } else {
-            crate::session::open_manifests(&*store)?.len()
+        Ok(match kind {
+            UploadKind::Tus => crate::tus::open_uploads(&*store)?.len(),
+            _ => crate::session::open_manifests(&*store)?.len(),
         })
     })
     .await?;
     if open >= st.limits().max_uploads {
         return Err(ApiError::Unavailable {
-            what: if tus {
-                "the server holds as many unfinished tus uploads as it takes (--max-uploads)"
-            } else {
-                "the server holds as many open upload sessions as it takes (--max-uploads)"
+            what: match kind {
+                UploadKind::Tus => {
+                    "the server holds as many unfinished tus uploads as it takes (--max-uploads)"
+                }
+                _ => "the server holds as many open upload sessions as it takes (--max-uploads)",
             },
             retry_after: 60,
         });
     }
     Ok(())
+}
+
+/// A non-negative integer in decimal digits only, as HTTP headers write them (`+5`, ` 5`
+/// inside, `0x10` and the empty string are not).
+fn decimal(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// Runs `f` on the blocking pool: store work never runs on the async workers.

@@ -44,8 +44,7 @@ pub async fn protocol(req: Request, next: Next) -> Response {
     } else {
         matches!(*req.method(), Method::HEAD | Method::PATCH | Method::DELETE)
     };
-    let plain = !tus_request;
-    let mut resp = if plain || speaks {
+    let mut resp = if !tus_request || speaks {
         next.run(req).await
     } else {
         ApiError::TusVersion.into_response()
@@ -83,16 +82,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&
 fn header_u64(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiError> {
     header_str(headers, name)?
         .map(|v| {
-            let t = v.trim();
-            t.bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| t.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "{name} must be a non-negative integer in decimal digits, not {v:?}"
-                    ))
-                })
+            super::decimal(v.trim()).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{name} must be a non-negative integer in decimal digits, not {v:?}"
+                ))
+            })
         })
         .transpose()
 }
@@ -162,7 +156,7 @@ pub async fn create(
     let metadata = header_str(&headers, "upload-metadata")?.map(str::to_owned);
     let checksum = checksum_of(&headers)?;
     let with_body = is_offset_stream(&headers);
-    super::room_for_upload(&st, "tus uploads").await?;
+    super::room_for_upload(&st, crate::store::UploadKind::Tus).await?;
     let state = st.clone();
     let up = blocking(move || state.0.tus.create(length, metadata.as_deref())).await?;
     tracing::info!(upload = %up.id, length, name = ?up.name, "tus upload created");

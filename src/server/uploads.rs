@@ -39,7 +39,7 @@ pub async fn open(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    super::room_for_upload(&st, "upload sessions").await?;
+    super::room_for_upload(&st, crate::store::UploadKind::Session).await?;
     let binary = is_binary(&headers);
     let max_chunk = st.limits().max_chunk;
     let (progress, missing) = if binary {
@@ -105,13 +105,12 @@ async fn open_streamed(
     // length, all at once (requests never hold part of the budget while waiting for more);
     // without one, piece by piece as it arrives (a push streams its manifest for as long as
     // it reads its file: nothing is held for what has not come yet).
-    let budget = super::MEMORY_BUDGET_KIB as u64 * 1024;
-    let mut reserved = 0u64;
     let mut held = Vec::new();
+    // What this request may still reserve as pieces arrive.
+    let mut room = super::MEMORY_BUDGET_KIB as u64 * 1024;
     if let Some(n) = http_body::Body::size_hint(&body).exact() {
-        let want = n.min(limit as u64).saturating_mul(12).min(budget);
-        held.push(st.reserve(want).await?);
-        reserved = budget; // nothing more to reserve
+        held.push(st.reserve(n.min(limit as u64).saturating_mul(12)).await?);
+        room = 0;
     }
     // The opening lives on one blocking thread; the body's pieces are handed to it.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
@@ -159,12 +158,12 @@ async fn open_streamed(
                     }));
                     break;
                 }
-                let want = (piece.len() as u64 * 12).min(budget - reserved);
+                let want = (piece.len() as u64 * 12).min(room);
                 if want > 0 {
                     match st.reserve(want).await {
                         Ok(p) => {
                             held.push(p);
-                            reserved += want;
+                            room -= want;
                         }
                         Err(e) => {
                             read_error = Some(e);

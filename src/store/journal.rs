@@ -105,6 +105,11 @@ pub struct ReplayReport {
     pub stopped: Option<String>,
 }
 
+/// True if the journal file at `path` holds anything past its header (a record, or damage).
+pub fn has_records(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() > MAGIC.len() as u64)
+}
+
 /// The open journal; appends go through [`Journal::lock`].
 pub struct Journal {
     path: PathBuf,
@@ -208,7 +213,7 @@ impl Journal {
 
     /// True if the journal holds no record.
     pub fn is_empty(&self) -> bool {
-        self.len() <= MAGIC.len() as u64
+        !has_records(&self.path)
     }
 
     /// Replaces the journal with `records` (a snapshot of the index), atomically: written

@@ -105,9 +105,8 @@ impl LocalStore {
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(&packs)
             .map_err(Error::io("cannot create store directory", &packs))
-            .map_err(|e| environment(root, "directory", e).unwrap_or_else(|e| e))?;
-        let lock = lock_store(root)
-            .map_err(|e| environment(root, "lock file", e).unwrap_or_else(|e| e))?;
+            .map_err(environmental(root, "directory"))?;
+        let lock = lock_store(root).map_err(environmental(root, "lock file"))?;
         Self::open_locked(root, requested, lock, false)
     }
 
@@ -142,12 +141,14 @@ impl LocalStore {
             Ok(i) => i,
             Err(e @ Error::Locked(_)) => return Err(e),
             Err(e) => {
-                return Err(environment(root, "index", e)
-                    .unwrap_or_else(|e| damaged("index", e.to_string())));
+                return Err(match environmental(root, "index")(e) {
+                    e @ Error::Environment { .. } => e,
+                    e => damaged("index", e.to_string()),
+                });
             }
         };
-        let (journal, fresh) = Journal::open(&root.join(JOURNAL_FILE))
-            .map_err(|e| environment(root, "journal", e).unwrap_or_else(|e| e))?;
+        let (journal, fresh) =
+            Journal::open(&root.join(JOURNAL_FILE)).map_err(environmental(root, "journal"))?;
         let (config, created) = match (index.config()?, requested) {
             (Some(existing), Some(req)) if existing != req => {
                 return Err(Error::ParamsMismatch {
@@ -166,9 +167,7 @@ impl LocalStore {
             }
             (None, req) => {
                 let config = req.unwrap_or_default();
-                index
-                    .init(&config)
-                    .map_err(|e| environment(root, "index", e).unwrap_or_else(|e| e))?;
+                index.init(&config).map_err(environmental(root, "index"))?;
                 (config, true)
             }
         };
@@ -184,7 +183,7 @@ impl LocalStore {
         // may lack what its last journal records say: apply the journal again (redo).
         if !created && index.meta.get(OPEN_MARK)?.is_some() {
             let (r, _) = apply_journal(&index.db, &root.join(JOURNAL_FILE))
-                .map_err(|e| environment(root, "index", e).unwrap_or_else(|e| e))?;
+                .map_err(environmental(root, "index"))?;
             tracing::info!(
                 records = r.records,
                 "store was not closed cleanly: journal applied to the index again"
@@ -195,7 +194,7 @@ impl LocalStore {
             .insert(OPEN_MARK, &[1u8])
             .map_err(Error::from)
             .and_then(|_| Ok(index.db.flush()?))
-            .map_err(|e| environment(root, "index", e).unwrap_or_else(|e| e))?;
+            .map_err(environmental(root, "index"))?;
         let store = LocalStore {
             _lock: lock,
             root: root.to_owned(),
@@ -263,8 +262,7 @@ impl LocalStore {
         }
         if !chunks.exists() {
             // A fresh, empty table; the repair indexes the packs into it.
-            Index::probe_chunks(&chunks)
-                .map_err(|e| environment(root, "chunk table", e).unwrap_or_else(|e| e))?;
+            Index::probe_chunks(&chunks).map_err(environmental(root, "chunk table"))?;
         }
         let index = root.join("index");
         if rebuild || index_damaged(root, &index, &journal)? {
@@ -279,7 +277,7 @@ impl LocalStore {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&fresh);
-                    return Err(environment(root, "index", e).unwrap_or_else(|e| e));
+                    return Err(environmental(root, "index")(e));
                 }
             };
             if index.exists() {
@@ -726,10 +724,7 @@ impl ChunkStore for LocalStore {
             }
         }
         if report.packs_deleted + report.packs_rewritten > 0 {
-            let dir = self.packs_dir();
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(Error::io("cannot sync directory", &dir))?;
+            sync_dir(&self.packs_dir())?;
         }
         report.bytes_after = self.packs.total_bytes()?;
         self.compact_journal()?;
@@ -1073,17 +1068,26 @@ fn lock_store(root: &Path) -> Result<std::fs::File> {
     }
 }
 
-/// `e` as an [`Error::Environment`] of the store's `what` if the machine is the cause (a
-/// full disk, a read-only file system, permissions); otherwise `Err(e)` unchanged.
-fn environment(root: &Path, what: &'static str, e: Error) -> Result<Error, Error> {
-    match e.environment() {
-        Some(hint) => Ok(Error::Environment {
+/// Turns an error whose cause is the machine (a full disk, a read-only file system,
+/// permissions: see [`Error::environment`]) into an [`Error::Environment`] of the store's
+/// `what`; any other error passes unchanged.
+fn environmental<'a>(root: &'a Path, what: &'static str) -> impl FnOnce(Error) -> Error + 'a {
+    move |e| match e.environment() {
+        Some(hint) => Error::Environment {
             root: root.to_owned(),
             what,
             hint,
             source: Box::new(e),
-        }),
-        None => Err(e),
+        },
+        None => e,
+    }
+}
+
+/// `Ok(true)` for an error that shows damage; the error itself if the machine is the cause.
+fn damage_or_environment(root: &Path, what: &'static str, e: Error) -> Result<bool> {
+    match environmental(root, what)(e) {
+        e @ Error::Environment { .. } => Err(e),
+        _ => Ok(true),
     }
 }
 
@@ -1105,7 +1109,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 fn chunk_table_damaged(root: &Path, chunks: &Path) -> Result<bool> {
     match Index::probe_chunks(chunks) {
         Ok(()) => Ok(false),
-        Err(e) => environment(root, "chunk table", e).map_or(Ok(true), Err),
+        Err(e) => damage_or_environment(root, "chunk table", e),
     }
 }
 
@@ -1121,7 +1125,7 @@ fn index_damaged(root: &Path, index: &Path, journal: &Path) -> Result<bool> {
             let journal_len = std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0);
             Ok(empty && journal_len > 0)
         }
-        Err(e) => environment(root, "index", e).map_or(Ok(true), Err),
+        Err(e) => damage_or_environment(root, "index", e),
     }
 }
 
@@ -1140,16 +1144,14 @@ fn need_space(root: &Path, bytes: u64) -> Result<()> {
     };
     let free = st.f_bavail.saturating_mul(st.f_frsize);
     if free < bytes {
-        return Err(Error::Environment {
-            root: root.to_owned(),
-            what: "index",
-            hint: "its disk is full: free some space and try again",
-            source: Box::new(Error::TooLarge {
-                what: "the space the rebuild needs",
-                size: bytes,
-                limit: free,
-            }),
-        });
+        let short = std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("the rebuild needs about {bytes} bytes, {free} are free"),
+        );
+        return Err(environmental(root, "index")(Error::io(
+            "not enough space in",
+            root,
+        )(short)));
     }
     Ok(())
 }

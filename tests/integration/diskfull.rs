@@ -53,6 +53,13 @@ impl Drop for Tmpfs {
     }
 }
 
+/// `hoard fsck --json` on `store` says it is clean.
+fn assert_fsck_clean(store: &Path) {
+    let fsck: serde_json::Value =
+        serde_json::from_str(&ok(hoard(store).args(["fsck", "--json"]))).unwrap();
+    assert_eq!(fsck["clean"], true, "{fsck}");
+}
+
 /// Fills the disk with a ballast file of `mib` MiB, the space "freed" later.
 fn ballast(path: &Path, mib: usize) {
     std::fs::write(path, vec![7u8; mib << 20]).unwrap();
@@ -76,9 +83,7 @@ fn import_on_a_full_disk_fails_clearly_and_works_once_space_is_freed() {
     // The failed import's pack holds nothing indexed: it is gone, not left for gc.
     assert_eq!(packs(), before);
 
-    let fsck: serde_json::Value =
-        serde_json::from_str(&ok(hoard(&store).args(["fsck", "--json"]))).unwrap();
-    assert_eq!(fsck["clean"], true, "{fsck}");
+    assert_fsck_clean(&store);
     let out = s.path("out");
     ok(hoard(&store).args(["export", "f1"]).arg(&out));
     assert_eq!(std::fs::read(&out).unwrap(), f1);
@@ -97,9 +102,7 @@ fn import_on_a_full_disk_fails_clearly_and_works_once_space_is_freed() {
     ok(hoard(&store).arg("import").arg(&p2));
     ok(hoard(&store).args(["export", "f2"]).arg(&out));
     assert_eq!(std::fs::read(&out).unwrap(), f2);
-    let fsck: serde_json::Value =
-        serde_json::from_str(&ok(hoard(&store).args(["fsck", "--json"]))).unwrap();
-    assert_eq!(fsck["clean"], true, "{fsck}");
+    assert_fsck_clean(&store);
 }
 
 #[test]
@@ -139,9 +142,7 @@ fn push_to_a_full_disk_gets_507_and_works_once_space_is_freed() {
     pull(&c, "big.bin", &out, PullOptions::default()).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), big);
     server.stop();
-    let fsck: serde_json::Value =
-        serde_json::from_str(&ok(hoard(&store).args(["fsck", "--json"]))).unwrap();
-    assert_eq!(fsck["clean"], true, "{fsck}");
+    assert_fsck_clean(&store);
 }
 
 /// Fills what is left of the disk with a file at `path`.
@@ -267,9 +268,7 @@ fn gc_on_a_full_disk_gets_507_and_leaves_no_empty_packs() {
     let out = fs.path("out");
     ok(hoard(&store).args(["export", "a"]).arg(&out));
     assert!(std::fs::read(&out).unwrap() == a);
-    let fsck: serde_json::Value =
-        serde_json::from_str(&ok(hoard(&store).args(["fsck", "--json"]))).unwrap();
-    assert_eq!(fsck["clean"], true, "{fsck}");
+    assert_fsck_clean(&store);
 }
 
 /// A store on a file system remounted read-only: every command says so (not "damaged"),
