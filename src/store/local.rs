@@ -1122,8 +1122,7 @@ fn index_damaged(root: &Path, index: &Path, journal: &Path) -> Result<bool> {
     match open_sled(index, 1 << 20) {
         Ok(db) => {
             let empty = db.open_tree("meta")?.get("config")?.is_none();
-            let journal_len = std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0);
-            Ok(empty && journal_len > 0)
+            Ok(empty && journal::has_records(journal))
         }
         Err(e) => damage_or_environment(root, "index", e),
     }
