@@ -21,11 +21,21 @@
 //! not match). gc keeps an unfinished upload's chunks: [`open_uploads`] lists them, and a
 //! `PATCH` pins what it stores until its checkpoint is written (the argument in `gc.rs`).
 //!
-//! Record (sled tree `tus`): version 1 + bincode of [`Upload`]. Tail (sled tree `tus_tail`):
-//! `base[8 LE] ‖ bytes`, where `base` is the number of bytes the record's pages and refs cover
-//! when the tail was written. A checkpoint writes the record, then the tail; a tail whose base
-//! is not the record's is stale (a crash came between the two writes) and is ignored: `HEAD`
-//! then reports the record's chunked bytes, all durable, and the client sends the rest again.
+//! Record (sled tree `tus`): version 1 + bincode of [`Upload`]. It is rewritten only when
+//! the stream is cut (pages and refs grow), so a `PATCH` of a few bytes does not rewrite it.
+//!
+//! Tail: the bytes after the last cut point, kept by the store ([`ChunkStore::write_tail`]:
+//! the local store appends them to a file, see `store/tails.rs`). A checkpoint writes only
+//! the bytes that arrived since the last one, with the tail's meta `1 ‖ touched[8 LE] ‖
+//! received[8 LE]` (the upload's last write time and bytes received, which the record would
+//! otherwise be rewritten for). So each byte received is written about once, whatever the
+//! size of the `PATCH`es: write amplification is bounded per byte, plus a fixed cost per
+//! request.
+//!
+//! Order, and why a crash loses nothing `HEAD` reported: a checkpoint writes the record (if the
+//! stream was cut), then the new tail bytes. Reading takes the tail from the record's cut point
+//! on; a tail that does not reach back to it (a crash came between the two writes) is left
+//! out. `HEAD` reports where the bytes read end, all durable, and the client sends the rest.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -50,7 +60,7 @@ use crate::record;
 use crate::restore;
 use crate::session::SessionId;
 use crate::sink::{ChunkSink, Verified};
-use crate::store::{ChunkStore, Pin, UploadKind};
+use crate::store::{ChunkStore, Pin, TailRun, UploadKind};
 
 /// Format version of tus upload records.
 const TUS_VERSION: u8 = 1;
@@ -67,6 +77,8 @@ const MAX_METADATA: usize = 4096;
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// Most bytes of page refs a record may come to hold (half the record limit).
 const MAX_PAGE_LIST: u64 = 8 << 20;
+/// Format version of a tail's meta.
+const TAIL_VERSION: u8 = 1;
 
 /// Where a tus upload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +123,59 @@ pub struct Upload {
     pub file_id: Option<Hash>,
     /// Bytes after the last cut point (stored beside the record).
     #[serde(skip)]
-    pub tail: Vec<u8>,
+    tail: Tail,
+}
+
+/// The bytes after the last cut point.
+#[derive(Clone, Debug, Default)]
+struct Tail {
+    /// Stream position of the first byte: what the record's pages and refs cover.
+    start: u64,
+    /// Where the durable bytes end: the `Upload-Offset`.
+    end: u64,
+    /// The bytes from `start` to `end` (as read; taken by a `PATCH` while it runs).
+    bytes: Vec<u8>,
+}
+
+impl Tail {
+    /// The tail from `start` on out of `run` as stored, and the (touched, received) it carries.
+    fn from_run(start: u64, run: Option<TailRun>) -> (Tail, u64, u64) {
+        let mut tail = Tail {
+            start,
+            end: start,
+            bytes: Vec::new(),
+        };
+        let Some(run) = run else {
+            return (tail, 0, 0);
+        };
+        let run_end = run.position + run.bytes.len() as u64;
+        if run.position <= start && run_end > start {
+            tail.bytes = run.bytes[(start - run.position) as usize..].to_vec();
+            tail.end = run_end;
+        }
+        match run.meta.as_slice() {
+            [TAIL_VERSION, t @ ..] if t.len() == 16 => {
+                let (touched, received) = t.split_at(8);
+                (tail, le_u64(touched), le_u64(received))
+            }
+            _ => (tail, 0, 0),
+        }
+    }
+
+    /// The meta a tail write carries for `up`.
+    fn meta(up: &Upload) -> [u8; 17] {
+        let mut m = [0u8; 17];
+        m[0] = TAIL_VERSION;
+        m[1..9].copy_from_slice(&up.touched.to_le_bytes());
+        m[9..].copy_from_slice(&up.received.to_le_bytes());
+        m
+    }
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_le_bytes(a)
 }
 
 impl Upload {
@@ -120,7 +184,7 @@ impl Upload {
         if self.state == TusState::Complete {
             return self.length;
         }
-        self.chunked() + self.tail.len() as u64
+        self.tail.end
     }
 
     /// Bytes the pages and refs cover.
@@ -411,42 +475,40 @@ impl TusUploads {
     }
 
     fn load(&self, id: SessionId) -> Result<Upload> {
-        let bytes = self
-            .store
-            .get_upload(UploadKind::Tus, &id.0)?
+        let up = self
+            .load_any(id)?
             .ok_or_else(|| Error::NoSession(id.to_string()))?;
-        let mut up = Upload::decode(&bytes)?;
         // One past its TTL that no sweep has forgotten yet is gone all the same.
         if up.state == TusState::Uploading && up.expires(self.ttl) < crate::unix_now() {
             return Err(Error::NoSession(id.to_string()));
         }
-        if up.state == TusState::Uploading
-            && let Some(tail) = self.store.get_upload(UploadKind::TusTail, &id.0)?
-            && let Some((base, bytes)) = tail.split_first_chunk::<8>()
-            && u64::from_le_bytes(*base) == up.chunked()
-        {
-            up.tail = bytes.to_vec();
-        }
         Ok(up)
     }
 
-    /// Writes the record, then the tail (see the module notes for why in this order).
+    /// The record of upload `id` with its tail, expired or not.
+    fn load_any(&self, id: SessionId) -> Result<Option<Upload>> {
+        let Some(bytes) = self.store.get_upload(UploadKind::Tus, &id.0)? else {
+            return Ok(None);
+        };
+        let mut up = Upload::decode(&bytes)?;
+        if up.state == TusState::Uploading {
+            let (tail, touched, received) = Tail::from_run(up.chunked(), self.store.tail(&id.0)?);
+            up.tail = tail;
+            up.touched = up.touched.max(touched);
+            up.received = up.received.max(received);
+        }
+        Ok(Some(up))
+    }
+
+    /// Writes the record.
     fn save(&self, up: &Upload) -> Result<()> {
         let record = record::encode(TUS_VERSION, up);
-        self.store.put_upload(UploadKind::Tus, &up.id.0, &record)?;
-        if up.state == TusState::Uploading {
-            let mut tail = Vec::with_capacity(8 + up.tail.len());
-            tail.extend_from_slice(&up.chunked().to_le_bytes());
-            tail.extend_from_slice(&up.tail);
-            self.store
-                .put_upload(UploadKind::TusTail, &up.id.0, &tail)?;
-        }
-        Ok(())
+        self.store.put_upload(UploadKind::Tus, &up.id.0, &record)
     }
 
     /// Forgets upload `id`: the tail first, so no tail outlives its record.
     fn delete(&self, id: SessionId) -> Result<()> {
-        self.store.delete_upload(UploadKind::TusTail, &id.0)?;
+        self.store.forget_tail(&id.0)?;
         self.store.delete_upload(UploadKind::Tus, &id.0)?;
         self.forget_hash(id);
         Ok(())
@@ -496,7 +558,7 @@ impl TusUploads {
             new_chunks: 0,
             new_bytes: 0,
             file_id: None,
-            tail: Vec::new(),
+            tail: Tail::default(),
         };
         self.save(&up)?;
         Ok(up)
@@ -556,11 +618,11 @@ impl TusUploads {
             let Ok(_claim) = self.claim(up.id) else {
                 continue; // a request is writing to it: not idle
             };
-            // Read again under the claim: a write may have come in between.
-            let Some(bytes) = self.store.get_upload(UploadKind::Tus, &up.id.0)? else {
+            // Read again under the claim, with the tail (its pieces carry the last write
+            // time when the record was not rewritten): a write may have come in between.
+            let Some(up) = self.load_any(up.id)? else {
                 continue;
             };
-            let up = Upload::decode(&bytes)?;
             if up.expires(self.ttl) >= now {
                 continue;
             }
@@ -617,7 +679,7 @@ impl TusUploads {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id)
-            .filter(|(upto, _)| *upto == offset - up.tail.len() as u64)
+            .filter(|(upto, _)| *upto == up.tail.start)
             .map(|(_, h)| h);
         let hasher = if offset == 0 {
             Some(blake3::Hasher::new())
@@ -632,7 +694,7 @@ impl TusUploads {
                 std::mem::take(&mut up.pages),
                 std::mem::take(&mut up.refs),
             ),
-            buf: std::mem::take(&mut up.tail),
+            buf: std::mem::take(&mut up.tail.bytes),
             hasher,
             pin: self.store.guard().pin(),
             accepted: 0,
@@ -725,14 +787,27 @@ impl TusUploads {
         })
     }
 
-    /// Writes the record with what `run` has stored so far.
+    /// Makes what `run` has received so far durable: the record if the stream was cut, then
+    /// the bytes that arrived since the last checkpoint (see the module notes).
     fn checkpoint(&self, up: &mut Upload, run: &mut Run<'_>) -> Result<()> {
-        let (pages, refs) = run.builder.parts();
-        up.pages = pages.to_vec();
-        up.refs = refs.to_vec();
-        up.tail.clone_from(&run.buf);
         run.count_into(up);
-        self.save(up)?;
+        let start = run.builder.bytes();
+        let end = start + run.buf.len() as u64;
+        if start != up.tail.start {
+            let (pages, refs) = run.builder.parts();
+            up.pages = pages.to_vec();
+            up.refs = refs.to_vec();
+            self.save(up)?;
+            up.tail.start = start;
+        }
+        // Bytes the tail does not hold yet (a cut may have passed its end).
+        let from = up.tail.end.max(start);
+        if end > from {
+            let fresh = &run.buf[(from - start) as usize..];
+            self.store
+                .write_tail(&up.id.0, start, from, fresh, &Tail::meta(up))?;
+        }
+        up.tail.end = end;
         // Up to here the pin kept gc off this request's chunks; the record now does.
         run.pin = self.store.guard().pin();
         Ok(())
@@ -761,10 +836,10 @@ impl TusUploads {
         up.file_id = Some(manifest.file_id);
         up.pages.clear();
         up.refs.clear();
-        up.tail.clear();
+        up.tail = Tail::default();
         run.count_into(up);
         self.save(up)?;
-        self.store.delete_upload(UploadKind::TusTail, &up.id.0)?;
+        self.store.forget_tail(&up.id.0)?;
         self.forget_hash(up.id);
         Ok(())
     }
@@ -909,4 +984,70 @@ fn record_id(bytes: &[u8]) -> Option<SessionId> {
     let mut id = [0u8; 16];
     id.copy_from_slice(raw);
     Some(SessionId(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn a_tail_counts_only_from_the_records_cut_point() {
+        let run = |position, bytes: &[u8], meta: Vec<u8>| {
+            Some(TailRun {
+                position,
+                bytes: bytes.to_vec(),
+                meta,
+            })
+        };
+        let mut meta = vec![TAIL_VERSION];
+        meta.extend_from_slice(&7u64.to_le_bytes());
+        meta.extend_from_slice(&9u64.to_le_bytes());
+        let (t, touched, received) = Tail::from_run(8, run(6, b"xxABCD", meta.clone()));
+        assert_eq!((t.bytes.as_slice(), t.start, t.end), (&b"ABCD"[..], 8, 12));
+        assert_eq!((touched, received), (7, 9));
+        // Starting after the cut point (a crash between record and tail): left out.
+        let (t, ..) = Tail::from_run(8, run(9, b"BCD", meta.clone()));
+        assert_eq!((t.bytes.len(), t.end), (0, 8));
+        // Ending at or before it (cut away).
+        let (t, ..) = Tail::from_run(8, run(2, b"abcdef", meta));
+        assert_eq!((t.bytes.len(), t.end), (0, 8));
+        // Meta of another version: bytes kept, counts not.
+        let (t, touched, _) = Tail::from_run(0, run(0, b"ab", vec![2, 0]));
+        assert_eq!((t.end, touched), (2, 0));
+    }
+
+    #[test]
+    fn one_byte_appends_keep_few_small_pieces_and_lose_no_byte() {
+        let params = ChunkerParams::new(1024, 4096, 16384).unwrap();
+        let config = crate::StoreConfig::new(params, 1).unwrap();
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(config));
+        let sink = ChunkSink::start(store.clone()).unwrap();
+        let tus = TusUploads::new(store.clone(), Duration::from_secs(3600), 1 << 30);
+        let data: Vec<u8> = (0..60_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let up = tus.create(data.len() as u64, None).unwrap();
+        for at in 0..data.len() - 1 {
+            let mut body = &data[at..=at];
+            let done = tus
+                .append(up.id, at as u64, &mut body, None, &sink, None)
+                .unwrap();
+            assert_eq!(done.upload.offset(), at as u64 + 1);
+            // The store holds no more than the bytes after the last cut point.
+            let held = store.tail(&up.id.0).unwrap().unwrap().bytes.len();
+            assert!(
+                held <= params.max as usize,
+                "{held} bytes held at byte {at}"
+            );
+        }
+        let at = data.len() - 1;
+        let mut body = &data[at..];
+        let done = tus
+            .append(up.id, at as u64, &mut body, None, &sink, None)
+            .unwrap();
+        assert!(done.completed);
+        assert_eq!(done.upload.file_id, Some(Hash::of(&data)));
+        assert_eq!(store.tail(&up.id.0).unwrap(), None);
+    }
 }

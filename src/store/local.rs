@@ -28,9 +28,10 @@ use crate::store::journal::{self, Change, Journal, Kind};
 use crate::store::pack::{
     ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, PACK_TARGET_LEN, PackReader, PackWriter, pack_path,
 };
+use crate::store::tails::Tails;
 use crate::store::{
     ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
-    JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk, UploadKind,
+    JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk, TailRun, UploadKind,
 };
 
 /// The metadata journal, under the store directory.
@@ -51,6 +52,8 @@ pub struct LocalStore {
     pub(super) packs: PackReader,
     config: StoreConfig,
     journal: Journal,
+    /// tus tails: files under `tails/`.
+    tails: Tails,
     guard: Guard,
     /// Packs a writer may still append to, or whose entries are not indexed yet: compaction
     /// leaves them alone.
@@ -195,6 +198,7 @@ impl LocalStore {
             .map_err(Error::from)
             .and_then(|_| Ok(index.db.flush()?))
             .map_err(environmental(root, "index"))?;
+        let tails = Tails::open(root, &index.db).map_err(environmental(root, "tus tails"))?;
         let store = LocalStore {
             _lock: lock,
             root: root.to_owned(),
@@ -202,6 +206,7 @@ impl LocalStore {
             packs: PackReader::new(packs),
             config,
             journal,
+            tails,
             guard: Guard::default(),
             busy: Arc::default(),
             behind: AtomicBool::new(false),
@@ -1037,6 +1042,27 @@ impl ChunkStore for LocalStore {
         self.index.uploads(kind).remove(id)?;
         self.index.db.flush()?;
         Ok(())
+    }
+
+    fn tail(&self, id: &[u8; 16]) -> Result<Option<TailRun>> {
+        self.tails.read(id)
+    }
+
+    fn write_tail(
+        &self,
+        id: &[u8; 16],
+        keep_from: u64,
+        position: u64,
+        bytes: &[u8],
+        meta: &[u8],
+    ) -> Result<()> {
+        self.tails
+            .write(id, keep_from, position, bytes, meta)
+            .map_err(environmental(&self.root, "tus tail"))
+    }
+
+    fn forget_tail(&self, id: &[u8; 16]) -> Result<()> {
+        self.tails.forget(id)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::{
     BadChunk, ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
-    NameRecord, NameVersion, PendingCommit, StoredChunk, UploadKind,
+    NameRecord, NameVersion, PendingCommit, StoredChunk, TailRun, UploadKind,
 };
 
 #[derive(Default)]
@@ -21,6 +21,8 @@ struct Inner {
     files: BTreeMap<Hash, Manifest>,
     names: BTreeMap<String, NameRecord>,
     uploads: BTreeMap<(UploadKind, [u8; 16]), Vec<u8>>,
+    /// tus tails by upload id.
+    tails: BTreeMap<[u8; 16], TailRun>,
     /// Chunks a repair took out of service.
     quarantine: Vec<StoredChunk>,
 }
@@ -303,6 +305,37 @@ impl ChunkStore for MemoryStore {
 
     fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()> {
         self.lock().uploads.remove(&(kind, *id));
+        Ok(())
+    }
+
+    fn tail(&self, id: &[u8; 16]) -> Result<Option<TailRun>> {
+        Ok(self.lock().tails.get(id).cloned())
+    }
+
+    fn write_tail(
+        &self,
+        id: &[u8; 16],
+        keep_from: u64,
+        position: u64,
+        bytes: &[u8],
+        meta: &[u8],
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        let run = inner.tails.entry(*id).or_default();
+        if run.position + run.bytes.len() as u64 != position {
+            run.position = position;
+            run.bytes.clear();
+        }
+        run.bytes.extend_from_slice(bytes);
+        let dead = keep_from.clamp(run.position, position + bytes.len() as u64) - run.position;
+        run.bytes.drain(..dead as usize);
+        run.position += dead;
+        run.meta = meta.to_vec();
+        Ok(())
+    }
+
+    fn forget_tail(&self, id: &[u8; 16]) -> Result<()> {
+        self.lock().tails.remove(id);
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ pub mod journal;
 mod local;
 mod memory;
 pub mod pack;
+mod tails;
 
 use serde::{Deserialize, Serialize};
 
@@ -176,6 +177,17 @@ impl JournalCheck {
     }
 }
 
+/// A tus upload's tail as stored: stream bytes from `position` on, and the caller's meta.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TailRun {
+    /// Stream position of `bytes[0]`.
+    pub position: u64,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// What the last write passed as its meta.
+    pub meta: Vec<u8>,
+}
+
 /// The two kinds of upload the index keeps records of, each in its own table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum UploadKind {
@@ -183,8 +195,6 @@ pub enum UploadKind {
     Session,
     /// tus uploads by offset (`tus.rs`): sled tree `tus`.
     Tus,
-    /// The bytes after the last cut point of each tus upload: sled tree `tus_tail`.
-    TusTail,
 }
 
 /// The second half of a commit: make the chunks durable, then visible. It owns what it needs,
@@ -481,4 +491,32 @@ pub trait ChunkStore: Send + Sync {
     /// # Errors
     /// Index errors.
     fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()>;
+
+    /// The tail of tus upload `id`: the bytes after its last cut point, as the last
+    /// [`ChunkStore::write_tail`] left them (the run may begin before the bytes still needed).
+    ///
+    /// # Errors
+    /// Index or I/O errors.
+    fn tail(&self, id: &[u8; 16]) -> Result<Option<TailRun>>;
+
+    /// Writes `bytes` at stream `position` of upload `id`'s tail, with the caller's `meta`;
+    /// durable on return. If the tail ends at `position` the bytes continue it, else they start
+    /// a new run there. Bytes before `keep_from` are no longer needed and may be dropped.
+    ///
+    /// # Errors
+    /// Index or I/O errors (a full disk as [`Error::Environment`](crate::Error)).
+    fn write_tail(
+        &self,
+        id: &[u8; 16],
+        keep_from: u64,
+        position: u64,
+        bytes: &[u8],
+        meta: &[u8],
+    ) -> Result<()>;
+
+    /// Forgets upload `id`'s tail.
+    ///
+    /// # Errors
+    /// Index or I/O errors.
+    fn forget_tail(&self, id: &[u8; 16]) -> Result<()>;
 }

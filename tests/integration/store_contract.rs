@@ -114,6 +114,61 @@ fn contract(s: &dyn ChunkStore) {
         Err(Error::NotFound(_))
     ));
     assert!(matches!(names::resolve(s, "nope"), Err(Error::NotFound(_))));
+    tails(s);
+}
+
+/// tus tails: continued, restarted past a gap, trimmed to what is still needed, forgotten.
+fn tails(s: &dyn ChunkStore) {
+    let id = [7u8; 16];
+    let other = [8u8; 16];
+    assert_eq!(s.tail(&id).unwrap(), None);
+    let held = |s: &dyn ChunkStore| {
+        let t = s.tail(&id).unwrap().unwrap();
+        (t.position, t.bytes, t.meta)
+    };
+    s.write_tail(&id, 100, 100, b"abc", b"m1").unwrap();
+    s.write_tail(&other, 0, 0, b"other", b"").unwrap();
+    s.write_tail(&id, 100, 103, b"def", b"m2").unwrap();
+    let (pos, bytes, meta) = held(s);
+    assert_eq!(
+        (pos, bytes.as_slice(), meta.as_slice()),
+        (100, &b"abcdef"[..], &b"m2"[..])
+    );
+    // Bytes before `keep_from` may go; those after it stay, whatever was dropped.
+    s.write_tail(&id, 104, 106, b"g", b"m3").unwrap();
+    let (pos, bytes, _) = held(s);
+    assert!(pos <= 104 && bytes.ends_with(b"efg"), "{pos} {bytes:?}");
+    assert_eq!(pos + bytes.len() as u64, 107);
+    // A write that does not continue the tail starts a new one.
+    s.write_tail(&id, 200, 200, b"xyz", b"m4").unwrap();
+    assert_eq!(held(s), (200, b"xyz".to_vec(), b"m4".to_vec()));
+    // Many more bytes than a rewrite threshold, a few at a time, cut as they go: what is
+    // read back is always exactly the needed bytes' continuation.
+    let mut expect: Vec<u8> = b"xyz".to_vec();
+    let mut start = 200u64;
+    for i in 0..3000u64 {
+        let piece = vec![(i % 251) as u8; 997];
+        let at = start + expect.len() as u64;
+        expect.extend_from_slice(&piece);
+        if i % 7 == 0 {
+            // A cut point: all but the last 1 500 bytes are no longer needed.
+            let cut = expect.len().saturating_sub(1500);
+            expect.drain(..cut);
+            start += cut as u64;
+        }
+        s.write_tail(&id, start, at, &piece, b"m").unwrap();
+        let (pos, bytes, _) = held(s);
+        assert!(pos <= start, "tail begins at {pos}, after {start}");
+        assert_eq!(
+            &bytes[(start - pos) as usize..],
+            expect.as_slice(),
+            "write {i}"
+        );
+    }
+    s.forget_tail(&id).unwrap();
+    assert_eq!(s.tail(&id).unwrap(), None);
+    assert_eq!(s.tail(&other).unwrap().unwrap().bytes, b"other");
+    s.forget_tail(&other).unwrap();
 }
 
 #[test]
@@ -134,6 +189,13 @@ fn local_store_meets_the_contract() {
     assert_eq!(store.config(), StoreConfig::default());
     assert_eq!(store.chunk_totals().unwrap().chunks, 2);
     assert!(names::resolve(&store, "file").is_ok());
+    // The tails' files went with their uploads; a file no record names goes at open.
+    let tails = dir.path().join("s/tails");
+    assert_eq!(std::fs::read_dir(&tails).unwrap().count(), 0);
+    std::fs::write(tails.join(format!("{}.3", "07".repeat(16))), b"stray").unwrap();
+    drop(store);
+    let _store = LocalStore::open(&dir.path().join("s"), None).unwrap();
+    assert_eq!(std::fs::read_dir(&tails).unwrap().count(), 0);
 }
 
 #[test]

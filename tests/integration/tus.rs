@@ -567,3 +567,72 @@ fn cors_lets_listed_origins_in_on_every_answer_and_no_one_else() {
     let (st, _, _) = api.call(api.req(M::GET, "/v1/files"));
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
+
+/// Bytes of the files under `dir`, recursively.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn many_tiny_patches_write_little_and_resume_exactly_after_kill_9() {
+    // Before tails were kept in pieces, each of these one-byte PATCHes rewrote the whole tail
+    // (the ~220 KB after the last cut point) and the record: 1 500 of them grew `index/` by
+    // about 330 MB. Now each appends its byte to the tail's file and writes a small record.
+    let s = Scratch::new();
+    let data = data::mixed(600_000, 21);
+    // A chunk is cut once `max` bytes follow its start: start the one-byte PATCHes 700 bytes
+    // before that happens to the second chunk, so cuts fall among them.
+    let params = StoreConfig::default().chunker;
+    let second = Cutter::new(params).next_len(&data);
+    let (first, tiny) = (second + params.max as usize - 700, 1_500);
+    let server = ChildServer::start(&s.store());
+    let api = Api::from_url(&server.url);
+    let loc = create(&api, data.len(), "tiny.bin");
+    let (st, _, v) = patch(&api, &loc, 0, &data[..first]);
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    // What the upload's state takes: the index and the tails (the packs grow by the chunks).
+    let state = || {
+        let tails = s.store().join("tails");
+        dir_bytes(&s.store().join("index")) + if tails.exists() { dir_bytes(&tails) } else { 0 }
+    };
+    let before = state();
+    for at in first..first + tiny {
+        let (st, h, v) = patch(&api, &loc, at, &data[at..=at]);
+        assert_eq!(st, StatusCode::NO_CONTENT, "byte {at}: {v}");
+        assert_eq!(h["upload-offset"], (at + 1).to_string().as_str());
+    }
+    let grown = state() - before;
+    eprintln!("index/ and tails/ grew by {grown} bytes for {tiny} one-byte PATCHes");
+    assert!(grown < 4 << 20, "index/ and tails/ grew by {grown} bytes");
+
+    // Every one of those bytes is durable: kill -9, restart, the same offset.
+    server.kill();
+    let server = ChildServer::start(&s.store());
+    let api = Api::from_url(&server.url);
+    let at = first + tiny;
+    assert_eq!(offset(&api, &loc), at as u64);
+    // One byte at a time a while longer after the restart, then the rest.
+    for at in at..at + 700 {
+        let (st, _, v) = patch(&api, &loc, at, &data[at..=at]);
+        assert_eq!(st, StatusCode::NO_CONTENT, "byte {at}: {v}");
+    }
+    let at = at + 700;
+    let (st, h, v) = patch(&api, &loc, at, &data[at..]);
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(h["hoard-file-id"], b3(&data).as_str());
+    assert_eq!(download(&api, "tiny.bin"), data);
+    let (st, v) = api.json(M::POST, "/v1/fsck");
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["clean"], true, "{v}");
+}
