@@ -2,7 +2,7 @@
 //! command. Errors get their context (which file, which store) here, with anyhow.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 use hoard::config::{DEFAULT_AVG, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
 use hoard::store::{ChunkStore, LocalStore};
-use hoard::{ChunkerParams, StoreConfig, catalog, ingest, names, restore};
+use hoard::{ChunkerParams, Error, StoreConfig, catalog, ingest, names, restore};
 use serde_json::json;
 
 use crate::{output, remote};
@@ -214,9 +214,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(a) => init(&root, &a),
         Command::Import(a) => import(&open(&root, true)?, &a),
-        Command::Export(a) => export(&open(&root, false)?, &a),
-        Command::Ls(a) => ls(&open(&root, false)?, a.json),
-        Command::Stats(a) => stats(&open(&root, false)?, a.json),
+        Command::Export(a) => export(&open_to_read(&root)?, &a),
+        Command::Ls(a) => ls(&open_to_read(&root)?, a.json),
+        Command::Stats(a) => stats(&open_to_read(&root)?, a.json),
         Command::Rm(a) => rm(&open(&root, false)?, &a),
         Command::Gc(a) => gc(&open(&root, false)?, &a),
         Command::Fsck(a) => fsck(&root, &a),
@@ -244,6 +244,34 @@ fn open(root: &Path, create: bool) -> Result<LocalStore> {
         LocalStore::open_existing(root)
     };
     opened.with_context(|| format!("cannot open store {}", root.display()))
+}
+
+/// Opens the store for a command that only reads it: as [`open`], and if the store cannot be
+/// written here (a read-only file system, files the user may not write), read-only instead.
+fn open_to_read(root: &Path) -> Result<LocalStore> {
+    let why = match LocalStore::open_existing(root) {
+        Ok(store) => return Ok(store),
+        Err(e) => match e.io_kind() {
+            Some(k @ (ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied))
+                if matches!(e, Error::Environment { .. }) =>
+            {
+                k
+            }
+            _ => return Err(e).with_context(|| format!("cannot open store {}", root.display())),
+        },
+    };
+    let store = LocalStore::open_read_only(root, why)
+        .with_context(|| format!("cannot open store {} read-only", root.display()))?;
+    eprintln!(
+        "hoard: store {} cannot be written here ({}): opened read-only",
+        root.display(),
+        if why == ErrorKind::ReadOnlyFilesystem {
+            "read-only file system"
+        } else {
+            "permission denied"
+        }
+    );
+    Ok(store)
 }
 
 /// Writes `text` to stdout; a closed pipe comes back as an error (quiet in `main`), not a panic.

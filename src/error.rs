@@ -332,7 +332,7 @@ impl Error {
 
     /// The kind of the first I/O error in the chain, also where sled and redb keep one
     /// without exposing it as a source.
-    fn io_kind(&self) -> Option<std::io::ErrorKind> {
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = cur {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {

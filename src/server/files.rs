@@ -26,6 +26,9 @@ use crate::restore;
 use crate::wire::{BINARY, FlatManifest};
 use crate::{catalog, ingest};
 
+/// Body bytes read and dropped after an upload failed, before answering.
+const DRAIN_AFTER_ERROR: u64 = 64 << 20;
+
 /// `PUT /v1/files/{name}`: the body is the file; it is chunked as it streams and only new
 /// chunks are stored. Memory stays at a few blocks whatever the size.
 pub async fn upload(
@@ -45,7 +48,7 @@ pub async fn upload(
             piece
         })
         .map_err(std::io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let state = st.clone();
     // Everything up to the hooks runs on the blocking pool: it finishes (and reports) even if
     // the client goes away and the request is dropped.
@@ -58,10 +61,19 @@ pub async fn upload(
         };
         state.0.hooks.emit(event("upload.start", "uploading"));
         let store = state.store();
-        let stored = ingest::ingest(&*store, reader, &|_| {}).and_then(|(manifest, report)| {
-            let rec = names::record(&*store, &name, &manifest)?;
-            Ok((report, rec.versions.len()))
-        });
+        let stored =
+            ingest::ingest(&*store, &mut reader, &|_| {}).and_then(|(manifest, report)| {
+                let rec = names::record(&*store, &name, &manifest)?;
+                Ok((report, rec.versions.len()))
+            });
+        if stored.is_err() {
+            // The store failed (a full disk) while the client still sends: read on a while,
+            // so that it sees the answer rather than a connection closed under its upload.
+            let _ = std::io::copy(
+                &mut std::io::Read::take(&mut reader, DRAIN_AFTER_ERROR),
+                &mut std::io::sink(),
+            );
+        }
         match &stored {
             Ok((report, _)) => {
                 state.0.hooks.emit(Event {

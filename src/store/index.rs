@@ -113,6 +113,36 @@ impl Index {
         })
     }
 
+    /// Opens the index of a store that cannot be written here (`why`: a read-only file system,
+    /// missing permissions): the chunk table read-only, and the other tables in memory,
+    /// filled by `fill` (from the journal). Every write to the chunk table fails with `why`.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if a writer has the chunk table open; redb or sled errors otherwise.
+    pub fn open_read_only(
+        chunks_path: &Path,
+        store_root: &Path,
+        why: std::io::ErrorKind,
+        fill: impl FnOnce(&sled::Db) -> Result<()>,
+    ) -> Result<Self> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
+        fill(&db)?;
+        let chunks = ChunkTable::open_read_only(chunks_path, store_root, why)?;
+        Ok(Index {
+            chunks: Arc::new(chunks),
+            files: db.open_tree("files")?,
+            pages: db.open_tree("pages")?,
+            names: db.open_tree("names")?,
+            sessions: db.open_tree("sessions")?,
+            tus: db.open_tree("tus")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
     /// Opens the chunk table alone and closes it again: does it open?
     ///
     /// # Errors
@@ -310,7 +340,15 @@ impl Index {
 struct ChunkTable {
     path: std::path::PathBuf,
     store_root: std::path::PathBuf,
-    db: std::sync::Mutex<Option<Arc<redb::Database>>>,
+    db: std::sync::Mutex<Option<Arc<ChunkDb>>>,
+    /// Why the table was opened read-only, if it was.
+    read_only: Option<std::io::ErrorKind>,
+}
+
+/// The chunk table's database, as it was opened.
+enum ChunkDb {
+    Write(redb::Database),
+    Read(redb::ReadOnlyDatabase),
 }
 
 impl ChunkTable {
@@ -319,8 +357,32 @@ impl ChunkTable {
         Ok(ChunkTable {
             path: path.to_owned(),
             store_root: store_root.to_owned(),
-            db: std::sync::Mutex::new(Some(Arc::new(db))),
+            db: std::sync::Mutex::new(Some(Arc::new(ChunkDb::Write(db)))),
+            read_only: None,
         })
+    }
+
+    fn open_read_only(path: &Path, store_root: &Path, why: std::io::ErrorKind) -> Result<Self> {
+        let db = Self::open_read_only_db(path, store_root)?;
+        Ok(ChunkTable {
+            path: path.to_owned(),
+            store_root: store_root.to_owned(),
+            db: std::sync::Mutex::new(Some(Arc::new(ChunkDb::Read(db)))),
+            read_only: Some(why),
+        })
+    }
+
+    fn open_read_only_db(path: &Path, store_root: &Path) -> Result<redb::ReadOnlyDatabase> {
+        match redb::Database::builder()
+            .set_cache_size(CHUNK_CACHE_BYTES)
+            .open_read_only(path)
+        {
+            Ok(db) => Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(Error::Locked(store_root.to_owned()))
+            }
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// As with sled's lock (see `open_sled`): retries for up to 2 s a lock that a forked
@@ -346,18 +408,21 @@ impl ChunkTable {
     }
 
     /// The open database, opened anew if an I/O error closed it.
-    fn get(&self) -> Result<Arc<redb::Database>> {
+    fn get(&self) -> Result<Arc<ChunkDb>> {
         let mut slot = crate::lock(&self.db);
         if let Some(db) = &*slot {
             return Ok(db.clone());
         }
-        let db = Arc::new(Self::open_db(&self.path, &self.store_root)?);
+        let db = Arc::new(match self.read_only {
+            Some(_) => ChunkDb::Read(Self::open_read_only_db(&self.path, &self.store_root)?),
+            None => ChunkDb::Write(Self::open_db(&self.path, &self.store_root)?),
+        });
         *slot = Some(db.clone());
         Ok(db)
     }
 
     /// Runs `f` on `db`'s result; an I/O error closes `db` so that the next call reopens it.
-    fn after<T>(&self, db: Arc<redb::Database>, r: Result<T>) -> Result<T> {
+    fn after<T>(&self, db: Arc<ChunkDb>, r: Result<T>) -> Result<T> {
         if let Err(Error::ChunkIndex(redb::Error::Io(_) | redb::Error::PreviousIo)) = &r {
             let mut slot = crate::lock(&self.db);
             if slot.as_ref().is_some_and(|d| Arc::ptr_eq(d, &db)) {
@@ -369,14 +434,26 @@ impl ChunkTable {
 
     fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
         let db = self.get()?;
-        let r = db.begin_read().map_err(Error::from).and_then(|tx| f(&tx));
+        let tx = match &*db {
+            ChunkDb::Write(d) => d.begin_read(),
+            ChunkDb::Read(d) => d.begin_read(),
+        };
+        let r = tx.map_err(Error::from).and_then(|tx| f(&tx));
         self.after(db, r)
     }
 
     /// Runs `f` in a write transaction and commits it (durable on return).
     fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
         let db = self.get()?;
-        let r = db.begin_write().map_err(Error::from).and_then(|tx| {
+        let ChunkDb::Write(d) = &*db else {
+            let why = self
+                .read_only
+                .unwrap_or(std::io::ErrorKind::ReadOnlyFilesystem);
+            return Err(Error::io("cannot write chunk table", &self.path)(
+                why.into(),
+            ));
+        };
+        let r = d.begin_write().map_err(Error::from).and_then(|tx| {
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)

@@ -114,6 +114,8 @@ pub fn has_records(path: &Path) -> bool {
 pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
+    /// Why the journal was opened read-only, if it was: every write fails with it.
+    read_only: Option<std::io::ErrorKind>,
 }
 
 /// The journal held for appending: hold it across the index change it records, so a
@@ -121,6 +123,7 @@ pub struct Journal {
 pub struct Appender<'a> {
     path: &'a Path,
     file: MutexGuard<'a, File>,
+    read_only: Option<std::io::ErrorKind>,
 }
 
 impl Appender<'_> {
@@ -129,6 +132,9 @@ impl Appender<'_> {
     /// # Errors
     /// I/O errors (a full disk among them).
     pub fn append(&mut self, kind: Kind, payload: &[u8]) -> Result<()> {
+        if let Some(why) = self.read_only {
+            return Err(Error::io("cannot write journal", self.path)(why.into()));
+        }
         let before = self
             .file
             .metadata()
@@ -193,9 +199,24 @@ impl Journal {
             Journal {
                 path: path.to_owned(),
                 file: Mutex::new(file),
+                read_only: None,
             },
             created,
         ))
+    }
+
+    /// Opens the journal at `path` for reading only (`why` the store cannot be written):
+    /// appends and rewrites fail with `why`.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn open_read_only(path: &Path, why: std::io::ErrorKind) -> Result<Self> {
+        let file = File::open(path).map_err(Error::io("cannot open journal", path))?;
+        Ok(Journal {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+            read_only: Some(why),
+        })
     }
 
     /// Takes the journal for appending.
@@ -203,6 +224,7 @@ impl Journal {
         Appender {
             path: &self.path,
             file: self.file.lock().unwrap_or_else(PoisonError::into_inner),
+            read_only: self.read_only,
         }
     }
 
@@ -227,6 +249,9 @@ impl Journal {
         held: &mut Appender<'_>,
         records: impl IntoIterator<Item = Result<(Kind, Vec<u8>)>>,
     ) -> Result<()> {
+        if let Some(why) = self.read_only {
+            return Err(Error::io("cannot write journal", &self.path)(why.into()));
+        }
         let tmp = self.path.with_extension("new");
         let io = |what| Error::io(what, &tmp);
         let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(io("cannot create"))?);

@@ -214,6 +214,55 @@ impl LocalStore {
         Ok((store, created))
     }
 
+    /// Opens the store at `root` for reading only, when it cannot be written here (`why`: a
+    /// read-only file system, missing permissions): without its write lock (a shared lock if
+    /// the lock file can be read, so a writer in another process is noticed), with the chunk
+    /// table opened read-only and manifests, pages and names read from the journal into memory
+    /// (sled cannot open read-only). `ls`, `export` and `stats` work; every write fails with
+    /// `why`, reported as [`Error::Environment`].
+    ///
+    /// # Errors
+    /// [`Error::NoStore`]; [`Error::Locked`] if a writer has it open; I/O errors.
+    pub fn open_read_only(root: &Path, why: std::io::ErrorKind) -> Result<Self> {
+        let journal_path = root.join(JOURNAL_FILE);
+        if !journal_path.exists() {
+            return Err(Error::NoStore(root.to_owned()));
+        }
+        let lock = std::fs::File::open(root.join("lock"))
+            .map_err(Error::io("cannot open lock file", root.join("lock")))?;
+        match lock.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(root.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io("cannot lock", root.join("lock"))(e));
+            }
+        }
+        let chunks = root.join("chunks.redb");
+        let index = Index::open_read_only(&chunks, root, why, |db| {
+            apply_journal(db, &journal_path).map(|_| ())
+        })?;
+        let config = index.config()?.ok_or_else(|| Error::IndexDamaged {
+            root: root.to_owned(),
+            what: "journal",
+            detail: "it records no store config".into(),
+        })?;
+        let journal = Journal::open_read_only(&journal_path, why)?;
+        let tails = Tails::open_read_only(root, &index.db)?;
+        Ok(LocalStore {
+            _lock: lock,
+            root: root.to_owned(),
+            index,
+            packs: PackReader::new(root.join("packs")),
+            config,
+            journal,
+            tails,
+            guard: Guard::default(),
+            busy: Arc::default(),
+            // Nothing to mark on close: the index is in memory.
+            behind: AtomicBool::new(true),
+        })
+    }
+
     /// Opens the store at `root`, which must exist already.
     ///
     /// # Errors

@@ -113,6 +113,16 @@ impl Tails {
         Ok(tails)
     }
 
+    /// The tails of a store opened read-only (none: its index is read from the journal).
+    pub(super) fn open_read_only(root: &Path, db: &sled::Db) -> Result<Self> {
+        Ok(Tails {
+            dir: root.join("tails"),
+            records: db.open_tree("tus_tails")?,
+            legacy: db.open_tree("tus_tail")?,
+            db: db.clone(),
+        })
+    }
+
     fn path(&self, id: &[u8; 16], generation: u32) -> PathBuf {
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
         self.dir.join(format!("{hex}.{generation}"))

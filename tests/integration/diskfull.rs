@@ -271,18 +271,30 @@ fn gc_on_a_full_disk_gets_507_and_leaves_no_empty_packs() {
     assert_fsck_clean(&store);
 }
 
-/// A store on a file system remounted read-only: every command says so (not "damaged"),
-/// repair moves nothing, and once it is writable again everything is there.
+/// A store on a file system remounted read-only: commands that read it work (without its
+/// write lock, the index read from the journal), every command that would write says so (not
+/// "damaged"), repair moves nothing, and once it is writable again everything is there.
 #[test]
-fn a_read_only_file_system_is_reported_as_such() {
+fn a_read_only_store_can_be_read_and_is_reported_as_such() {
     let Some(fs) = Tmpfs::mount(32) else { return };
     let store = fs.path("store");
     let s = Scratch::new();
     let f = data::random(1 << 20, 74);
+    let g = data::mixed(3 << 20, 75);
     ok(hoard(&store)
         .arg("import")
         .arg(s.file("f", &f))
         .args(["--name", "f"]));
+    ok(hoard(&store)
+        .arg("import")
+        .arg(s.file("g", &g))
+        .args(["--name", "g"]));
+    ok(hoard(&store).args(["rm", "g"]));
+    ok(hoard(&store)
+        .arg("import")
+        .arg(s.path("g"))
+        .args(["--name", "g2"]));
+    let listed = ok(hoard(&store).args(["ls", "--json"]));
     let remount = |how: &str| {
         let st = Command::new("mount")
             .args(["-o", &format!("remount,{how}")])
@@ -292,7 +304,30 @@ fn a_read_only_file_system_is_reported_as_such() {
         assert!(st.success(), "remount {how}");
     };
     remount("ro");
-    for args in [&["ls"][..], &["fsck"], &["fsck", "--repair"], &["gc"]] {
+    // Reading works, and says how the store was opened.
+    let out = hoard(&store).args(["ls", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), listed);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opened read-only"));
+    ok(hoard(&store).arg("stats"));
+    for (spec, want) in [("f", &f), ("g2", &g)] {
+        let out = s.path(&format!("{spec}.out"));
+        ok(hoard(&store).args(["export", spec]).arg(&out));
+        assert!(std::fs::read(&out).unwrap() == *want, "{spec}");
+    }
+    // Writing does not, and says why.
+    let imported = s.path("g");
+    for args in [
+        &["fsck"][..],
+        &["fsck", "--repair"],
+        &["gc"],
+        &["rm", "f"],
+        &["import", imported.to_str().unwrap()],
+    ] {
         let err = fails(hoard(&store).args(args), 1);
         assert!(err.contains("read-only"), "{args:?}: {err}");
         assert!(
@@ -305,4 +340,76 @@ fn a_read_only_file_system_is_reported_as_such() {
     let out = fs.path("out");
     ok(hoard(&store).args(["export", "f"]).arg(&out));
     assert!(std::fs::read(&out).unwrap() == f);
+    assert_eq!(ok(hoard(&store).args(["ls", "--json"])), listed);
+}
+
+/// A store whose files the user may read but not write (another user's): `ls` and `export`
+/// work read-only; writing commands say "permission denied". Runs as `nobody` via setpriv
+/// (root itself bypasses permissions).
+#[test]
+fn a_store_the_user_may_not_write_can_be_read() {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !setpriv.exists() || !rustix_is_root() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let s = Scratch::new();
+    let store = s.path("store");
+    let f = data::mixed(2 << 20, 76);
+    ok(hoard(&store)
+        .arg("import")
+        .arg(s.file("f", &f))
+        .args(["--name", "f"]));
+    // Readable by everyone, writable by its owner (root) alone.
+    let st = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(s.path(""))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        out_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new(setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_hoard"))
+            .arg("--store")
+            .arg(&store)
+            .args(args);
+        c
+    };
+    let out = as_nobody(&["ls"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains('f'));
+    assert!(
+        err.contains("permission denied") && err.contains("opened read-only"),
+        "{err}"
+    );
+    let exported = out_dir.path().join("f.out");
+    let out = as_nobody(&["export", "f", exported.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&exported).unwrap() == f);
+    for args in [&["gc"][..], &["rm", "f"], &["fsck", "--repair"]] {
+        let out = as_nobody(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("permission denied"), "{args:?}: {err}");
+        assert!(!err.contains("damaged"), "{args:?}: {err}");
+    }
+    assert_fsck_clean(&store);
+}
+
+fn rustix_is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
