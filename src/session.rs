@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -249,6 +249,27 @@ pub struct Sessions {
     verifiers: Mutex<HashMap<SessionId, Verifier>>,
     /// Background hashes running, opened sessions and openings alike.
     running: AtomicUsize,
+    /// What each open session lacked when last looked at (see [`Sessions::lacking`]).
+    lacking: Mutex<HashMap<SessionId, Lacking>>,
+}
+
+/// Refs of missing chunks all sessions together may keep in memory (36 bytes each: 36 MiB);
+/// a session that lacks more keeps only its counts.
+const MAX_LACKING_REFS: usize = 1 << 20;
+
+/// An answer that took at least this long is reused for ten times as long; a cheaper one is
+/// computed anew every time (so a small session's progress is always current).
+const REUSE_FROM: Duration = Duration::from_millis(20);
+
+/// What one session lacked when last looked at, and what looking cost.
+struct Lacking {
+    /// The refs still missing, if few enough to keep: only these are looked up again (no
+    /// manifest page is read). `None`: the whole manifest is read again.
+    refs: Option<Vec<ChunkRef>>,
+    chunks: u64,
+    bytes: u64,
+    at: Instant,
+    cost: Duration,
 }
 
 fn now() -> u64 {
@@ -266,6 +287,7 @@ impl Sessions {
             arrivals: Arc::default(),
             verifiers: Mutex::default(),
             running: AtomicUsize::new(0),
+            lacking: Mutex::default(),
         }
     }
 
@@ -510,7 +532,7 @@ impl Sessions {
     }
 
     /// The distinct chunks of `s` the store lacks, with their bytes.
-    fn still_missing(&self, s: &Session) -> Result<(Vec<Hash>, u64)> {
+    fn still_missing(&self, s: &Session) -> Result<(Vec<ChunkRef>, u64)> {
         if self.store.get_manifest(&s.manifest.file_id)?.is_some() {
             return Ok((Vec::new(), 0));
         }
@@ -522,11 +544,61 @@ impl Sessions {
         missing_among(&*self.store, &refs, None)
     }
 
+    /// How many distinct chunks open session `s` still lacks, and their bytes, for a progress
+    /// query. Cheap whatever the manifest's size: the refs still missing are kept (up to
+    /// [`MAX_LACKING_REFS`] for all sessions) and only they are looked up again, and an answer
+    /// that took at least [`REUSE_FROM`] is reused while younger than ten times that, so
+    /// polling a huge upload spends at most about a tenth of a core on it.
+    fn lacking(&self, s: &Session) -> Result<(u64, u64)> {
+        let last = {
+            let mut lacking = crate::lock(&self.lacking);
+            if let Some(l) = lacking.get(&s.id)
+                && l.cost >= REUSE_FROM
+                && l.at.elapsed() < l.cost * 10
+            {
+                return Ok((l.chunks, l.bytes));
+            }
+            lacking.remove(&s.id)
+        };
+        let started = Instant::now();
+        let (refs, bytes) = match last.and_then(|l| l.refs) {
+            Some(refs) if self.store.get_manifest(&s.manifest.file_id)?.is_none() => {
+                missing_among(&*self.store, &refs, None)?
+            }
+            Some(_) => (Vec::new(), 0),
+            None => self.still_missing(s)?,
+        };
+        let chunks = refs.len() as u64;
+        self.remember_lacking(s.id, refs, bytes, started.elapsed());
+        Ok((chunks, bytes))
+    }
+
+    /// Keeps what session `id` lacks for [`Sessions::lacking`]: the refs if they fit.
+    fn remember_lacking(&self, id: SessionId, refs: Vec<ChunkRef>, bytes: u64, cost: Duration) {
+        let mut lacking = crate::lock(&self.lacking);
+        let kept: usize = lacking
+            .values()
+            .filter_map(|l| l.refs.as_ref().map(Vec::len))
+            .sum();
+        let chunks = refs.len() as u64;
+        lacking.insert(
+            id,
+            Lacking {
+                refs: (kept + refs.len() <= MAX_LACKING_REFS).then_some(refs),
+                chunks,
+                bytes,
+                at: Instant::now(),
+                cost,
+            },
+        );
+    }
+
     /// Expires `s` if it sat idle past the TTL; returns true if and only if it did.
     fn expire_if_idle(&self, s: &mut Session) -> Result<bool> {
         if s.state.is_open() && self.last_use(s) + self.ttl.as_secs() < now() {
             self.take_verifier(s.id, true);
             s.state = SessionState::Expired;
+            crate::lock(&self.lacking).remove(&s.id);
             self.save(s)?;
             return Ok(true);
         }
@@ -554,14 +626,14 @@ impl Sessions {
             };
             return Ok(self.report(&s, n, bytes));
         }
-        let (missing, bytes) = self.still_missing(&s)?;
-        if s.state == SessionState::Waiting && (missing.len() as u64) < s.missing_at_open {
+        let (missing, bytes) = self.lacking(&s)?;
+        if s.state == SessionState::Waiting && missing < s.missing_at_open {
             s.state = SessionState::Uploading;
         }
         // Looking does not count as use: only opening, uploading and completing keep a session.
         s.touched = self.last_use(&s);
         self.save(&s)?;
-        Ok(self.report(&s, missing.len() as u64, bytes))
+        Ok(self.report(&s, missing, bytes))
     }
 
     /// Completes session `id`: checks every chunk and the whole file, records the manifest,
@@ -591,6 +663,7 @@ impl Sessions {
         if !missing.is_empty() {
             s.touched = now();
             self.save(&s)?;
+            let missing = missing.iter().map(|r| r.id).collect();
             return Err(Error::Incomplete { missing });
         }
         // A file already stored was checked when it was; otherwise hash it out of the store
@@ -621,6 +694,7 @@ impl Sessions {
             names::record(&*self.store, n, &s.manifest)?;
         }
         s.state = SessionState::Complete;
+        crate::lock(&self.lacking).remove(&s.id);
         s.touched = now();
         self.save(&s)?;
         Ok((self.report(&s, 0, 0), true))
@@ -649,6 +723,7 @@ impl Sessions {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        crate::lock(&self.lacking).remove(&id);
     }
 
     /// Expires idle sessions and forgets ended ones older than one more TTL. Returns the
@@ -693,11 +768,12 @@ pub fn open_manifests(store: &dyn ChunkStore) -> Result<Vec<Manifest>> {
 
 /// The distinct chunks of `refs` the store lacks, in first-appearance order, with their bytes.
 /// With `pin`, the ids are pinned as they are looked up.
+/// The distinct refs among `refs` whose chunks the store lacks, and their bytes.
 fn missing_among(
     store: &dyn ChunkStore,
     refs: &[ChunkRef],
     pin: Option<&Pin>,
-) -> Result<(Vec<Hash>, u64)> {
+) -> Result<(Vec<ChunkRef>, u64)> {
     let mut seen = HashSet::new();
     let unique: Vec<&ChunkRef> = refs.iter().filter(|r| seen.insert(r.id)).collect();
     let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
@@ -709,7 +785,7 @@ fn missing_among(
     let mut bytes = 0;
     for (r, m) in unique.into_iter().zip(flags) {
         if m {
-            missing.push(r.id);
+            missing.push(*r);
             bytes += u64::from(r.len);
         }
     }
@@ -826,7 +902,10 @@ impl Opening<'_> {
             }
         }
         let p = sessions.report(&s, missing.len() as u64, missing_bytes);
-        Ok((p, missing))
+        let ids = missing.iter().map(|r| r.id).collect();
+        // The first progress query looks up only these (a new session lacks at most them).
+        sessions.remember_lacking(s.id, missing, missing_bytes, Duration::ZERO);
+        Ok((p, ids))
     }
 }
 

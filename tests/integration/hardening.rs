@@ -917,3 +917,79 @@ fn a_request_past_its_deadline_gets_408_with_the_json_body() {
         "{text}"
     );
 }
+
+/// A session's progress query looks up only what was still missing (the refs are kept in
+/// memory): it stays true whatever way the chunks arrive (tagged, untagged, a whole-file
+/// `PUT` of the same bytes) and after a restart, when it reads the manifest once again.
+#[test]
+fn session_progress_follows_chunks_arriving_by_any_path_and_survives_a_restart() {
+    let s = Scratch::new();
+    let params = hoard::ChunkerParams::new(4096, 16384, 65536).unwrap();
+    super::support::ok(
+        super::support::hoard(&s.store())
+            .args(["init", "--min", "4K", "--avg", "16K", "--max", "64K"]),
+    );
+    let server = super::net::ChildServer::start(&s.store());
+    let api = Api::from_url(&server.url);
+    let file = data::mixed(1_500_000, 123);
+    let m = manifest_json(&file, params, "p.bin");
+    let (st, _, open) = api.call_json(api.req(Method::POST, "/v1/uploads").json(&m));
+    assert_eq!(st.as_u16(), 201, "{open}");
+    let sid = open["id"].as_str().unwrap().to_owned();
+    let missing: Vec<String> = open["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let total = missing.len();
+    assert!(total > 20, "{total}");
+    let progress = |api: &Api| {
+        let (st, _, p) = api.call_json(api.req(Method::GET, &format!("/v1/uploads/{sid}")));
+        assert_eq!(st.as_u16(), 200, "{p}");
+        p["missing_chunks"].as_u64().unwrap() as usize
+    };
+    assert_eq!(progress(&api), total);
+    // The chunk bytes by id, from the manifest.
+    let mut bytes_of = std::collections::HashMap::new();
+    let mut at = 0;
+    for c in m["chunks"].as_array().unwrap() {
+        let len = c["len"].as_u64().unwrap() as usize;
+        bytes_of.insert(
+            c["id"].as_str().unwrap().to_owned(),
+            file[at..at + len].to_vec(),
+        );
+        at += len;
+    }
+    let put = |api: &Api, id: &str, tag: &str| {
+        let (st, _, b) = api.call_json(
+            api.req(Method::PUT, &format!("/v1/chunks/{id}{tag}"))
+                .body(bytes_of[id].clone()),
+        );
+        assert!(st.is_success(), "{b}");
+    };
+    // Five tagged with the session, five not: both count.
+    for id in &missing[..5] {
+        put(&api, id, &format!("?session={sid}"));
+    }
+    assert_eq!(progress(&api), total - 5);
+    for id in &missing[5..10] {
+        put(&api, id, "");
+    }
+    assert_eq!(progress(&api), total - 10);
+    // After a restart the manifest is read again: the same answer.
+    server.kill();
+    let server = super::net::ChildServer::start(&s.store());
+    let api = Api::from_url(&server.url);
+    assert_eq!(progress(&api), total - 10);
+    // The same bytes as a whole file by another path: nothing is missing any more.
+    let (st, _, _) = api.call(
+        api.req(Method::PUT, "/v1/files/other.bin")
+            .body(file.clone()),
+    );
+    assert!(st.is_success());
+    assert_eq!(progress(&api), 0);
+    let (st, _, done) =
+        api.call_json(api.req(Method::POST, &format!("/v1/uploads/{sid}/complete")));
+    assert_eq!(st.as_u16(), 200, "{done}");
+}
