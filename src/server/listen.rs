@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
+use super::parse_errors::JsonParseErrors;
 use super::{AppState, Limits};
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits up to
@@ -66,7 +67,8 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(JsonParseErrors::new(stream));
+        let conn = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");

@@ -12,6 +12,7 @@ mod files;
 mod hooks;
 mod listen;
 mod metrics;
+mod parse_errors;
 mod tus;
 mod uploads;
 mod web;

@@ -60,6 +60,50 @@ fn every_error_answer_is_the_json_error_body() {
             "{m} {path}: {body}"
         );
     }
+    // What hyper answers before any router runs: a URI over 64 KiB, a request line that
+    // does not parse, headers past its buffer; and a percent-escape that is not UTF-8.
+    let addr = server.url.strip_prefix("http://").unwrap().to_owned();
+    let long = format!("/v1/files/{}", "a".repeat(70_000));
+    let huge_header = format!("x-big: {}\r\n", "b".repeat(500_000));
+    let raw: Vec<(String, u16)> = vec![
+        (format!("GET {long} HTTP/1.1\r\nHost: x\r\n\r\n"), 414),
+        ("GET /a b c HTTP/1.1\r\nHost: x\r\n\r\n".into(), 400),
+        ("GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n".into(), 400),
+        (
+            format!("GET /v1/stats HTTP/1.1\r\nHost: x\r\n{huge_header}\r\n"),
+            431,
+        ),
+        (
+            "GET /v1/files/%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+            400,
+        ),
+    ];
+    for (request, want) in raw {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        // The server may answer and close before it has read all of a huge request.
+        let _ = c.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        let what = &request[..40.min(request.len())];
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want} ")),
+            "{what:?}: {answer}"
+        );
+        assert!(
+            answer.contains("content-type: application/json"),
+            "{what:?}: {answer}"
+        );
+        let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).expect(body);
+        assert!(
+            v["error"].is_string() && v["message"].is_string(),
+            "{what:?}: {v}"
+        );
+    }
 }
 
 #[test]
