@@ -15,7 +15,7 @@
 //! Record (version byte 1, bincode): `{ id, name, manifest, state, created, touched,
 //! missing_at_open, missing_bytes_at_open }`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -774,8 +774,14 @@ fn missing_among(
     refs: &[ChunkRef],
     pin: Option<&Pin>,
 ) -> Result<(Vec<ChunkRef>, u64)> {
-    let mut seen = HashSet::new();
-    let unique: Vec<&ChunkRef> = refs.iter().filter(|r| seen.insert(r.id)).collect();
+    // The first ref of each id, in file order: sorting positions takes 8 bytes a ref where a
+    // hash set took about a hundred (a 1.86 M-ref manifest spent ~180 MB on it).
+    let mut order: Vec<usize> = (0..refs.len()).collect();
+    order.sort_unstable_by(|&a, &b| refs[a].id.cmp(&refs[b].id).then(a.cmp(&b)));
+    order.dedup_by(|later, first| refs[*later].id == refs[*first].id);
+    order.sort_unstable();
+    let unique: Vec<&ChunkRef> = order.iter().map(|&i| &refs[i]).collect();
+    drop(order);
     let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
     let flags = match pin {
         Some(pin) => store.missing_pinned(&ids, pin)?,

@@ -61,18 +61,16 @@ fn every_error_answer_is_the_json_error_body() {
         );
     }
     // What hyper answers before any router runs: a URI over 64 KiB, a request line that
-    // does not parse, headers past its buffer; and a percent-escape that is not UTF-8.
+    // does not parse; and a percent-escape that is not UTF-8. (Headers past hyper's buffer,
+    // 431, are not sent here: the server closes with the rest unread, and the reset that
+    // follows can discard the answer before the client reads it. The unit test in
+    // `parse_errors.rs` covers that head.)
     let addr = server.url.strip_prefix("http://").unwrap().to_owned();
     let long = format!("/v1/files/{}", "a".repeat(70_000));
-    let huge_header = format!("x-big: {}\r\n", "b".repeat(500_000));
     let raw: Vec<(String, u16)> = vec![
         (format!("GET {long} HTTP/1.1\r\nHost: x\r\n\r\n"), 414),
         ("GET /a b c HTTP/1.1\r\nHost: x\r\n\r\n".into(), 400),
         ("GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n".into(), 400),
-        (
-            format!("GET /v1/stats HTTP/1.1\r\nHost: x\r\n{huge_header}\r\n"),
-            431,
-        ),
         (
             "GET /v1/files/%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
             400,
