@@ -387,3 +387,35 @@ from_redb!(
 
 /// `Result` with hoard's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    /// Each machine error, also inside sled's and redb's errors, gets its own advice; other
+    /// errors get none. (A full disk and a read-only file system are also tested for real in
+    /// `tests/integration/diskfull.rs`, missing permissions as another user; quotas cannot be
+    /// set up on this kernel, so EDQUOT is tested here only.)
+    #[test]
+    fn machine_errors_are_told_apart_wherever_they_sit() {
+        let os = |code| std::io::Error::from_raw_os_error(code);
+        let cases = [
+            (28, "disk is full"),        // ENOSPC
+            (122, "quota is exhausted"), // EDQUOT
+            (30, "read-only"),           // EROFS
+            (13, "permission denied"),   // EACCES
+        ];
+        for (code, says) in cases {
+            let direct = Error::io("cannot write pack", "/x")(os(code));
+            let in_sled = Error::Index(sled::Error::Io(os(code)));
+            let in_redb = Error::ChunkIndex(redb::Error::Io(os(code)));
+            for e in [direct, in_sled, in_redb] {
+                let hint = e.environment().unwrap_or_else(|| panic!("{code}: {e}"));
+                assert!(hint.contains(says), "{code}: {hint}");
+            }
+        }
+        assert_eq!(Error::io("cannot read", "/x")(os(5)).environment(), None); // EIO
+        let quota = Error::io("cannot write pack", "/x")(os(122));
+        assert!(quota.is_no_space(), "EDQUOT answers 507 like ENOSPC");
+    }
+}

@@ -373,15 +373,7 @@ fn a_store_the_user_may_not_write_can_be_read() {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .unwrap();
-    let as_nobody = |args: &[&str]| {
-        let mut c = Command::new(setpriv);
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_hoard"))
-            .arg("--store")
-            .arg(&store)
-            .args(args);
-        c
-    };
+    let as_nobody = |args: &[&str]| as_nobody(&store, args);
     let out = as_nobody(&["ls"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -412,4 +404,15 @@ fn a_store_the_user_may_not_write_can_be_read() {
 
 fn rustix_is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// `hoard --store STORE ARGS…` as user and group 65534 (nobody), without capabilities.
+fn as_nobody(store: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("/usr/bin/setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(store)
+        .args(args);
+    c
 }
