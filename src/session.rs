@@ -503,7 +503,8 @@ impl Sessions {
             chunker,
             max_chunk,
             builder: ManifestBuilder::default(),
-            refs: Vec::new(),
+            unpaged: Vec::new(),
+            missing: Vec::new(),
             total: 0,
             feed,
             verifier,
@@ -541,7 +542,7 @@ impl Sessions {
             refs.extend(page.chunks);
             Ok(())
         })?;
-        missing_among(&*self.store, &refs, None)
+        missing_among(&*self.store, &refs)
     }
 
     /// How many distinct chunks open session `s` still lacks, and their bytes, for a progress
@@ -563,7 +564,7 @@ impl Sessions {
         let started = Instant::now();
         let (refs, bytes) = match last.and_then(|l| l.refs) {
             Some(refs) if self.store.get_manifest(&s.manifest.file_id)?.is_none() => {
-                missing_among(&*self.store, &refs, None)?
+                missing_among(&*self.store, &refs)?
             }
             Some(_) => (Vec::new(), 0),
             None => self.still_missing(s)?,
@@ -768,25 +769,21 @@ pub fn open_manifests(store: &dyn ChunkStore) -> Result<Vec<Manifest>> {
 
 /// The distinct chunks of `refs` the store lacks, in first-appearance order, with their bytes.
 /// With `pin`, the ids are pinned as they are looked up.
-/// The distinct refs among `refs` whose chunks the store lacks, and their bytes.
-fn missing_among(
-    store: &dyn ChunkStore,
-    refs: &[ChunkRef],
-    pin: Option<&Pin>,
-) -> Result<(Vec<ChunkRef>, u64)> {
-    // The first ref of each id, in file order: sorting positions takes 8 bytes a ref where a
-    // hash set took about a hundred (a 1.86 M-ref manifest spent ~180 MB on it).
+/// The first ref of each id in `refs`, in file order. Sorting positions takes 8 bytes a ref
+/// where a hash set took about a hundred (a 1.86 M-ref manifest spent ~180 MB on one).
+fn first_of_each(refs: &[ChunkRef]) -> impl Iterator<Item = &ChunkRef> {
     let mut order: Vec<usize> = (0..refs.len()).collect();
     order.sort_unstable_by(|&a, &b| refs[a].id.cmp(&refs[b].id).then(a.cmp(&b)));
     order.dedup_by(|later, first| refs[*later].id == refs[*first].id);
     order.sort_unstable();
-    let unique: Vec<&ChunkRef> = order.iter().map(|&i| &refs[i]).collect();
-    drop(order);
+    order.into_iter().map(move |i| &refs[i])
+}
+
+/// The distinct refs among `refs` whose chunks the store lacks, and their bytes.
+fn missing_among(store: &dyn ChunkStore, refs: &[ChunkRef]) -> Result<(Vec<ChunkRef>, u64)> {
+    let unique: Vec<&ChunkRef> = first_of_each(refs).collect();
     let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
-    let flags = match pin {
-        Some(pin) => store.missing_pinned(&ids, pin)?,
-        None => store.missing(&ids)?,
-    };
+    let flags = store.missing(&ids)?;
     let mut missing = Vec::new();
     let mut bytes = 0;
     for (r, m) in unique.into_iter().zip(flags) {
@@ -805,7 +802,10 @@ pub struct Opening<'a> {
     chunker: ChunkerParams,
     max_chunk: u32,
     builder: ManifestBuilder,
-    refs: Vec<ChunkRef>,
+    /// Refs since the last stored page: looked up once their page is stored (and pinned).
+    unpaged: Vec<ChunkRef>,
+    /// Refs looked up and found missing, in file order (an id may come twice).
+    missing: Vec<ChunkRef>,
     total: u64,
     /// Refs for the background hash, if it runs.
     feed: Option<mpsc::Sender<Vec<ChunkRef>>>,
@@ -839,16 +839,32 @@ impl Opening<'_> {
                 });
             }
             self.total += u64::from(r.len);
+            self.unpaged.push(*r);
             if let Some(p) = self.builder.push(*r) {
                 self.sessions.store.put_page_pinned(&p, &self.pin)?;
+                self.look_up_unpaged()?;
             }
         }
-        self.refs.extend_from_slice(refs);
         if let Some(feed) = &self.feed
             && feed.send(refs.to_vec()).is_err()
         {
             self.feed = None;
         }
+        Ok(())
+    }
+
+    /// Looks up the refs whose page was just stored, keeping those the store lacks. Their page
+    /// is pinned, so what is present stays so: no id needs pinning (a 1.86 M-ref manifest
+    /// looked up whole at the end held every ref, every id and its pin, ~200 MB, at once).
+    fn look_up_unpaged(&mut self) -> Result<()> {
+        if self.unpaged.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Hash> = self.unpaged.iter().map(|r| r.id).collect();
+        let flags = self.sessions.store.missing(&ids)?;
+        let lacking = self.unpaged.iter().zip(flags).filter(|(_, m)| *m);
+        self.missing.extend(lacking.map(|(r, _)| *r));
+        self.unpaged.clear();
         Ok(())
     }
 
@@ -874,12 +890,16 @@ impl Opening<'_> {
         if let Some(p) = last {
             store.put_page_pinned(&p, &self.pin)?;
         }
+        self.look_up_unpaged()?;
         // A file the store holds already needs no chunk, whatever boundaries this client cut.
         let (missing, missing_bytes) = if store.get_manifest(&file_id)?.is_some() {
             (Vec::new(), 0)
         } else {
-            missing_among(&**store, &self.refs, Some(&self.pin))?
+            let missing: Vec<ChunkRef> = first_of_each(&self.missing).copied().collect();
+            let bytes = missing.iter().map(|r| u64::from(r.len)).sum();
+            (missing, bytes)
         };
+        self.missing = Vec::new();
         let t = now();
         let s = Session {
             id: sessions.new_id(&file_id),
