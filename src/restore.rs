@@ -280,11 +280,13 @@ pub fn restore_range<W: Write>(
         .map_err(|e| Error::Stream("cannot write output", e))
 }
 
-/// Hashes a file whose chunk refs arrive on `refs` (in file order, in groups) as its chunks
-/// become present in the store: decodes each run of present chunks in parallel and feeds the
-/// whole-file hash. It calls `go_on(starved)` at every step: with `true` when the next chunk
+/// Hashes a file whose manifest pages arrive on `pages` (their hashes, in file order; each
+/// page stored before it is sent) as its chunks become present in the store. A page is read
+/// only when the hash gets near it, so what waits costs 32 bytes a page, not 36 a chunk (four
+/// waiting 1.86 M-ref sessions held 268 MB of refs). It decodes each run of present chunks in
+/// parallel and feeds the whole-file hash. It calls `go_on(starved)` at every step: with `true` when the next chunk
 /// is not stored yet (to wait for it), and stops when it returns false. `cached` may hold chunks just uploaded, decoded: those are not decoded again.
-/// Returns the whole-file hash once `refs` is closed and every chunk was hashed. An
+/// Returns the whole-file hash once `pages` is closed and every chunk was hashed. An
 /// upload session runs this while the client is still reading and sending, so that
 /// completing does not have to read the whole file back.
 ///
@@ -293,7 +295,7 @@ pub fn restore_range<W: Write>(
 /// store's errors.
 pub fn hash_arriving(
     store: &dyn ChunkStore,
-    refs: &mpsc::Receiver<Vec<ChunkRef>>,
+    pages: &mpsc::Receiver<Hash>,
     cached: &(dyn Fn(&Hash) -> Option<bytes::Bytes> + Sync),
     mut go_on: impl FnMut(bool) -> bool,
 ) -> Result<Hash> {
@@ -302,6 +304,8 @@ pub fn hash_arriving(
     let mut hasher = blake3::Hasher::new();
     let mut buf = Vec::new();
     let mut queue: std::collections::VecDeque<ChunkRef> = std::collections::VecDeque::new();
+    let mut queued_bytes = 0u64;
+    let mut waiting: std::collections::VecDeque<Hash> = std::collections::VecDeque::new();
     let mut closed = false;
     let stopped = || Error::stage_stopped("upload verification stopped");
     loop {
@@ -309,18 +313,29 @@ pub fn hash_arriving(
             return Err(stopped());
         }
         while !closed {
-            match refs.try_recv() {
-                Ok(group) => queue.extend(group),
+            match pages.try_recv() {
+                Ok(hash) => waiting.push_back(hash),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => closed = true,
             }
         }
+        // Keep a step's worth of refs ahead; read pages as the hash gets to them.
+        while queued_bytes < STEP
+            && let Some(hash) = waiting.pop_front()
+        {
+            let bytes = store
+                .get_page(&hash)?
+                .ok_or_else(|| Error::stage_stopped("a manifest page of the upload is gone"))?;
+            let page = Page::decode(&bytes)?;
+            queued_bytes += page.chunks.iter().map(|r| u64::from(r.len)).sum::<u64>();
+            queue.extend(page.chunks);
+        }
         if queue.is_empty() {
-            if closed {
+            if closed && waiting.is_empty() {
                 break;
             }
-            match refs.recv_timeout(std::time::Duration::from_millis(100)) {
-                Ok(group) => queue.extend(group),
+            match pages.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(hash) => waiting.push_back(hash),
                 Err(mpsc::RecvTimeoutError::Timeout) if !go_on(true) => return Err(stopped()),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
@@ -359,6 +374,7 @@ pub fn hash_arriving(
                 _ => read_decoded_into(store, r, out),
             })?;
         hasher.update_rayon(&buf);
+        queued_bytes -= len as u64;
         queue.drain(..present);
     }
     Ok(Hash::from(hasher.finalize()))

@@ -321,12 +321,12 @@ impl Sessions {
     }
 
     /// Starts a background hash fed by the returned sender, if a slot is free.
-    fn start_verifier(&self) -> Option<(mpsc::Sender<Vec<ChunkRef>>, Verifier)> {
+    fn start_verifier(&self) -> Option<(mpsc::Sender<Hash>, Verifier)> {
         if self.running.fetch_add(1, Ordering::SeqCst) >= MAX_VERIFIERS {
             self.running.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
-        let (tx, rx) = mpsc::channel::<Vec<ChunkRef>>();
+        let (tx, rx) = mpsc::channel::<Hash>();
         let cancel = Arc::new(AtomicBool::new(false));
         let cache = Arc::new(UploadCache::default());
         let (store, arrivals, stop, c) = (
@@ -537,12 +537,14 @@ impl Sessions {
         if self.store.get_manifest(&s.manifest.file_id)?.is_some() {
             return Ok((Vec::new(), 0));
         }
-        let mut refs = Vec::new();
+        // Page by page, keeping only what is missing (not every ref of a huge manifest).
+        let mut lacking = Vec::new();
         restore::for_each_page(&*self.store, &s.manifest, |page| {
-            refs.extend(page.chunks);
-            Ok(())
+            keep_missing(&*self.store, &page.chunks, &mut lacking)
         })?;
-        missing_among(&*self.store, &refs)
+        let missing: Vec<ChunkRef> = first_of_each(&lacking).copied().collect();
+        let bytes = missing.iter().map(|r| u64::from(r.len)).sum();
+        Ok((missing, bytes))
     }
 
     /// How many distinct chunks open session `s` still lacks, and their bytes, for a progress
@@ -769,6 +771,14 @@ pub fn open_manifests(store: &dyn ChunkStore) -> Result<Vec<Manifest>> {
 
 /// The distinct chunks of `refs` the store lacks, in first-appearance order, with their bytes.
 /// With `pin`, the ids are pinned as they are looked up.
+/// Appends to `out` the refs among `refs` whose chunks the store lacks, in order.
+fn keep_missing(store: &dyn ChunkStore, refs: &[ChunkRef], out: &mut Vec<ChunkRef>) -> Result<()> {
+    let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
+    let flags = store.missing(&ids)?;
+    out.extend(refs.iter().zip(flags).filter(|(_, m)| *m).map(|(r, _)| *r));
+    Ok(())
+}
+
 /// The first ref of each id in `refs`, in file order. Sorting positions takes 8 bytes a ref
 /// where a hash set took about a hundred (a 1.86 M-ref manifest spent ~180 MB on one).
 fn first_of_each(refs: &[ChunkRef]) -> impl Iterator<Item = &ChunkRef> {
@@ -808,7 +818,7 @@ pub struct Opening<'a> {
     missing: Vec<ChunkRef>,
     total: u64,
     /// Refs for the background hash, if it runs.
-    feed: Option<mpsc::Sender<Vec<ChunkRef>>>,
+    feed: Option<mpsc::Sender<Hash>>,
     verifier: Option<Verifier>,
     /// Keeps gc off the pages and chunks until the session record holds them.
     pin: Pin,
@@ -843,14 +853,19 @@ impl Opening<'_> {
             if let Some(p) = self.builder.push(*r) {
                 self.sessions.store.put_page_pinned(&p, &self.pin)?;
                 self.look_up_unpaged()?;
+                self.feed_page(p.pref.hash);
             }
         }
+        Ok(())
+    }
+
+    /// Hands a stored page to the background hash, if it runs.
+    fn feed_page(&mut self, page: Hash) {
         if let Some(feed) = &self.feed
-            && feed.send(refs.to_vec()).is_err()
+            && feed.send(page).is_err()
         {
             self.feed = None;
         }
-        Ok(())
     }
 
     /// Looks up the refs whose page was just stored, keeping those the store lacks. Their page
@@ -860,10 +875,7 @@ impl Opening<'_> {
         if self.unpaged.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Hash> = self.unpaged.iter().map(|r| r.id).collect();
-        let flags = self.sessions.store.missing(&ids)?;
-        let lacking = self.unpaged.iter().zip(flags).filter(|(_, m)| *m);
-        self.missing.extend(lacking.map(|(r, _)| *r));
+        keep_missing(&*self.sessions.store, &self.unpaged, &mut self.missing)?;
         self.unpaged.clear();
         Ok(())
     }
@@ -889,6 +901,7 @@ impl Opening<'_> {
         let (manifest, last) = builder.finish(file_id, self.chunker);
         if let Some(p) = last {
             store.put_page_pinned(&p, &self.pin)?;
+            self.feed_page(p.pref.hash);
         }
         self.look_up_unpaged()?;
         // A file the store holds already needs no chunk, whatever boundaries this client cut.
