@@ -179,7 +179,7 @@ struct Arrivals {
 
 impl Arrivals {
     fn notify(&self) {
-        *self.count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        *crate::lock(&self.count) += 1;
         self.cv.notify_all();
     }
 
@@ -187,7 +187,7 @@ impl Arrivals {
     /// arrivals since the caller last looked), at most 100 ms (other writers do not notify);
     /// updates `*seen`.
     fn wait(&self, seen: &mut u64) {
-        let guard = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = crate::lock(&self.count);
         let (guard, _) = self
             .cv
             .wait_timeout_while(guard, Duration::from_millis(100), |c| *c == *seen)
@@ -219,18 +219,14 @@ impl UploadCache {
             return; // the hash reads this one from the store instead
         }
         let n = raw.len();
-        let mut chunks = self.chunks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut chunks = crate::lock(&self.chunks);
         if chunks.insert(id, raw).is_none() {
             self.bytes.fetch_add(n, Ordering::Relaxed);
         }
     }
 
     fn take(&self, id: &Hash) -> Option<bytes::Bytes> {
-        let b = self
-            .chunks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id)?;
+        let b = crate::lock(&self.chunks).remove(id)?;
         self.bytes.fetch_sub(b.len(), Ordering::Relaxed);
         Some(b)
     }
@@ -294,10 +290,7 @@ impl Sessions {
     /// Returns true if and only if `sid`'s background hash runs and has room for decoded
     /// chunks (so an upload should keep them).
     pub fn wants_chunks(&self, sid: SessionId) -> bool {
-        let verifiers = self
-            .verifiers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let verifiers = crate::lock(&self.verifiers);
         verifiers
             .get(&sid)
             .is_some_and(|v| v.cache.bytes.load(Ordering::Relaxed) < CACHE_BYTES)
@@ -307,10 +300,7 @@ impl Sessions {
     /// decoded bytes of `chunks` instead of decoding them again.
     pub fn chunks_arrived(&self, session: Option<SessionId>, chunks: &[(Hash, bytes::Bytes)]) {
         if let Some(sid) = session {
-            let verifiers = self
-                .verifiers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let verifiers = crate::lock(&self.verifiers);
             if let Some(v) = verifiers.get(&sid) {
                 for (id, raw) in chunks {
                     v.cache.offer(*id, raw.clone());
@@ -372,11 +362,7 @@ impl Sessions {
 
     /// Stops and forgets the background hasher of `id`; returns its result if it finished.
     fn take_verifier(&self, id: SessionId, cancel: bool) -> Option<Result<Hash>> {
-        let v = self
-            .verifiers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id)?;
+        let v = crate::lock(&self.verifiers).remove(&id)?;
         if cancel {
             v.cancel.store(true, Ordering::Relaxed);
         }
@@ -388,20 +374,14 @@ impl Sessions {
 
     /// Stops every background hasher (server shutdown), so nothing holds the store.
     pub fn stop_verifiers(&self) {
-        let ids: Vec<SessionId> = self
-            .verifiers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .copied()
-            .collect();
+        let ids: Vec<SessionId> = crate::lock(&self.verifiers).keys().copied().collect();
         for id in ids {
             self.take_verifier(id, true);
         }
     }
 
     fn lock_of(&self, id: SessionId) -> Arc<Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut locks = crate::lock(&self.locks);
         locks.entry(id).or_default().clone()
     }
 
@@ -422,7 +402,7 @@ impl Sessions {
     }
 
     fn last_use(&self, s: &Session) -> u64 {
-        let activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        let activity = crate::lock(&self.activity);
         activity.get(&s.id).map_or(0, |a| a.0).max(s.touched)
     }
 
@@ -453,7 +433,7 @@ impl Sessions {
 
     /// Body bytes of the chunk uploads tagged with session `id` that this process received.
     pub fn bytes_sent(&self, id: SessionId) -> u64 {
-        let activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        let activity = crate::lock(&self.activity);
         activity.get(&id).map_or(0, |a| a.1)
     }
 
@@ -614,7 +594,7 @@ impl Sessions {
     /// [`Error::NoSession`] for an unknown id; store errors.
     pub fn progress(&self, id: SessionId) -> Result<Progress> {
         let lock = self.lock_of(id);
-        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _held = crate::lock(&lock);
         let mut s = self.load(id)?;
         self.expire_if_idle(&mut s)?;
         if s.state == SessionState::Complete {
@@ -649,7 +629,7 @@ impl Sessions {
     /// [`Error::NoSession`]; store errors.
     pub fn complete(&self, id: SessionId) -> Result<(Progress, bool)> {
         let lock = self.lock_of(id);
-        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _held = crate::lock(&lock);
         let mut s = self.load(id)?;
         self.expire_if_idle(&mut s)?;
         match s.state {
@@ -709,7 +689,7 @@ impl Sessions {
     /// [`Error::NoSession`]; store errors.
     pub fn abort(&self, id: SessionId) -> Result<()> {
         let lock = self.lock_of(id);
-        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _held = crate::lock(&lock);
         self.load(id)?;
         self.take_verifier(id, true);
         self.store.delete_upload(UploadKind::Session, &id.0)?;
@@ -718,14 +698,8 @@ impl Sessions {
     }
 
     fn forget(&self, id: SessionId) {
-        self.locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-        self.activity
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        crate::lock(&self.locks).remove(&id);
+        crate::lock(&self.activity).remove(&id);
         crate::lock(&self.lacking).remove(&id);
     }
 
@@ -736,10 +710,21 @@ impl Sessions {
     /// Store errors.
     pub fn sweep(&self) -> Result<Vec<Progress>> {
         let mut expired = Vec::new();
-        for bytes in self.store.uploads(UploadKind::Session)? {
-            let s: Session = record::decode("upload session", SESSION_VERSION, &bytes)?;
+        for (key, bytes) in self.store.uploads(UploadKind::Session)? {
+            let s: Session = match record::decode("upload session", SESSION_VERSION, &bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    // No request can use it; its chunks go with the next gc. One damaged
+                    // record must not stop every sweep (and gc) from then on.
+                    let id = SessionId(key);
+                    tracing::warn!(session = %id, error = %e, "damaged upload session record dropped");
+                    self.store.delete_upload(UploadKind::Session, &key)?;
+                    self.forget(id);
+                    continue;
+                }
+            };
             let lock = self.lock_of(s.id);
-            let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _held = crate::lock(&lock);
             let Ok(mut s) = self.load(s.id) else { continue };
             if self.expire_if_idle(&mut s)? {
                 expired.push(self.report(&s, 0, 0));
@@ -754,23 +739,23 @@ impl Sessions {
 }
 
 /// Every open session's manifest in `store`: chunks gc must keep. A session past its TTL
-/// that no sweep has expired yet counts as open.
+/// that no sweep has expired yet counts as open; a record that does not decode is left out
+/// (no request can use it; the sweep drops it).
 ///
 /// # Errors
 /// Store errors.
 pub fn open_manifests(store: &dyn ChunkStore) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
-    for bytes in store.uploads(UploadKind::Session)? {
-        let s: Session = record::decode("upload session", SESSION_VERSION, &bytes)?;
-        if s.state.is_open() {
+    for (_, bytes) in store.uploads(UploadKind::Session)? {
+        if let Ok(s) = record::decode::<Session>("upload session", SESSION_VERSION, &bytes)
+            && s.state.is_open()
+        {
             out.push(s.manifest);
         }
     }
     Ok(out)
 }
 
-/// The distinct chunks of `refs` the store lacks, in first-appearance order, with their bytes.
-/// With `pin`, the ids are pinned as they are looked up.
 /// Appends to `out` the refs among `refs` whose chunks the store lacks, in order.
 fn keep_missing(store: &dyn ChunkStore, refs: &[ChunkRef], out: &mut Vec<ChunkRef>) -> Result<()> {
     let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
@@ -931,11 +916,7 @@ impl Opening<'_> {
         let stored = store.get_manifest(&file_id)?.is_some();
         if let Some(v) = self.verifier.take() {
             if !stored {
-                sessions
-                    .verifiers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(s.id, v);
+                crate::lock(&sessions.verifiers).insert(s.id, v);
             } else {
                 sessions.stop(v);
             }
@@ -955,5 +936,38 @@ impl Drop for Opening<'_> {
         if let Some(v) = self.verifier.take() {
             self.sessions.stop(v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn a_damaged_session_record_is_dropped_and_stops_neither_sweep_nor_gc() {
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(crate::StoreConfig::default()));
+        let sessions = Sessions::new(store.clone(), Duration::from_secs(3600));
+        let good = sessions.begin(Some("f"), None, 1 << 20).unwrap();
+        let (opened, _) = good.finish(Hash::of(b""), 0).unwrap();
+        let damaged = [0xfbu8; 16];
+        store
+            .put_upload(UploadKind::Session, &damaged, b"\x01 not a record")
+            .unwrap();
+        // Before: `?` on the damaged record failed both, every time.
+        let manifests = open_manifests(&*store).unwrap();
+        assert_eq!(manifests.len(), 1);
+        sessions.sweep().unwrap();
+        assert_eq!(
+            store.get_upload(UploadKind::Session, &damaged).unwrap(),
+            None
+        );
+        let id: SessionId = opened.id.parse().unwrap();
+        assert!(
+            store
+                .get_upload(UploadKind::Session, &id.0)
+                .unwrap()
+                .is_some()
+        );
     }
 }

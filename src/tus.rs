@@ -387,7 +387,7 @@ struct Stoppable<'a> {
 
 impl<'a> Stoppable<'a> {
     fn new(uploads: &'a TusUploads, id: SessionId, stop: Stop) -> Self {
-        let mut stops = uploads.stops.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stops = crate::lock(&uploads.stops);
         stops.insert(id, stop);
         Stoppable { uploads, id }
     }
@@ -395,11 +395,7 @@ impl<'a> Stoppable<'a> {
 
 impl Drop for Stoppable<'_> {
     fn drop(&mut self) {
-        let mut stops = self
-            .uploads
-            .stops
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut stops = crate::lock(&self.uploads.stops);
         stops.remove(&self.id);
     }
 }
@@ -412,11 +408,7 @@ struct Claim<'a> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let mut busy = self
-            .uploads
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut busy = crate::lock(&self.uploads.busy);
         busy.remove(&self.id);
         self.uploads.freed.notify_all();
     }
@@ -439,7 +431,7 @@ impl TusUploads {
     /// Asks the request working on upload `id` (if any) to stop reading its body: it keeps
     /// what arrived and lets go, so the caller's request gets the upload at once.
     pub fn preempt(&self, id: SessionId) {
-        let stops = self.stops.lock().unwrap_or_else(PoisonError::into_inner);
+        let stops = crate::lock(&self.stops);
         if let Some(stop) = stops.get(&id) {
             stop();
         }
@@ -458,7 +450,7 @@ impl TusUploads {
     /// Waits (a few seconds at most) until no other request works on `id`.
     fn claim(&self, id: SessionId) -> Result<Claim<'_>> {
         let deadline = Instant::now() + BUSY_WAIT;
-        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut busy = crate::lock(&self.busy);
         while busy.contains(&id) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -586,10 +578,7 @@ impl TusUploads {
     }
 
     fn forget_hash(&self, id: SessionId) {
-        self.hashers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        crate::lock(&self.hashers).remove(&id);
     }
 
     /// Forgets unfinished uploads idle past the TTL (returned, for the expiry hook) and
@@ -600,15 +589,15 @@ impl TusUploads {
     pub fn sweep(&self) -> Result<Vec<Upload>> {
         let now = crate::unix_now();
         let mut expired = Vec::new();
-        for bytes in self.store.uploads(UploadKind::Tus)? {
+        for (key, bytes) in self.store.uploads(UploadKind::Tus)? {
             let up = match Upload::decode(&bytes) {
                 Ok(up) => up,
                 Err(e) => {
-                    // No request can resume it; its chunks go with the next gc.
-                    if let Some(id) = record_id(&bytes) {
-                        tracing::warn!(upload = %id, error = %e, "damaged tus upload record dropped");
-                        self.delete(id)?;
-                    }
+                    // No request can resume it; its chunks go with the next gc. Its id is
+                    // its key: the record itself is not read for it.
+                    let id = SessionId(key);
+                    tracing::warn!(upload = %id, error = %e, "damaged tus upload record dropped");
+                    self.delete(id)?;
                     continue;
                 }
             };
@@ -674,10 +663,7 @@ impl TusUploads {
                 got: offset,
             });
         }
-        let kept = self
-            .hashers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let kept = crate::lock(&self.hashers)
             .remove(&id)
             .filter(|(upto, _)| *upto == up.tail.start)
             .map(|(_, h)| h);
@@ -776,7 +762,7 @@ impl TusUploads {
             // The whole-file hash so far is kept for the next request on this upload.
             if let Some(h) = run.hasher.take() {
                 let covered = run.builder.bytes();
-                let mut hashers = self.hashers.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut hashers = crate::lock(&self.hashers);
                 hashers.insert(id, (covered, h));
             }
         }
@@ -964,7 +950,7 @@ impl Run<'_> {
 /// Store errors.
 pub fn open_uploads(store: &dyn ChunkStore) -> Result<Vec<Upload>> {
     let mut out = Vec::new();
-    for bytes in store.uploads(UploadKind::Tus)? {
+    for (_, bytes) in store.uploads(UploadKind::Tus)? {
         if let Ok(up) = Upload::decode(&bytes)
             && up.state == TusState::Uploading
         {
@@ -972,18 +958,6 @@ pub fn open_uploads(store: &dyn ChunkStore) -> Result<Vec<Upload>> {
         }
     }
     Ok(out)
-}
-
-/// The id in a record that does not decode as a whole: bincode writes the id's 16 bytes first
-/// (after the version byte), each as a varint below 251, i.e. as itself.
-fn record_id(bytes: &[u8]) -> Option<SessionId> {
-    let raw = bytes.get(1..17)?;
-    if raw.iter().any(|&b| b >= 251) {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    id.copy_from_slice(raw);
-    Some(SessionId(id))
 }
 
 #[cfg(test)]
@@ -1018,7 +992,7 @@ mod tests {
     }
 
     #[test]
-    fn one_byte_appends_keep_few_small_pieces_and_lose_no_byte() {
+    fn one_byte_appends_hold_only_the_tail_and_lose_no_byte() {
         let params = ChunkerParams::new(1024, 4096, 16384).unwrap();
         let config = crate::StoreConfig::new(params, 1).unwrap();
         let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(config));
@@ -1049,5 +1023,24 @@ mod tests {
         assert!(done.completed);
         assert_eq!(done.upload.file_id, Some(Hash::of(&data)));
         assert_eq!(store.tail(&up.id.0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_record_is_dropped_by_the_sweep_whatever_its_id() {
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(crate::StoreConfig::default()));
+        let tus = TusUploads::new(store.clone(), Duration::from_secs(3600), 1 << 30);
+        // Ids with bytes of 251 and more: the old hand-decoding of the record gave up on
+        // them (bincode writes each byte raw), so such records were never dropped.
+        for id in [[0xfbu8; 16], [7u8; 16]] {
+            store
+                .put_upload(UploadKind::Tus, &id, b"\x01\xfb\xfc damaged")
+                .unwrap();
+            store.write_tail(&id, 0, 0, b"tail", b"").unwrap();
+        }
+        tus.sweep().unwrap();
+        for id in [[0xfbu8; 16], [7u8; 16]] {
+            assert_eq!(store.get_upload(UploadKind::Tus, &id).unwrap(), None);
+            assert_eq!(store.tail(&id).unwrap(), None);
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -212,9 +212,7 @@ pub async fn pull(
             let mut h = blake3::Hasher::new();
             for buf in hash_rx {
                 h.update_rayon(&buf);
-                pool.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(buf);
+                crate::lock(&pool).push(buf);
             }
             Hash::from(h.finalize())
         })
@@ -240,9 +238,7 @@ pub async fn pull(
             // A full queue blocks: wait for the hashing thread off the runtime.
             let _ = tokio::task::spawn_blocking(move || tx.send(got.buf)).await;
         } else {
-            pool.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(got.buf);
+            crate::lock(&pool).push(got.buf);
         }
     }
     drop(fetched);
@@ -441,11 +437,7 @@ async fn fetch(
         // is, before it is renamed into place, and on a mismatch each chunk is checked to
         // name the culprit (`find_bad_chunk`).
         let total: usize = frames.iter().map(|f| f.raw_len as usize).sum();
-        let mut buf = pool
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_default();
+        let mut buf = crate::lock(&pool).pop().unwrap_or_default();
         buf.clear();
         buf.resize(total, 0);
         restore::split_mut(&mut buf, frames.iter().map(|f| f.raw_len as usize))

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -137,11 +137,7 @@ pub(super) fn send_within(
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let previous = self
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace(Bytes::copy_from_slice(buf));
+        let previous = crate::lock(&self.held).replace(Bytes::copy_from_slice(buf));
         if let Some(p) = previous {
             send_within(&self.rt, &self.tx, Ok(p), self.idle)?;
         }
@@ -208,7 +204,7 @@ pub async fn download(
             } else {
                 restore::restore_range(&*store, &m, start..end, out)
             };
-            let last = held.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let last = crate::lock(&held).take();
             match done {
                 Ok(()) => {
                     if let Some(last) = last {

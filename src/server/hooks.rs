@@ -13,7 +13,7 @@
 //! "bytes_sent", "state", "error", "time"}` (absent facts are `null`); header
 //! `Hoard-Event` repeats the event.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -131,11 +131,7 @@ impl Hooks {
 
     /// Delivers queued events until the queue closes (run once, as a task of the server).
     pub async fn deliver(self) {
-        let rx = self
-            .rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let rx = crate::lock(&self.rx).take();
         let Some(mut rx) = rx else { return };
         let client = match reqwest::Client::builder()
             .timeout(self.config.timeout)

@@ -70,27 +70,20 @@ impl Guard {
 
     /// Held by gc and fsck for their whole run: they do not overlap.
     pub fn maintenance(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.0
-            .maintenance
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.0.maintenance)
     }
 
     /// Held while names change (`names::record`, `names::remove`, fsck's name repair): a name
     /// is only pointed at a file that is stored, and no change overwrites another.
     pub fn naming(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.0.naming.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.0.naming)
     }
 
     /// A new, empty pin; it lets go when dropped.
     pub fn pin(&self) -> Pin {
         let key = self.0.next_pin.fetch_add(1, Ordering::Relaxed);
         let set = Arc::new(Mutex::new(Pinned::default()));
-        self.0
-            .pins
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, set.clone());
+        crate::lock(&self.0.pins).insert(key, set.clone());
         Pin {
             guard: self.clone(),
             key,
@@ -101,14 +94,8 @@ impl Guard {
     /// Everything pinned right now (gc calls this under the write lock).
     pub fn pinned(&self) -> PinnedSnapshot {
         let mut out = PinnedSnapshot::default();
-        for set in self
-            .0
-            .pins
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
-            let p = set.lock().unwrap_or_else(PoisonError::into_inner);
+        for set in crate::lock(&self.0.pins).values() {
+            let p = crate::lock(set);
             out.pages.extend_from_slice(&p.pages);
             out.ids.extend(p.ids.iter().copied());
         }
@@ -118,7 +105,7 @@ impl Guard {
     /// Notes the ids whose flag in `missing` is false (reported present): gc spares them for
     /// the grace period. Call under [`Guard::read`].
     pub fn note_present(&self, ids: &[Hash], missing: &[bool]) {
-        let mut r = self.0.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut r = crate::lock(&self.0.recent);
         for (id, m) in ids.iter().zip(missing) {
             if !m {
                 r.note(id);
@@ -128,7 +115,7 @@ impl Guard {
 
     /// Notes ids just stored: gc spares them for the grace period.
     pub fn note_stored(&self, ids: impl IntoIterator<Item = Hash>) {
-        let mut r = self.0.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut r = crate::lock(&self.0.recent);
         for id in ids {
             r.note(&id);
         }
@@ -137,21 +124,13 @@ impl Guard {
     /// True if `id` may have been noted within the grace period (gc calls this under the
     /// write lock, after [`Guard::rotate`]).
     pub fn recently_noted(&self, id: &Hash) -> bool {
-        self.0
-            .recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(id)
+        crate::lock(&self.0.recent).contains(id)
     }
 
     /// Drops the notes older than `grace` (whole filters: a note is kept between one and two
     /// grace periods).
     pub fn rotate(&self, grace: Duration) {
-        self.0
-            .recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .rotate(grace);
+        crate::lock(&self.0.recent).rotate(grace);
     }
 }
 
@@ -164,7 +143,7 @@ pub struct Pin {
 
 impl Pin {
     fn with<T>(&self, f: impl FnOnce(&mut Pinned) -> T) -> T {
-        f(&mut self.set.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut crate::lock(&self.set))
     }
 
     /// Pins chunk ids, in file order. Call under [`Guard::read`], together with the lookup
@@ -190,12 +169,7 @@ impl Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        self.guard
-            .0
-            .pins
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+        crate::lock(&self.guard.0.pins).remove(&self.key);
     }
 }
 

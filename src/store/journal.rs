@@ -27,7 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
 
@@ -223,7 +223,7 @@ impl Journal {
     pub fn lock(&self) -> Appender<'_> {
         Appender {
             path: &self.path,
-            file: self.file.lock().unwrap_or_else(PoisonError::into_inner),
+            file: crate::lock(&self.file),
             read_only: self.read_only,
         }
     }

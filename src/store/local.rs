@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use crate::codec::Codec;
 use crate::config::StoreConfig;
@@ -80,7 +80,7 @@ struct Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = crate::lock(&self.set);
         if let Some(n) = set.get_mut(&self.pack) {
             *n -= 1;
             if *n == 0 {
@@ -432,12 +432,7 @@ impl LocalStore {
     }
 
     fn mark_busy(&self, pack: u64) -> Busy {
-        *self
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(pack)
-            .or_default() += 1;
+        *crate::lock(&self.busy).entry(pack).or_default() += 1;
         Busy {
             set: self.busy.clone(),
             pack,
@@ -445,10 +440,7 @@ impl LocalStore {
     }
 
     pub(super) fn is_busy(&self, pack: u64) -> bool {
-        self.busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&pack)
+        crate::lock(&self.busy).contains_key(&pack)
     }
 
     /// Rewrites the journal as a snapshot of the index once it is over twice the size of one
@@ -725,13 +717,7 @@ impl ChunkStore for LocalStore {
         // only after indexing), so the index read sees them; a pack busy then is skipped
         // even if it is done by the time the loop reaches it.
         let files = self.packs.list()?;
-        let busy_before: HashSet<u64> = self
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .copied()
-            .collect();
+        let busy_before: HashSet<u64> = crate::lock(&self.busy).keys().copied().collect();
         let bytes_before = files.iter().map(|(_, len)| len).sum();
         let mut live: HashMap<u64, u64> = HashMap::new();
         self.index.for_each_loc(|_, loc| {
@@ -1078,13 +1064,16 @@ impl ChunkStore for LocalStore {
         Ok(self.index.uploads(kind).get(id)?.map(|v| v.to_vec()))
     }
 
-    fn uploads(&self, kind: UploadKind) -> Result<Vec<Vec<u8>>> {
-        self.index
-            .uploads(kind)
-            .iter()
-            .values()
-            .map(|v| Ok(v?.to_vec()))
-            .collect()
+    fn uploads(&self, kind: UploadKind) -> Result<Vec<([u8; 16], Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.index.uploads(kind).iter() {
+            let (key, value) = kv?;
+            // Keys are 16-byte ids; anything else is not an upload record.
+            if let Ok(id) = <[u8; 16]>::try_from(key.as_ref()) {
+                out.push((id, value.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()> {

@@ -46,7 +46,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.inner)
     }
 
     /// Replaces a stored chunk's payload (tests of corruption handling).
@@ -91,7 +91,7 @@ struct MemoryCommit {
 impl PendingCommit for MemoryCommit {
     fn finish(self: Box<Self>) -> Result<()> {
         self.guard.note_stored(self.pending.iter().map(|c| c.id));
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = crate::lock(&self.inner);
         for c in self.pending {
             inner.chunks.entry(c.id).or_insert(c);
         }
@@ -297,10 +297,10 @@ impl ChunkStore for MemoryStore {
         Ok(self.lock().uploads.get(&(kind, *id)).cloned())
     }
 
-    fn uploads(&self, kind: UploadKind) -> Result<Vec<Vec<u8>>> {
+    fn uploads(&self, kind: UploadKind) -> Result<Vec<([u8; 16], Vec<u8>)>> {
         let inner = self.lock();
         let of_kind = inner.uploads.iter().filter(|((k, _), _)| *k == kind);
-        Ok(of_kind.map(|(_, v)| v.clone()).collect())
+        Ok(of_kind.map(|((_, id), v)| (*id, v.clone())).collect())
     }
 
     fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()> {

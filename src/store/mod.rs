@@ -480,11 +480,11 @@ pub trait ChunkStore: Send + Sync {
     /// Index errors.
     fn get_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<Option<Vec<u8>>>;
 
-    /// Every record of uploads of `kind` (open and ended).
+    /// Every record of uploads of `kind` (open and ended), with its id.
     ///
     /// # Errors
     /// Index errors.
-    fn uploads(&self, kind: UploadKind) -> Result<Vec<Vec<u8>>>;
+    fn uploads(&self, kind: UploadKind) -> Result<Vec<([u8; 16], Vec<u8>)>>;
 
     /// Forgets an upload of `kind`.
     ///

@@ -218,7 +218,7 @@ impl PackReader {
     }
 
     fn file(&self, pack: u64) -> Result<Arc<File>> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = crate::lock(&self.open);
         if let Some(f) = open.get(&pack) {
             return Ok(f.clone());
         }
@@ -286,10 +286,7 @@ impl PackReader {
 
     /// Closes the cached handle of a pack about to be deleted (readers holding it go on).
     pub fn forget(&self, pack: u64) {
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pack);
+        crate::lock(&self.open).remove(&pack);
     }
 
     /// Every pack file: `(pack number, length)`, in pack order. Files that vanish while
