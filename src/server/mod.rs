@@ -1,4 +1,4 @@
-//! `hoard serve`: the store over HTTP (API v1). Async lives here and in `client.rs` only;
+//! `hoard serve`: the store over HTTP (API v1). Async lives here and in `client/` only;
 //! every handler hands the store work to `spawn_blocking` (the core stays synchronous).
 //!
 //! [`router`] builds the whole app from an [`AppState`]; [`serve`] runs it on a bound listener

@@ -1,4 +1,5 @@
-//! The on-disk store: one directory holding the sled index and the pack files.
+//! The on-disk store: one directory holding the index (a redb chunk table, sled for the rest),
+//! the metadata journal, the pack files and the tus tails.
 //!
 //! ```text
 //! STORE/index/   sled database: manifests, names, meta (see index.rs)
