@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod args;
 mod cli;
 mod output;
 mod remote;

@@ -1,6 +1,7 @@
-//! What the binary shows people: byte sizes, counts, progress bars on a terminal.
+//! What the binary shows people: byte sizes, counts, progress bars on a terminal, and the
+//! one way it writes results to stdout.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -60,6 +61,14 @@ pub fn bar(total: Option<u64>, verb: &str) -> ProgressBar {
     );
     pb.set_message(verb.to_owned());
     pb
+}
+
+/// Writes `text` to stdout; a closed pipe comes back as an error (quiet in `main`), not a panic.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -41,10 +41,10 @@ pub struct ServeArgs {
     #[arg(long)]
     insecure_no_auth: bool,
     /// Largest chunk accepted, at most 16M (K and M suffixes allowed).
-    #[arg(long, value_parser = crate::cli::parse_size, default_value = "1M")]
+    #[arg(long, value_parser = crate::args::parse_size, default_value = "1M")]
     max_chunk: u32,
     /// Largest body of a chunk batch, manifest or id list.
-    #[arg(long, value_parser = crate::cli::parse_size, default_value = "64M")]
+    #[arg(long, value_parser = crate::args::parse_size, default_value = "64M")]
     max_body: u32,
     /// Most ids in one missing query or fetch.
     #[arg(long, default_value_t = 1 << 20)]
@@ -68,7 +68,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
     gc_grace: Duration,
     /// gc rewrites a pack once this share of it (0.0..=1.0) is dead.
-    #[arg(long, value_parser = crate::cli::parse_share, default_value_t = hoard::gc::DEFAULT_MIN_DEAD)]
+    #[arg(long, value_parser = crate::args::parse_share, default_value_t = hoard::gc::DEFAULT_MIN_DEAD)]
     gc_min_dead: f64,
     /// Longest a client may take to send a request's headers, and longest a kept-alive
     /// connection may sit idle.
@@ -79,7 +79,7 @@ pub struct ServeArgs {
     max_connections: usize,
     /// Least bytes a second a streamed body must bring, averaged over each --idle-timeout
     /// (K and M suffixes; 0: no minimum).
-    #[arg(long, value_parser = crate::cli::parse_size_u64, default_value = "1K")]
+    #[arg(long, value_parser = crate::args::parse_size_u64, default_value = "1K")]
     min_body_rate: u64,
     /// After SIGTERM or Ctrl-C, how long requests in flight may go on.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
@@ -89,7 +89,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1000)]
     max_uploads: usize,
     /// Largest upload the tus endpoint accepts (`Tus-Max-Size`; K, M, G, T suffixes).
-    #[arg(long, value_parser = crate::cli::parse_size_u64, default_value = "1T")]
+    #[arg(long, value_parser = crate::args::parse_size_u64, default_value = "1T")]
     tus_max_size: u64,
     /// An origin whose web pages may call this server (CORS), e.g. `https://app.example.com`;
     /// repeatable. None by default: only the server's own page at `/`.
@@ -282,7 +282,7 @@ impl client::Progress for PullBar {
 }
 
 fn emit_json(v: serde_json::Value) -> Result<()> {
-    crate::cli::emit(&format!("{v}\n"))
+    crate::output::emit(&format!("{v}\n"))
 }
 
 pub fn push(a: &PushArgs) -> Result<()> {
@@ -317,7 +317,7 @@ pub fn push(a: &PushArgs) -> Result<()> {
     } else {
         (report.size - report.new_bytes) as f64 * 100.0 / report.size as f64
     };
-    crate::cli::emit(&format!(
+    crate::output::emit(&format!(
         "{}  {}\n{}, {} chunks, {} new ({known:.1}% already stored), {} sent\n",
         report.id,
         name,
@@ -360,7 +360,7 @@ pub fn pull(local: Option<&Path>, a: &PullArgs) -> Result<()> {
         v["out"] = json!(a.out);
         return emit_json(v);
     }
-    crate::cli::emit(&format!(
+    crate::output::emit(&format!(
         "{}  {}\n{}, {} chunks, {} reused locally, {} downloaded ({} received)\n",
         report.id,
         a.out.display(),

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::is_binary;
 use super::error::ApiError;
 use super::{AppState, blocking};
 use crate::codec::Codec;
@@ -18,13 +19,6 @@ use crate::hash::{HASH_LEN, Hash};
 use crate::session::SessionId;
 use crate::sink::{SinkReport, Verified, verify};
 use crate::wire::{self, BINARY, Frame};
-
-/// Returns true if and only if the request's `Content-Type` is the binary encoding.
-pub(super) fn is_binary(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(BINARY.as_bytes()))
-}
 
 /// Reads a whole body of at most `limit` bytes.
 ///
@@ -538,7 +532,7 @@ pub async fn fetch(
             };
             let failed = msg.is_err();
             // A client that stops reading for longer than the idle timeout frees this worker.
-            if super::files::send_within(&rt, &tx, msg, idle).is_err() || failed {
+            if super::body::send_within(&rt, &tx, msg, idle).is_err() || failed {
                 break;
             }
         }

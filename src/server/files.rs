@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::chunks::is_binary;
+use super::body::{is_binary, send_within};
 use super::error::ApiError;
 use super::hooks::Event;
 use super::{AppState, OPENAPI, blocking};
@@ -117,22 +117,6 @@ struct ChannelWriter {
     held: Arc<Mutex<Option<Bytes>>>,
     idle: Duration,
     rt: tokio::runtime::Handle,
-}
-
-/// Sends `msg`, waiting at most `idle` for the client to take what came before.
-pub(super) fn send_within(
-    rt: &tokio::runtime::Handle,
-    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-    msg: std::io::Result<Bytes>,
-    idle: Duration,
-) -> std::io::Result<()> {
-    // The timer is made inside `block_on`, which enters the runtime: the caller may be a
-    // plain thread (the restore's writer) outside it.
-    match rt.block_on(async { tokio::time::timeout(idle, tx.send(msg)).await }) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
 }
 
 impl Write for ChannelWriter {

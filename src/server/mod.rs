@@ -6,6 +6,7 @@
 //! drain before it returns.
 
 mod auth;
+mod body;
 mod chunks;
 mod error;
 mod files;

@@ -9,7 +9,8 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::chunks::{ids_response, is_binary, read_body};
+use super::body::is_binary;
+use super::chunks::{ids_response, read_body};
 use super::error::ApiError;
 use super::hooks::Event;
 use super::{AppState, blocking};

@@ -1,0 +1,32 @@
+//! Helpers for bodies that several routes share: which encoding a request's body is in, and
+//! sending a streamed response's next piece without waiting on a client for ever.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+
+use crate::wire::BINARY;
+
+/// Returns true if and only if the request's `Content-Type` is the binary encoding.
+pub(super) fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(BINARY.as_bytes()))
+}
+
+/// Sends `msg`, waiting at most `idle` for the client to take what came before.
+pub(super) fn send_within(
+    rt: &tokio::runtime::Handle,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    msg: std::io::Result<Bytes>,
+    idle: Duration,
+) -> std::io::Result<()> {
+    // The timer is made inside `block_on`, which enters the runtime: the caller may be a
+    // plain thread (the restore's writer) outside it.
+    match rt.block_on(async { tokio::time::timeout(idle, tx.send(msg)).await }) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
