@@ -18,63 +18,21 @@
 mod generate;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use hoard::manifest::ChunkRef;
 use hoard::{ChunkerParams, Hash};
+use support::{Server, start_server, stop_server, vm_hwm_kib};
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-fn start_server(store: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start hoard serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("server address");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_owned();
-    Server { child, url }
-}
-
-/// Peak RSS so far of a process, in MiB, from /proc.
+/// Peak RSS so far of a process, in MiB.
 fn peak_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    vm_hwm_kib(pid) as f64 / 1024.0
 }
 
 /// SIGTERM, then wait; returns the peak RSS it reached, in MiB.
-fn stop(mut s: Server) -> f64 {
-    let peak = peak_mib(s.child.id());
-    let _ = Command::new("kill").arg(s.child.id().to_string()).status();
-    let _ = s.child.wait();
-    peak
+fn stop(s: Server) -> f64 {
+    stop_server(s) as f64 / 1024.0
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -99,7 +57,7 @@ fn random_ids(n: usize, seed: u64) -> Vec<Hash> {
 }
 
 fn missing_json(tmp: &Path, rt: &tokio::runtime::Runtime) -> serde_json::Value {
-    let server = start_server(&tmp.join("s-missing"));
+    let server = start_server(env!("CARGO_BIN_EXE_hoard"), &tmp.join("s-missing"));
     let ids: Vec<String> = random_ids(1_000_000, 1).iter().map(Hash::to_hex).collect();
     let body = bytes::Bytes::from(serde_json::to_vec(&ids).unwrap());
     eprintln!("missing_json: 24 x {} MB", body.len() / 1_000_000);
@@ -142,7 +100,7 @@ fn missing_json(tmp: &Path, rt: &tokio::runtime::Runtime) -> serde_json::Value {
 }
 
 fn manifests(tmp: &Path, rt: &tokio::runtime::Runtime) -> serde_json::Value {
-    let server = start_server(&tmp.join("s-manifests"));
+    let server = start_server(env!("CARGO_BIN_EXE_hoard"), &tmp.join("s-manifests"));
     let n = 1_860_000usize;
     let params = ChunkerParams::DEFAULT;
     let bodies: Vec<bytes::Bytes> = (0..4u64)
@@ -230,7 +188,7 @@ fn manifests(tmp: &Path, rt: &tokio::runtime::Runtime) -> serde_json::Value {
 
 fn tus_tiny(tmp: &Path, rt: &tokio::runtime::Runtime) -> serde_json::Value {
     let store = tmp.join("s-tus");
-    let server = start_server(&store);
+    let server = start_server(env!("CARGO_BIN_EXE_hoard"), &store);
     let data = generate::mixed(600_000, 3);
     let (first, tiny) = (300_000usize, 1_500usize);
     let http = reqwest::Client::new();

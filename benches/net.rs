@@ -18,64 +18,15 @@
 mod generate;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use hoard::Hash;
 use hoard::store::{ChunkStore, LocalStore};
-use support::{Step, env_num, mbps, median, prime, timed, warm};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-fn start_server(hoard: &str, store: &Path) -> Server {
-    let mut child = Command::new(hoard)
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start hoard serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("server address");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_owned();
-    Server { child, url }
-}
-
-/// Peak RSS so far of a process, from /proc.
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// SIGTERM (graceful shutdown), then wait; returns the peak RSS it reached.
-fn stop_server(mut s: Server) -> u64 {
-    let rss = vm_hwm_kib(s.child.id());
-    let _ = Command::new("kill").arg(s.child.id().to_string()).status();
-    let _ = s.child.wait();
-    rss
-}
+use support::{
+    Step, env_num, mbps, median, prime, start_server, stop_server, timed, vm_hwm_kib, warm,
+};
 
 /// Runs `cmd` under GNU time, returning the step and its stdout.
 fn timed_out(cmd: &[&str], tmp: &Path) -> (Step, String) {

@@ -522,9 +522,7 @@ impl Sessions {
         restore::for_each_page(&*self.store, &s.manifest, |page| {
             keep_missing(&*self.store, &page.chunks, &mut lacking)
         })?;
-        let missing: Vec<ChunkRef> = first_of_each(&lacking).copied().collect();
-        let bytes = missing.iter().map(|r| u64::from(r.len)).sum();
-        Ok((missing, bytes))
+        Ok(distinct(&lacking))
     }
 
     /// How many distinct chunks open session `s` still lacks, and their bytes, for a progress
@@ -545,8 +543,12 @@ impl Sessions {
         };
         let started = Instant::now();
         let (refs, bytes) = match last.and_then(|l| l.refs) {
+            // Distinct already (kept from a full look or the opening): look them up again.
             Some(refs) if self.store.get_manifest(&s.manifest.file_id)?.is_none() => {
-                missing_among(&*self.store, &refs)?
+                let mut still = Vec::new();
+                keep_missing(&*self.store, &refs, &mut still)?;
+                let bytes = still.iter().map(|r| u64::from(r.len)).sum();
+                (still, bytes)
             }
             Some(_) => (Vec::new(), 0),
             None => self.still_missing(s)?,
@@ -774,20 +776,11 @@ fn first_of_each(refs: &[ChunkRef]) -> impl Iterator<Item = &ChunkRef> {
     order.into_iter().map(move |i| &refs[i])
 }
 
-/// The distinct refs among `refs` whose chunks the store lacks, and their bytes.
-fn missing_among(store: &dyn ChunkStore, refs: &[ChunkRef]) -> Result<(Vec<ChunkRef>, u64)> {
-    let unique: Vec<&ChunkRef> = first_of_each(refs).collect();
-    let ids: Vec<Hash> = unique.iter().map(|r| r.id).collect();
-    let flags = store.missing(&ids)?;
-    let mut missing = Vec::new();
-    let mut bytes = 0;
-    for (r, m) in unique.into_iter().zip(flags) {
-        if m {
-            missing.push(*r);
-            bytes += u64::from(r.len);
-        }
-    }
-    Ok((missing, bytes))
+/// The first ref of each id in `refs`, in file order, and their bytes.
+fn distinct(refs: &[ChunkRef]) -> (Vec<ChunkRef>, u64) {
+    let unique: Vec<ChunkRef> = first_of_each(refs).copied().collect();
+    let bytes = unique.iter().map(|r| u64::from(r.len)).sum();
+    (unique, bytes)
 }
 
 /// A session being opened: its manifest arriving in pieces.
@@ -802,7 +795,7 @@ pub struct Opening<'a> {
     /// Refs looked up and found missing, in file order (an id may come twice).
     missing: Vec<ChunkRef>,
     total: u64,
-    /// Refs for the background hash, if it runs.
+    /// Stored pages' hashes for the background hash, if it runs.
     feed: Option<mpsc::Sender<Hash>>,
     verifier: Option<Verifier>,
     /// Keeps gc off the pages and chunks until the session record holds them.
@@ -890,12 +883,11 @@ impl Opening<'_> {
         }
         self.look_up_unpaged()?;
         // A file the store holds already needs no chunk, whatever boundaries this client cut.
-        let (missing, missing_bytes) = if store.get_manifest(&file_id)?.is_some() {
+        let stored = store.get_manifest(&file_id)?.is_some();
+        let (missing, missing_bytes) = if stored {
             (Vec::new(), 0)
         } else {
-            let missing: Vec<ChunkRef> = first_of_each(&self.missing).copied().collect();
-            let bytes = missing.iter().map(|r| u64::from(r.len)).sum();
-            (missing, bytes)
+            distinct(&self.missing)
         };
         self.missing = Vec::new();
         let t = now();
@@ -913,7 +905,6 @@ impl Opening<'_> {
         // The refs are complete: the background hash can finish once the chunks are in. A file
         // already stored needs no hash at all.
         drop(self.feed.take());
-        let stored = store.get_manifest(&file_id)?.is_some();
         if let Some(v) = self.verifier.take() {
             if !stored {
                 crate::lock(&sessions.verifiers).insert(s.id, v);

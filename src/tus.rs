@@ -607,8 +607,8 @@ impl TusUploads {
             let Ok(_claim) = self.claim(up.id) else {
                 continue; // a request is writing to it: not idle
             };
-            // Read again under the claim, with the tail (its pieces carry the last write
-            // time when the record was not rewritten): a write may have come in between.
+            // Read again under the claim, with the tail (its meta has the last write time
+            // when the record was not rewritten): a write may have come in between.
             let Some(up) = self.load_any(up.id)? else {
                 continue;
             };

@@ -1,10 +1,11 @@
 //! Helpers shared by the end-to-end benches: timing child processes, priming the VM's page
-//! allocator, medians.
+//! allocator, medians, a `hoard serve` child and its peak RSS.
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// Wall time and peak RSS of one step.
 pub struct Step {
@@ -95,4 +96,55 @@ pub fn bench_dir(prefix: &str) -> (tempfile::TempDir, std::path::PathBuf, bool) 
     let dir = kept.clone().unwrap_or_else(|| tmp_root.path().to_owned());
     std::fs::create_dir_all(&dir).expect("bench dir");
     (tmp_root, dir, kept.is_some())
+}
+
+/// A `hoard serve` child process and its address.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+pub fn start_server(hoard: &str, store: &Path) -> Server {
+    let mut child = Command::new(hoard)
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start hoard serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("server address");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .to_owned();
+    Server { child, url }
+}
+
+/// Peak RSS so far of a process, from /proc.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// SIGTERM (graceful shutdown), then wait; returns the peak RSS it reached.
+pub fn stop_server(mut s: Server) -> u64 {
+    let rss = vm_hwm_kib(s.child.id());
+    let _ = Command::new("kill").arg(s.child.id().to_string()).status();
+    let _ = s.child.wait();
+    rss
 }

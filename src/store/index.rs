@@ -101,16 +101,7 @@ impl Index {
             tx.open_table(CHUNKS)?;
             Ok(())
         })?;
-        Ok(Index {
-            chunks: Arc::new(chunks),
-            files: db.open_tree("files")?,
-            pages: db.open_tree("pages")?,
-            names: db.open_tree("names")?,
-            sessions: db.open_tree("sessions")?,
-            tus: db.open_tree("tus")?,
-            meta: db.open_tree("meta")?,
-            db,
-        })
+        Self::from_parts(db, chunks)
     }
 
     /// Opens the index of a store that cannot be written here (`why`: a read-only file system,
@@ -131,6 +122,10 @@ impl Index {
             .open()?;
         fill(&db)?;
         let chunks = ChunkTable::open_read_only(chunks_path, store_root, why)?;
+        Self::from_parts(db, chunks)
+    }
+
+    fn from_parts(db: sled::Db, chunks: ChunkTable) -> Result<Self> {
         Ok(Index {
             chunks: Arc::new(chunks),
             files: db.open_tree("files")?,

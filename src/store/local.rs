@@ -248,7 +248,7 @@ impl LocalStore {
             detail: "it records no store config".into(),
         })?;
         let journal = Journal::open_read_only(&journal_path, why)?;
-        let tails = Tails::open_read_only(root, &index.db)?;
+        let tails = Tails::new(root, &index.db)?;
         Ok(LocalStore {
             _lock: lock,
             root: root.to_owned(),
@@ -1163,7 +1163,7 @@ fn mark_reindex(root: &Path) -> Result<()> {
     sync_dir(root)
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io("cannot sync directory", dir))

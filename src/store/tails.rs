@@ -21,7 +21,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::session::SessionId;
 use crate::store::TailRun;
+use crate::store::local::sync_dir;
 
 /// Format version of tail records.
 const VERSION: u8 = 1;
@@ -82,27 +84,35 @@ pub(super) struct Tails {
 }
 
 impl Tails {
-    /// The tails of the store at `root`, whose index is `db`; removes files no record names
-    /// (left by a crash during a rewrite, or by an index rebuilt from the journal).
-    pub(super) fn open(root: &Path, db: &sled::Db) -> Result<Self> {
-        let tails = Tails {
+    /// The tails of the store at `root`, whose index is `db`, as they are (a store opened
+    /// read-only has none: its index is read from the journal).
+    pub(super) fn new(root: &Path, db: &sled::Db) -> Result<Self> {
+        Ok(Tails {
             dir: root.join("tails"),
             records: db.open_tree("tus_tails")?,
             legacy: db.open_tree("tus_tail")?,
             db: db.clone(),
-        };
+        })
+    }
+
+    /// The tails of the store at `root`, whose index is `db`; removes files no record names
+    /// (left by a crash during a rewrite, or by an index rebuilt from the journal).
+    pub(super) fn open(root: &Path, db: &sled::Db) -> Result<Self> {
+        let tails = Self::new(root, db)?;
         let Ok(entries) = std::fs::read_dir(&tails.dir) else {
             return Ok(tails);
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let named = name
-                .to_str()
-                .and_then(|n| n.split_once('.'))
-                .and_then(|(id, generation)| Some((parse_id(id)?, generation.parse().ok()?)));
+            let named =
+                name.to_str()
+                    .and_then(|n| n.split_once('.'))
+                    .and_then(|(id, generation)| {
+                        Some((id.parse::<SessionId>().ok()?, generation.parse().ok()?))
+                    });
             let wanted = match named {
                 Some((id, generation)) => {
-                    tails.record(&id)?.map(|(r, _)| r.generation) == Some(generation)
+                    tails.record(&id.0)?.map(|(r, _)| r.generation) == Some(generation)
                 }
                 None => false,
             };
@@ -113,19 +123,18 @@ impl Tails {
         Ok(tails)
     }
 
-    /// The tails of a store opened read-only (none: its index is read from the journal).
-    pub(super) fn open_read_only(root: &Path, db: &sled::Db) -> Result<Self> {
-        Ok(Tails {
-            dir: root.join("tails"),
-            records: db.open_tree("tus_tails")?,
-            legacy: db.open_tree("tus_tail")?,
-            db: db.clone(),
-        })
+    fn path(&self, id: &[u8; 16], generation: u32) -> PathBuf {
+        self.dir.join(format!("{}.{generation}", SessionId(*id)))
     }
 
-    fn path(&self, id: &[u8; 16], generation: u32) -> PathBuf {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("{hex}.{generation}"))
+    /// `len` bytes at `offset` of upload `id`'s file of `generation`.
+    fn read_at(&self, id: &[u8; 16], generation: u32, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let path = self.path(id, generation);
+        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        std::fs::File::open(&path)
+            .and_then(|f| f.read_exact_at(&mut bytes, offset))
+            .map_err(Error::io("cannot read tus tail", &path))?;
+        Ok(bytes)
     }
 
     fn record(&self, id: &[u8; 16]) -> Result<Option<(Record, Vec<u8>)>> {
@@ -140,14 +149,9 @@ impl Tails {
         let Some((rec, meta)) = self.record(id)? else {
             return Ok(None);
         };
-        let path = self.path(id, rec.generation);
-        let mut bytes = vec![0u8; usize::try_from(rec.len).unwrap_or(usize::MAX)];
-        std::fs::File::open(&path)
-            .and_then(|f| f.read_exact_at(&mut bytes, rec.offset))
-            .map_err(Error::io("cannot read tus tail", &path))?;
         Ok(Some(TailRun {
             position: rec.position,
-            bytes,
+            bytes: self.read_at(id, rec.generation, rec.offset, rec.len)?,
             meta,
         }))
     }
@@ -163,59 +167,34 @@ impl Tails {
     ) -> Result<()> {
         let old = self.record(id)?.map(|(r, _)| r);
         let n = bytes.len() as u64;
-        // The run after this write, in the old file: continued, or a new one after it.
-        let (mut rec, at) = match old {
-            Some(r) if r.end() == position => (
-                Record {
-                    len: r.len + n,
-                    ..r
-                },
-                r.offset + r.len,
-            ),
-            Some(r) => (
-                Record {
-                    generation: r.generation,
-                    offset: r.offset + r.len,
-                    position,
-                    len: n,
-                },
-                r.offset + r.len,
-            ),
-            None => (
-                Record {
-                    generation: 0,
-                    offset: 0,
-                    position,
-                    len: n,
-                },
-                0,
-            ),
+        // Where the new bytes go in the old file: after its run (what follows is unreferenced).
+        let at = old.map_or(0, |r| r.offset + r.len);
+        // The run after this write: the old one continued, or a new one at `position`.
+        let mut rec = match old {
+            Some(r) if r.end() == position => Record {
+                len: r.len + n,
+                ..r
+            },
+            _ => Record {
+                generation: old.map_or(0, |r| r.generation),
+                offset: at,
+                position,
+                len: n,
+            },
         };
         // Leave out what is no longer needed.
         let dead = keep_from.clamp(rec.position, rec.end()) - rec.position;
         rec.offset += dead;
         rec.position += dead;
         rec.len -= dead;
-        let fresh_file = match old {
-            None => true,
-            Some(_) if rec.offset > COMPACT_AT => true,
-            Some(_) => false,
-        };
-        if fresh_file {
+        if old.is_none() || rec.offset > COMPACT_AT {
             // The needed bytes the old file holds, then the new ones, into a new file.
-            let mut all = Vec::with_capacity(rec.len as usize);
-            if let Some(r) = old
-                && rec.position < position
-            {
-                let from = rec.offset;
-                let keep = position - rec.position;
-                let mut held = vec![0u8; keep as usize];
-                let path = self.path(id, r.generation);
-                std::fs::File::open(&path)
-                    .and_then(|f| f.read_exact_at(&mut held, from))
-                    .map_err(Error::io("cannot read tus tail", &path))?;
-                all.extend_from_slice(&held);
-            }
+            let mut all = match old {
+                Some(r) if rec.position < position => {
+                    self.read_at(id, r.generation, rec.offset, position - rec.position)?
+                }
+                _ => Vec::new(),
+            };
             let take = (rec.len as usize)
                 .saturating_sub(all.len())
                 .min(bytes.len());
@@ -265,9 +244,7 @@ impl Tails {
                 f.sync_all()
             })
             .map_err(Error::io("cannot write tus tail", &path))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io("cannot sync directory", &self.dir))
+        sync_dir(&self.dir)
     }
 
     /// Forgets upload `id`'s tail: its record, then its files.
@@ -281,15 +258,4 @@ impl Tails {
         }
         Ok(())
     }
-}
-
-fn parse_id(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
 }

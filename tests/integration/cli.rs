@@ -6,7 +6,7 @@ use hoard::store::LocalStore;
 use hoard::{names, restore};
 
 use super::data;
-use super::support::{Scratch, b3, fails, hoard, ok};
+use super::support::{Scratch, b3, fails, hoard, is_root, ok};
 
 #[test]
 fn import_prints_id_size_and_new_share() {
@@ -229,15 +229,6 @@ fn unwritable_store_is_a_clear_error() {
         let err = fails(hoard(&ro.join("store")).arg("import").arg(&f), 1);
         assert!(err.contains("cannot create store directory"), "{err}");
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]

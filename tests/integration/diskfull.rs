@@ -9,7 +9,7 @@ use hoard::client::PullOptions;
 
 use super::data;
 use super::net::{TestServer, pull, push, rt};
-use super::support::{Scratch, fails, hoard, ok};
+use super::support::{Scratch, fails, hoard, is_root, ok};
 
 /// A tmpfs of `mib` MiB mounted on a temp dir; unmounted when dropped.
 struct Tmpfs {
@@ -349,7 +349,7 @@ fn a_read_only_store_can_be_read_and_is_reported_as_such() {
 #[test]
 fn a_store_the_user_may_not_write_can_be_read() {
     let setpriv = Path::new("/usr/bin/setpriv");
-    if !setpriv.exists() || !rustix_is_root() {
+    if !setpriv.exists() || !is_root() {
         eprintln!("skipped: needs root and setpriv");
         return;
     }
@@ -383,27 +383,14 @@ fn a_store_the_user_may_not_write_can_be_read() {
         "{err}"
     );
     let exported = out_dir.path().join("f.out");
-    let out = as_nobody(&["export", "f", exported.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&mut as_nobody(&["export", "f", exported.to_str().unwrap()]));
     assert!(std::fs::read(&exported).unwrap() == f);
     for args in [&["gc"][..], &["rm", "f"], &["fsck", "--repair"]] {
-        let out = as_nobody(args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let err = fails(&mut as_nobody(args), 1);
         assert!(err.contains("permission denied"), "{args:?}: {err}");
         assert!(!err.contains("damaged"), "{args:?}: {err}");
     }
     assert_fsck_clean(&store);
-}
-
-fn rustix_is_root() -> bool {
-    rustix::process::geteuid().is_root()
 }
 
 /// `hoard --store STORE ARGS…` as user and group 65534 (nobody), without capabilities.

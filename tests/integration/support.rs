@@ -102,3 +102,13 @@ impl Scratch {
 pub fn b3(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
+
+/// True if the tests run as root (mounts, other users' permissions).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
