@@ -8,6 +8,10 @@ use bytes::Bytes;
 
 use crate::wire::BINARY;
 
+/// Body bytes read and dropped after a request was refused or failed, so that a client still
+/// sending sees the answer rather than a connection reset under its upload.
+pub(super) const DRAIN_AFTER_ERROR: u64 = 64 << 20;
+
 /// Returns true if and only if the request's `Content-Type` is the binary encoding.
 pub(super) fn is_binary(headers: &HeaderMap) -> bool {
     headers

@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::body::{is_binary, send_within};
+use super::body::{DRAIN_AFTER_ERROR, is_binary, send_within};
 use super::error::ApiError;
 use super::hooks::Event;
 use super::{AppState, OPENAPI, blocking};
@@ -25,9 +25,6 @@ use crate::names;
 use crate::restore;
 use crate::wire::{BINARY, FlatManifest};
 use crate::{catalog, ingest};
-
-/// Body bytes read and dropped after an upload failed, before answering.
-const DRAIN_AFTER_ERROR: u64 = 64 << 20;
 
 /// `PUT /v1/files/{name}`: the body is the file; it is chunked as it streams and only new
 /// chunks are stored. Memory stays at a few blocks whatever the size.
