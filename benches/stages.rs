@@ -18,7 +18,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use hoard::chunker::Cutter;
 use hoard::codec::{self, Codec};
 use hoard::config::DEFAULT_LEVEL;
-use hoard::store::pack::PackWriter;
+use hoard::store::PackSink;
+use hoard::store::local::LocalSink;
 use hoard::store::{ChunkStore, LocalStore};
 use hoard::{ChunkerParams, Hash};
 
@@ -83,7 +84,7 @@ fn stages(c: &mut Criterion) {
         b.iter_batched(
             || tempfile::tempdir().expect("tempdir"),
             |dir| {
-                let mut w = PackWriter::create(dir.path(), 1).expect("pack");
+                let mut w = LocalSink::create(dir.path(), 1).expect("pack");
                 for (id, z, o, l) in &encoded {
                     match z {
                         Some(z) => w.append(id, Codec::Zstd, *l as u32, z),

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 use hoard::config::{DEFAULT_AVG, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
 use hoard::store::{ChunkStore, LocalStore};
-use hoard::{ChunkerParams, Error, StoreConfig, catalog, ingest, names, restore};
+use hoard::{ChunkerParams, Error, StoreConfig, ingest, listing, names, restore};
 use serde_json::json;
 
 use crate::args::{parse_share, parse_size};
@@ -372,7 +372,7 @@ fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
 }
 
 fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
-    let files = catalog::list(store)?;
+    let files = listing::list(store)?;
     if as_json {
         return emit(&format!("{}\n", json!({ "files": files })));
     }
@@ -566,7 +566,7 @@ fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
 }
 
 fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
-    let st = catalog::stats(store)?;
+    let st = listing::stats(store)?;
     if as_json {
         return emit(&format!("{}\n", serde_json::to_value(&st)?));
     }

@@ -20,9 +20,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::catalog;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::listing;
 use crate::manifest::{Manifest, Page};
 use crate::store::{ChunkRepair, ChunkStore, JournalCheck};
 
@@ -148,7 +148,7 @@ pub fn fsck(
         .map(|b| (b.id, b.detail.as_str()))
         .collect();
 
-    let labels = catalog::file_labels(store)?;
+    let labels = listing::file_labels(store)?;
     let label = |id: &Hash| match labels.get(id) {
         Some(names) => format!("{id} ({})", names.join(", ")),
         None => id.to_string(),

@@ -17,7 +17,6 @@
 //! [`store::LocalStore`] (redb chunk table, sled for manifests and names, pack files) and
 //! [`store::MemoryStore`].
 
-pub mod catalog;
 pub mod chunker;
 pub mod client;
 pub mod codec;
@@ -27,6 +26,7 @@ pub mod fsck;
 pub mod gc;
 pub mod hash;
 pub mod ingest;
+pub mod listing;
 pub mod manifest;
 pub mod names;
 pub mod record;

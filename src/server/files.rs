@@ -24,7 +24,7 @@ use crate::manifest::ChunkRef;
 use crate::names;
 use crate::restore;
 use crate::wire::{BINARY, FlatManifest};
-use crate::{catalog, ingest};
+use crate::{ingest, listing};
 
 /// `PUT /v1/files/{name}`: the body is the file; it is chunked as it streams and only new
 /// chunks are stored. Memory stays at a few blocks whatever the size.
@@ -359,14 +359,14 @@ pub async fn manifest(
 /// `GET /v1/files`: every name with its versions, then unnamed files.
 pub async fn list(State(st): State<AppState>) -> Result<Response, ApiError> {
     let store = st.store();
-    let files = blocking(move || catalog::list(&*store)).await?;
+    let files = blocking(move || listing::list(&*store)).await?;
     Ok(Json(json!({ "files": files })).into_response())
 }
 
 /// `GET /v1/stats`: logical vs stored bytes and the ratios.
 pub async fn stats(State(st): State<AppState>) -> Result<Response, ApiError> {
     let store = st.store();
-    let stats = blocking(move || catalog::stats(&*store)).await?;
+    let stats = blocking(move || listing::stats(&*store)).await?;
     Ok(Json(stats).into_response())
 }
 

@@ -1,22 +1,19 @@
-//! fsck of a local store's chunks: walk every pack file entry by entry, re-hash each one,
-//! compare with the chunk table; and the repairs (re-point, quarantine, drop, re-index).
+//! fsck of a packed store's chunks: walk every pack entry by entry, re-hash each one, compare
+//! with the catalog's chunk locations; and the repairs (re-point, quarantine, drop, re-index).
 //!
-//! The walk reads each pack sequentially (1 MiB buffered reads) and decodes and hashes
+//! The walk reads each pack front to back and decodes and hashes
 //! 8 MiB batches on all cores. An entry is judged against the index by its offset: the index
 //! entry at that offset must name the same chunk, codec and lengths, and the payload must
 //! decode to bytes that hash to the id. A damaged entry header stops the walk of that pack
 //! (lengths after it cannot be trusted); indexed entries after it are then read one by one at
 //! the offsets the index gives, so one flipped byte costs one chunk, not the rest of the pack.
 //!
-//! Progress survives an interruption: after each pack, the findings so far go to
-//! `STORE/fsck.state` (JSON, `version` 1), and a later check started with `resume` skips the
-//! packs listed there. The file is removed when a check finishes.
+//! Progress survives an interruption: after each pack, the findings so far go to the catalog
+//! (a local store keeps them in `STORE/fsck.state`; JSON, `version` 1), and a later check
+//! started with `resume` skips the packs listed there. They are dropped when a check finishes.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read, Write};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::io::Read;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -24,20 +21,18 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, pack_path, parse_entry_header};
-use crate::store::{BadChunk, ChunkCheck, ChunkRepair, LocalStore};
+use crate::store::catalog::Catalog;
+use crate::store::pack::{
+    ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, parse_entry_header, read_entry,
+};
+use crate::store::packed::PackedStore;
+use crate::store::packs::PackStorage;
+use crate::store::{BadChunk, ChunkCheck, ChunkRepair};
 
-/// Where an interrupted check's progress is kept, under the store directory.
-const STATE_FILE: &str = "fsck.state";
-/// Version of that file.
+/// Version of the saved progress.
 const STATE_VERSION: u32 = 1;
-/// Largest entry believed = 16 MiB, FastCDC 2020's largest chunk (a damaged length is not
-/// allocated).
-const MAX_ENTRY: u32 = 16 << 20;
 /// Payload bytes decoded and hashed per parallel batch = 8 MiB.
 const BATCH_BYTES: usize = 8 << 20;
-/// Where bad entries are copied by a repair, under the store directory.
-pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// An interrupted check: the packs done and what they showed.
 #[derive(Default, Serialize, Deserialize)]
@@ -85,19 +80,16 @@ pub(super) fn verify(id: &Hash, tag: u8, raw_len: u32, payload: &[u8]) -> Option
     (actual != *id).then(|| format!("content hashes to {actual}"))
 }
 
-fn read_state(path: &Path) -> Option<State> {
-    let bytes = std::fs::read(path).ok()?;
+fn read_state(catalog: &dyn Catalog) -> Option<State> {
+    let bytes = catalog.check_progress()?;
     serde_json::from_slice::<State>(&bytes)
         .ok()
         .filter(|s| s.version == STATE_VERSION)
 }
 
-fn write_state(path: &Path, st: &State) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(st).map_err(|e| Error::io("cannot write", &tmp)(e.into()))?;
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(Error::io("cannot write", path))
+fn write_state(catalog: &dyn Catalog, st: &State) -> Result<()> {
+    let bytes = serde_json::to_vec(st).map_err(|e| Error::Stream("fsck progress", e.into()))?;
+    catalog.save_check_progress(Some(&bytes))
 }
 
 /// The walk of one pack: its indexed entries by offset, and which were judged.
@@ -145,22 +137,22 @@ impl PackWalk<'_> {
     }
 }
 
-impl LocalStore {
+impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     /// See [`ChunkStore::check_chunks`](crate::store::ChunkStore::check_chunks).
     pub(super) fn check_packs(
         &self,
         resume: bool,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<ChunkCheck> {
-        let state_path = self.root().join(STATE_FILE);
+        let catalog: &dyn Catalog = &*self.catalog;
         let mut st = resume
-            .then(|| read_state(&state_path))
+            .then(|| read_state(catalog))
             .flatten()
             .unwrap_or_default();
         st.version = STATE_VERSION;
         let mut by_pack: HashMap<u64, Vec<(Hash, ChunkLoc)>> = HashMap::new();
         let mut unreadable = Vec::new();
-        self.index.for_each_record(|id, loc| {
+        catalog.for_each_loc(&mut |id, loc| {
             match loc {
                 Ok(l) => by_pack.entry(l.pack).or_default().push((*id, l)),
                 Err(e) => unreadable.push(BadChunk {
@@ -190,7 +182,7 @@ impl LocalStore {
             self.check_pack(pack, len, indexed, &mut st, progress)?;
             st.done.push(pack);
             // Progress is a convenience: a full disk must not stop the check itself.
-            if let Err(e) = write_state(&state_path, &st) {
+            if let Err(e) = write_state(catalog, &st) {
                 tracing::warn!(error = %e, "cannot save fsck progress; an interrupted check will start over");
             }
         }
@@ -206,7 +198,9 @@ impl LocalStore {
         }
         check.bad.extend(unreadable);
         check.spare = std::mem::take(&mut st.spare);
-        let _ = std::fs::remove_file(&state_path);
+        if let Err(e) = catalog.save_check_progress(None) {
+            tracing::warn!(error = %e, "cannot drop the saved fsck progress");
+        }
         Ok(check)
     }
 
@@ -218,7 +212,6 @@ impl LocalStore {
         st: &mut State,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
-        let path = pack_path(self.packs.dir(), pack);
         let entry_end = |l: &ChunkLoc| {
             l.offset
                 .saturating_add(ENTRY_HEADER_LEN as u64 + u64::from(l.stored_len))
@@ -235,19 +228,15 @@ impl LocalStore {
             len
         };
         st.check.packs += 1;
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                for (id, loc) in indexed {
-                    st.check.bad.push(BadChunk {
-                        id,
-                        detail: format!("its pack {pack:016x} does not exist"),
-                        loc: Some(loc),
-                    });
-                }
-                return Ok(());
+        let Some(mut r) = self.packs.read_all(pack)? else {
+            for (id, loc) in indexed {
+                st.check.bad.push(BadChunk {
+                    id,
+                    detail: format!("its pack {pack:016x} does not exist"),
+                    loc: Some(loc),
+                });
             }
-            Err(e) => return Err(Error::io("cannot open pack", &path)(e)),
+            return Ok(());
         };
         let mut walk = PackWalk {
             pack,
@@ -258,7 +247,6 @@ impl LocalStore {
             judged: HashSet::new(),
             st,
         };
-        let mut r = BufReader::with_capacity(1 << 20, &file);
         let damaged = |what: String| format!("pack {pack:016x}: {what}");
         let mut magic = [0u8; PACK_MAGIC.len()];
         let mut pos = PACK_MAGIC.len() as u64;
@@ -329,28 +317,13 @@ impl LocalStore {
         rest.sort_unstable_by_key(|(_, l)| l.offset);
         for (id, loc) in rest {
             let c = &mut walk.st.check;
-            let mut h = [0u8; ENTRY_HEADER_LEN];
-            let read =
-                file.read_exact_at(&mut h, loc.offset).ok().and_then(
-                    |()| match parse_entry_header(&h) {
-                        Some((hid, tag, raw, stored))
-                            if hid == id
-                                && tag == loc.codec
-                                && raw == loc.raw_len
-                                && stored == loc.stored_len
-                                && stored <= MAX_ENTRY =>
-                        {
-                            let mut payload = vec![0; stored as usize];
-                            file.read_exact_at(&mut payload, loc.offset + ENTRY_HEADER_LEN as u64)
-                                .ok()
-                                .map(|()| payload)
-                        }
-                        _ => None,
-                    },
-                );
-            let why = match read {
-                None => Some("no matching entry there (damaged or cut off)".to_owned()),
-                Some(payload) => verify(&id, loc.codec, loc.raw_len, &payload),
+            let mut payload = Vec::new();
+            let read = loc.stored_len <= MAX_ENTRY
+                && read_entry(&self.packs, &id, &loc, &mut payload).is_ok();
+            let why = if read {
+                verify(&id, loc.codec, loc.raw_len, &payload)
+            } else {
+                Some("no matching entry there (damaged or cut off)".to_owned())
             };
             match why {
                 None => c.chunks_ok += 1,
@@ -378,9 +351,7 @@ impl LocalStore {
             if spare.contains_key(id) {
                 continue;
             }
-            let intact = self
-                .packs
-                .read_into(id, loc, &mut payload)
+            let intact = read_entry(&self.packs, id, loc, &mut payload)
                 .is_ok_and(|_| verify(id, loc.codec, loc.raw_len, &payload).is_none());
             if intact {
                 spare.insert(*id, *loc);
@@ -403,9 +374,9 @@ impl LocalStore {
                 }
                 (Some(loc), None) => {
                     drops.push(b.id);
-                    if self.quarantine(&b.id, &loc)? {
+                    if let Some(kept) = self.packs.quarantine(&b.id, &loc)? {
                         out.quarantined += 1;
-                        out.quarantine = Some(self.root().join(QUARANTINE_DIR));
+                        out.quarantine = Some(kept);
                     } else {
                         out.dropped += 1;
                     }
@@ -416,16 +387,16 @@ impl LocalStore {
                 }
             }
         }
-        self.index.relocate(&moves)?;
-        self.index.remove_locs(&drops)?;
-        self.index.insert_locs(&inserts)?;
+        self.catalog.relocate(&moves)?;
+        self.catalog.remove_locs(&drops)?;
+        self.catalog.insert_locs(&inserts)?;
         {
             let ids: Vec<Hash> = spare
                 .keys()
                 .filter(|id| wanted.is_none_or(|w| w.contains(id)))
                 .copied()
                 .collect();
-            let absent = self.index.missing(&ids)?;
+            let absent = self.catalog.missing(&ids)?;
             let add: Vec<(Hash, ChunkLoc)> = ids
                 .iter()
                 .zip(absent)
@@ -434,37 +405,9 @@ impl LocalStore {
                 .collect();
             out.reindexed = add.len() as u64;
             for part in add.chunks(10_000) {
-                self.index.insert_locs(part)?;
+                self.catalog.insert_locs(part)?;
             }
         }
         Ok(out)
-    }
-
-    /// Copies what can be read of a bad entry to the quarantine directory; false if its pack
-    /// is gone (nothing to keep).
-    fn quarantine(&self, id: &Hash, loc: &ChunkLoc) -> Result<bool> {
-        let src = pack_path(self.packs.dir(), loc.pack);
-        let file = match File::open(&src) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("cannot open pack", &src)(e)),
-        };
-        let file_len = file
-            .metadata()
-            .map_err(Error::io("cannot stat", &src))?
-            .len();
-        let want = (ENTRY_HEADER_LEN as u64 + u64::from(loc.stored_len.min(MAX_ENTRY)))
-            .min(file_len.saturating_sub(loc.offset));
-        let mut bytes = vec![0; want as usize];
-        file.read_exact_at(&mut bytes, loc.offset)
-            .map_err(Error::io("cannot read pack", &src))?;
-        let dir = self.root().join(QUARANTINE_DIR);
-        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
-        let dst = dir.join(format!("{id}-{:016x}-{}.entry", loc.pack, loc.offset));
-        let mut f = File::create(&dst).map_err(Error::io("cannot create", &dst))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(Error::io("cannot write", &dst))?;
-        Ok(true)
     }
 }

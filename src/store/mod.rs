@@ -1,28 +1,34 @@
 //! The store contract between the pipeline and the storage: chunks, manifests and names.
 //!
-//! [`ChunkStore`] is what `ingest` and `restore` talk to. Two implementations keep each other
-//! honest: [`LocalStore`] (redb chunk table, sled for manifests and names, append-only pack
-//! files: the real thing) and
-//! [`MemoryStore`] (maps in memory, the reference behaviour). The contract tests in `tests/`
-//! run the same assertions on both. Nothing here takes a process-wide lock the trait cannot
-//! express, so an object-store backend can implement it later.
+//! [`ChunkStore`] is what `ingest` and `restore` talk to. Behind it, storage has two seams:
+//! [`PackStorage`] (where encoded chunk bytes live: `packs.rs`) and [`Catalog`] (where chunk
+//! locations, manifests, pages, names and upload records live: `catalog.rs`). A
+//! [`PackedStore`] is one of each (`packed.rs`, with `compact.rs` and `check.rs`);
+//! [`LocalStore`] is the one over a directory (`local/`). [`MemoryStore`] implements
+//! [`ChunkStore`] directly with maps in memory: the reference behaviour. The contract tests in
+//! `tests/` run the same assertions on both stores, and the seams' own contract on each seam.
+//! Nothing here takes a process-wide lock the traits cannot express.
 
+pub mod catalog;
 mod check;
+mod compact;
 mod guard;
-mod index;
-pub mod journal;
-mod local;
+pub mod local;
 mod memory;
 pub mod pack;
-mod tails;
+mod packed;
+pub mod packs;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::pack::ChunkLoc;
 
+pub use catalog::Catalog;
 pub use guard::{Guard, Pin, PinnedSnapshot};
-pub use local::LocalStore;
+pub use local::{LocalStore, journal};
 pub use memory::MemoryStore;
+pub use packed::PackedStore;
+pub use packs::{PackSink, PackStorage, PackSync};
 
 use crate::codec::Codec;
 use crate::config::StoreConfig;

@@ -9,7 +9,7 @@ use hoard::gc::{GcOptions, gc};
 use hoard::hash::Hash;
 use hoard::manifest::Manifest;
 use hoard::store::{ChunkStore, LocalStore};
-use hoard::{ChunkerParams, StoreConfig, catalog, fsck, ingest, names, restore};
+use hoard::{ChunkerParams, StoreConfig, fsck, ingest, listing, names, restore};
 
 use super::data;
 use super::support::{Scratch, b3, fails, hoard, ok};
@@ -79,7 +79,7 @@ fn gc_frees_exactly_what_no_file_uses_and_compacts() {
     assert!(!only_base.is_empty());
 
     // Stats say what removing `base` frees before it is removed.
-    let st = catalog::stats(&store).unwrap();
+    let st = listing::stats(&store).unwrap();
     let usage = st.per_file.iter().find(|f| f.id == mb.file_id).unwrap();
     let expect: u64 = only_base.iter().map(|(_, l)| u64::from(*l)).sum();
     assert_eq!(usage.unique_bytes, expect);

@@ -71,19 +71,19 @@ pub fn open_sled(path: &Path, cache: u64) -> Result<sled::Db> {
 /// Handles to the sled database and its trees (all cheap `Clone`s).
 #[derive(Clone)]
 pub struct Index {
-    pub(crate) db: sled::Db,
+    pub(super) db: sled::Db,
     chunks: Arc<ChunkTable>,
-    pub(crate) files: sled::Tree,
-    pub(crate) pages: sled::Tree,
-    pub(crate) names: sled::Tree,
-    pub(crate) sessions: sled::Tree,
-    pub(crate) tus: sled::Tree,
-    pub(crate) meta: sled::Tree,
+    pub(super) files: sled::Tree,
+    pub(super) pages: sled::Tree,
+    pub(super) names: sled::Tree,
+    pub(super) sessions: sled::Tree,
+    pub(super) tus: sled::Tree,
+    pub(super) meta: sled::Tree,
 }
 
 impl Index {
     /// The tree that keeps upload records of `kind`.
-    pub(crate) fn uploads(&self, kind: crate::store::UploadKind) -> &sled::Tree {
+    pub(super) fn uploads(&self, kind: crate::store::UploadKind) -> &sled::Tree {
         match kind {
             crate::store::UploadKind::Session => &self.sessions,
             crate::store::UploadKind::Tus => &self.tus,
@@ -289,15 +289,8 @@ impl Index {
         })
     }
 
-    /// Calls `f` with every indexed chunk location.
-    ///
-    /// # Errors
-    /// Index errors, damaged records, or `f`'s error.
-    pub fn for_each_loc(&self, mut f: impl FnMut(&Hash, ChunkLoc) -> Result<()>) -> Result<()> {
-        self.for_each_record(|id, loc| f(id, loc?))
-    }
-
-    /// As [`Index::for_each_loc`], handing `f` a damaged record's error instead of stopping.
+    /// Calls `f` with every indexed chunk location, in id order; a damaged record comes as
+    /// its error instead of stopping the walk.
     ///
     /// # Errors
     /// Index errors, or `f`'s error.

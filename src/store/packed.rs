@@ -1,0 +1,372 @@
+//! A [`ChunkStore`] made of one pack storage and one catalog (the two seams): the writer and
+//! its commits, reads, and the calls the pipeline makes, each passed to the seam it belongs
+//! to. Compaction is in `compact.rs`, the chunk check in `check.rs`. [`LocalStore`] is one of
+//! these over a directory; a bucket + database store will be another.
+//!
+//! Durability order (DESIGN.md, "Storage"): pack bytes are synced before the catalog records
+//! locations that point at them; a manifest is written only after all its chunks are
+//! committed; a name moves only after its manifest is durable. A crash leaves at worst pack
+//! bytes nothing points at, which gc reclaims.
+//!
+//! [`LocalStore`]: crate::store::LocalStore
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::codec::Codec;
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+use crate::store::catalog::Catalog;
+use crate::store::pack::{ChunkLoc, read_entry};
+use crate::store::packs::{PackSink, PackStorage, PackSync};
+use crate::store::{
+    ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
+    JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk, TailRun, UploadKind,
+};
+
+/// Pack storage `P` and catalog `C` as one store.
+pub struct PackedStore<P, C> {
+    pub(super) packs: P,
+    pub(super) catalog: Arc<C>,
+    guard: Guard,
+    /// Packs a writer may still append to, or whose entries are not recorded yet: compaction
+    /// leaves them alone, and a check reads them only as far as the catalog knows them.
+    busy: Arc<Mutex<HashMap<u64, usize>>>,
+}
+
+/// Marks a pack busy until dropped (counted: a writer and its commits in flight each hold one).
+pub(super) struct Busy {
+    set: Arc<Mutex<HashMap<u64, usize>>>,
+    pack: u64,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut set = crate::lock(&self.set);
+        if let Some(n) = set.get_mut(&self.pack) {
+            *n -= 1;
+            if *n == 0 {
+                set.remove(&self.pack);
+            }
+        }
+    }
+}
+
+impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
+    /// The store made of `packs` and `catalog`.
+    pub fn new(packs: P, catalog: C) -> Self {
+        PackedStore {
+            packs,
+            catalog: Arc::new(catalog),
+            guard: Guard::default(),
+            busy: Arc::default(),
+        }
+    }
+
+    /// The pack storage.
+    pub fn packs(&self) -> &P {
+        &self.packs
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &C {
+        &self.catalog
+    }
+
+    /// A new pack, marked busy until the returned marker is dropped.
+    pub(super) fn new_pack(&self) -> Result<(Box<dyn PackSink>, Busy)> {
+        let sink = self.packs.create()?;
+        let busy = self.mark_busy(sink.pack());
+        Ok((sink, busy))
+    }
+
+    fn mark_busy(&self, pack: u64) -> Busy {
+        *crate::lock(&self.busy).entry(pack).or_default() += 1;
+        Busy {
+            set: self.busy.clone(),
+            pack,
+        }
+    }
+
+    /// Packs busy now.
+    pub(super) fn busy_now(&self) -> HashSet<u64> {
+        crate::lock(&self.busy).keys().copied().collect()
+    }
+
+    pub(super) fn is_busy(&self, pack: u64) -> bool {
+        crate::lock(&self.busy).contains_key(&pack)
+    }
+}
+
+/// Writes chunks into a pack of its own; records them in the catalog at commit.
+struct PackedWriter<'a, P, C> {
+    store: &'a PackedStore<P, C>,
+    sink: Option<(Box<dyn PackSink>, Busy)>,
+    /// Full packs with entries not yet recorded: busy until the next commit is finished.
+    retired: Vec<Busy>,
+    pending: Vec<(Hash, ChunkLoc)>,
+}
+
+impl<P: PackStorage, C: Catalog> PackedWriter<'_, P, C> {
+    fn try_append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        if self.sink.as_ref().is_some_and(|(s, _)| s.full()) {
+            // The full pack is synced now so the pending entries in it are durable at commit.
+            let (mut full, busy) = self.sink.take().expect("checked");
+            full.sync()?;
+            self.retired.push(busy);
+        }
+        let (sink, _) = match &mut self.sink {
+            Some(s) => s,
+            None => self.sink.insert(self.store.new_pack()?),
+        };
+        let loc = sink.append(id, codec, raw_len, payload)?;
+        self.pending.push((*id, loc));
+        Ok(())
+    }
+
+    fn try_start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
+        let mut busy = std::mem::take(&mut self.retired);
+        let sync = match (&mut self.sink, self.pending.is_empty()) {
+            (Some((sink, _)), false) => {
+                // The commit keeps the pack busy too: the writer may be dropped before the
+                // entries are recorded.
+                busy.push(self.store.mark_busy(sink.pack()));
+                Some(sink.start_sync()?)
+            }
+            _ => None,
+        };
+        Ok(Box::new(PackedCommit {
+            catalog: self.store.catalog.clone(),
+            guard: self.store.guard.clone(),
+            sync,
+            pending: std::mem::take(&mut self.pending),
+            _busy: busy,
+        }))
+    }
+
+    /// After any failure, nothing appended since the last commit can be trusted to be durable
+    /// (a short write also leaves the pack's length unknown): forget it, and start the next
+    /// append in a fresh pack. The abandoned bytes are unreferenced garbage for gc.
+    fn on_error<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.pending.clear();
+            if let Some((sink, _busy)) = self.sink.take() {
+                sink.abandon();
+            }
+            self.retired.clear();
+        }
+        r
+    }
+}
+
+impl<P: PackStorage, C: Catalog> ChunkWriter for PackedWriter<'_, P, C> {
+    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        let r = self.try_append(id, codec, raw_len, payload);
+        self.on_error(r)
+    }
+
+    fn start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
+        let r = self.try_start_commit();
+        self.on_error(r)
+    }
+}
+
+/// Pack bytes to sync, then the locations that point at them.
+struct PackedCommit<C> {
+    catalog: Arc<C>,
+    guard: Guard,
+    sync: Option<Box<dyn PackSync>>,
+    pending: Vec<(Hash, ChunkLoc)>,
+    /// Busy markers of the packs this commit records, released when it is done.
+    _busy: Vec<Busy>,
+}
+
+impl<C: Catalog> PendingCommit for PackedCommit<C> {
+    fn finish(self: Box<Self>) -> Result<()> {
+        if let Some(sync) = self.sync {
+            // Durability order: the bytes first, then the locations that point at them.
+            sync.wait()?;
+        }
+        if !self.pending.is_empty() {
+            self.guard
+                .note_stored(self.pending.iter().map(|(id, _)| *id));
+            self.catalog.insert_locs(&self.pending)?;
+        }
+        Ok(())
+    }
+}
+
+impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
+    fn config(&self) -> StoreConfig {
+        self.catalog.config()
+    }
+
+    fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    fn lookup(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        self.catalog.missing(ids)
+    }
+
+    fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
+        Ok(Box::new(PackedWriter {
+            store: self,
+            sink: None,
+            retired: Vec::new(),
+            pending: Vec::new(),
+        }))
+    }
+
+    fn read_chunk_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
+        let loc = self.catalog.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
+        match read_entry(&self.packs, id, &loc, payload) {
+            Ok(codec) => Ok((codec, loc.raw_len)),
+            Err(e) => {
+                // Compaction may have moved the chunk between the lookup and the read: look
+                // again, and read once more only if it did.
+                match self.catalog.loc(id)? {
+                    Some(now) if now != loc => {
+                        let codec = read_entry(&self.packs, id, &now, payload)?;
+                        Ok((codec, now.raw_len))
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
+        let mut payload = Vec::new();
+        let (codec, raw_len) = self.read_chunk_into(id, &mut payload)?;
+        Ok(StoredChunk {
+            id: *id,
+            codec,
+            raw_len,
+            payload,
+        })
+    }
+
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()> {
+        self.catalog.for_each_loc(&mut |id, loc| {
+            loc?;
+            f(id)
+        })
+    }
+
+    fn remove_chunks(&self, ids: &[Hash]) -> Result<(u64, u64)> {
+        self.catalog.remove_locs(ids)
+    }
+
+    fn compact(&self, min_dead: f64) -> Result<CompactReport> {
+        self.compact_packs(min_dead)
+    }
+
+    fn check_chunks(&self, resume: bool, progress: &(dyn Fn(u64) + Sync)) -> Result<ChunkCheck> {
+        self.check_packs(resume, progress)
+    }
+
+    fn repair_chunks(
+        &self,
+        check: &ChunkCheck,
+        wanted: Option<&HashSet<Hash>>,
+    ) -> Result<ChunkRepair> {
+        self.repair(check, wanted)
+    }
+
+    fn check_journal(&self, repair: bool) -> Result<Option<JournalCheck>> {
+        self.catalog.check_log(repair)
+    }
+
+    fn chunk_totals(&self) -> Result<ChunkTotals> {
+        let mut t = ChunkTotals::default();
+        self.catalog.for_each_loc(&mut |_, loc| {
+            let loc = loc?;
+            t.chunks += 1;
+            t.raw_bytes += u64::from(loc.raw_len);
+            t.encoded_bytes += u64::from(loc.stored_len);
+            Ok(())
+        })?;
+        Ok(t)
+    }
+
+    fn chunk_data_bytes(&self) -> Result<u64> {
+        self.packs.total_bytes()
+    }
+
+    // The rest is the catalog's.
+
+    fn page_hashes(&self) -> Result<Vec<Hash>> {
+        self.catalog.page_hashes()
+    }
+    fn remove_pages(&self, hashes: &[Hash]) -> Result<()> {
+        self.catalog.remove_pages(hashes)
+    }
+    fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
+        self.catalog.put_page(hash, bytes)
+    }
+    fn get_page(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        self.catalog.get_page(hash)
+    }
+    fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        self.catalog.put_manifest(manifest)
+    }
+    fn get_manifest(&self, file_id: &Hash) -> Result<Option<Manifest>> {
+        self.catalog.get_manifest(file_id)
+    }
+    fn file_ids_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Hash>> {
+        self.catalog.file_ids_with_prefix(prefix)
+    }
+    fn manifests(&self) -> Result<Vec<Manifest>> {
+        self.catalog.manifests()
+    }
+    fn remove_manifest(&self, file_id: &Hash) -> Result<bool> {
+        self.catalog.remove_manifest(file_id)
+    }
+    fn push_name(&self, name: &str, version: NameVersion) -> Result<NameRecord> {
+        self.catalog.push_name(name, version)
+    }
+    fn get_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        self.catalog.get_name(name)
+    }
+    fn names(&self) -> Result<Vec<(String, NameRecord)>> {
+        self.catalog.names()
+    }
+    fn remove_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        self.catalog.remove_name(name)
+    }
+    fn put_name(&self, name: &str, record: &NameRecord) -> Result<()> {
+        self.catalog.put_name(name, record)
+    }
+    fn put_upload(&self, kind: UploadKind, id: &[u8; 16], record: &[u8]) -> Result<()> {
+        self.catalog.put_upload(kind, id, record)
+    }
+    fn get_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        self.catalog.get_upload(kind, id)
+    }
+    fn uploads(&self, kind: UploadKind) -> Result<Vec<([u8; 16], Vec<u8>)>> {
+        self.catalog.uploads(kind)
+    }
+    fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()> {
+        self.catalog.delete_upload(kind, id)
+    }
+    fn tail(&self, id: &[u8; 16]) -> Result<Option<TailRun>> {
+        self.catalog.tail(id)
+    }
+    fn write_tail(
+        &self,
+        id: &[u8; 16],
+        keep_from: u64,
+        position: u64,
+        bytes: &[u8],
+        meta: &[u8],
+    ) -> Result<()> {
+        self.catalog
+            .write_tail(id, keep_from, position, bytes, meta)
+    }
+    fn forget_tail(&self, id: &[u8; 16]) -> Result<()> {
+        self.catalog.forget_tail(id)
+    }
+}

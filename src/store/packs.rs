@@ -1,0 +1,112 @@
+//! Seam (a), pack storage: where encoded chunk bytes live. A pack is a named run of
+//! self-describing entries (see `pack.rs` for the format); a store appends to new packs, reads
+//! ranges of them, lists them and deletes them, and asks for nothing else: a local directory
+//! ([`LocalPacks`](crate::store::local::LocalPacks)) today, an object-store bucket next.
+//!
+//! The contract (tests in `tests/integration/seams.rs` run it on every implementation):
+//! - A pack gets a name never used before, so a name always means the same bytes.
+//! - An entry appended to a sink is readable at the location `append` returned once a sync
+//!   that started after it has finished, and not necessarily before.
+//! - Nothing the storage does takes a lock across packs: many sinks write at once.
+//! - Errors name the pack and what failed (a full disk is reported as such, see
+//!   [`Error::environment`](crate::Error::environment)).
+
+use crate::codec::Codec;
+use crate::error::Result;
+use crate::hash::Hash;
+use crate::store::pack::ChunkLoc;
+
+/// Where encoded chunk bytes live.
+pub trait PackStorage: Send + Sync {
+    /// Starts a new pack under a name never used before.
+    ///
+    /// # Errors
+    /// I/O errors of the storage.
+    fn create(&self) -> Result<Box<dyn PackSink>>;
+
+    /// Reads the bytes of `pack` from `offset` on into `bufs`, one after the other (an entry's
+    /// header and payload in one request). `Ok(false)` if the pack ends before `bufs` are full.
+    ///
+    /// # Errors
+    /// I/O errors, a pack that does not exist among them.
+    fn read_at(&self, pack: u64, offset: u64, bufs: &mut [&mut [u8]]) -> Result<bool>;
+
+    /// Reads a whole pack front to back (fsck), or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// I/O errors opening it.
+    fn read_all(&self, pack: u64) -> Result<Option<Box<dyn std::io::Read + Send>>>;
+
+    /// Every pack: `(name, length)`, in name order. Packs deleted while listing are left out.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn list(&self) -> Result<Vec<(u64, u64)>>;
+
+    /// Deletes packs (one request for all of them where the storage allows it); a pack
+    /// already gone is not an error.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn delete(&self, packs: &[u64]) -> Result<()>;
+
+    /// Keeps a copy of what can still be read of a damaged entry where a repair leaves it
+    /// (never deleted by hoard); returns where, or `None` if its pack is gone.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn quarantine(&self, id: &Hash, loc: &ChunkLoc) -> Result<Option<std::path::PathBuf>>;
+
+    /// Bytes all packs take, with their headers.
+    ///
+    /// # Errors
+    /// As [`PackStorage::list`].
+    fn total_bytes(&self) -> Result<u64> {
+        Ok(self.list()?.iter().map(|(_, len)| len).sum())
+    }
+}
+
+/// Appends entries to one new pack.
+pub trait PackSink: Send {
+    /// The pack's name.
+    fn pack(&self) -> u64;
+
+    /// True when the next entry belongs in a new pack (this one is big enough, or, for storage
+    /// whose packs are immutable once written, it was synced).
+    fn full(&self) -> bool;
+
+    /// Appends one entry; returns where it is.
+    ///
+    /// # Errors
+    /// I/O errors (a full disk among them); the pack's later contents are then unknown.
+    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8])
+    -> Result<ChunkLoc>;
+
+    /// Starts making every entry appended so far durable; [`PackSync::wait`] finishes it,
+    /// possibly on another thread while appends go on (where [`PackSink::full`] allows them).
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn start_sync(&mut self) -> Result<Box<dyn PackSync>>;
+
+    /// Makes every entry appended so far durable before returning.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn sync(&mut self) -> Result<()> {
+        self.start_sync()?.wait()
+    }
+
+    /// Gives the pack up after a failed write: removes it, unless a sync was started (an
+    /// index entry may then point into it; its tail is garbage for gc).
+    fn abandon(self: Box<Self>);
+}
+
+/// A sync in flight.
+pub trait PackSync: Send {
+    /// Returns once the entries the sync covers are durable.
+    ///
+    /// # Errors
+    /// I/O errors; the entries are then not durable.
+    fn wait(self: Box<Self>) -> Result<()>;
+}
