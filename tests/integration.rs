@@ -15,6 +15,7 @@ mod integration {
     pub mod properties;
     pub mod push_pull;
     pub mod roundtrip;
+    pub mod seams;
     pub mod server;
     pub mod store_contract;
     pub mod support;

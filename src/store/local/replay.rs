@@ -25,47 +25,125 @@ pub(super) fn rebuild(path: &Path, journal_path: &Path) -> Result<journal::Repla
     Ok(report)
 }
 
+/// What a journal record can do to a set of tables; the one match on [`Change`] is in
+/// [`replay_into`], so the index (redo, rebuild) and fsck's comparison read a journal alike.
+trait Tables {
+    fn config(&mut self, value: &[u8]) -> Result<()>;
+    fn page(&mut self, hash: Hash, bytes: &[u8]) -> Result<()>;
+    fn manifest(&mut self, file_id: Hash, bytes: &[u8]) -> Result<()>;
+    fn name(&mut self, name: &str, value: &[u8]) -> Result<()>;
+    fn name_removed(&mut self, name: &str) -> Result<()>;
+    fn manifest_removed(&mut self, file_id: Hash) -> Result<()>;
+    fn page_removed(&mut self, hash: Hash) -> Result<()>;
+}
+
+/// Applies every record of the journal at `path` to `tables`, in order.
+fn replay_into(path: &Path, tables: &mut dyn Tables) -> Result<journal::ReplayReport> {
+    journal::replay_changes(path, |change| match change {
+        Change::Config(c) => tables.config(c),
+        Change::Page { hash, bytes } => tables.page(hash, bytes),
+        Change::Manifest { file_id, bytes } => tables.manifest(file_id, bytes),
+        Change::Name { name, value } => tables.name(name, value),
+        Change::NameRemoved(name) => tables.name_removed(name),
+        Change::ManifestRemoved(id) => tables.manifest_removed(id),
+        Change::PagesRemoved(hashes) => hashes.into_iter().try_for_each(|h| tables.page_removed(h)),
+    })
+}
+
+/// The sled trees a journal rebuilds.
+struct Trees {
+    meta: sled::Tree,
+    pages: sled::Tree,
+    files: sled::Tree,
+    names: sled::Tree,
+    config: bool,
+}
+
+impl Tables for Trees {
+    fn config(&mut self, value: &[u8]) -> Result<()> {
+        self.meta.insert("format", &[STORE_FORMAT])?;
+        self.meta.insert("config", value)?;
+        self.config = true;
+        Ok(())
+    }
+    fn page(&mut self, hash: Hash, bytes: &[u8]) -> Result<()> {
+        self.pages.insert(hash.as_bytes(), bytes)?;
+        Ok(())
+    }
+    fn manifest(&mut self, file_id: Hash, bytes: &[u8]) -> Result<()> {
+        self.files.insert(file_id.as_bytes(), bytes)?;
+        Ok(())
+    }
+    fn name(&mut self, name: &str, value: &[u8]) -> Result<()> {
+        self.names.insert(name, value)?;
+        Ok(())
+    }
+    fn name_removed(&mut self, name: &str) -> Result<()> {
+        self.names.remove(name)?;
+        Ok(())
+    }
+    fn manifest_removed(&mut self, file_id: Hash) -> Result<()> {
+        self.files.remove(file_id.as_bytes())?;
+        Ok(())
+    }
+    fn page_removed(&mut self, hash: Hash) -> Result<()> {
+        self.pages.remove(hash.as_bytes())?;
+        Ok(())
+    }
+}
+
 /// Applies every record of the journal at `journal_path` to `db`, in order; returns the
 /// replay's report and whether a store config was among the records. Every record sets or
 /// removes one key, so applying a journal to an index that already holds some of it leaves
 /// exactly what the journal says for every key the journal names.
 pub(super) fn apply(db: &sled::Db, journal_path: &Path) -> Result<(journal::ReplayReport, bool)> {
-    let meta = db.open_tree("meta")?;
-    let pages = db.open_tree("pages")?;
-    let files = db.open_tree("files")?;
-    let names = db.open_tree("names")?;
-    let mut config = false;
-    let report = journal::replay_changes(journal_path, |change| {
-        match change {
-            Change::Config(c) => {
-                meta.insert("format", &[STORE_FORMAT])?;
-                meta.insert("config", c)?;
-                config = true;
-            }
-            Change::Page { hash, bytes } => {
-                pages.insert(hash.as_bytes(), bytes)?;
-            }
-            Change::Manifest { file_id, bytes } => {
-                files.insert(file_id.as_bytes(), bytes)?;
-            }
-            Change::Name { name, value } => {
-                names.insert(name, value)?;
-            }
-            Change::NameRemoved(name) => {
-                names.remove(name)?;
-            }
-            Change::ManifestRemoved(id) => {
-                files.remove(id.as_bytes())?;
-            }
-            Change::PagesRemoved(hashes) => {
-                for h in hashes {
-                    pages.remove(h.as_bytes())?;
-                }
-            }
-        }
+    let mut trees = Trees {
+        meta: db.open_tree("meta")?,
+        pages: db.open_tree("pages")?,
+        files: db.open_tree("files")?,
+        names: db.open_tree("names")?,
+        config: false,
+    };
+    let report = replay_into(journal_path, &mut trees)?;
+    Ok((report, trees.config))
+}
+
+/// What a journal says the index holds: names with their records, file ids, page hashes.
+#[derive(Default)]
+struct Said {
+    names: HashMap<String, Vec<u8>>,
+    files: HashSet<Hash>,
+    pages: HashSet<Hash>,
+}
+
+impl Tables for Said {
+    fn config(&mut self, _: &[u8]) -> Result<()> {
         Ok(())
-    })?;
-    Ok((report, config))
+    }
+    fn page(&mut self, hash: Hash, _: &[u8]) -> Result<()> {
+        self.pages.insert(hash);
+        Ok(())
+    }
+    fn manifest(&mut self, file_id: Hash, _: &[u8]) -> Result<()> {
+        self.files.insert(file_id);
+        Ok(())
+    }
+    fn name(&mut self, name: &str, value: &[u8]) -> Result<()> {
+        self.names.insert(name.to_owned(), value.to_vec());
+        Ok(())
+    }
+    fn name_removed(&mut self, name: &str) -> Result<()> {
+        self.names.remove(name);
+        Ok(())
+    }
+    fn manifest_removed(&mut self, file_id: Hash) -> Result<()> {
+        self.files.remove(&file_id);
+        Ok(())
+    }
+    fn page_removed(&mut self, hash: Hash) -> Result<()> {
+        self.pages.remove(&hash);
+        Ok(())
+    }
 }
 
 /// Journal records that rebuild what `index` holds: config, pages, manifests, names (read
@@ -97,35 +175,13 @@ pub(super) fn snapshot(index: &Index) -> impl Iterator<Item = Result<(Kind, Vec<
 
 /// Compares the journal at `path` with `index` (the caller holds the journal's lock).
 pub(super) fn compare(index: &Index, path: &Path) -> Result<JournalCheck> {
-    let mut names: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut files: HashSet<Hash> = HashSet::new();
-    let mut pages: HashSet<Hash> = HashSet::new();
-    let replay = journal::replay_changes(path, |change| {
-        match change {
-            Change::Config(_) => {}
-            Change::Page { hash, .. } => {
-                pages.insert(hash);
-            }
-            Change::Manifest { file_id, .. } => {
-                files.insert(file_id);
-            }
-            Change::Name { name, value } => {
-                names.insert(name.to_owned(), value.to_vec());
-            }
-            Change::NameRemoved(name) => {
-                names.remove(name);
-            }
-            Change::ManifestRemoved(id) => {
-                files.remove(&id);
-            }
-            Change::PagesRemoved(hashes) => {
-                for h in hashes {
-                    pages.remove(&h);
-                }
-            }
-        }
-        Ok(())
-    })?;
+    let mut said = Said::default();
+    let replay = replay_into(path, &mut said)?;
+    let Said {
+        mut names,
+        mut files,
+        mut pages,
+    } = said;
     let mut out = JournalCheck {
         records: replay.records,
         damaged: replay.damaged,
