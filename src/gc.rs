@@ -46,9 +46,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{Manifest, Page};
-use crate::session;
 use crate::store::ChunkStore;
-use crate::tus;
+use crate::upload;
 
 /// How gc runs.
 #[derive(Clone, Copy, Debug)]
@@ -125,18 +124,13 @@ impl Live {
         Ok(())
     }
 
-    /// Open upload sessions and unfinished tus uploads.
+    /// What unfinished uploads hold.
     fn add_uploads(&mut self, store: &dyn ChunkStore) -> Result<()> {
-        for m in session::open_manifests(store)? {
-            self.add_manifest(store, &m)?;
+        let held = upload::held(store)?;
+        for (page, owner) in held.pages {
+            self.add_page(store, page, &owner)?;
         }
-        for up in tus::open_uploads(store)? {
-            let owner = Hash::from_bytes([0u8; 32]);
-            for p in &up.pages {
-                self.add_page(store, p.hash, &owner)?;
-            }
-            self.ids.extend(up.refs.iter().map(|r| r.id));
-        }
+        self.ids.extend(held.chunks);
         Ok(())
     }
 }

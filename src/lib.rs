@@ -10,7 +10,8 @@
 //!
 //! Over HTTP the same stages split between a client and a server: [`client`] scans a file
 //! ([`scan`]), streams its manifest and sends only the chunks the server lacks ([`wire`]
-//! encodings); [`server`] checks each chunk ([`sink`]) and tracks the upload ([`session`]).
+//! encodings); [`server`] checks each chunk and tracks the upload ([`upload`]: sessions, tus,
+//! the chunk sink).
 //!
 //! The core is synchronous and deterministic; parallelism is a bounded rayon fan-out inside
 //! [`ingest`] and [`restore`], and async code lives only in [`server`] and [`client`]. Storage sits behind [`store::ChunkStore`], implemented by
@@ -33,10 +34,8 @@ pub mod record;
 pub mod restore;
 pub mod scan;
 pub mod server;
-pub mod session;
-pub mod sink;
 pub mod store;
-pub mod tus;
+pub mod upload;
 pub mod wire;
 
 pub use config::{ChunkerParams, StoreConfig};

@@ -16,8 +16,8 @@ use super::{AppState, blocking};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::{HASH_LEN, Hash};
-use crate::session::SessionId;
-use crate::sink::{SinkReport, Verified, verify};
+use crate::upload::session::SessionId;
+use crate::upload::sink::{SinkReport, Verified, verify};
 use crate::wire::{self, BINARY, Frame};
 
 /// Reads a whole body of at most `limit` bytes.

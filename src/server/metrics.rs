@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 
 use super::error::ApiError;
 use super::{AppState, blocking};
-use crate::sink::SinkReport;
+use crate::upload::sink::SinkReport;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

@@ -43,10 +43,10 @@ pub use hooks::{Event, HookConfig, Hooks};
 use crate::error::{Error, Result};
 use crate::fsck::{FsckOptions, FsckReport};
 use crate::gc::{GcOptions, GcReport};
-use crate::session::Sessions;
-use crate::sink::ChunkSink;
 use crate::store::{ChunkStore, UploadKind};
-use crate::tus::TusUploads;
+use crate::upload::session::Sessions;
+use crate::upload::sink::ChunkSink;
+use crate::upload::tus::TusUploads;
 
 /// The OpenAPI document of API v1, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -326,13 +326,7 @@ fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>>
 /// so uploads opened before a restart count too.
 async fn room_for_upload(st: &AppState, kind: UploadKind) -> Result<(), ApiError> {
     let store = st.store();
-    let open = blocking(move || {
-        Ok(match kind {
-            UploadKind::Tus => crate::tus::open_uploads(&*store)?.len(),
-            _ => crate::session::open_manifests(&*store)?.len(),
-        })
-    })
-    .await?;
+    let open = blocking(move || crate::upload::open_count(&*store, kind)).await?;
     if open >= st.limits().max_uploads {
         return Err(ApiError::Unavailable {
             what: match kind {

@@ -15,8 +15,8 @@ use super::error::ApiError;
 use super::hooks::Event;
 use super::{AppState, blocking};
 use crate::error::Error;
-use crate::session::SessionId;
-use crate::tus::{CHECKSUM_ALGORITHMS, Checksum, Stop, TusState, TusUploads, Upload};
+use crate::upload::session::SessionId;
+use crate::upload::tus::{CHECKSUM_ALGORITHMS, Checksum, Stop, TusState, TusUploads, Upload};
 
 /// The protocol version spoken.
 const TUS_VERSION: &str = "1.0.0";

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::hooks::Event;
 use super::{AppState, blocking};
 use crate::error::Error;
-use crate::session::{Progress, SessionId};
+use crate::upload::session::{Progress, SessionId};
 use crate::wire::{FlatManifest, ManifestReader};
 
 /// The JSON body of `POST /v1/uploads`: the manifest and the name it is to get.
@@ -96,7 +96,7 @@ async fn open_streamed(
     st: &AppState,
     name: Option<String>,
     body: Body,
-) -> Result<(crate::session::Progress, Vec<crate::hash::Hash>), ApiError> {
+) -> Result<(crate::upload::session::Progress, Vec<crate::hash::Hash>), ApiError> {
     let limit = st.limits().max_body;
     let max_chunk = st.limits().max_chunk;
     // A binary manifest is 36 bytes a chunk. Opening one once kept every ref, a copy for the

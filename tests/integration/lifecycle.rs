@@ -140,7 +140,7 @@ fn gc_spares_what_pins_sessions_and_the_grace_period_hold() {
     drop(pin);
 
     // An open upload session holds its manifest's chunks; its end lets go.
-    let sessions = hoard::session::Sessions::new(store.clone(), Duration::from_secs(3600));
+    let sessions = hoard::upload::session::Sessions::new(store.clone(), Duration::from_secs(3600));
     let flat = hoard::wire::FlatManifest {
         id: mx.file_id,
         size: x.len() as u64,

@@ -21,9 +21,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::session::SessionId;
 use crate::store::TailRun;
 use crate::store::local::sync_dir;
+use crate::upload::session::SessionId;
 
 /// Format version of tail records.
 const VERSION: u8 = 1;

@@ -38,45 +38,38 @@
 //! out. `HEAD` reports where the bytes read end, all durable, and the client sends the rest.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use bytes::Bytes;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha1::Digest as _;
 
-use crate::chunker::Cutter;
-use crate::codec::{self, Codec};
 use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::manifest::{ChunkRef, ManifestBuilder, PAGE_CHUNKS, PageRef};
-use crate::names;
+use crate::manifest::{ChunkRef, PAGE_CHUNKS, PageRef};
 use crate::record;
-use crate::restore;
-use crate::session::SessionId;
-use crate::sink::{ChunkSink, Verified};
-use crate::store::{ChunkStore, Pin, TailRun, UploadKind};
+use crate::store::{ChunkStore, TailRun, UploadKind};
+use crate::upload::session::SessionId;
+
+mod append;
+mod headers;
+
+use headers::name_from;
+pub use headers::{Algorithm, CHECKSUM_ALGORITHMS, Checksum, parse_metadata};
 
 /// Format version of tus upload records.
 const TUS_VERSION: u8 = 1;
 /// Bytes buffered before they are cut and stored = 8 MiB; also the most a server kill in the
 /// middle of a `PATCH` makes the client send again. With the compressed copies of the new
 /// chunks, a `PATCH` holds about twice this in memory.
-const STEP_BYTES: usize = 8 << 20;
+pub(super) const STEP_BYTES: usize = 8 << 20;
 /// Bytes read from the body at a time.
-const READ_BYTES: usize = 1 << 20;
-/// Longest `Upload-Metadata` header kept.
-const MAX_METADATA: usize = 4096;
+pub(super) const READ_BYTES: usize = 1 << 20;
 /// How long a request waits for another one on the same upload to finish (after asking it to
 /// stop: see [`TusUploads::preempt`]).
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// Most bytes of page refs a record may come to hold (half the record limit).
-const MAX_PAGE_LIST: u64 = 8 << 20;
+pub(super) const MAX_PAGE_LIST: u64 = 8 << 20;
 /// Format version of a tail's meta.
 const TAIL_VERSION: u8 = 1;
 
@@ -128,7 +121,7 @@ pub struct Upload {
 
 /// The bytes after the last cut point.
 #[derive(Clone, Debug, Default)]
-struct Tail {
+pub(super) struct Tail {
     /// Stream position of the first byte: what the record's pages and refs cover.
     start: u64,
     /// Where the durable bytes end: the `Upload-Offset`.
@@ -204,150 +197,6 @@ impl Upload {
     }
 }
 
-/// A checksum algorithm of the checksum extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Algorithm {
-    /// SHA-1 (what every tus client offers).
-    Sha1,
-    /// BLAKE3 (hoard's own hash).
-    Blake3,
-}
-
-/// Algorithms for `Tus-Checksum-Algorithm`.
-pub const CHECKSUM_ALGORITHMS: &str = "sha1,blake3";
-
-impl Algorithm {
-    fn name(self) -> &'static str {
-        match self {
-            Algorithm::Sha1 => "sha1",
-            Algorithm::Blake3 => "blake3",
-        }
-    }
-}
-
-/// An `Upload-Checksum`: the algorithm and the digest the body must have.
-#[derive(Clone, Debug)]
-pub struct Checksum {
-    algorithm: Algorithm,
-    digest: Vec<u8>,
-}
-
-impl Checksum {
-    /// Parses `ALGORITHM BASE64DIGEST`.
-    ///
-    /// # Errors
-    /// [`Error::Malformed`] for an unknown algorithm or a bad digest.
-    pub fn parse(header: &str) -> Result<Self> {
-        let bad = |detail: String| Error::Malformed {
-            what: "Upload-Checksum header",
-            detail,
-        };
-        let (algo, digest) = header
-            .trim()
-            .split_once(' ')
-            .ok_or_else(|| bad("expected `ALGORITHM BASE64`".into()))?;
-        let (algorithm, len) = match algo {
-            "sha1" => (Algorithm::Sha1, 20),
-            "blake3" => (Algorithm::Blake3, 32),
-            other => {
-                return Err(bad(format!(
-                    "unsupported algorithm {other:?}; this server offers {CHECKSUM_ALGORITHMS}"
-                )));
-            }
-        };
-        let digest = base64::engine::general_purpose::STANDARD
-            .decode(digest.trim())
-            .map_err(|e| bad(format!("digest is not base64: {e}")))?;
-        if digest.len() != len {
-            return Err(bad(format!(
-                "a {algo} digest has {len} bytes, not {}",
-                digest.len()
-            )));
-        }
-        Ok(Checksum { algorithm, digest })
-    }
-}
-
-enum Digester {
-    Sha1(sha1::Sha1),
-    Blake3(Box<blake3::Hasher>),
-}
-
-impl Digester {
-    fn new(a: Algorithm) -> Self {
-        match a {
-            Algorithm::Sha1 => Digester::Sha1(sha1::Sha1::new()),
-            Algorithm::Blake3 => Digester::Blake3(Box::default()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Digester::Sha1(h) => h.update(data),
-            Digester::Blake3(h) => {
-                h.update(data);
-            }
-        }
-    }
-
-    fn finish(self) -> Vec<u8> {
-        match self {
-            Digester::Sha1(h) => h.finalize().to_vec(),
-            Digester::Blake3(h) => h.finalize().as_bytes().to_vec(),
-        }
-    }
-}
-
-/// Parses `Upload-Metadata` (`key base64, key base64, key`) into keys and decoded values.
-///
-/// # Errors
-/// [`Error::Malformed`] for an empty or repeated key or a value that is not base64.
-pub fn parse_metadata(header: &str) -> Result<Vec<(String, Vec<u8>)>> {
-    let bad = |detail: String| Error::Malformed {
-        what: "Upload-Metadata header",
-        detail,
-    };
-    if header.len() > MAX_METADATA {
-        return Err(bad(format!("longer than {MAX_METADATA} bytes")));
-    }
-    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    for pair in header.split(',') {
-        let pair = pair.trim_start();
-        if pair.trim().is_empty() {
-            continue;
-        }
-        let (key, value) = pair.split_once(' ').unwrap_or((pair, ""));
-        if key.is_empty() || !key.is_ascii() {
-            return Err(bad(format!("bad key {key:?}")));
-        }
-        if out.iter().any(|(k, _)| k == key) {
-            return Err(bad(format!("key {key:?} appears twice")));
-        }
-        let value = base64::engine::general_purpose::STANDARD
-            .decode(value.trim())
-            .map_err(|e| bad(format!("value of {key:?} is not base64: {e}")))?;
-        out.push((key.to_owned(), value));
-    }
-    Ok(out)
-}
-
-/// The name a file gets from its metadata: `filename`, else `name` (Uppy sends both).
-fn name_from(metadata: &[(String, Vec<u8>)]) -> Result<Option<String>> {
-    let value = ["filename", "name"]
-        .iter()
-        .find_map(|key| metadata.iter().find(|(k, _)| k == key))
-        .map(|(_, v)| v);
-    let Some(value) = value.filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    let name = String::from_utf8(value.clone()).map_err(|_| Error::Malformed {
-        what: "Upload-Metadata header",
-        detail: "filename is not UTF-8".into(),
-    })?;
-    names::validate(&name)?;
-    Ok(Some(name))
-}
-
 /// What one `PATCH` (or a creation with a body) did.
 #[derive(Debug)]
 pub struct Appended {
@@ -380,7 +229,7 @@ pub struct TusUploads {
 pub type Stop = Box<dyn Fn() + Send>;
 
 /// A request's way to be stopped, registered while it holds the claim.
-struct Stoppable<'a> {
+pub(super) struct Stoppable<'a> {
     uploads: &'a TusUploads,
     id: SessionId,
 }
@@ -622,327 +471,7 @@ impl TusUploads {
         }
         Ok(expired)
     }
-
-    /// Appends `body` to upload `id` at `offset` (`PATCH`, or the body of a creation);
-    /// completes the upload when its last byte arrives. New chunks go through `sink`.
-    ///
-    /// A body that stops early is not an error: what arrived is kept (unless `checksum` is
-    /// given) and [`Appended::cut_off`] says why it stopped.
-    ///
-    /// # Errors
-    /// [`Error::OffsetMismatch`]; [`Error::ChecksumMismatch`] (nothing kept);
-    /// [`Error::TooLarge`] for bytes past the length (those before it are kept);
-    /// [`Error::NoSession`]; [`Error::UploadBusy`]; store errors.
-    pub fn append(
-        &self,
-        id: SessionId,
-        offset: u64,
-        body: &mut dyn Read,
-        checksum: Option<Checksum>,
-        sink: &ChunkSink,
-        stop: Option<Stop>,
-    ) -> Result<Appended> {
-        let _claim = self.claim(id)?;
-        let _stoppable = stop.map(|s| Stoppable::new(self, id, s));
-        let mut up = self.load(id)?;
-        if up.state == TusState::Complete && offset == up.length {
-            // Nothing is left to send; a byte more would be past the length.
-            let mut one = [0u8; 1];
-            if body.read(&mut one).unwrap_or(0) > 0 {
-                return Err(too_long(&up));
-            }
-            return Ok(Appended {
-                upload: up,
-                cut_off: None,
-                completed: false,
-            });
-        }
-        if offset != up.offset() {
-            return Err(Error::OffsetMismatch {
-                expected: up.offset(),
-                got: offset,
-            });
-        }
-        let kept = crate::lock(&self.hashers)
-            .remove(&id)
-            .filter(|(upto, _)| *upto == up.tail.start)
-            .map(|(_, h)| h);
-        let hasher = if offset == 0 {
-            Some(blake3::Hasher::new())
-        } else {
-            kept
-        };
-        let mut run = Run {
-            store: &*self.store,
-            sink,
-            cutter: Cutter::new(up.chunker),
-            builder: ManifestBuilder::resume(
-                std::mem::take(&mut up.pages),
-                std::mem::take(&mut up.refs),
-            ),
-            buf: std::mem::take(&mut up.tail.bytes),
-            hasher,
-            pin: self.store.guard().pin(),
-            accepted: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-        };
-        let room = up.length - offset;
-        // Cut once a step's worth is buffered, and never less than two chunks' worth, so
-        // every step cuts something.
-        let step_at = STEP_BYTES.max(2 * run.cutter.max() as usize);
-        let mut digest = checksum.as_ref().map(|c| Digester::new(c.algorithm));
-        let mut total = 0u64;
-        let mut cut_off = None;
-        let mut overflow = false;
-        let mut piece = vec![0u8; READ_BYTES];
-        loop {
-            let n = match body.read(&mut piece) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    cut_off = Some(e);
-                    break;
-                }
-            };
-            let keep = n.min((room - total) as usize);
-            overflow = keep < n;
-            if let Some(d) = &mut digest {
-                d.update(&piece[..n]);
-            }
-            run.buf.extend_from_slice(&piece[..keep]);
-            run.accepted += keep as u64;
-            total += keep as u64;
-            if overflow {
-                break;
-            }
-            // The last byte is never checkpointed here: a record at offset = length would
-            // tell a client the upload is done before the file is.
-            if run.buf.len() >= step_at && total < room {
-                run.step(false)?;
-                if checksum.is_none() {
-                    self.checkpoint(&mut up, &mut run)?;
-                }
-            }
-        }
-        if let (Some(c), Some(d)) = (&checksum, digest) {
-            // All or nothing: the record was not touched; what this request stored is garbage
-            // (and the whole-file hash, which went past the record, is dropped with `run`).
-            if cut_off.is_some() {
-                let upload = self.load(id)?;
-                return Ok(Appended {
-                    upload,
-                    cut_off,
-                    completed: false,
-                });
-            }
-            if overflow || d.finish() != c.digest {
-                return Err(if overflow {
-                    too_long(&up)
-                } else {
-                    Error::ChecksumMismatch {
-                        algorithm: c.algorithm.name(),
-                    }
-                });
-            }
-        }
-        if overflow {
-            // More bytes than Upload-Length: refused (413), not cut silently. What the last
-            // checkpoint holds stays; HEAD says where to resume.
-            tracing::warn!(upload = %id, "PATCH body went past Upload-Length; refused");
-            return Err(too_long(&up));
-        }
-        let completed = run.builder.bytes() + run.buf.len() as u64 == up.length;
-        if completed {
-            self.complete(&mut up, run)?;
-        } else {
-            run.step(false)?;
-            self.checkpoint(&mut up, &mut run)?;
-            // The whole-file hash so far is kept for the next request on this upload.
-            if let Some(h) = run.hasher.take() {
-                let covered = run.builder.bytes();
-                let mut hashers = crate::lock(&self.hashers);
-                hashers.insert(id, (covered, h));
-            }
-        }
-        Ok(Appended {
-            upload: up,
-            cut_off,
-            completed,
-        })
-    }
-
-    /// Makes what `run` has received so far durable: the record if the stream was cut, then
-    /// the bytes that arrived since the last checkpoint (see the module notes).
-    fn checkpoint(&self, up: &mut Upload, run: &mut Run<'_>) -> Result<()> {
-        run.count_into(up);
-        let start = run.builder.bytes();
-        let end = start + run.buf.len() as u64;
-        if start != up.tail.start {
-            let (pages, refs) = run.builder.parts();
-            up.pages = pages.to_vec();
-            up.refs = refs.to_vec();
-            self.save(up)?;
-            up.tail.start = start;
-        }
-        // Bytes the tail does not hold yet (a cut may have passed its end).
-        let from = up.tail.end.max(start);
-        if end > from {
-            let fresh = &run.buf[(from - start) as usize..];
-            self.store
-                .write_tail(&up.id.0, start, from, fresh, &Tail::meta(up))?;
-        }
-        up.tail.end = end;
-        // Up to here the pin kept gc off this request's chunks; the record now does.
-        run.pin = self.store.guard().pin();
-        Ok(())
-    }
-
-    /// Stores the last chunks, the manifest and the name; marks the upload complete.
-    fn complete(&self, up: &mut Upload, mut run: Run<'_>) -> Result<()> {
-        run.step(true)?;
-        let store = &*self.store;
-        let placeholder = Hash::from_bytes([0u8; 32]);
-        let builder = std::mem::take(&mut run.builder);
-        let (mut manifest, last) = builder.finish(placeholder, up.chunker);
-        if let Some(p) = last {
-            store.put_page_pinned(&p, &run.pin)?;
-        }
-        manifest.file_id = match run.hasher.take() {
-            Some(h) => Hash::from(h.finalize()),
-            // The server restarted during the upload: hash the file back out of the store.
-            None => restore::hash_file(store, &manifest)?,
-        };
-        store.put_manifest(&manifest)?;
-        if let Some(name) = &up.name {
-            names::record(store, name, &manifest)?;
-        }
-        up.state = TusState::Complete;
-        up.file_id = Some(manifest.file_id);
-        up.pages.clear();
-        up.refs.clear();
-        up.tail = Tail::default();
-        run.count_into(up);
-        self.save(up)?;
-        self.store.forget_tail(&up.id.0)?;
-        self.forget_hash(up.id);
-        Ok(())
-    }
 }
-
-fn too_long(up: &Upload) -> Error {
-    Error::TooLarge {
-        what: "PATCH body (past Upload-Length; HEAD gives the offset to resume from)",
-        size: up.length + 1,
-        limit: up.length,
-    }
-}
-
-/// One request's work on an upload: the bytes not yet cut, the manifest so far.
-struct Run<'a> {
-    store: &'a dyn ChunkStore,
-    sink: &'a ChunkSink,
-    cutter: Cutter,
-    builder: ManifestBuilder,
-    /// Bytes after the last cut point.
-    buf: Vec<u8>,
-    /// Hash of every byte before `buf`, if this process saw them all.
-    hasher: Option<blake3::Hasher>,
-    /// Keeps gc off what this request looked up and stored until the record holds it.
-    pin: Pin,
-    /// Body bytes, chunks and chunk bytes added since the last checkpoint.
-    accepted: u64,
-    new_chunks: u64,
-    new_bytes: u64,
-}
-
-impl Run<'_> {
-    /// Moves the counts since the last checkpoint into `up`, and the time of this write.
-    fn count_into(&mut self, up: &mut Upload) {
-        up.received += std::mem::take(&mut self.accepted);
-        up.new_chunks += std::mem::take(&mut self.new_chunks);
-        up.new_bytes += std::mem::take(&mut self.new_bytes);
-        up.touched = crate::unix_now();
-    }
-
-    /// Cuts every final chunk out of `buf` (all of it at the end of the stream), stores the
-    /// ones the store lacks, and adds them to the manifest.
-    fn step(&mut self, end: bool) -> Result<()> {
-        let max = self.cutter.max() as usize;
-        let mut spans = Vec::new();
-        let mut pos = 0;
-        while pos < self.buf.len() && (end || self.buf.len() - pos >= max) {
-            let n = self.cutter.next_len(&self.buf[pos..]);
-            spans.push(pos..pos + n);
-            pos += n;
-        }
-        if spans.is_empty() {
-            return Ok(());
-        }
-        let buf = &self.buf;
-        let ids: Vec<Hash> = spans
-            .par_iter()
-            .map(|s| Hash::of(&buf[s.clone()]))
-            .collect();
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..pos]);
-        }
-        let missing = self.store.missing_pinned(&ids, &self.pin)?;
-        let mut seen = HashSet::new();
-        let new: Vec<(Hash, std::ops::Range<usize>)> = ids
-            .iter()
-            .zip(&spans)
-            .zip(&missing)
-            .filter(|((id, _), m)| **m && seen.insert(**id))
-            .map(|((id, s), _)| (*id, s.clone()))
-            .collect();
-        let level = self.store.config().level;
-        let verified: Vec<Verified> = new
-            .par_iter()
-            .map(|(id, s)| {
-                let raw = &buf[s.clone()];
-                let (codec, payload) = match codec::compress(raw, level) {
-                    Some(z) => (Codec::Zstd, Bytes::from(z)),
-                    None => (Codec::Raw, Bytes::copy_from_slice(raw)),
-                };
-                Verified {
-                    id: *id,
-                    codec,
-                    raw_len: raw.len() as u32,
-                    payload,
-                    raw: Bytes::new(),
-                }
-            })
-            .collect();
-        if !verified.is_empty() {
-            let (tx, rx) = mpsc::channel();
-            self.sink.submit(
-                verified,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            let report = rx
-                .recv()
-                .map_err(|_| Error::stage_stopped("chunk sink stopped"))??;
-            self.new_chunks += report.new_chunks;
-            self.new_bytes += report.new_bytes;
-        }
-        for (id, s) in ids.iter().zip(&spans) {
-            let r = ChunkRef {
-                id: *id,
-                len: s.len() as u32,
-            };
-            if let Some(p) = self.builder.push(r) {
-                self.store.put_page_pinned(&p, &self.pin)?;
-            }
-        }
-        self.buf.drain(..pos);
-        Ok(())
-    }
-}
-
 /// Every unfinished tus upload: its pages and refs are what gc must keep for it. A record that
 /// does not decode is left out: no request can resume it (the sweep drops it).
 ///
@@ -964,6 +493,7 @@ pub fn open_uploads(store: &dyn ChunkStore) -> Result<Vec<Upload>> {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+    use crate::upload::sink::ChunkSink;
 
     #[test]
     fn a_tail_counts_only_from_the_records_cut_point() {
