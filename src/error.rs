@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use crate::hash::Hash;
+use crate::upload::session::SessionId;
 
 /// Everything that can go wrong in hoard's library.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +24,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// An I/O operation on a stream (stdin, stdout) failed.
+    /// An I/O operation on a stream between the stages of a pipeline failed.
     #[error("{0}")]
     Stream(&'static str, #[source] std::io::Error),
+    /// Reading the caller's input failed: a file or stdin, or, on the server, a request body
+    /// that stopped before its end (the client went away, or sent too slowly).
+    #[error("cannot read input")]
+    Input(#[source] std::io::Error),
+    /// Writing the caller's output failed: a file or stdout, or, on the server, a response the
+    /// client stopped reading.
+    #[error("cannot write output")]
+    Output(#[source] std::io::Error),
     /// The sled index failed.
     #[error("index operation failed")]
     Index(#[from] sled::Error),
@@ -237,14 +246,11 @@ pub enum Error {
         /// What its bytes hash to.
         actual: Hash,
     },
-    /// A file sent whole, or assembled from a manifest, does not hash to the id claimed for it.
-    #[error("file claimed to be {expected} hashes to {actual}; nothing was recorded")]
-    FileIdMismatch {
-        /// The id the client claimed.
-        expected: Hash,
-        /// What the bytes hash to.
-        actual: Hash,
-    },
+    /// An upload's chunks do not make the file its manifest claims ([`Error::FileMismatch`])
+    /// or have other lengths than it gives ([`Error::LengthMismatch`]): the client's claim is
+    /// wrong, and nothing was recorded.
+    #[error("the upload does not make the file its manifest claims; nothing was recorded: {0}")]
+    Rejected(#[source] Box<Error>),
     /// An upload session cannot complete yet: chunks are missing.
     #[error("{} chunk(s) of the upload are still missing; upload them and complete again", .missing.len())]
     Incomplete {
@@ -272,14 +278,17 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
-    /// No upload session has this id.
+    /// No upload has this id.
     #[error("no upload session {0}")]
-    NoSession(String),
+    NoSession(SessionId),
+    /// Text that is not an upload id (32 hex digits), so no upload has it.
+    #[error("no upload session {0:?}")]
+    NotAnUploadId(String),
     /// The upload session has ended (completed, expired or aborted).
     #[error("upload session {id} is {state}; open a new one")]
     SessionEnded {
         /// The session id.
-        id: String,
+        id: SessionId,
         /// Its final state.
         state: &'static str,
     },
@@ -299,7 +308,7 @@ pub enum Error {
     },
     /// Another request is writing to this upload.
     #[error("upload {0} is busy with another request; try again shortly")]
-    UploadBusy(String),
+    UploadBusy(SessionId),
 }
 
 impl Error {

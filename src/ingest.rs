@@ -135,7 +135,7 @@ pub fn ingest<R: Read + Send>(
         let mut failed = None;
         for msg in blocks_rx {
             let step = msg
-                .map_err(|e| Error::Stream("cannot read input", e))
+                .map_err(Error::Input)
                 .and_then(|block| stage.block(block));
             if let Err(e) = step {
                 failed = Some(e);

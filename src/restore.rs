@@ -199,13 +199,11 @@ fn rebuild<W: Write + Send>(
         let writer = s.spawn(move || -> Result<()> {
             let mut out = out;
             for batch in rx {
-                out.write_all(&batch)
-                    .map_err(|e| Error::Stream("cannot write output", e))?;
+                out.write_all(&batch).map_err(Error::Output)?;
                 progress(batch.len() as u64);
                 let _ = recycle_tx.send(batch);
             }
-            out.flush()
-                .map_err(|e| Error::Stream("cannot write output", e))
+            out.flush().map_err(Error::Output)
         });
 
         let mut hasher = blake3::Hasher::new();
@@ -271,13 +269,11 @@ pub fn restore_range<W: Write>(
             read_verified_into(store, r, &mut buf)?;
             let from = range.start.saturating_sub(start) as usize;
             let to = (range.end.min(end) - start) as usize;
-            out.write_all(&buf[from..to])
-                .map_err(|e| Error::Stream("cannot write output", e))?;
+            out.write_all(&buf[from..to]).map_err(Error::Output)?;
         }
         Ok(true)
     })?;
-    out.flush()
-        .map_err(|e| Error::Stream("cannot write output", e))
+    out.flush().map_err(Error::Output)
 }
 
 /// Hashes a file whose manifest pages arrive on `pages` (their hashes, in file order; each

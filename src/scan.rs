@@ -88,7 +88,7 @@ pub fn scan_with<R: Read + Send>(
         });
         let mut chunks = Vec::new();
         for msg in blocks_rx {
-            let block = msg.map_err(|e| Error::Stream("cannot read input", e))?;
+            let block = msg.map_err(Error::Input)?;
             let spans: Vec<_> = block.spans().collect();
             let refs: Vec<ChunkRef> = spans
                 .par_iter()

@@ -1,8 +1,10 @@
-//! Helpers for bodies that several routes share: which encoding a request's body is in, and
-//! sending a streamed response's next piece without waiting on a client for ever.
+//! Helpers for bodies that several routes share: which encoding a request's body is in,
+//! reading and dropping the body of a refused request, and sending a streamed response's next
+//! piece without waiting on a client for ever.
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 
@@ -32,5 +34,22 @@ pub(super) fn send_within(
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Reads and discards up to `limit` bytes of `body`.
+pub(super) async fn drain(body: Body, limit: usize) {
+    drain_stream(&mut body.into_data_stream(), limit).await;
+}
+
+/// Reads and discards up to `limit` more bytes of `stream`.
+pub(super) async fn drain_stream(stream: &mut axum::body::BodyDataStream, limit: usize) {
+    use futures_util::StreamExt;
+    let mut seen = 0usize;
+    while let Some(Ok(piece)) = stream.next().await {
+        seen += piece.len();
+        if seen > limit {
+            break;
+        }
     }
 }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::{DRAIN_AFTER_ERROR, is_binary};
+use super::body::{DRAIN_AFTER_ERROR, drain, is_binary};
 use super::error::ApiError;
 use super::{AppState, blocking};
 use crate::codec::Codec;
@@ -60,23 +60,6 @@ pub(super) async fn read_body(
     };
     let bytes = read_limited(body, what, limit).await?;
     Ok((bytes, held))
-}
-
-/// Reads and discards up to `limit` bytes of `body`.
-async fn drain(body: Body, limit: usize) {
-    drain_stream(&mut body.into_data_stream(), limit).await;
-}
-
-/// Reads and discards up to `limit` more bytes of `stream`.
-pub(super) async fn drain_stream(stream: &mut axum::body::BodyDataStream, limit: usize) {
-    use futures_util::StreamExt;
-    let mut seen = 0usize;
-    while let Some(Ok(piece)) = stream.next().await {
-        seen += piece.len();
-        if seen > limit {
-            break;
-        }
-    }
 }
 
 async fn read_limited(body: Body, what: &'static str, limit: usize) -> Result<Bytes, ApiError> {

@@ -107,16 +107,24 @@ fn lib_status(e: &Error) -> (StatusCode, &'static str) {
     match e {
         // A refused frame of a batch answers as its cause.
         Error::BadFrame { source, .. } => lib_status(source),
-        Error::Malformed { .. }
+        // The request body stopped before its end: the request's fault, not the store's.
+        Error::Input(_)
+        | Error::Malformed { .. }
         | Error::InvalidName { .. }
         | Error::InvalidParams(_)
         | Error::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
         Error::NotFound(_)
         | Error::NoSuchVersion { .. }
         | Error::ChunkNotFound(_)
-        | Error::NoSession(_) => (StatusCode::NOT_FOUND, "not_found"),
+        | Error::NoSession(_)
+        | Error::NotAnUploadId(_) => (StatusCode::NOT_FOUND, "not_found"),
         Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        Error::HashMismatch { .. } | Error::FileIdMismatch { .. } => {
+        // A manifest that gives a stored chunk another length is a malformed manifest; one
+        // whose chunks make another file claims the wrong id.
+        Error::Rejected(inner) if matches!(**inner, Error::LengthMismatch { .. }) => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        Error::HashMismatch { .. } | Error::Rejected(_) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch")
         }
         Error::Incomplete { .. } => (StatusCode::CONFLICT, "incomplete"),
@@ -246,4 +254,54 @@ pub async fn json_errors(resp: Response) -> Response {
     );
     let body = json!({ "error": code, "message": message });
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::Hash;
+    use crate::upload::session::SessionId;
+
+    /// The statuses the handlers used to pick by rewriting errors now come from this map alone.
+    #[test]
+    fn the_one_map_decides_what_handlers_used_to_rewrite() {
+        let h = Hash::of(b"x");
+        let cut = Error::Input(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(lib_status(&cut), (StatusCode::BAD_REQUEST, "bad_request"));
+        let length = Error::LengthMismatch {
+            id: h,
+            stored: 3,
+            claimed: 4,
+        };
+        assert_eq!(
+            lib_status(&Error::Rejected(Box::new(length))),
+            (StatusCode::BAD_REQUEST, "bad_request")
+        );
+        let file = Error::FileMismatch {
+            expected: h,
+            actual: Hash::of(b"y"),
+        };
+        assert_eq!(
+            lib_status(&Error::Rejected(Box::new(file))),
+            (StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch")
+        );
+        // The same mismatch found in a stored file is the store's damage, not the client's.
+        let stored = Error::FileMismatch {
+            expected: h,
+            actual: Hash::of(b"y"),
+        };
+        assert_eq!(lib_status(&stored).0, StatusCode::INTERNAL_SERVER_ERROR);
+        let id = SessionId([7; 16]);
+        assert_eq!(lib_status(&Error::NoSession(id)).0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            lib_status(&Error::NotAnUploadId("zz".into())).0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(lib_status(&Error::UploadBusy(id)).0, StatusCode::LOCKED);
+        let ended = Error::SessionEnded {
+            id,
+            state: "expired",
+        };
+        assert!(ended.to_string().contains(&id.to_string()));
+    }
 }

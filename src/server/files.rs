@@ -89,14 +89,7 @@ pub async fn upload(
         }
         stored
     })
-    .await
-    .map_err(|e| match e {
-        // The body stopped (client gone, idle timeout): the request's fault, not the store's.
-        ApiError::Lib(Error::Stream(_, io)) => {
-            ApiError::BadRequest(format!("the upload stopped before its end: {io}"))
-        }
-        other => other,
-    })?;
+    .await?;
     let mut v = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["version"] = json!(version);
     v["name"] = json!(label);
@@ -193,7 +186,7 @@ pub async fn download(
                     }
                     served.0.metrics.bytes_served(end - start);
                 }
-                Err(Error::Stream(..)) => {} // the client went away or stopped reading
+                Err(Error::Output(_)) => {} // the client went away or stopped reading
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), file = %m.file_id, "download stopped");
                     let _ = send_within(

@@ -199,7 +199,7 @@ async fn open_streamed(
     if let Some(e) = read_error {
         if matches!(e, ApiError::Unavailable { .. }) {
             // As `read_body`: let a client still sending see the 503.
-            super::chunks::drain_stream(&mut stream, limit).await;
+            super::body::drain_stream(&mut stream, limit).await;
         }
         return Err(e);
     }
@@ -245,7 +245,7 @@ pub async fn complete(
     let (p, now_complete) = match done {
         Ok(done) => done,
         // The chunks do not make the file the manifest claims: this upload cannot complete.
-        Err(ApiError::Lib(e @ Error::FileIdMismatch { .. })) => {
+        Err(ApiError::Lib(e @ Error::Rejected(_))) => {
             let state = st.clone();
             if let Ok(p) = blocking(move || state.0.sessions.progress(id)).await {
                 let mut ev = event(&st, "upload.failure", &p);

@@ -82,7 +82,7 @@ impl FromStr for SessionId {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::NoSession(s.chars().take(64).collect());
+        let bad = || Error::NotAnUploadId(s.chars().take(64).collect());
         if s.len() != 32 || !s.is_ascii() {
             return Err(bad());
         }
@@ -218,7 +218,7 @@ impl Sessions {
         let bytes = self
             .store
             .get_upload(UploadKind::Session, &id.0)?
-            .ok_or_else(|| Error::NoSession(id.to_string()))?;
+            .ok_or(Error::NoSession(id))?;
         record::decode("upload session", SESSION_VERSION, &bytes)
     }
 
@@ -248,7 +248,7 @@ impl Sessions {
             let s = self.load(id)?;
             if !s.state.is_open() {
                 return Err(Error::SessionEnded {
-                    id: id.to_string(),
+                    id,
                     state: s.state.as_str(),
                 });
             }
@@ -389,7 +389,7 @@ impl Sessions {
     /// whether this call was the one that completed it.
     ///
     /// # Errors
-    /// [`Error::Incomplete`] with the missing ids; [`Error::FileIdMismatch`] if the chunks do
+    /// [`Error::Incomplete`] with the missing ids; [`Error::Rejected`] if the chunks do
     /// not make the file the manifest claims; [`Error::SessionEnded`] for an expired session;
     /// [`Error::NoSession`]; store errors.
     pub fn complete(&self, id: SessionId) -> Result<(Progress, bool)> {
@@ -401,7 +401,7 @@ impl Sessions {
             SessionState::Complete => return Ok((self.report(&s, 0, 0), false)),
             SessionState::Expired => {
                 return Err(Error::SessionEnded {
-                    id: id.to_string(),
+                    id,
                     state: s.state.as_str(),
                 });
             }
@@ -424,15 +424,9 @@ impl Sessions {
             };
             match checked {
                 Ok(()) => {}
-                Err(Error::FileMismatch { expected, actual }) => {
-                    return Err(Error::FileIdMismatch { expected, actual });
-                }
-                // The client's manifest gave a stored chunk another length than it has.
-                Err(e @ Error::LengthMismatch { .. }) => {
-                    return Err(Error::Malformed {
-                        what: "manifest",
-                        detail: e.to_string(),
-                    });
+                // The client's manifest claimed what its chunks are not.
+                Err(e @ (Error::FileMismatch { .. } | Error::LengthMismatch { .. })) => {
+                    return Err(Error::Rejected(Box::new(e)));
                 }
                 Err(e) => return Err(e),
             }

@@ -303,7 +303,7 @@ impl TusUploads {
         while busy.contains(&id) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::UploadBusy(id.to_string()));
+                return Err(Error::UploadBusy(id));
             }
             busy = self
                 .freed
@@ -316,12 +316,10 @@ impl TusUploads {
     }
 
     fn load(&self, id: SessionId) -> Result<Upload> {
-        let up = self
-            .load_any(id)?
-            .ok_or_else(|| Error::NoSession(id.to_string()))?;
+        let up = self.load_any(id)?.ok_or(Error::NoSession(id))?;
         // One past its TTL that no sweep has forgotten yet is gone all the same.
         if up.state == TusState::Uploading && up.expires(self.ttl) < crate::unix_now() {
-            return Err(Error::NoSession(id.to_string()));
+            return Err(Error::NoSession(id));
         }
         Ok(up)
     }
