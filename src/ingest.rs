@@ -3,9 +3,9 @@
 //! Three stages, each on its own thread, joined by queues of two blocks:
 //!
 //! 1. the reader reads blocks of a few MiB and cuts them into chunks (FastCDC);
-//! 2. the caller's thread fans each block out over the rayon pool to hash its chunks, asks the
-//!    store about all of the block's ids in one call, and fans out again to compress only the
-//!    missing chunks;
+//! 2. the caller's thread runs the import step (`import.rs`) on each block: hashes its chunks
+//!    on the rayon pool, asks the store about all of the block's ids in one call, and fans out
+//!    again to compress only the missing chunks;
 //! 3. the writer appends the new chunks in order and hashes the whole file as the blocks
 //!    pass; every 64 MiB it hands a commit to
 //! 4. the syncer, which fsyncs the pack and then indexes the chunks, while appends go on.
@@ -18,14 +18,14 @@ use std::io::Read;
 use std::ops::Range;
 use std::sync::mpsc;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::chunker::{Block, Chunker, DEFAULT_BLOCK_SIZE};
-use crate::codec::{self, Codec};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::manifest::{ChunkRef, Manifest, ManifestBuilder};
+use crate::import::{self, NewChunk};
+use crate::manifest::{Manifest, ManifestBuilder};
 use crate::store::{ChunkStore, PendingCommit, Pin};
 
 /// Blocks queued between the reader and the hashing/compressing stage.
@@ -167,23 +167,15 @@ pub fn ingest<R: Read + Send>(
 /// Work for the writer thread, in order.
 enum Job {
     /// Append these chunks of `data` (then give the buffer back to the reader).
-    Append { data: Vec<u8>, items: Vec<Item> },
+    Append { data: Vec<u8>, items: Vec<NewChunk> },
     /// Hand everything appended so far to the syncer, which makes it durable and visible and
     /// then acknowledges.
     Commit,
 }
 
-/// A new chunk: where it is in its block, and its compressed form if that is smaller.
-struct Item {
-    id: Hash,
-    span: Range<usize>,
-    compressed: Option<Vec<u8>>,
-}
-
 /// The hash/compress stage, on the caller's thread with the rayon pool.
 struct StoreStage<'a> {
     store: &'a dyn ChunkStore,
-    level: i32,
     jobs: mpsc::SyncSender<Job>,
     acks: mpsc::Receiver<()>,
     builder: ManifestBuilder,
@@ -206,7 +198,6 @@ impl<'a> StoreStage<'a> {
     ) -> Self {
         StoreStage {
             store,
-            level: store.config().level,
             jobs,
             acks,
             builder: ManifestBuilder::default(),
@@ -235,47 +226,24 @@ impl<'a> StoreStage<'a> {
         if self.acks.try_recv().is_ok() {
             self.committing = None;
         }
-        let spans: Vec<_> = block.spans().collect();
-        let ids: Vec<Hash> = spans
-            .par_iter()
-            .map(|r| Hash::of(&block.data[r.clone()]))
-            .collect();
-        let missing = self.store.missing_pinned(&ids, &self.pin)?;
-        let in_flight = |id: &Hash| self.committing.as_ref().is_some_and(|c| c.contains(id));
-        let mut new = Vec::new();
-        for i in 0..ids.len() {
-            if missing[i] && !in_flight(&ids[i]) && self.current.insert(ids[i]) {
-                new.push(i);
-            }
-        }
-        let level = self.level;
-        let items: Vec<Item> = new
-            .par_iter()
-            .map(|&i| Item {
-                id: ids[i],
-                span: spans[i].clone(),
-                compressed: codec::compress(&block.data[spans[i].clone()], level),
-            })
-            .collect();
+        let spans: Vec<Range<usize>> = block.spans().collect();
+        // Chunks appended earlier in this file are stored but may not be visible to the
+        // store's lookup yet: they are not sent again.
+        let (committing, current) = (&self.committing, &mut self.current);
+        let (ids, items) = import::new_chunks(self.store, &block.data, &spans, &self.pin, |id| {
+            !committing.as_ref().is_some_and(|c| c.contains(id)) && current.insert(*id)
+        })?;
         for it in &items {
-            let stored = it.compressed.as_ref().map_or(it.span.len(), Vec::len) as u64;
+            let stored = it.stored_len() as u64;
             self.report.new_chunks += 1;
             self.report.new_bytes += it.span.len() as u64;
             self.report.stored_bytes += stored;
             self.since_commit += stored;
         }
-        for (id, span) in ids.iter().zip(&spans) {
-            if let Some(page) = self.builder.push(ChunkRef {
-                id: *id,
-                len: span.len() as u32,
-            }) {
-                // Stored and pinned under the gc lock: a sweep sees the pin or runs before
-                // the page exists (an identical unreferenced page could be a candidate).
-                let _held = self.store.guard().read();
-                self.store.put_page(&page.pref.hash, &page.bytes)?;
-                self.pin.sealed(page.pref.hash, page.pref.chunks as usize);
-            }
-        }
+        // The pin holds this file's ids from its first chunk on: the ids a stored page lists
+        // are held by the page instead.
+        let paged = import::add_refs(self.store, &mut self.builder, &ids, &spans, &self.pin)?;
+        self.pin.release_paged(paged);
         self.report.chunks += ids.len() as u64;
         self.report.size += block.data.len() as u64;
         self.send(Job::Append {
@@ -303,12 +271,8 @@ fn finish(
     file_id: Hash,
     pin: &Pin,
 ) -> Result<(Manifest, IngestReport)> {
-    let (manifest, last) = builder.finish(file_id, store.config().chunker);
-    if let Some(page) = last {
-        let _held = store.guard().read();
-        store.put_page(&page.pref.hash, &page.bytes)?;
-        pin.sealed(page.pref.hash, page.pref.chunks as usize);
-    }
+    let (manifest, paged) = import::seal(store, builder, file_id, store.config().chunker, pin)?;
+    pin.release_paged(paged);
     store.put_manifest(&manifest)?;
     report.id = file_id;
     Ok((manifest, report))

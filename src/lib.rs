@@ -26,6 +26,7 @@ pub mod error;
 pub mod fsck;
 pub mod gc;
 pub mod hash;
+pub mod import;
 pub mod ingest;
 pub mod listing;
 pub mod manifest;

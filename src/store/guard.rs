@@ -159,9 +159,16 @@ impl Pin {
 
     /// A page listing the first `chunks` pinned ids was stored: pin it instead of them.
     pub fn sealed(&self, page: Hash, chunks: usize) {
+        self.add_page(page);
+        self.release_paged(chunks);
+    }
+
+    /// The first `n` pinned ids are listed by pages this pin holds: lets them go, so a long
+    /// import's pin holds only the refs of its unfinished page. Only for a pin whose ids were
+    /// added in file order from the file's first chunk on.
+    pub fn release_paged(&self, n: usize) {
         self.with(|p| {
-            p.pages.push(page);
-            let n = chunks.min(p.ids.len());
+            let n = n.min(p.ids.len());
             p.ids.drain(..n);
         });
     }

@@ -7,13 +7,13 @@ use std::io::Read;
 use std::sync::mpsc;
 
 use bytes::Bytes;
-use rayon::prelude::*;
 
 use crate::chunker::Cutter;
-use crate::codec::{self, Codec};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::manifest::{ChunkRef, ManifestBuilder};
+use crate::import;
+use crate::manifest::ManifestBuilder;
 use crate::names;
 use crate::restore;
 use crate::store::{ChunkStore, Pin};
@@ -207,10 +207,7 @@ impl TusUploads {
         let store = &*self.store;
         let placeholder = Hash::from_bytes([0u8; 32]);
         let builder = std::mem::take(&mut run.builder);
-        let (mut manifest, last) = builder.finish(placeholder, up.chunker);
-        if let Some(p) = last {
-            store.put_page_pinned(&p, &run.pin)?;
-        }
+        let (mut manifest, _) = import::seal(store, builder, placeholder, up.chunker, &run.pin)?;
         manifest.file_id = match run.hasher.take() {
             Some(h) => Hash::from(h.finalize()),
             // The server restarted during the upload: hash the file back out of the store.
@@ -282,42 +279,32 @@ impl Run<'_> {
         if spans.is_empty() {
             return Ok(());
         }
-        let buf = &self.buf;
-        let ids: Vec<Hash> = spans
-            .par_iter()
-            .map(|s| Hash::of(&buf[s.clone()]))
-            .collect();
         if let Some(h) = &mut self.hasher {
-            h.update(&buf[..pos]);
+            h.update(&self.buf[..pos]);
         }
-        let missing = self.store.missing_pinned(&ids, &self.pin)?;
         let mut seen = HashSet::new();
-        let new: Vec<(Hash, std::ops::Range<usize>)> = ids
-            .iter()
-            .zip(&spans)
-            .zip(&missing)
-            .filter(|((id, _), m)| **m && seen.insert(**id))
-            .map(|((id, s), _)| (*id, s.clone()))
-            .collect();
-        let level = self.store.config().level;
-        let verified: Vec<Verified> = new
-            .par_iter()
-            .map(|(id, s)| {
-                let raw = &buf[s.clone()];
-                let (codec, payload) = match codec::compress(raw, level) {
-                    Some(z) => (Codec::Zstd, Bytes::from(z)),
-                    None => (Codec::Raw, Bytes::copy_from_slice(raw)),
-                };
-                Verified {
-                    id: *id,
-                    codec,
-                    raw_len: raw.len() as u32,
-                    payload,
-                    raw: Bytes::new(),
-                }
-            })
-            .collect();
-        if !verified.is_empty() {
+        let (ids, new) = import::new_chunks(self.store, &self.buf, &spans, &self.pin, |id| {
+            seen.insert(*id)
+        })?;
+        if !new.is_empty() {
+            let buf = &self.buf;
+            let verified: Vec<Verified> = new
+                .into_iter()
+                .map(|c| {
+                    let raw = &buf[c.span.clone()];
+                    let (codec, payload) = match c.compressed {
+                        Some(z) => (Codec::Zstd, Bytes::from(z)),
+                        None => (Codec::Raw, Bytes::copy_from_slice(raw)),
+                    };
+                    Verified {
+                        id: c.id,
+                        codec,
+                        raw_len: raw.len() as u32,
+                        payload,
+                        raw: Bytes::new(),
+                    }
+                })
+                .collect();
             let (tx, rx) = mpsc::channel();
             self.sink.submit(
                 verified,
@@ -331,15 +318,7 @@ impl Run<'_> {
             self.new_chunks += report.new_chunks;
             self.new_bytes += report.new_bytes;
         }
-        for (id, s) in ids.iter().zip(&spans) {
-            let r = ChunkRef {
-                id: *id,
-                len: s.len() as u32,
-            };
-            if let Some(p) = self.builder.push(r) {
-                self.store.put_page_pinned(&p, &self.pin)?;
-            }
-        }
+        import::add_refs(self.store, &mut self.builder, &ids, &spans, &self.pin)?;
         self.buf.drain(..pos);
         Ok(())
     }
