@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use crate::hash::Hash;
-use crate::upload::session::SessionId;
+use crate::upload::id::{NotAnId, SessionId};
 
 /// Everything that can go wrong in hoard's library.
 #[derive(Debug, thiserror::Error)]
@@ -396,6 +396,12 @@ from_redb!(
 
 /// `Result` with hoard's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<NotAnId> for Error {
+    fn from(e: NotAnId) -> Self {
+        Error::NotAnUploadId(e.0)
+    }
+}
 
 #[cfg(test)]
 mod tests {

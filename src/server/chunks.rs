@@ -333,7 +333,7 @@ async fn touch(st: &AppState, q: &SessionQuery) -> Result<Option<SessionId>, Api
     let Some(text) = q.session.as_deref() else {
         return Ok(None);
     };
-    let sid = text.parse::<SessionId>()?;
+    let sid = text.parse::<SessionId>().map_err(Error::from)?;
     let state = st.clone();
     blocking(move || state.0.sessions.touch(sid, 0)).await?;
     Ok(Some(sid))

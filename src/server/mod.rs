@@ -12,6 +12,7 @@ mod error;
 mod files;
 mod hooks;
 mod listen;
+mod maintenance;
 mod metrics;
 mod parse_errors;
 mod tus;
@@ -23,11 +24,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, head, post, put};
-use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -41,8 +42,7 @@ pub use files::{RangeChoice, choose_range};
 pub use hooks::{Event, HookConfig, Hooks};
 
 use crate::error::{Error, Result};
-use crate::fsck::{FsckOptions, FsckReport};
-use crate::gc::{GcOptions, GcReport};
+use crate::gc::GcOptions;
 use crate::store::{ChunkStore, UploadKind};
 use crate::upload::session::Sessions;
 use crate::upload::sink::ChunkSink;
@@ -410,8 +410,8 @@ pub fn router(state: AppState) -> Router {
                 .options(tus::options),
         )
         // Maintenance runs as long as the store is large.
-        .route("/v1/gc", post(gc_now))
-        .route("/v1/fsck", post(fsck_now));
+        .route("/v1/gc", post(maintenance::gc_now))
+        .route("/v1/fsck", post(maintenance::fsck_now));
     let cors = state.0.cors.clone();
     let app = bounded
         .merge(streaming)
@@ -474,8 +474,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let sweeper = tokio::spawn(sweep_sessions(state.clone()));
-    let collector = tokio::spawn(collect_garbage(state.clone()));
+    let sweeper = tokio::spawn(maintenance::sweep_sessions(state.clone()));
+    let collector = tokio::spawn(maintenance::collect_garbage(state.clone()));
     let hooks = tokio::spawn(state.0.hooks.clone().deliver());
     let app = router(state.clone());
     let served = listen::accept_loop(listener, app, state.limits(), shutdown).await;
@@ -496,111 +496,6 @@ pub async fn serve(
     // Dropping the last handle joins the sink thread after its queue is empty.
     tokio::task::spawn_blocking(move || drop(state)).await.ok();
     served
-}
-
-/// Expires idle upload sessions and tus uploads now and then.
-async fn sweep_sessions(state: AppState) {
-    let every =
-        (state.limits().session_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    loop {
-        tokio::time::sleep(every).await;
-        let st = state.clone();
-        match blocking(move || st.0.sessions.sweep()).await {
-            Ok(expired) => {
-                for p in expired {
-                    tracing::info!(session = %p.id, "upload session expired");
-                    state
-                        .0
-                        .hooks
-                        .emit(uploads::event(&state, "upload.expiry", &p));
-                }
-            }
-            Err(e) => tracing::warn!(error = ?e, "session sweep failed"),
-        }
-        let st = state.clone();
-        match blocking(move || st.0.tus.sweep()).await {
-            Ok(gone) => tus::expired(&state, &gone),
-            Err(e) => tracing::warn!(error = ?e, "tus sweep failed"),
-        }
-    }
-}
-
-/// Runs gc every `gc_interval` (if not zero).
-async fn collect_garbage(state: AppState) {
-    let every = state.limits().gc_interval;
-    if every.is_zero() {
-        return;
-    }
-    loop {
-        tokio::time::sleep(every).await;
-        match run_gc(&state).await {
-            Ok(r) => tracing::info!(
-                chunks_freed = r.chunks_freed,
-                bytes_freed = r.bytes_freed,
-                packs_rewritten = r.packs_rewritten,
-                "gc done"
-            ),
-            Err(e) => tracing::warn!(error = ?e, "gc failed"),
-        }
-    }
-}
-
-/// One gc with the server's options, on the blocking pool.
-async fn run_gc(state: &AppState) -> Result<GcReport, ApiError> {
-    let store = state.store();
-    let opts = state.limits().gc;
-    blocking(move || crate::gc::gc(&*store, &opts)).await
-}
-
-/// Query of `POST /v1/fsck`.
-#[derive(serde::Deserialize)]
-struct FsckQuery {
-    #[serde(default)]
-    repair: bool,
-}
-
-/// `POST /v1/fsck[?repair=true]`: checks (and repairs) the store now, going on from an
-/// interrupted check; answers the report (status 200 whatever it found: see `clean`).
-async fn fsck_now(
-    State(st): State<AppState>,
-    q: Result<Query<FsckQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<FsckReport>, ApiError> {
-    let Query(q) = q.map_err(|e| Error::Malformed {
-        what: "query",
-        detail: e.body_text(),
-    })?;
-    let store = st.store();
-    let opts = FsckOptions {
-        repair: q.repair,
-        resume: true,
-        reindex: false,
-        keep_names: false,
-    };
-    let mut report = blocking(move || crate::fsck::fsck(&*store, &opts, &|_| {})).await?;
-    // Paths on the server are for its log, not for clients.
-    if let Some(q) = report
-        .repair
-        .as_mut()
-        .and_then(|r| r.chunks.quarantine.take())
-    {
-        tracing::warn!(quarantine = %q.display(), "fsck quarantined bad chunks");
-    }
-    if let Some(old) = report.journal.as_mut().and_then(|j| j.rewritten.take()) {
-        tracing::warn!(old_journal = %old.display(), "fsck wrote the journal anew");
-    }
-    if !report.clean {
-        tracing::warn!(
-            bad_chunks = report.bad_chunks,
-            damaged_files = report.damaged_files,
-            "fsck found problems"
-        );
-    }
-    Ok(Json(report))
-}
-
-/// `POST /v1/gc`: runs gc now (waits for one already running) and answers its report.
-async fn gc_now(State(st): State<AppState>) -> Result<Json<GcReport>, ApiError> {
-    Ok(Json(run_gc(&st).await?))
 }
 
 /// Resolves on SIGINT or SIGTERM.

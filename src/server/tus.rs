@@ -93,7 +93,7 @@ fn header_u64(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, Ap
 }
 
 fn upload_id(s: &str) -> Result<SessionId, ApiError> {
-    s.parse::<SessionId>().map_err(ApiError::Lib)
+    s.parse::<SessionId>().map_err(|e| ApiError::Lib(e.into()))
 }
 
 /// Headers every answer about an upload carries.

@@ -221,7 +221,7 @@ pub(super) fn event(st: &AppState, kind: &'static str, p: &Progress) -> Event {
 }
 
 fn sid(s: &str) -> Result<SessionId, ApiError> {
-    s.parse::<SessionId>().map_err(ApiError::Lib)
+    s.parse::<SessionId>().map_err(|e| ApiError::Lib(e.into()))
 }
 
 /// `GET /v1/uploads/{sid}`: state and what is still missing.

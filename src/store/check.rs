@@ -22,11 +22,9 @@ use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::store::catalog::Catalog;
-use crate::store::pack::{
-    ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, parse_entry_header, read_entry,
-};
+use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, parse_entry_header};
 use crate::store::packed::PackedStore;
-use crate::store::packs::PackStorage;
+use crate::store::packs::{PackStorage, read_entry};
 use crate::store::{BadChunk, ChunkCheck, ChunkRepair};
 
 /// Version of the saved progress.

@@ -9,9 +9,9 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::store::CompactReport;
 use crate::store::catalog::Catalog;
-use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, read_entry};
+use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC};
 use crate::store::packed::{Busy, PackedStore};
-use crate::store::packs::{PackSink, PackStorage};
+use crate::store::packs::{PackSink, PackStorage, read_entry};
 
 impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     /// See [`ChunkStore::compact`](crate::store::ChunkStore::compact).

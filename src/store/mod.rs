@@ -197,9 +197,9 @@ pub struct TailRun {
 /// The two kinds of upload the index keeps records of, each in its own table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum UploadKind {
-    /// Upload sessions by content (`session.rs`): sled tree `sessions`.
+    /// Upload sessions by content (`upload/session/`): sled tree `sessions`.
     Session,
-    /// tus uploads by offset (`tus.rs`): sled tree `tus`.
+    /// tus uploads by offset (`upload/tus/`): sled tree `tus`.
     Tus,
 }
 

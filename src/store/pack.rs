@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Codec;
-use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::packs::PackStorage;
 
 /// First bytes of every pack file; the last byte is the format version.
 pub const PACK_MAGIC: [u8; 8] = *b"HOARDPK\x01";
@@ -77,39 +75,4 @@ pub fn parse_entry_header(h: &[u8; ENTRY_HEADER_LEN]) -> Option<(Hash, u8, u32, 
 /// The path of pack `n` under `dir`.
 pub fn pack_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016x}.pack"))
-}
-
-/// Reads the entry at `loc` from `packs` into `payload` (resized to it) and checks its header
-/// against `loc`: the payload comes back only if magic, id, codec and lengths all agree. One
-/// range read covers header and payload.
-///
-/// # Errors
-/// [`Error::Corrupt`] for a header that disagrees or a pack that ends too soon; the storage's
-/// errors otherwise.
-pub fn read_entry(
-    packs: &dyn PackStorage,
-    id: &Hash,
-    loc: &ChunkLoc,
-    payload: &mut Vec<u8>,
-) -> Result<Codec> {
-    let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
-    let mut header = [0u8; ENTRY_HEADER_LEN];
-    payload.resize(loc.stored_len as usize, 0);
-    if !packs.read_at(loc.pack, loc.offset, &mut [&mut header, payload])? {
-        return Err(corrupt(format!("pack {:016x} is truncated", loc.pack)));
-    }
-    match parse_entry_header(&header) {
-        Some((hid, tag, raw, stored))
-            if hid == *id && tag == loc.codec && raw == loc.raw_len && stored == loc.stored_len =>
-        {
-            Codec::from_tag(tag)
-        }
-        _ => None,
-    }
-    .ok_or_else(|| {
-        corrupt(format!(
-            "entry header at pack {:016x} offset {} does not match the index",
-            loc.pack, loc.offset
-        ))
-    })
 }

@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::catalog::Catalog;
-use crate::store::pack::{ChunkLoc, read_entry};
-use crate::store::packs::{PackSink, PackStorage, PackSync};
+use crate::store::pack::ChunkLoc;
+use crate::store::packs::{PackSink, PackStorage, PackSync, read_entry};
 use crate::store::{
     ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
     JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk, TailRun, UploadKind,

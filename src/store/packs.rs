@@ -12,9 +12,9 @@
 //!   [`Error::environment`](crate::Error::environment)).
 
 use crate::codec::Codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::pack::ChunkLoc;
+use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, parse_entry_header};
 
 /// Where encoded chunk bytes live.
 pub trait PackStorage: Send + Sync {
@@ -109,4 +109,39 @@ pub trait PackSync: Send {
     /// # Errors
     /// I/O errors; the entries are then not durable.
     fn wait(self: Box<Self>) -> Result<()>;
+}
+
+/// Reads the entry at `loc` from `packs` into `payload` (resized to it) and checks its header
+/// against `loc`: the payload comes back only if magic, id, codec and lengths all agree. One
+/// range read covers header and payload.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a header that disagrees or a pack that ends too soon; the storage's
+/// errors otherwise.
+pub fn read_entry(
+    packs: &dyn PackStorage,
+    id: &Hash,
+    loc: &ChunkLoc,
+    payload: &mut Vec<u8>,
+) -> Result<Codec> {
+    let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
+    let mut header = [0u8; ENTRY_HEADER_LEN];
+    payload.resize(loc.stored_len as usize, 0);
+    if !packs.read_at(loc.pack, loc.offset, &mut [&mut header, payload])? {
+        return Err(corrupt(format!("pack {:016x} is truncated", loc.pack)));
+    }
+    match parse_entry_header(&header) {
+        Some((hid, tag, raw, stored))
+            if hid == *id && tag == loc.codec && raw == loc.raw_len && stored == loc.stored_len =>
+        {
+            Codec::from_tag(tag)
+        }
+        _ => None,
+    }
+    .ok_or_else(|| {
+        corrupt(format!(
+            "entry header at pack {:016x} offset {} does not match the index",
+            loc.pack, loc.offset
+        ))
+    })
 }

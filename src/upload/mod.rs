@@ -2,13 +2,14 @@
 //! and its file's manifest.
 //!
 //! - [`session`]: upload sessions by content (open a manifest, send the missing chunks,
-//!   complete), the founding document's WAITING → UPLOADING → COMPLETE.
+//!   complete): WAITING → UPLOADING → COMPLETE.
 //! - [`tus`]: tus 1.0 uploads by offset, cut into chunks as the bytes arrive.
 //! - [`sink`]: chunks that arrive from outside, verified and stored with group commits.
 //!
 //! gc asks this module one question, [`held`]: which pages and chunks do unfinished uploads
 //! hold? Only the two state machines know their record formats.
 
+pub mod id;
 pub mod session;
 pub mod sink;
 pub mod tus;

@@ -10,7 +10,8 @@ use hoard::codec::Codec;
 use hoard::config::StoreConfig;
 use hoard::manifest::{ChunkRef, ManifestBuilder};
 use hoard::store::local::LocalPacks;
-use hoard::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC, read_entry};
+use hoard::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC};
+use hoard::store::packs::read_entry;
 use hoard::store::{Catalog, LocalStore, NameVersion, PackStorage, UploadKind};
 use hoard::{Error, Hash};
 

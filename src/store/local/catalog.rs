@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::catalog::Catalog;
-use crate::store::local::environmental;
+use crate::store::local::fs::environmental;
 use crate::store::local::index::Index;
 use crate::store::local::journal::{self, Appender, Journal, Kind};
 use crate::store::local::replay;

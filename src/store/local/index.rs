@@ -8,8 +8,8 @@
 //! | sled tree `files`        | file id (32 B)  | [`Manifest`](crate::manifest::Manifest) header |
 //! | sled tree `pages`        | page hash (32B) | encoded manifest page                   |
 //! | sled tree `names`        | name (UTF-8)    | [`NameRecord`] (versions, oldest first) |
-//! | sled tree `sessions`     | session id (16 B) | upload session record (see `session.rs`) |
-//! | sled tree `tus`          | upload id (16 B) | tus upload record (see `tus.rs`)        |
+//! | sled tree `sessions`     | session id (16 B) | upload session record (see `upload/session/`)|
+//! | sled tree `tus`          | upload id (16 B) | tus upload record (see `upload/tus/`)   |
 //! | sled tree `tus_tails`    | upload id (16 B) | where its tail is in `tails/` (see `tails.rs`) |
 //! | sled tree `meta`         | `"config"`, `"format"`, `"created"` | store-wide settings |
 //!

@@ -13,6 +13,7 @@
 //! ```
 
 mod catalog;
+mod fs;
 mod index;
 pub mod journal;
 mod packs;
@@ -31,6 +32,7 @@ use crate::store::local::catalog::{JOURNAL_FILE, OPEN_MARK};
 use crate::store::pack::{ChunkLoc, pack_path};
 use crate::store::packed::PackedStore;
 
+use fs::{environmental, sync_dir};
 use index::{Index, open_sled};
 use journal::Journal;
 use tails::Tails;
@@ -391,21 +393,6 @@ fn lock_store(root: &Path) -> Result<std::fs::File> {
     }
 }
 
-/// Turns an error whose cause is the machine (a full disk, a read-only file system,
-/// permissions: see [`Error::environment`]) into an [`Error::Environment`] of the store's
-/// `what`; any other error passes unchanged.
-fn environmental<'a>(root: &'a Path, what: &'static str) -> impl FnOnce(Error) -> Error + 'a {
-    move |e| match e.environment() {
-        Some(hint) => Error::Environment {
-            root: root.to_owned(),
-            what,
-            hint,
-            source: Box::new(e),
-        },
-        None => e,
-    }
-}
-
 /// `Ok(true)` for an error that shows damage; the error itself if the machine is the cause.
 fn damage_or_environment(root: &Path, what: &'static str, e: Error) -> Result<bool> {
     match environmental(root, what)(e) {
@@ -419,12 +406,6 @@ fn mark_reindex(root: &Path) -> Result<()> {
     let marker = root.join(REINDEX_MARKER);
     std::fs::write(&marker, b"").map_err(Error::io("cannot write", &marker))?;
     sync_dir(root)
-}
-
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("cannot sync directory", dir))
 }
 
 /// True if the chunk table is shown damaged: it does not open for a reason other than the

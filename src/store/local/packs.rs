@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::local::sync_dir;
+use crate::store::local::fs::sync_dir;
 use crate::store::pack::{
     ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, PACK_TARGET_LEN, entry_header, pack_path,
 };

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::store::TailRun;
-use crate::store::local::sync_dir;
-use crate::upload::session::SessionId;
+use crate::store::local::fs::sync_dir;
+use crate::upload::id::SessionId;
 
 /// Format version of tail records.
 const VERSION: u8 = 1;

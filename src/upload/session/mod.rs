@@ -1,4 +1,4 @@
-//! Upload sessions: the founding document's state machine, by content instead of by offset.
+//! Upload sessions: an upload as a state machine, by content instead of by offset.
 //!
 //! ```text
 //! open (manifest) ─▶ WAITING ─first missing chunk arrives─▶ UPLOADING ─complete─▶ COMPLETE
@@ -10,17 +10,15 @@
 //! file is already stored, in which case it was checked when it was), records the manifest
 //! and only then moves the name: a client never gets a file id that the bytes do not have.
 //! Session records live in the index (`sessions`), so a session survives a restart. Until it
-//! ends, a session's manifest is the list of chunks gc must keep (issue 4 builds gc on it).
+//! ends, a session's manifest is the list of chunks gc must keep (see [`crate::upload::held`]).
 //!
 //! Record (version byte 1, bincode): `{ id, name, manifest, state, created, touched,
 //! missing_at_open, missing_bytes_at_open }`.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,58 +39,10 @@ use crate::restore;
 use crate::store::{ChunkStore, UploadKind};
 use crate::wire::FlatManifest;
 
+pub use crate::upload::id::SessionId;
+
 /// Format version of session records.
 const SESSION_VERSION: u8 = 1;
-
-/// A session's id: 16 random-looking bytes, 32 hex characters in text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SessionId(pub [u8; 16]);
-
-impl SessionId {
-    /// A fresh id: the hash of `salt`, the time, the process id and a counter, so ids do not
-    /// repeat.
-    pub fn generate(salt: &[u8]) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let seed = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut h = blake3::Hasher::new();
-        h.update(salt);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        h.update(&nanos.to_le_bytes());
-        h.update(&seed.to_le_bytes());
-        h.update(&std::process::id().to_le_bytes());
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        SessionId(id)
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl FromStr for SessionId {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::NotAnUploadId(s.chars().take(64).collect());
-        if s.len() != 32 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut out = [0u8; 16];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(SessionId(out))
-    }
-}
 
 /// Where a session is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

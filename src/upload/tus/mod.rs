@@ -25,7 +25,7 @@
 //! the stream is cut (pages and refs grow), so a `PATCH` of a few bytes does not rewrite it.
 //!
 //! Tail: the bytes after the last cut point, kept by the store ([`ChunkStore::write_tail`]:
-//! the local store appends them to a file, see `store/tails.rs`). A checkpoint writes only
+//! the local store appends them to a file, see `store/local/tails.rs`). A checkpoint writes only
 //! the bytes that arrived since the last one, with the tail's meta `1 ‖ touched[8 LE] ‖
 //! received[8 LE]` (the upload's last write time and bytes received, which the record would
 //! otherwise be rewritten for). So each byte received is written about once, whatever the

@@ -1,0 +1,118 @@
+//! The server's upkeep: the periodic sweeps of idle uploads and the periodic gc, and the admin
+//! endpoints that run gc and fsck now.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+
+use super::error::ApiError;
+use super::{AppState, blocking, tus, uploads};
+use crate::error::Error;
+use crate::fsck::{FsckOptions, FsckReport};
+use crate::gc::GcReport;
+
+/// Expires idle upload sessions and tus uploads now and then.
+pub(super) async fn sweep_sessions(state: AppState) {
+    let every =
+        (state.limits().session_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let st = state.clone();
+        match blocking(move || st.0.sessions.sweep()).await {
+            Ok(expired) => {
+                for p in expired {
+                    tracing::info!(session = %p.id, "upload session expired");
+                    state
+                        .0
+                        .hooks
+                        .emit(uploads::event(&state, "upload.expiry", &p));
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "session sweep failed"),
+        }
+        let st = state.clone();
+        match blocking(move || st.0.tus.sweep()).await {
+            Ok(gone) => tus::expired(&state, &gone),
+            Err(e) => tracing::warn!(error = ?e, "tus sweep failed"),
+        }
+    }
+}
+
+/// Runs gc every `gc_interval` (if not zero).
+pub(super) async fn collect_garbage(state: AppState) {
+    let every = state.limits().gc_interval;
+    if every.is_zero() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        match run_gc(&state).await {
+            Ok(r) => tracing::info!(
+                chunks_freed = r.chunks_freed,
+                bytes_freed = r.bytes_freed,
+                packs_rewritten = r.packs_rewritten,
+                "gc done"
+            ),
+            Err(e) => tracing::warn!(error = ?e, "gc failed"),
+        }
+    }
+}
+
+/// One gc with the server's options, on the blocking pool.
+async fn run_gc(state: &AppState) -> Result<GcReport, ApiError> {
+    let store = state.store();
+    let opts = state.limits().gc;
+    blocking(move || crate::gc::gc(&*store, &opts)).await
+}
+
+/// Query of `POST /v1/fsck`.
+#[derive(serde::Deserialize)]
+pub(super) struct FsckQuery {
+    #[serde(default)]
+    repair: bool,
+}
+
+/// `POST /v1/fsck[?repair=true]`: checks (and repairs) the store now, going on from an
+/// interrupted check; answers the report (status 200 whatever it found: see `clean`).
+pub(super) async fn fsck_now(
+    State(st): State<AppState>,
+    q: Result<Query<FsckQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<FsckReport>, ApiError> {
+    let Query(q) = q.map_err(|e| Error::Malformed {
+        what: "query",
+        detail: e.body_text(),
+    })?;
+    let store = st.store();
+    let opts = FsckOptions {
+        repair: q.repair,
+        resume: true,
+        reindex: false,
+        keep_names: false,
+    };
+    let mut report = blocking(move || crate::fsck::fsck(&*store, &opts, &|_| {})).await?;
+    // Paths on the server are for its log, not for clients.
+    if let Some(q) = report
+        .repair
+        .as_mut()
+        .and_then(|r| r.chunks.quarantine.take())
+    {
+        tracing::warn!(quarantine = %q.display(), "fsck quarantined bad chunks");
+    }
+    if let Some(old) = report.journal.as_mut().and_then(|j| j.rewritten.take()) {
+        tracing::warn!(old_journal = %old.display(), "fsck wrote the journal anew");
+    }
+    if !report.clean {
+        tracing::warn!(
+            bad_chunks = report.bad_chunks,
+            damaged_files = report.damaged_files,
+            "fsck found problems"
+        );
+    }
+    Ok(Json(report))
+}
+
+/// `POST /v1/gc`: runs gc now (waits for one already running) and answers its report.
+pub(super) async fn gc_now(State(st): State<AppState>) -> Result<Json<GcReport>, ApiError> {
+    Ok(Json(run_gc(&st).await?))
+}
