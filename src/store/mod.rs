@@ -9,6 +9,7 @@
 //! `tests/` run the same assertions on both stores, and the seams' own contract on each seam.
 //! Nothing here takes a process-wide lock the traits cannot express.
 
+pub mod bucket;
 pub mod catalog;
 mod check;
 mod compact;

@@ -316,3 +316,31 @@ fn local_catalog_meets_the_catalog_contract() {
     // The journal agrees with what the catalog holds.
     assert!(c.check_log(false).unwrap().unwrap().agrees());
 }
+
+/// The bucket given by `HOARD_TEST_BUCKET` (with the `AWS_*` variables), or `None` with a
+/// message: `.ci/remote.sh` starts SeaweedFS on loopback and sets them.
+fn test_bucket() -> Option<String> {
+    let bucket = std::env::var("HOARD_TEST_BUCKET").ok();
+    if bucket.is_none() {
+        eprintln!("HOARD_TEST_BUCKET not set: skipping the bucket tests (.ci/remote.sh runs them)");
+    }
+    bucket
+}
+
+#[test]
+fn bucket_packs_meet_the_pack_storage_contract() {
+    let Some(bucket) = test_bucket() else { return };
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+    assert!(
+        endpoint.starts_with("http://127.") || endpoint.starts_with("http://[::1]"),
+        "tests only touch loopback, not {endpoint:?}"
+    );
+    // A prefix of its own, so runs never see each other's packs.
+    let prefix = format!(
+        "seams-{}",
+        Hash::of(format!("{:?}", std::time::SystemTime::now()).as_bytes())
+    );
+    let p =
+        hoard::store::bucket::BucketPacks::open(&format!("{bucket}/{}", &prefix[..24])).unwrap();
+    pack_storage_contract(&p);
+}

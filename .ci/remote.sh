@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The tests that need real engines: starts PostgreSQL and SeaweedFS on loopback
+# (.ci/engines.sh), runs the integration tests that use them with their variables set, and
+# stops both by PID whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Under /tmp, so the postgres user (PostgreSQL refuses to run as root) can reach its cluster
+# whatever the permissions of the checkout.
+dir="$(mktemp -d /tmp/hoard-engines.XXXXXX)"
+chmod 755 "$dir"
+trap '.ci/engines.sh stop "$dir"; rm -rf "$dir"' EXIT
+.ci/engines.sh start "$dir"
+# shellcheck disable=SC1091
+. "$dir/engines.env"
+cargo test --test integration -- --nocapture bucket_

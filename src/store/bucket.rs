@@ -1,0 +1,343 @@
+//! Pack storage in an S3-compatible bucket (AWS S3, SeaweedFS, Ceph RGW, MinIO, Garage, R2):
+//! each pack one immutable object `PREFIX/packs/{n:016x}.pack` under a fresh random `n`, in the
+//! same format as a pack file. A sink gathers its entries in memory and writes the object when
+//! it is synced; after that the pack is full (objects are never rewritten). Reads are ranged
+//! GETs. Credentials and the endpoint come from the variables every S3 tool reads
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+//! `AWS_ALLOW_HTTP`). The client is async: the storage owns a small runtime, and its
+//! synchronous callers wait on it, one request per call.
+
+use std::io::{Cursor, ErrorKind};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, entry_header};
+use crate::store::packs::{PackSink, PackStorage, PackSync};
+
+/// A sink writes its object once its entries pass this size = 64 MiB.
+pub const BUCKET_PACK_LEN: u64 = 64 << 20;
+
+/// Packs in one bucket under one prefix.
+pub struct BucketPacks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    /// `s3://BUCKET[/PREFIX]`, for messages.
+    url: String,
+    /// The key prefix, with no slash at either end (empty for the bucket's root).
+    prefix: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Inner {
+    fn key(&self, what: &str) -> Key {
+        if self.prefix.is_empty() {
+            Key::from(what)
+        } else {
+            Key::from(format!("{}/{what}", self.prefix))
+        }
+    }
+
+    fn pack_key(&self, pack: u64) -> Key {
+        self.key(&format!("packs/{pack:016x}.pack"))
+    }
+
+    fn where_(&self, key: &Key) -> PathBuf {
+        let bucket = self.url.trim_start_matches("s3://");
+        let bucket = bucket.split('/').next().unwrap_or(bucket);
+        PathBuf::from(format!("s3://{bucket}/{key}"))
+    }
+
+    /// The error of `action` on `key`, as an I/O error naming the object.
+    fn error(&self, action: &'static str, key: &Key, e: object_store::Error) -> Error {
+        let kind = match &e {
+            object_store::Error::NotFound { .. } => ErrorKind::NotFound,
+            object_store::Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            _ => ErrorKind::Other,
+        };
+        Error::io(action, self.where_(key))(std::io::Error::new(kind, e))
+    }
+}
+
+impl BucketPacks {
+    /// The packs of the store at `url` (`s3://BUCKET[/PREFIX]`), with credentials and endpoint
+    /// from the environment.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParams`] for a URL that is not `s3://…` or a client that cannot be made.
+    pub fn open(url: &str) -> Result<Self> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            Error::InvalidParams(format!(
+                "{url:?} is not a bucket URL: give s3://BUCKET[/PREFIX]"
+            ))
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::InvalidParams(format!(
+                "{url:?} names no bucket: give s3://BUCKET[/PREFIX]"
+            )));
+        }
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| Error::InvalidParams(format!("cannot use bucket {url}: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("hoard-bucket")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the bucket client for", url)(e))?;
+        Ok(BucketPacks {
+            inner: Arc::new(Inner {
+                store: Arc::new(store),
+                url: url.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+                rt,
+            }),
+        })
+    }
+
+    /// Bytes of object `key`, if it exists.
+    fn get_all(&self, key: &Key) -> Result<Option<bytes::Bytes>> {
+        let i = &self.inner;
+        let got = i.rt.block_on(async {
+            match i.store.get(key).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        got.map_err(|e| i.error("cannot read pack", key, e))
+    }
+}
+
+impl PackStorage for BucketPacks {
+    fn create(&self) -> Result<Box<dyn PackSink>> {
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(&PACK_MAGIC);
+        Ok(Box::new(BucketSink {
+            inner: self.inner.clone(),
+            id: rand_u64(),
+            buf,
+            synced: None,
+        }))
+    }
+
+    fn read_at(&self, pack: u64, offset: u64, bufs: &mut [&mut [u8]]) -> Result<bool> {
+        let i = &self.inner;
+        let key = i.pack_key(pack);
+        let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        let got = i.rt.block_on(i.store.get_range(&key, offset..offset + len));
+        let bytes = match got {
+            Ok(b) => b,
+            Err(e) => {
+                // A range past the end is an error to the client; tell it apart by the size.
+                let size = i.rt.block_on(i.store.head(&key)).map(|m| m.size);
+                return match size {
+                    Ok(size) if offset + len > size => Ok(false),
+                    _ => Err(i.error("cannot read pack", &key, e)),
+                };
+            }
+        };
+        if (bytes.len() as u64) < len {
+            return Ok(false);
+        }
+        let mut at = 0;
+        for b in bufs {
+            b.copy_from_slice(&bytes[at..at + b.len()]);
+            at += b.len();
+        }
+        Ok(true)
+    }
+
+    fn read_all(&self, pack: u64) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+        let key = self.inner.pack_key(pack);
+        Ok(self
+            .get_all(&key)?
+            .map(|b| Box::new(Cursor::new(b)) as Box<dyn std::io::Read + Send>))
+    }
+
+    fn list(&self) -> Result<Vec<(u64, u64)>> {
+        let i = &self.inner;
+        let prefix = i.key("packs");
+        let metas: Vec<object_store::ObjectMeta> =
+            i.rt.block_on(i.store.list(Some(&prefix)).try_collect())
+                .map_err(|e| i.error("cannot list packs in", &prefix, e))?;
+        let mut out: Vec<(u64, u64)> = metas
+            .iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?;
+                let hex = name.strip_suffix(".pack").filter(|h| h.len() == 16)?;
+                Some((u64::from_str_radix(hex, 16).ok()?, m.size))
+            })
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn delete(&self, packs: &[u64]) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let i = &self.inner;
+        let keys: Vec<Key> = packs.iter().map(|&p| i.pack_key(p)).collect();
+        let first = keys[0].clone();
+        let stream = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
+        let results: Vec<object_store::Result<Key>> =
+            i.rt.block_on(i.store.delete_stream(stream).collect());
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(i.error("cannot delete pack", &first, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn quarantine(&self, id: &Hash, loc: &ChunkLoc) -> Result<Option<PathBuf>> {
+        let i = &self.inner;
+        let key = i.pack_key(loc.pack);
+        let Some(size) = (match i.rt.block_on(i.store.head(&key)) {
+            Ok(m) => Some(m.size),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(i.error("cannot read pack", &key, e)),
+        }) else {
+            return Ok(None);
+        };
+        let want = (ENTRY_HEADER_LEN as u64 + u64::from(loc.stored_len.min(MAX_ENTRY)))
+            .min(size.saturating_sub(loc.offset));
+        let bytes =
+            i.rt.block_on(i.store.get_range(&key, loc.offset..loc.offset + want))
+                .map_err(|e| i.error("cannot read pack", &key, e))?;
+        let dst = i.key(&format!(
+            "quarantine/{id}-{:016x}-{}.entry",
+            loc.pack, loc.offset
+        ));
+        i.rt.block_on(i.store.put(&dst, PutPayload::from_bytes(bytes)))
+            .map_err(|e| i.error("cannot write", &dst, e))?;
+        Ok(Some(i.where_(&i.key("quarantine"))))
+    }
+}
+
+/// A random pack name (the time, the process and a counter, hashed): names are never reused.
+fn rand_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.update(&nanos.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(n)
+}
+
+/// Gathers one pack's entries; writes the object at its sync.
+struct BucketSink {
+    inner: Arc<Inner>,
+    id: u64,
+    buf: Vec<u8>,
+    /// Length of the object written, once it was.
+    synced: Option<usize>,
+}
+
+impl PackSink for BucketSink {
+    fn pack(&self) -> u64 {
+        self.id
+    }
+
+    fn full(&self) -> bool {
+        self.synced.is_some() || self.buf.len() as u64 >= BUCKET_PACK_LEN
+    }
+
+    fn append(
+        &mut self,
+        id: &Hash,
+        codec: Codec,
+        raw_len: u32,
+        payload: &[u8],
+    ) -> Result<ChunkLoc> {
+        let key = self.inner.pack_key(self.id);
+        if self.synced.is_some() {
+            return Err(Error::io("cannot append to pack", self.inner.where_(&key))(
+                std::io::Error::other("the pack's object is written; start a new pack"),
+            ));
+        }
+        let stored_len = u32::try_from(payload.len()).map_err(|_| {
+            Error::io("cannot write pack", self.inner.where_(&key))(std::io::Error::other(
+                "entry over 4 GiB",
+            ))
+        })?;
+        let offset = self.buf.len() as u64;
+        self.buf
+            .extend_from_slice(&entry_header(id, codec, raw_len, stored_len));
+        self.buf.extend_from_slice(payload);
+        Ok(ChunkLoc {
+            pack: self.id,
+            offset,
+            stored_len,
+            raw_len,
+            codec: codec as u8,
+        })
+    }
+
+    fn start_sync(&mut self) -> Result<Box<dyn PackSync>> {
+        if self.synced.is_some() {
+            // Written already, and nothing can have been appended since.
+            return Ok(Box::new(Written(None)));
+        }
+        let bytes = bytes::Bytes::from(std::mem::take(&mut self.buf));
+        self.synced = Some(bytes.len());
+        let inner = self.inner.clone();
+        let key = inner.pack_key(self.id);
+        let put = {
+            let store = inner.store.clone();
+            let key = key.clone();
+            inner.rt.spawn(async move {
+                // A fresh name; Create refuses to replace an object where the engine enforces it.
+                let opts = PutOptions::from(PutMode::Create);
+                store
+                    .put_opts(&key, PutPayload::from_bytes(bytes), opts)
+                    .await
+            })
+        };
+        Ok(Box::new(Written(Some((inner, key, put)))))
+    }
+
+    fn abandon(self: Box<Self>) {
+        // Nothing reaches the bucket before a sync, and a sync's object may be pointed at.
+    }
+}
+
+type PutTask = tokio::task::JoinHandle<object_store::Result<object_store::PutResult>>;
+
+/// An object write in flight (or none, for a pack written already).
+struct Written(Option<(Arc<Inner>, Key, PutTask)>);
+
+impl PackSync for Written {
+    fn wait(self: Box<Self>) -> Result<()> {
+        let Some((inner, key, put)) = self.0 else {
+            return Ok(());
+        };
+        match inner.rt.block_on(put) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(inner.error("cannot write pack", &key, e)),
+            Err(e) => Err(Error::io("cannot write pack", inner.where_(&key))(
+                std::io::Error::other(e),
+            )),
+        }
+    }
+}
