@@ -19,7 +19,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, entry_header};
+use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, new_entry};
 use crate::store::packs::{PackSink, PackStorage, PackSync};
 
 /// A sink writes its object once its entries pass this size = 64 MiB.
@@ -276,22 +276,12 @@ impl PackSink for BucketSink {
                 std::io::Error::other("the pack's object is written; start a new pack"),
             ));
         }
-        let stored_len = u32::try_from(payload.len()).map_err(|_| {
-            Error::io("cannot write pack", self.inner.where_(&key))(std::io::Error::other(
-                "entry over 4 GiB",
-            ))
-        })?;
         let offset = self.buf.len() as u64;
-        self.buf
-            .extend_from_slice(&entry_header(id, codec, raw_len, stored_len));
+        let (header, loc) = new_entry(self.id, offset, id, codec, raw_len, payload)
+            .map_err(Error::io("cannot write pack", self.inner.where_(&key)))?;
+        self.buf.extend_from_slice(&header);
         self.buf.extend_from_slice(payload);
-        Ok(ChunkLoc {
-            pack: self.id,
-            offset,
-            stored_len,
-            raw_len,
-            codec: codec as u8,
-        })
+        Ok(loc)
     }
 
     fn start_sync(&mut self) -> Result<Box<dyn PackSync>> {

@@ -76,3 +76,27 @@ pub fn parse_entry_header(h: &[u8; ENTRY_HEADER_LEN]) -> Option<(Hash, u8, u32, 
 pub fn pack_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016x}.pack"))
 }
+
+/// The header of a new entry for `payload` and where it will be: at `offset` of pack `pack`.
+///
+/// # Errors
+/// A payload over 4 GiB (its length does not fit the header).
+pub fn new_entry(
+    pack: u64,
+    offset: u64,
+    id: &Hash,
+    codec: Codec,
+    raw_len: u32,
+    payload: &[u8],
+) -> std::io::Result<([u8; ENTRY_HEADER_LEN], ChunkLoc)> {
+    let stored_len =
+        u32::try_from(payload.len()).map_err(|_| std::io::Error::other("entry over 4 GiB"))?;
+    let loc = ChunkLoc {
+        pack,
+        offset,
+        stored_len,
+        raw_len,
+        codec: codec as u8,
+    };
+    Ok((entry_header(id, codec, raw_len, stored_len), loc))
+}

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::store::local::fs::sync_dir;
 use crate::store::pack::{
-    ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, PACK_TARGET_LEN, entry_header, pack_path,
+    ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, PACK_TARGET_LEN, new_entry, pack_path,
 };
 use crate::store::packs::{PackSink, PackStorage, PackSync};
 
@@ -242,23 +242,14 @@ impl PackSink for LocalSink {
         raw_len: u32,
         payload: &[u8],
     ) -> Result<ChunkLoc> {
-        let stored_len = u32::try_from(payload.len()).map_err(|_| {
-            Error::io("cannot write pack", &self.path)(std::io::Error::other("entry over 4 GiB"))
-        })?;
-        let offset = self.len;
-        let header = entry_header(id, codec, raw_len, stored_len);
+        let (header, loc) = new_entry(self.id, self.len, id, codec, raw_len, payload)
+            .map_err(Error::io("cannot write pack", &self.path))?;
         self.out
             .write_all(&header)
             .and_then(|()| self.out.write_all(payload))
             .map_err(Error::io("cannot write pack", &self.path))?;
         self.len += (ENTRY_HEADER_LEN + payload.len()) as u64;
-        Ok(ChunkLoc {
-            pack: self.id,
-            offset,
-            stored_len,
-            raw_len,
-            codec: codec as u8,
-        })
+        Ok(loc)
     }
 
     fn start_sync(&mut self) -> Result<Box<dyn PackSync>> {
