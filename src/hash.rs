@@ -16,6 +16,22 @@ pub const HASH_LEN: usize = 32;
 pub struct Hash([u8; HASH_LEN]);
 
 impl Hash {
+    /// A hash no other call returns in practice: of `salt`, the time, the process id and a
+    /// counter. Fresh names (upload ids, pack objects) are cut from it.
+    pub fn fresh(salt: &[u8]) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut h = blake3::Hasher::new();
+        h.update(salt);
+        h.update(&nanos.to_le_bytes());
+        h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        Hash::from(h.finalize())
+    }
+
     /// Hashes `data` with BLAKE3.
     pub fn of(data: &[u8]) -> Self {
         Hash(*blake3::hash(data).as_bytes())

@@ -53,3 +53,12 @@ pub(super) async fn drain_stream(stream: &mut axum::body::BodyDataStream, limit:
         }
     }
 }
+
+/// Reads and discards up to [`DRAIN_AFTER_ERROR`] more bytes of a body being read as a
+/// blocking `Read`, before a refusal or failure is answered.
+pub(super) fn drain_read(reader: &mut impl std::io::Read) {
+    let _ = std::io::copy(
+        &mut std::io::Read::take(reader, DRAIN_AFTER_ERROR),
+        &mut std::io::sink(),
+    );
+}

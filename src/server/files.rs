@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::body::{DRAIN_AFTER_ERROR, is_binary, send_within};
+use super::body::{drain_read, is_binary, send_within};
 use super::error::ApiError;
 use super::hooks::Event;
 use super::{AppState, OPENAPI, blocking};
@@ -66,10 +66,7 @@ pub async fn upload(
         if stored.is_err() {
             // The store failed (a full disk) while the client still sends: read on a while,
             // so that it sees the answer rather than a connection closed under its upload.
-            let _ = std::io::copy(
-                &mut std::io::Read::take(&mut reader, DRAIN_AFTER_ERROR),
-                &mut std::io::sink(),
-            );
+            drain_read(&mut reader);
         }
         match &stored {
             Ok((report, _)) => {

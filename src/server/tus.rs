@@ -11,7 +11,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
-use super::body::{DRAIN_AFTER_ERROR, drain};
+use super::body::{DRAIN_AFTER_ERROR, drain, drain_read};
 use super::error::ApiError;
 use super::hooks::Event;
 use super::{AppState, blocking};
@@ -267,33 +267,25 @@ pub async fn patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let refused = |e: ApiError, body: Body| {
-        // Answered at once; the body is read and dropped meanwhile, so a client still sending
-        // sees the answer rather than a reset connection.
-        tokio::spawn(drain(body, DRAIN_AFTER_ERROR as usize));
-        Err(e)
-    };
-    let id = match upload_id(&id) {
-        Ok(id) => id,
-        Err(e) => return refused(e, body),
-    };
-    if !is_offset_stream(&headers) {
-        let e = ApiError::UnsupportedMediaType(format!("a PATCH body must be {OFFSET_STREAM}"));
-        return refused(e, body);
-    }
-    let offset = match header_u64(&headers, "upload-offset") {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            return refused(
-                ApiError::BadRequest("a PATCH needs Upload-Offset".into()),
-                body,
-            );
+    let parsed = (|| {
+        let id = upload_id(&id)?;
+        if !is_offset_stream(&headers) {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "a PATCH body must be {OFFSET_STREAM}"
+            )));
         }
-        Err(e) => return refused(e, body),
-    };
-    let checksum = match checksum_of(&headers) {
-        Ok(c) => c,
-        Err(e) => return refused(e, body),
+        let offset = header_u64(&headers, "upload-offset")?
+            .ok_or_else(|| ApiError::BadRequest("a PATCH needs Upload-Offset".into()))?;
+        Ok((id, offset, checksum_of(&headers)?))
+    })();
+    let (id, offset, checksum) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            // Answered at once; the body is read and dropped meanwhile, so a client still
+            // sending sees the answer rather than a reset connection.
+            tokio::spawn(drain(body, DRAIN_AFTER_ERROR as usize));
+            return Err(e);
+        }
     };
     let up = append(&st, id, offset, &headers, body, checksum).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -336,8 +328,7 @@ async fn append(
             let up = tus.info(id)?;
             if offset.saturating_add(n) > up.length && offset == up.offset() {
                 // Read and dropped before the answer, so a client still sending sees it.
-                let mut rest = std::io::Read::take(&mut reader, DRAIN_AFTER_ERROR);
-                let _ = std::io::copy(&mut rest, &mut std::io::sink());
+                drain_read(&mut reader);
                 return Err(Error::TooLarge {
                     what: "PATCH body (past Upload-Length)",
                     size: offset.saturating_add(n),

@@ -127,7 +127,12 @@ impl PackStorage for BucketPacks {
         buf.extend_from_slice(&PACK_MAGIC);
         Ok(Box::new(BucketSink {
             inner: self.inner.clone(),
-            id: rand_u64(),
+            // A fresh name: pack names are never reused.
+            id: u64::from_le_bytes(
+                Hash::fresh(b"pack").as_bytes()[..8]
+                    .try_into()
+                    .expect("8 bytes"),
+            ),
             buf,
             synced: None,
         }))
@@ -227,22 +232,6 @@ impl PackStorage for BucketPacks {
             .map_err(|e| i.error("cannot write", &dst, e))?;
         Ok(Some(i.where_(&i.key("quarantine"))))
     }
-}
-
-/// A random pack name (the time, the process and a counter, hashed): names are never reused.
-fn rand_u64() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = blake3::Hasher::new();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.update(&nanos.to_le_bytes());
-    h.update(&std::process::id().to_le_bytes());
-    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&h.finalize().as_bytes()[..8]);
-    u64::from_le_bytes(n)
 }
 
 /// Gathers one pack's entries; writes the object at its sync.

@@ -313,9 +313,9 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             .map(|(_, v)| *v)
             .collect();
         rest.sort_unstable_by_key(|(_, l)| l.offset);
+        let mut payload = Vec::new();
         for (id, loc) in rest {
             let c = &mut walk.st.check;
-            let mut payload = Vec::new();
             let read = loc.stored_len <= MAX_ENTRY
                 && read_entry(&self.packs, &id, &loc, &mut payload).is_ok();
             let why = if read {

@@ -157,12 +157,6 @@ impl Pin {
         self.with(|p| p.pages.push(page));
     }
 
-    /// A page listing the first `chunks` pinned ids was stored: pin it instead of them.
-    pub fn sealed(&self, page: Hash, chunks: usize) {
-        self.add_page(page);
-        self.release_paged(chunks);
-    }
-
     /// The first `n` pinned ids are listed by pages this pin holds: lets them go, so a long
     /// import's pin holds only the refs of its unfinished page. Only for a pin whose ids were
     /// added in file order from the file's first chunk on.
@@ -243,7 +237,8 @@ mod tests {
         let ids: Vec<Hash> = (0u32..5).map(|i| Hash::of(&i.to_le_bytes())).collect();
         let pin = g.pin();
         pin.add(&ids);
-        pin.sealed(Hash::of(b"page"), 3);
+        pin.add_page(Hash::of(b"page"));
+        pin.release_paged(3);
         let snap = g.pinned();
         assert_eq!(snap.pages, vec![Hash::of(b"page")]);
         assert_eq!(snap.ids, ids[3..]);

@@ -1,13 +1,12 @@
 //! The id of an upload (a session or a tus upload), the key of its records: 16 bytes, 32 hex
-//! digits in text. A leaf: errors, the store (tus tail files) and the upload state machines
-//! all name uploads by it.
-
-use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+//! digits in text. Errors, the store (tus tail files) and the upload state machines all name
+//! uploads by it; it depends on nothing but `hash.rs`.
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::hash::Hash;
 
 /// A session's id: 16 random-looking bytes, 32 hex characters in text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -17,19 +16,8 @@ impl SessionId {
     /// A fresh id: the hash of `salt`, the time, the process id and a counter, so ids do not
     /// repeat.
     pub fn generate(salt: &[u8]) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let seed = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut h = blake3::Hasher::new();
-        h.update(salt);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        h.update(&nanos.to_le_bytes());
-        h.update(&seed.to_le_bytes());
-        h.update(&std::process::id().to_le_bytes());
         let mut id = [0u8; 16];
-        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        id.copy_from_slice(&Hash::fresh(salt).as_bytes()[..16]);
         SessionId(id)
     }
 }

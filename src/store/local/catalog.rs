@@ -65,14 +65,6 @@ impl LocalCatalog {
         &self.root
     }
 
-    /// A number for a new pack, never handed out before (sled's persistent id counter).
-    ///
-    /// # Errors
-    /// Index errors.
-    pub fn next_pack_id(&self) -> Result<u64> {
-        Ok(self.index.db.generate_id()?)
-    }
-
     /// `r`, noting on error that the index is now behind the journal (see `behind`).
     fn behind_on_error<T, E>(&self, r: std::result::Result<T, E>) -> std::result::Result<T, E> {
         if r.is_err() {
@@ -101,26 +93,6 @@ impl LocalCatalog {
             self.index.db.flush()?;
         }
         Ok(out)
-    }
-
-    /// Rewrites the journal as a snapshot of the index once it is over twice the size of one
-    /// (and over 1 MiB): removals and replaced name records are what make it grow.
-    fn compact_journal(&self) -> Result<()> {
-        const HEADER: u64 = 48;
-        let len = self.journal.len();
-        if len < 1 << 20 {
-            return Ok(());
-        }
-        let mut held = self.journal.lock();
-        let mut live = 0u64;
-        for r in replay::snapshot(&self.index) {
-            live += HEADER + r?.1.len() as u64;
-        }
-        if len > 2 * live {
-            self.journal
-                .rewrite(&mut held, replay::snapshot(&self.index))?;
-        }
-        Ok(())
     }
 }
 
@@ -377,7 +349,7 @@ impl Catalog for LocalCatalog {
         // Held throughout: nothing is appended while the two are compared.
         let mut held = self.journal.lock();
         let path = self.root.join(JOURNAL_FILE);
-        let out = replay::compare(&self.index, &path)?;
+        let mut out = replay::compare(&self.index, &path)?;
         if repair && out.index_behind() {
             // Rewriting the journal from this index would forget what only the journal knows.
             return Err(Error::IndexBehindJournal {
@@ -386,7 +358,6 @@ impl Catalog for LocalCatalog {
                 names: out.index_lacks_names,
             });
         }
-        let mut out = out;
         if repair && !out.agrees() {
             let secs = crate::unix_now();
             let old = self.root.join(format!("{JOURNAL_FILE}.old-{secs}"));
@@ -398,8 +369,24 @@ impl Catalog for LocalCatalog {
         Ok(Some(out))
     }
 
+    /// Rewrites the journal as a snapshot of the index once it is over twice the size of one
+    /// (and over 1 MiB): removals and replaced name records are what make it grow.
     fn compact_log(&self) -> Result<()> {
-        self.compact_journal()
+        const HEADER: u64 = 48;
+        let len = self.journal.len();
+        if len < 1 << 20 {
+            return Ok(());
+        }
+        let mut held = self.journal.lock();
+        let mut live = 0u64;
+        for r in replay::snapshot(&self.index) {
+            live += HEADER + r?.1.len() as u64;
+        }
+        if len > 2 * live {
+            self.journal
+                .rewrite(&mut held, replay::snapshot(&self.index))?;
+        }
+        Ok(())
     }
 
     fn check_progress(&self) -> Option<Vec<u8>> {
