@@ -12,4 +12,4 @@ trap '.ci/engines.sh stop "$dir"; rm -rf "$dir"' EXIT
 .ci/engines.sh start "$dir"
 # shellcheck disable=SC1091
 . "$dir/engines.env"
-cargo test --test integration -- --nocapture bucket_
+cargo test --test integration -- --nocapture bucket_ pg_ remote_

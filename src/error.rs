@@ -309,6 +309,31 @@ pub enum Error {
     /// Another request is writing to this upload.
     #[error("upload {0} is busy with another request; try again shortly")]
     UploadBusy(SessionId),
+    /// A remote engine of the store (the index database, the bucket) refused a request or
+    /// could not be reached. `at` never holds a password or a key.
+    #[error("{action} {at}: {detail}")]
+    Engine {
+        /// What was being done, e.g. "cannot query the index at".
+        action: &'static str,
+        /// The engine, as a URL with no credentials in it.
+        at: String,
+        /// The engine's own words.
+        detail: String,
+        /// True when the engine did not answer at all (the server says 503: try again).
+        unreachable: bool,
+    },
+}
+
+/// `e` and each of its causes, joined by ": ".
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }
 
 impl Error {

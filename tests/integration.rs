@@ -7,6 +7,7 @@ mod integration {
     pub mod data;
     pub mod dedup;
     pub mod diskfull;
+    pub mod engines;
     pub mod faults;
     pub mod golden;
     pub mod hardening;

@@ -77,7 +77,7 @@ impl ApiError {
     /// What went wrong, in words (the whole detail, also for 5xx: for logs and hooks).
     pub fn message(&self) -> String {
         match self {
-            ApiError::Lib(e) => chain(e),
+            ApiError::Lib(e) => crate::error::chain(e),
             ApiError::Unauthorized => {
                 "this request needs a token: send `Authorization: Bearer TOKEN`".to_owned()
             }
@@ -131,6 +131,9 @@ fn lib_status(e: &Error) -> (StatusCode, &'static str) {
         Error::SessionEnded { .. } => (StatusCode::GONE, "session_ended"),
         Error::OffsetMismatch { .. } => (StatusCode::CONFLICT, "offset_mismatch"),
         Error::UploadBusy(_) => (StatusCode::LOCKED, "busy"),
+        Error::Engine {
+            unreachable: true, ..
+        } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         Error::GcRefused { .. } | Error::IndexBehindJournal { .. } => {
             (StatusCode::CONFLICT, "store_disagrees")
         }
@@ -146,7 +149,9 @@ impl IntoResponse for ApiError {
         if status.is_server_error() && !matches!(self, ApiError::Unavailable { .. }) {
             // The detail (paths among it) goes to the log only.
             match &self {
-                ApiError::Lib(e) => tracing::error!(error = %chain(e), "request failed"),
+                ApiError::Lib(e) => {
+                    tracing::error!(error = %crate::error::chain(e), "request failed")
+                }
                 other => tracing::error!(error = ?other, "request failed"),
             }
             let message = if status == StatusCode::INSUFFICIENT_STORAGE {
@@ -185,18 +190,6 @@ impl IntoResponse for ApiError {
         }
         resp
     }
-}
-
-/// `e` and each of its causes, joined by ": ".
-fn chain(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }
 
 /// Response middleware: an error answer made outside the handlers (no route, a method a route

@@ -4,8 +4,8 @@
 //! it is synced; after that the pack is full (objects are never rewritten). Reads are ranged
 //! GETs. Credentials and the endpoint come from the variables every S3 tool reads
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
-//! `AWS_ALLOW_HTTP`). The client is async: the storage owns a small runtime, and its
-//! synchronous callers wait on it, one request per call.
+//! `AWS_ALLOW_HTTP`). The client is async; its synchronous callers wait on it (`engine.rs`),
+//! one request per call.
 
 use std::io::{Cursor, ErrorKind};
 use std::path::PathBuf;
@@ -19,6 +19,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::store::engine::{spawn, wait};
 use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, new_entry};
 use crate::store::packs::{PackSink, PackStorage, PackSync};
 
@@ -36,7 +37,6 @@ struct Inner {
     url: String,
     /// The key prefix, with no slash at either end (empty for the bucket's root).
     prefix: String,
-    rt: tokio::runtime::Runtime,
 }
 
 impl Inner {
@@ -91,18 +91,11 @@ impl BucketPacks {
             .with_bucket_name(bucket)
             .build()
             .map_err(|e| Error::InvalidParams(format!("cannot use bucket {url}: {e}")))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("hoard-bucket")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("cannot start the bucket client for", url)(e))?;
         Ok(BucketPacks {
             inner: Arc::new(Inner {
                 store: Arc::new(store),
                 url: url.to_owned(),
                 prefix: prefix.trim_matches('/').to_owned(),
-                rt,
             }),
         })
     }
@@ -110,13 +103,13 @@ impl BucketPacks {
     /// Bytes of object `key`, if it exists.
     fn get_all(&self, key: &Key) -> Result<Option<bytes::Bytes>> {
         let i = &self.inner;
-        let got = i.rt.block_on(async {
+        let got = wait(async {
             match i.store.get(key).await {
                 Ok(r) => r.bytes().await.map(Some),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
-        });
+        })?;
         got.map_err(|e| i.error("cannot read pack", key, e))
     }
 }
@@ -142,12 +135,12 @@ impl PackStorage for BucketPacks {
         let i = &self.inner;
         let key = i.pack_key(pack);
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        let got = i.rt.block_on(i.store.get_range(&key, offset..offset + len));
+        let got = wait(i.store.get_range(&key, offset..offset + len))?;
         let bytes = match got {
             Ok(b) => b,
             Err(e) => {
                 // A range past the end is an error to the client; tell it apart by the size.
-                let size = i.rt.block_on(i.store.head(&key)).map(|m| m.size);
+                let size = wait(i.store.head(&key))?.map(|m| m.size);
                 return match size {
                     Ok(size) if offset + len > size => Ok(false),
                     _ => Err(i.error("cannot read pack", &key, e)),
@@ -175,9 +168,8 @@ impl PackStorage for BucketPacks {
     fn list(&self) -> Result<Vec<(u64, u64)>> {
         let i = &self.inner;
         let prefix = i.key("packs");
-        let metas: Vec<object_store::ObjectMeta> =
-            i.rt.block_on(i.store.list(Some(&prefix)).try_collect())
-                .map_err(|e| i.error("cannot list packs in", &prefix, e))?;
+        let metas: Vec<object_store::ObjectMeta> = wait(i.store.list(Some(&prefix)).try_collect())?
+            .map_err(|e| i.error("cannot list packs in", &prefix, e))?;
         let mut out: Vec<(u64, u64)> = metas
             .iter()
             .filter_map(|m| {
@@ -199,7 +191,7 @@ impl PackStorage for BucketPacks {
         let first = keys[0].clone();
         let stream = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
         let results: Vec<object_store::Result<Key>> =
-            i.rt.block_on(i.store.delete_stream(stream).collect());
+            wait(i.store.delete_stream(stream).collect())?;
         for r in results {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -212,7 +204,7 @@ impl PackStorage for BucketPacks {
     fn quarantine(&self, id: &Hash, loc: &ChunkLoc) -> Result<Option<PathBuf>> {
         let i = &self.inner;
         let key = i.pack_key(loc.pack);
-        let Some(size) = (match i.rt.block_on(i.store.head(&key)) {
+        let Some(size) = (match wait(i.store.head(&key))? {
             Ok(m) => Some(m.size),
             Err(object_store::Error::NotFound { .. }) => None,
             Err(e) => return Err(i.error("cannot read pack", &key, e)),
@@ -221,14 +213,13 @@ impl PackStorage for BucketPacks {
         };
         let want = (ENTRY_HEADER_LEN as u64 + u64::from(loc.stored_len.min(MAX_ENTRY)))
             .min(size.saturating_sub(loc.offset));
-        let bytes =
-            i.rt.block_on(i.store.get_range(&key, loc.offset..loc.offset + want))
-                .map_err(|e| i.error("cannot read pack", &key, e))?;
+        let bytes = wait(i.store.get_range(&key, loc.offset..loc.offset + want))?
+            .map_err(|e| i.error("cannot read pack", &key, e))?;
         let dst = i.key(&format!(
             "quarantine/{id}-{:016x}-{}.entry",
             loc.pack, loc.offset
         ));
-        i.rt.block_on(i.store.put(&dst, PutPayload::from_bytes(bytes)))
+        wait(i.store.put(&dst, PutPayload::from_bytes(bytes)))?
             .map_err(|e| i.error("cannot write", &dst, e))?;
         Ok(Some(i.where_(&i.key("quarantine"))))
     }
@@ -285,13 +276,13 @@ impl PackSink for BucketSink {
         let put = {
             let store = inner.store.clone();
             let key = key.clone();
-            inner.rt.spawn(async move {
+            spawn(async move {
                 // A fresh name; Create refuses to replace an object where the engine enforces it.
                 let opts = PutOptions::from(PutMode::Create);
                 store
                     .put_opts(&key, PutPayload::from_bytes(bytes), opts)
                     .await
-            })
+            })?
         };
         Ok(Box::new(Written(Some((inner, key, put)))))
     }
@@ -311,7 +302,7 @@ impl PackSync for Written {
         let Some((inner, key, put)) = self.0 else {
             return Ok(());
         };
-        match inner.rt.block_on(put) {
+        match wait(put)? {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(inner.error("cannot write pack", &key, e)),
             Err(e) => Err(Error::io("cannot write pack", inner.where_(&key))(

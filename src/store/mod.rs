@@ -13,12 +13,14 @@ pub mod bucket;
 pub mod catalog;
 mod check;
 mod compact;
+mod engine;
 mod guard;
 pub mod local;
 mod memory;
 pub mod pack;
 mod packed;
 pub mod packs;
+pub mod pg;
 
 use serde::{Deserialize, Serialize};
 

@@ -12,8 +12,11 @@ use hoard::manifest::{ChunkRef, ManifestBuilder};
 use hoard::store::local::LocalPacks;
 use hoard::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, PACK_MAGIC};
 use hoard::store::packs::read_entry;
+use hoard::store::pg::PgCatalog;
 use hoard::store::{Catalog, LocalStore, NameVersion, PackStorage, UploadKind};
 use hoard::{Error, Hash};
+
+use crate::integration::engines;
 
 /// Two entries of distinct chunks, as a store would append them.
 fn entries() -> Vec<(Hash, Vec<u8>)> {
@@ -317,30 +320,114 @@ fn local_catalog_meets_the_catalog_contract() {
     assert!(c.check_log(false).unwrap().unwrap().agrees());
 }
 
-/// The bucket given by `HOARD_TEST_BUCKET` (with the `AWS_*` variables), or `None` with a
-/// message: `.ci/remote.sh` starts SeaweedFS on loopback and sets them.
-fn test_bucket() -> Option<String> {
-    let bucket = std::env::var("HOARD_TEST_BUCKET").ok();
-    if bucket.is_none() {
-        eprintln!("HOARD_TEST_BUCKET not set: skipping the bucket tests (.ci/remote.sh runs them)");
-    }
-    bucket
+#[test]
+fn bucket_packs_meet_the_pack_storage_contract() {
+    let Some(bucket) = engines::bucket("bucket_packs") else {
+        return;
+    };
+    let p = hoard::store::bucket::BucketPacks::open(&bucket).unwrap();
+    pack_storage_contract(&p);
 }
 
 #[test]
-fn bucket_packs_meet_the_pack_storage_contract() {
-    let Some(bucket) = test_bucket() else { return };
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+fn pg_catalog_meets_the_catalog_contract() {
+    let Some(index) = engines::index("pg_catalog") else {
+        return;
+    };
+    let bucket = "s3://contract/test";
+    let (c, created) = PgCatalog::open(&index, bucket, true, None).unwrap();
+    assert!(created);
+    assert_eq!(c.config(), StoreConfig::default());
+    catalog_contract(&c);
+    // A tail's bytes before keep_from go; a write that does not continue the run starts a
+    // new one.
+    let u = [7u8; 16];
+    c.write_tail(&u, 0, 10, b"0123456789", b"a").unwrap();
+    c.write_tail(&u, 14, 20, b"ab", b"b").unwrap();
+    let t = c.tail(&u).unwrap().unwrap();
+    assert_eq!((t.position, t.bytes.as_slice()), (14, &b"456789ab"[..]));
+    c.write_tail(&u, 30, 40, b"xy", b"c").unwrap();
+    let t = c.tail(&u).unwrap().unwrap();
+    assert_eq!(
+        (t.position, t.bytes.as_slice(), t.meta.as_slice()),
+        (40, &b"xy"[..], &b"c"[..])
+    );
+    c.write_tail(&u, 99, 42, b"z", b"d").unwrap();
+    assert_eq!(
+        c.tail(&u).unwrap().unwrap().position,
+        43,
+        "never past the run's end"
+    );
+    // Durable on return: a new process (a new pool) sees what was left.
+    drop(c);
+    let (c, created) = PgCatalog::open(&index, bucket, false, None).unwrap();
+    assert!(!created);
+    assert_eq!(c.get_name("shared").unwrap().unwrap().versions.len(), 100);
+    assert_eq!(c.uploads(UploadKind::Session).unwrap().len(), 1);
+    assert_eq!(c.missing(&[Hash::of(&[2u8])]).unwrap(), vec![false]);
+    // Another bucket's store, or other params, are refused.
+    let other = PgCatalog::open(&index, "s3://elsewhere", true, None)
+        .err()
+        .unwrap();
     assert!(
-        endpoint.starts_with("http://127.") || endpoint.starts_with("http://[::1]"),
-        "tests only touch loopback, not {endpoint:?}"
+        other
+            .to_string()
+            .contains("belongs to the store at s3://contract/test"),
+        "{other}"
     );
-    // A prefix of its own, so runs never see each other's packs.
-    let prefix = format!(
-        "seams-{}",
-        Hash::of(format!("{:?}", std::time::SystemTime::now()).as_bytes())
+    let params =
+        StoreConfig::new(hoard::ChunkerParams::new(1024, 4096, 16384).unwrap(), 3).unwrap();
+    let e = PgCatalog::open(&index, bucket, true, Some(params))
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::ParamsMismatch { .. }), "{e}");
+}
+
+#[test]
+fn pg_catalog_refuses_a_newer_schema_and_creates_nothing_unasked() {
+    let Some(index) = engines::index("pg_schema") else {
+        return;
+    };
+    // A read of a database with no store names what to do and leaves it empty.
+    let e = PgCatalog::open(&index, "s3://b", false, None)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::NoStore(_)), "{e}");
+    assert!(e.to_string().contains("hoard init"), "{e}");
+    let (c, _) = PgCatalog::open(&index, "s3://b", true, None).unwrap();
+    drop(c);
+    engines::sql(&index, "UPDATE hoard_schema SET version = version + 1");
+    let e = PgCatalog::open(&index, "s3://b", false, None)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Version { .. }), "{e}");
+    assert!(e.to_string().contains("upgrade hoard"), "{e}");
+}
+
+#[test]
+fn pg_catalog_names_an_unreachable_index_without_its_password() {
+    // A port nothing listens on (bound, then closed), on loopback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://hoard:s3cret-pw@127.0.0.1:{port}/db?connect_timeout=2");
+    let e = PgCatalog::open(&url, "s3://b", true, None).err().unwrap();
+    let text = format!("{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Engine {
+                unreachable: true,
+                ..
+            }
+        ),
+        "{text}"
     );
-    let p =
-        hoard::store::bucket::BucketPacks::open(&format!("{bucket}/{}", &prefix[..24])).unwrap();
-    pack_storage_contract(&p);
+    assert!(
+        text.contains(&format!("postgres://hoard@127.0.0.1:{port}/db")),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
 }

@@ -1,0 +1,669 @@
+//! [`Catalog`] on PostgreSQL: each method one statement (or one short transaction), a batch of
+//! ids one array parameter. Name changes are atomic in the database itself: a new version's
+//! number is computed in the statement that inserts it, and a writer that lost the race to
+//! the same number (a unique violation) tries again with the next.
+
+use std::collections::HashSet;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Row, Transaction};
+
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+use crate::store::catalog::Catalog;
+use crate::store::engine::wait;
+use crate::store::pack::ChunkLoc;
+use crate::store::pg::PgCatalog;
+use crate::store::{NameRecord, NameVersion, TailRun, UploadKind};
+
+/// Ids sent in one statement at most (larger batches are split; each part one round trip).
+const BATCH: usize = 100_000;
+/// Rows fetched per round trip when walking the chunk table.
+const WALK: i32 = 10_000;
+/// Times a name change is tried when other writers keep taking the next version number.
+const NAME_RACES: u32 = 64;
+
+fn kind_code(kind: UploadKind) -> i16 {
+    match kind {
+        UploadKind::Session => 0,
+        UploadKind::Tus => 1,
+    }
+}
+
+fn hash_of(bytes: &[u8]) -> Result<Hash> {
+    Hash::from_slice(bytes).ok_or_else(|| Error::Decode {
+        what: format!("id of {} bytes in the index database", bytes.len()),
+        source: bincode::error::DecodeError::Other("not 32 bytes"),
+    })
+}
+
+/// A location from columns `at..at + 5` of `row`: pack, offset, stored_len, raw_len, codec.
+fn loc_of(row: &Row, at: usize) -> ChunkLoc {
+    ChunkLoc {
+        pack: row.get::<_, i64>(at) as u64,
+        offset: row.get::<_, i64>(at + 1) as u64,
+        stored_len: row.get::<_, i32>(at + 2) as u32,
+        raw_len: row.get::<_, i32>(at + 3) as u32,
+        codec: row.get::<_, i16>(at + 4) as u8,
+    }
+}
+
+/// The five columns of locations, as arrays.
+#[derive(Default)]
+struct LocColumns {
+    pack: Vec<i64>,
+    offset: Vec<i64>,
+    stored_len: Vec<i32>,
+    raw_len: Vec<i32>,
+    codec: Vec<i16>,
+}
+
+impl LocColumns {
+    fn push(&mut self, l: &ChunkLoc) {
+        self.pack.push(l.pack as i64);
+        self.offset.push(l.offset as i64);
+        self.stored_len.push(l.stored_len as i32);
+        self.raw_len.push(l.raw_len as i32);
+        self.codec.push(i16::from(l.codec));
+    }
+}
+
+fn version_of(row: &Row, at: usize) -> Result<NameVersion> {
+    Ok(NameVersion {
+        file_id: hash_of(row.get(at))?,
+        size: row.get::<_, i64>(at + 1) as u64,
+        added: row.get::<_, i64>(at + 2) as u64,
+    })
+}
+
+/// The history in `rows` (file_id, size, added; oldest first), or `None` for no rows.
+fn record_of(rows: &[Row]) -> Result<Option<NameRecord>> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let versions = rows
+        .iter()
+        .map(|r| version_of(r, 0))
+        .collect::<Result<_>>()?;
+    Ok(Some(NameRecord { versions }))
+}
+
+/// Writes `record` as the whole history of `name`, inside `tx`.
+async fn write_name(
+    tx: &Transaction<'_>,
+    name: &str,
+    record: &NameRecord,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    tx.execute("DELETE FROM name_versions WHERE name = $1", &[&name])
+        .await?;
+    let numbers: Vec<i32> = (1..=record.versions.len() as i32).collect();
+    let ids: Vec<&[u8]> = record
+        .versions
+        .iter()
+        .map(|v| &v.file_id.as_bytes()[..])
+        .collect();
+    let sizes: Vec<i64> = record.versions.iter().map(|v| v.size as i64).collect();
+    let added: Vec<i64> = record.versions.iter().map(|v| v.added as i64).collect();
+    tx.execute(
+        "INSERT INTO name_versions (name, version, file_id, size, added) \
+         SELECT $1, * FROM unnest($2::int4[], $3::bytea[], $4::int8[], $5::int8[])",
+        &[&name, &numbers, &ids, &sizes, &added],
+    )
+    .await?;
+    Ok(())
+}
+
+impl Catalog for PgCatalog {
+    fn config(&self) -> StoreConfig {
+        self.config
+    }
+
+    fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(BATCH) {
+            let arr: Vec<&[u8]> = part.iter().map(|h| &h.as_bytes()[..]).collect();
+            let got: Vec<bool> =
+                self.run(true, "cannot look chunks up in the index at", async |c| {
+                    let row = c
+                        .query_one(
+                            "SELECT coalesce(array_agg(c.id IS NULL ORDER BY q.n), '{}') \
+                         FROM unnest($1::bytea[]) WITH ORDINALITY AS q(id, n) \
+                         LEFT JOIN chunks c ON c.id = q.id",
+                            &[&arr],
+                        )
+                        .await?;
+                    Ok(row.get(0))
+                })?;
+            out.extend(got);
+        }
+        Ok(out)
+    }
+
+    fn locate(&self, ids: &[Hash]) -> Result<Vec<Option<ChunkLoc>>> {
+        let mut out = vec![None; ids.len()];
+        for (p, part) in ids.chunks(BATCH).enumerate() {
+            let arr: Vec<&[u8]> = part.iter().map(|h| &h.as_bytes()[..]).collect();
+            let rows = self.run(true, "cannot look chunks up in the index at", async |c| {
+                c.query(
+                    "SELECT q.n, c.pack, c.pack_offset, c.stored_len, c.raw_len, c.codec \
+                     FROM unnest($1::bytea[]) WITH ORDINALITY AS q(id, n) \
+                     JOIN chunks c ON c.id = q.id",
+                    &[&arr],
+                )
+                .await
+            })?;
+            for r in &rows {
+                let n = r.get::<_, i64>(0) as usize - 1;
+                out[p * BATCH + n] = Some(loc_of(r, 1));
+            }
+        }
+        Ok(out)
+    }
+
+    fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
+        // One statement may not change a row twice: of an id given twice, the last wins.
+        let mut seen = HashSet::with_capacity(locs.len());
+        let mut last: Vec<&(Hash, ChunkLoc)> = locs
+            .iter()
+            .rev()
+            .filter(|(id, _)| seen.insert(*id))
+            .collect();
+        last.reverse();
+        for part in last.chunks(BATCH) {
+            let ids: Vec<&[u8]> = part.iter().map(|(h, _)| &h.as_bytes()[..]).collect();
+            let mut cols = LocColumns::default();
+            part.iter().for_each(|(_, l)| cols.push(l));
+            self.run(true, "cannot record chunks in the index at", async |c| {
+                c.execute(
+                    "INSERT INTO chunks (id, pack, pack_offset, stored_len, raw_len, codec) \
+                     SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int4[], \
+                                          $5::int4[], $6::int2[]) \
+                     ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, \
+                       pack_offset = excluded.pack_offset, stored_len = excluded.stored_len, \
+                       raw_len = excluded.raw_len, codec = excluded.codec",
+                    &[
+                        &ids,
+                        &cols.pack,
+                        &cols.offset,
+                        &cols.stored_len,
+                        &cols.raw_len,
+                        &cols.codec,
+                    ],
+                )
+                .await
+            })?;
+        }
+        Ok(())
+    }
+
+    fn remove_locs(&self, ids: &[Hash]) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        for part in ids.chunks(BATCH) {
+            let arr: Vec<&[u8]> = part.iter().map(|h| &h.as_bytes()[..]).collect();
+            let (pn, pb) =
+                self.run(false, "cannot remove chunks from the index at", async |c| {
+                    let r = c
+                    .query_one(
+                        "WITH d AS (DELETE FROM chunks WHERE id = ANY($1) RETURNING stored_len) \
+                         SELECT count(*), coalesce(sum(stored_len::int8), 0)::int8 FROM d",
+                        &[&arr],
+                    )
+                    .await?;
+                    Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+                })?;
+            n += pn;
+            bytes += pb;
+        }
+        Ok((n, bytes))
+    }
+
+    fn relocate(&self, moves: &[(Hash, ChunkLoc, ChunkLoc)]) -> Result<u64> {
+        let mut n = 0;
+        for part in moves.chunks(BATCH) {
+            let ids: Vec<&[u8]> = part.iter().map(|(h, _, _)| &h.as_bytes()[..]).collect();
+            let (mut old, mut new) = (LocColumns::default(), LocColumns::default());
+            for (_, o, w) in part {
+                old.push(o);
+                new.push(w);
+            }
+            n += self.run(false, "cannot move chunks in the index at", async |c| {
+                c.execute(
+                    "UPDATE chunks c SET pack = m.np, pack_offset = m.no, stored_len = m.ns, \
+                       raw_len = m.nr, codec = m.nc \
+                     FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int4[], $5::int4[], \
+                                 $6::int2[], $7::int8[], $8::int8[], $9::int4[], $10::int4[], \
+                                 $11::int2[]) \
+                       AS m(id, op, oo, os, orl, oc, np, no, ns, nr, nc) \
+                     WHERE c.id = m.id AND c.pack = m.op AND c.pack_offset = m.oo \
+                       AND c.stored_len = m.os AND c.raw_len = m.orl AND c.codec = m.oc",
+                    &[
+                        &ids,
+                        &old.pack,
+                        &old.offset,
+                        &old.stored_len,
+                        &old.raw_len,
+                        &old.codec,
+                        &new.pack,
+                        &new.offset,
+                        &new.stored_len,
+                        &new.raw_len,
+                        &new.codec,
+                    ],
+                )
+                .await
+            })?;
+        }
+        Ok(n)
+    }
+
+    fn for_each_loc(&self, f: &mut dyn FnMut(&Hash, Result<ChunkLoc>) -> Result<()>) -> Result<()> {
+        const ACTION: &str = "cannot walk the chunk table of the index at";
+        // One repeatable-read transaction is the consistent view; its rows come a page per
+        // round trip, and `f` runs between the waits (it may use the store itself).
+        let err = |e: tokio_postgres::Error| self.error(ACTION, &e);
+        let mut client = wait(self.pool.get())?.map_err(|e| self.pool_error(ACTION, e))?;
+        let tx = wait(
+            client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start(),
+        )?
+        .map_err(err)?;
+        let portal = wait(tx.bind(
+            "SELECT id, pack, pack_offset, stored_len, raw_len, codec FROM chunks ORDER BY id",
+            &[],
+        ))?
+        .map_err(err)?;
+        loop {
+            let rows = wait(tx.query_portal(&portal, WALK))?.map_err(err)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                match hash_of(r.get(0)) {
+                    Ok(id) => f(&id, Ok(loc_of(r, 1)))?,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        wait(tx.commit())?.map_err(err)
+    }
+
+    fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
+        self.run(
+            true,
+            "cannot store a manifest page in the index at",
+            async |c| {
+                c.execute(
+                    "INSERT INTO pages (hash, bytes) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+                    &[&&hash.as_bytes()[..], &bytes],
+                )
+                .await
+            },
+        )
+        .map(drop)
+    }
+
+    fn get_page(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        self.run(
+            true,
+            "cannot read a manifest page from the index at",
+            async |c| {
+                let row = c
+                    .query_opt(
+                        "SELECT bytes FROM pages WHERE hash = $1",
+                        &[&&hash.as_bytes()[..]],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            },
+        )
+    }
+
+    fn page_hashes(&self) -> Result<Vec<Hash>> {
+        let rows = self.run(
+            true,
+            "cannot list manifest pages in the index at",
+            async |c| c.query("SELECT hash FROM pages ORDER BY hash", &[]).await,
+        )?;
+        rows.iter().map(|r| hash_of(r.get(0))).collect()
+    }
+
+    fn remove_pages(&self, hashes: &[Hash]) -> Result<()> {
+        for part in hashes.chunks(BATCH) {
+            let arr: Vec<&[u8]> = part.iter().map(|h| &h.as_bytes()[..]).collect();
+            self.run(
+                true,
+                "cannot remove manifest pages from the index at",
+                async |c| {
+                    c.execute("DELETE FROM pages WHERE hash = ANY($1)", &[&arr])
+                        .await
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let bytes = manifest.encode();
+        let id = &manifest.file_id.as_bytes()[..];
+        self.run(true, "cannot store a manifest in the index at", async |c| {
+            c.execute(
+                "INSERT INTO files (file_id, manifest) VALUES ($1, $2) \
+                 ON CONFLICT (file_id) DO UPDATE SET manifest = excluded.manifest",
+                &[&id, &bytes],
+            )
+            .await
+        })
+        .map(drop)
+    }
+
+    fn get_manifest(&self, file_id: &Hash) -> Result<Option<Manifest>> {
+        let id = &file_id.as_bytes()[..];
+        let bytes: Option<Vec<u8>> = self.run(
+            true,
+            "cannot read a manifest from the index at",
+            async |c| {
+                let row = c
+                    .query_opt("SELECT manifest FROM files WHERE file_id = $1", &[&id])
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            },
+        )?;
+        bytes.map(|b| Manifest::decode(&b)).transpose()
+    }
+
+    fn file_ids_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Hash>> {
+        let rows = self.run(true, "cannot list files in the index at", async |c| {
+            c.query(
+                "SELECT file_id FROM files \
+                 WHERE substring(file_id FROM 1 FOR length($1::bytea)) = $1 ORDER BY file_id",
+                &[&prefix],
+            )
+            .await
+        })?;
+        rows.iter().map(|r| hash_of(r.get(0))).collect()
+    }
+
+    fn manifests(&self) -> Result<Vec<Manifest>> {
+        let rows = self.run(true, "cannot list files in the index at", async |c| {
+            c.query("SELECT manifest FROM files ORDER BY file_id", &[])
+                .await
+        })?;
+        rows.iter().map(|r| Manifest::decode(r.get(0))).collect()
+    }
+
+    fn remove_manifest(&self, file_id: &Hash) -> Result<bool> {
+        let id = &file_id.as_bytes()[..];
+        let n = self.run(
+            false,
+            "cannot remove a manifest from the index at",
+            async |c| {
+                c.execute("DELETE FROM files WHERE file_id = $1", &[&id])
+                    .await
+            },
+        )?;
+        Ok(n > 0)
+    }
+
+    fn push_name(&self, name: &str, version: NameVersion) -> Result<NameRecord> {
+        let id = &version.file_id.as_bytes()[..];
+        let (size, added) = (version.size as i64, version.added as i64);
+        // The new number is the last one + 1, computed where it is inserted; the versions
+        // before it come from the same statement's snapshot.
+        for _ in 0..NAME_RACES {
+            let got = self.run(false, "cannot record a name in the index at", async |c| {
+                match c
+                    .query(
+                        "WITH v AS (INSERT INTO name_versions (name, version, file_id, size, added) \
+                           SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4 \
+                           FROM name_versions WHERE name = $1 RETURNING version) \
+                         SELECT file_id, size, added FROM name_versions \
+                         WHERE name = $1 AND version < (SELECT version FROM v) ORDER BY version",
+                        &[&name, &id, &size, &added],
+                    )
+                    .await
+                {
+                    Ok(rows) => Ok(Some(rows)),
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })?;
+            if let Some(rows) = got {
+                let mut versions = rows
+                    .iter()
+                    .map(|r| version_of(r, 0))
+                    .collect::<Result<Vec<_>>>()?;
+                versions.push(version);
+                return Ok(NameRecord { versions });
+            }
+        }
+        Err(Error::Engine {
+            action: "cannot record a name in the index at",
+            at: self.at.clone(),
+            detail: format!("{NAME_RACES} other writers took {name:?}'s next version first"),
+            unreachable: true,
+        })
+    }
+
+    fn get_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        let rows = self.run(true, "cannot read a name from the index at", async |c| {
+            c.query(
+                "SELECT file_id, size, added FROM name_versions WHERE name = $1 ORDER BY version",
+                &[&name],
+            )
+            .await
+        })?;
+        record_of(&rows)
+    }
+
+    fn names(&self) -> Result<Vec<(String, NameRecord)>> {
+        let rows = self.run(true, "cannot list names in the index at", async |c| {
+            c.query(
+                "SELECT name, file_id, size, added FROM name_versions ORDER BY name, version",
+                &[],
+            )
+            .await
+        })?;
+        let mut out: Vec<(String, NameRecord)> = Vec::new();
+        for r in &rows {
+            let name: &str = r.get(0);
+            let v = version_of(r, 1)?;
+            match out.last_mut() {
+                Some((last, rec)) if last == name => rec.versions.push(v),
+                _ => out.push((name.to_owned(), NameRecord { versions: vec![v] })),
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_name(&self, name: &str) -> Result<Option<NameRecord>> {
+        let rows = self.run(false, "cannot remove a name from the index at", async |c| {
+            c.query(
+                "WITH d AS (DELETE FROM name_versions WHERE name = $1 \
+                   RETURNING version, file_id, size, added) \
+                 SELECT file_id, size, added FROM d ORDER BY version",
+                &[&name],
+            )
+            .await
+        })?;
+        record_of(&rows)
+    }
+
+    fn put_name(&self, name: &str, record: &NameRecord) -> Result<()> {
+        self.run(true, "cannot record a name in the index at", async |c| {
+            let mut c = c;
+            let tx = c.transaction().await?;
+            write_name(&tx, name, record).await?;
+            tx.commit().await
+        })
+    }
+
+    fn put_upload(&self, kind: UploadKind, id: &[u8; 16], record: &[u8]) -> Result<()> {
+        self.run(true, "cannot record an upload in the index at", async |c| {
+            c.execute(
+                "INSERT INTO uploads (kind, id, record) VALUES ($1, $2, $3) \
+                 ON CONFLICT (kind, id) DO UPDATE SET record = excluded.record",
+                &[&kind_code(kind), &&id[..], &record],
+            )
+            .await
+        })
+        .map(drop)
+    }
+
+    fn get_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        self.run(true, "cannot read an upload from the index at", async |c| {
+            let row = c
+                .query_opt(
+                    "SELECT record FROM uploads WHERE kind = $1 AND id = $2",
+                    &[&kind_code(kind), &&id[..]],
+                )
+                .await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn uploads(&self, kind: UploadKind) -> Result<Vec<([u8; 16], Vec<u8>)>> {
+        let rows = self.run(true, "cannot list uploads in the index at", async |c| {
+            c.query(
+                "SELECT id, record FROM uploads WHERE kind = $1 ORDER BY id",
+                &[&kind_code(kind)],
+            )
+            .await
+        })?;
+        // Ids are 16 bytes; anything else is not an upload record.
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((<[u8; 16]>::try_from(r.get::<_, &[u8]>(0)).ok()?, r.get(1))))
+            .collect())
+    }
+
+    fn delete_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<()> {
+        self.run(
+            true,
+            "cannot remove an upload from the index at",
+            async |c| {
+                c.execute(
+                    "DELETE FROM uploads WHERE kind = $1 AND id = $2",
+                    &[&kind_code(kind), &&id[..]],
+                )
+                .await
+            },
+        )
+        .map(drop)
+    }
+
+    fn tail(&self, id: &[u8; 16]) -> Result<Option<TailRun>> {
+        self.run(
+            true,
+            "cannot read a tus tail from the index at",
+            async |c| {
+                let row = c
+                    .query_opt(
+                        "SELECT position, bytes, meta FROM tus_tails WHERE id = $1",
+                        &[&&id[..]],
+                    )
+                    .await?;
+                Ok(row.map(|r| TailRun {
+                    position: r.get::<_, i64>(0) as u64,
+                    bytes: r.get(1),
+                    meta: r.get(2),
+                }))
+            },
+        )
+    }
+
+    fn write_tail(
+        &self,
+        id: &[u8; 16],
+        keep_from: u64,
+        position: u64,
+        bytes: &[u8],
+        meta: &[u8],
+    ) -> Result<()> {
+        let (keep, pos) = (keep_from as i64, position as i64);
+        // Continue the run if it ends at `position`, else start a new one there; then drop
+        // what lies before `keep_from` (never past the run's end). The bytes already stored
+        // stay in the database: only the new ones cross.
+        self.run(
+            false,
+            "cannot write a tus tail to the index at",
+            async |c| {
+                c.execute(
+                    "INSERT INTO tus_tails AS t (id, position, bytes, meta) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO UPDATE SET \
+                   bytes = CASE WHEN t.position + length(t.bytes) = $2 \
+                           THEN t.bytes || excluded.bytes ELSE excluded.bytes END, \
+                   position = CASE WHEN t.position + length(t.bytes) = $2 \
+                              THEN t.position ELSE $2 END, \
+                   meta = excluded.meta",
+                    &[&&id[..], &pos, &bytes, &meta],
+                )
+                .await?;
+                c.execute(
+                    "UPDATE tus_tails SET \
+                   bytes = substring(bytes FROM (least($2, position + length(bytes)) \
+                                                 - position + 1)::int4), \
+                   position = least($2, position + length(bytes)) \
+                 WHERE id = $1 AND $2 > position",
+                    &[&&id[..], &keep],
+                )
+                .await
+            },
+        )
+        .map(drop)
+    }
+
+    fn forget_tail(&self, id: &[u8; 16]) -> Result<()> {
+        self.run(
+            true,
+            "cannot remove a tus tail from the index at",
+            async |c| {
+                c.execute("DELETE FROM tus_tails WHERE id = $1", &[&&id[..]])
+                    .await
+            },
+        )
+        .map(drop)
+    }
+
+    fn check_progress(&self) -> Option<Vec<u8>> {
+        self.run(
+            true,
+            "cannot read the chunk check's progress from the index at",
+            async |c| {
+                let row = c
+                    .query_opt("SELECT value FROM hoard_state WHERE key = 'fsck'", &[])
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            },
+        )
+        .ok()
+        .flatten()
+    }
+
+    fn save_check_progress(&self, progress: Option<&[u8]>) -> Result<()> {
+        self.run(
+            true,
+            "cannot save the chunk check's progress in the index at",
+            async |c| match progress {
+                Some(v) => {
+                    c.execute(
+                        "INSERT INTO hoard_state (key, value) VALUES ('fsck', $1) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        &[&v],
+                    )
+                    .await
+                }
+                None => {
+                    c.execute("DELETE FROM hoard_state WHERE key = 'fsck'", &[])
+                        .await
+                }
+            },
+        )
+        .map(drop)
+    }
+}

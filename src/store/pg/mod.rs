@@ -1,0 +1,297 @@
+//! The catalog in PostgreSQL: every record a local store keeps in redb and sled, as tables
+//! (see `schema.rs`), so that any number of processes on any machines share one store. This
+//! file opens one (connection pool, migrations, the store's row) and turns the driver's errors
+//! into the store's; `catalog.rs` is the [`Catalog`](crate::store::Catalog) itself.
+//!
+//! Every batch is one statement (the ids go as one array parameter), so a batch of any size
+//! costs one round trip. Connections come from a pool (`deadpool-postgres`); a call that may
+//! safely run again is retried, with a new connection, when the database went away during it.
+//! A password in the index URL is used to connect and never shown: errors and messages name
+//! the index as `postgres://USER@HOST:PORT/DB`.
+
+mod catalog;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, config::Host};
+
+use crate::config::{ChunkerParams, StoreConfig};
+use crate::error::{Error, Result};
+use crate::store::engine::wait;
+
+/// Connections one process keeps open at most.
+const POOL_SIZE: usize = 16;
+/// How long connecting may take before the database counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of a call that may run again, when the connection broke during it.
+const ATTEMPTS: u32 = 3;
+
+/// The catalog of a store whose index is a PostgreSQL database.
+pub struct PgCatalog {
+    pool: Pool,
+    /// The index as `postgres://USER@HOST:PORT/DB`: for messages, never with a password.
+    at: String,
+    config: StoreConfig,
+}
+
+/// `postgres://USER@HOST:PORT/DB` for `cfg`, with no password.
+fn describe(cfg: &tokio_postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        cfg.get_user().unwrap_or(""),
+        cfg.get_dbname().unwrap_or("")
+    )
+}
+
+/// True when `e` means the database did not answer (or went away), not that it refused.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .contains(code),
+        None => true,
+    }
+}
+
+/// The database's own words for `e` (the driver's `Display` says only "db error").
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => crate::error::chain(e),
+    }
+}
+
+impl PgCatalog {
+    /// Opens the catalog at `url` of the store whose packs are at `bucket`, migrating its
+    /// schema to this binary's version. With `create`, a database with no store in it gets one
+    /// (with `requested`, or the default params); without, it is [`Error::NoStore`]. Returns the
+    /// catalog and whether the store was created just now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParams`] for a URL that is not PostgreSQL's, [`Error::Engine`] if the
+    /// database cannot be reached or refuses, [`Error::Version`] for a newer schema,
+    /// [`Error::ParamsMismatch`], or a store of another bucket in this database.
+    pub fn open(
+        url: &str,
+        bucket: &str,
+        create: bool,
+        requested: Option<StoreConfig>,
+    ) -> Result<(Self, bool)> {
+        let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| {
+            Error::InvalidParams(format!(
+                "the index is not a PostgreSQL URL (postgres://USER@HOST:PORT/DB): {e}"
+            ))
+        })?;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("hoard");
+        }
+        let at = describe(&cfg);
+        let manager = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| Error::InvalidParams(format!("cannot use the index {at}: {e}")))?;
+        let mut catalog = PgCatalog {
+            pool,
+            at,
+            config: StoreConfig::default(),
+        };
+        let created = catalog.start(bucket, create, requested)?;
+        Ok((catalog, created))
+    }
+
+    /// Migrates the schema and reads (or, with `create`, makes) the store's row.
+    fn start(
+        &mut self,
+        bucket: &str,
+        create: bool,
+        requested: Option<StoreConfig>,
+    ) -> Result<bool> {
+        let none = || Error::NoStore(PathBuf::from(bucket));
+        let (found, created) = self.run(true, "cannot open the index at", async |c| {
+            let mut c = c;
+            let tx = c.transaction().await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&schema::MIGRATION_LOCK],
+            )
+            .await?;
+            let exists: bool = tx
+                .query_one("SELECT to_regclass('hoard_schema') IS NOT NULL", &[])
+                .await?
+                .get(0);
+            if !exists && !create {
+                return Ok((None, false));
+            }
+            tx.batch_execute(schema::VERSION_TABLE).await?;
+            let version: i32 = tx
+                .query_opt("SELECT version FROM hoard_schema", &[])
+                .await?
+                .map_or(0, |r| r.get(0));
+            if version > schema::VERSION {
+                return Ok((Some(Err(version)), false));
+            }
+            for step in &schema::MIGRATIONS[version as usize..] {
+                tx.batch_execute(step).await?;
+            }
+            if version < schema::VERSION {
+                tx.execute("DELETE FROM hoard_schema", &[]).await?;
+                tx.execute(
+                    "INSERT INTO hoard_schema (version) VALUES ($1)",
+                    &[&schema::VERSION],
+                )
+                .await?;
+            }
+            const READ: &str = "SELECT bucket, chunk_min, chunk_avg, chunk_max, zstd_level \
+                                FROM hoard_store";
+            let mut row = tx.query_opt(READ, &[]).await?;
+            let mut created = false;
+            if row.is_none() && create {
+                let c = requested.unwrap_or_default();
+                tx.execute(
+                    "INSERT INTO hoard_store \
+                     (bucket, chunk_min, chunk_avg, chunk_max, zstd_level, created) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &bucket,
+                        &(c.chunker.min as i32),
+                        &(c.chunker.avg as i32),
+                        &(c.chunker.max as i32),
+                        &c.level,
+                        &(crate::unix_now() as i64),
+                    ],
+                )
+                .await?;
+                row = tx.query_opt(READ, &[]).await?;
+                created = true;
+            }
+            tx.commit().await?;
+            Ok((
+                row.map(|r| {
+                    Ok((
+                        r.get::<_, String>(0),
+                        ChunkerParams {
+                            min: r.get::<_, i32>(1) as u32,
+                            avg: r.get::<_, i32>(2) as u32,
+                            max: r.get::<_, i32>(3) as u32,
+                        },
+                        r.get::<_, i32>(4),
+                    ))
+                }),
+                created,
+            ))
+        })?;
+        let (owner, chunker, level) = match found {
+            None => return Err(none()),
+            Some(Err(found)) => {
+                return Err(Error::Version {
+                    what: "the index database's schema",
+                    found: found as u32,
+                    expected: schema::VERSION as u32,
+                });
+            }
+            Some(Ok(row)) => row,
+        };
+        if owner != bucket {
+            return Err(Error::InvalidParams(format!(
+                "the index {} belongs to the store at {owner}, not {bucket}: give each store its own index database",
+                self.at
+            )));
+        }
+        let existing = StoreConfig { chunker, level };
+        if let Some(req) = requested
+            && req != existing
+        {
+            return Err(Error::ParamsMismatch {
+                existing: existing.to_string(),
+                requested: req.to_string(),
+            });
+        }
+        self.config = existing;
+        Ok(created)
+    }
+
+    /// The index, as `postgres://USER@HOST:PORT/DB`.
+    pub fn at(&self) -> &str {
+        &self.at
+    }
+
+    /// The store's error for a failed call.
+    fn error(&self, action: &'static str, e: &tokio_postgres::Error) -> Error {
+        Error::Engine {
+            action,
+            at: self.at.clone(),
+            detail: detail(e),
+            unreachable: unreachable(e),
+        }
+    }
+
+    /// Runs `f` on a pooled connection and waits for it. With `again` (the call may safely
+    /// run twice), a call whose connection broke is run again on a new one, up to
+    /// [`ATTEMPTS`] times in all.
+    fn run<T>(
+        &self,
+        again: bool,
+        action: &'static str,
+        f: impl AsyncFn(deadpool_postgres::Object) -> std::result::Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        wait(async {
+            let mut attempt = 1;
+            loop {
+                let outcome = match self.pool.get().await {
+                    Ok(client) => f(client).await.map_err(|e| self.error(action, &e)),
+                    Err(e) => Err(self.pool_error(action, e)),
+                };
+                match outcome {
+                    Err(Error::Engine {
+                        unreachable: true, ..
+                    }) if again && attempt < ATTEMPTS => {
+                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        })?
+    }
+
+    /// The store's error for a connection the pool could not give.
+    fn pool_error(&self, action: &'static str, e: deadpool_postgres::PoolError) -> Error {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => self.error(action, &e),
+            other => Error::Engine {
+                action,
+                at: self.at.clone(),
+                detail: other.to_string(),
+                unreachable: true,
+            },
+        }
+    }
+}

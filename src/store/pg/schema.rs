@@ -1,0 +1,76 @@
+//! The catalog's tables in PostgreSQL and their versioned migrations.
+//!
+//! `hoard_schema` holds one row, the schema version; [`MIGRATIONS`]`[v]` takes a database from
+//! version `v` to `v + 1`. Opening a store applies what is missing in one transaction under an
+//! advisory lock (two processes opening a new database at once do not both migrate it), and
+//! refuses a database whose version is newer than this binary's.
+//!
+//! Version 1:
+//!
+//! ```text
+//! hoard_store    one row: the bucket it belongs to, chunker params, zstd level, created
+//! chunks         id bytea PK -> pack int8, pack_offset int8, stored_len int4, raw_len int4,
+//!                codec int2 (u64/u32 values kept bit for bit in the signed columns)
+//! pages          hash bytea PK -> bytes (a sealed manifest page, see manifest.rs)
+//! files          file_id bytea PK -> manifest bytea (Manifest::encode, versioned itself)
+//! name_versions  (name text COLLATE "C", version int4) PK -> file_id, size, added:
+//!                version 1..n of each name, n the current one
+//! uploads        (kind int2: 0 session, 1 tus, id bytea) PK -> record bytea (the upload's own,
+//!                versioned format)
+//! tus_tails      id bytea PK -> position int8, bytes bytea, meta bytea: stream bytes from
+//!                `position` on
+//! hoard_state    key text PK -> value bytea: "fsck" = a chunk check's saved progress
+//! ```
+
+/// The schema version this binary writes and understands.
+pub const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Any key the migrating transaction holds as `pg_advisory_xact_lock`.
+pub const MIGRATION_LOCK: i64 = 0x686f_6172_6400_0001;
+
+/// Creates the version table if it is not there yet (version 0: nothing else exists).
+pub const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS hoard_schema (version int4 NOT NULL)";
+
+/// Step `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE hoard_store (
+    singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    bucket text NOT NULL,
+    chunk_min int4 NOT NULL,
+    chunk_avg int4 NOT NULL,
+    chunk_max int4 NOT NULL,
+    zstd_level int4 NOT NULL,
+    created int8 NOT NULL
+);
+CREATE TABLE chunks (
+    id bytea PRIMARY KEY,
+    pack int8 NOT NULL,
+    pack_offset int8 NOT NULL,
+    stored_len int4 NOT NULL,
+    raw_len int4 NOT NULL,
+    codec int2 NOT NULL
+);
+CREATE TABLE pages (hash bytea PRIMARY KEY, bytes bytea NOT NULL);
+CREATE TABLE files (file_id bytea PRIMARY KEY, manifest bytea NOT NULL);
+CREATE TABLE name_versions (
+    name text COLLATE "C" NOT NULL,
+    version int4 NOT NULL,
+    file_id bytea NOT NULL,
+    size int8 NOT NULL,
+    added int8 NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE uploads (
+    kind int2 NOT NULL,
+    id bytea NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE TABLE tus_tails (
+    id bytea PRIMARY KEY,
+    position int8 NOT NULL,
+    bytes bytea NOT NULL,
+    meta bytea NOT NULL
+);
+CREATE TABLE hoard_state (key text PRIMARY KEY, value bytea NOT NULL);
+"#];
