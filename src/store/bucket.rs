@@ -10,11 +10,12 @@
 use std::io::{Cursor, ErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ClientConfigKey, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -58,12 +59,22 @@ impl Inner {
         PathBuf::from(format!("s3://{bucket}/{key}"))
     }
 
-    /// The error of `action` on `key`, as an I/O error naming the object.
+    /// The error of `action` on `key`: an I/O error naming the object when the object is
+    /// not there (or is there already), else the bucket's own words; a bucket that did not
+    /// answer, or answered 5xx after the client's retries, is unreachable (503: try again).
     fn error(&self, action: &'static str, key: &Key, e: object_store::Error) -> Error {
         let kind = match &e {
             object_store::Error::NotFound { .. } => ErrorKind::NotFound,
             object_store::Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            _ => ErrorKind::Other,
+            _ => {
+                return Error::Engine {
+                    action,
+                    at: self.where_(key).display().to_string(),
+                    unreachable: matches!(e, object_store::Error::Generic { .. }),
+                    // Its Display includes its causes already.
+                    detail: e.to_string(),
+                };
+            }
         };
         Error::io(action, self.where_(key))(std::io::Error::new(kind, e))
     }
@@ -87,8 +98,20 @@ impl BucketPacks {
                 "{url:?} names no bucket: give s3://BUCKET[/PREFIX]"
             )));
         }
+        // A bucket that does not answer is reported within seconds, not after minutes of
+        // the client's default retries.
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(20),
+            ..RetryConfig::default()
+        };
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
+            .with_retry(retry)
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "5s",
+            )
             .build()
             .map_err(|e| Error::InvalidParams(format!("cannot use bucket {url}: {e}")))?;
         Ok(BucketPacks {
@@ -98,6 +121,36 @@ impl BucketPacks {
                 prefix: prefix.trim_matches('/').to_owned(),
             }),
         })
+    }
+
+    /// The store's URL, `s3://BUCKET[/PREFIX]`.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// Bytes of object `name` under the prefix (a store's own record, not a pack), if it
+    /// exists.
+    ///
+    /// # Errors
+    /// The bucket's errors.
+    pub fn get(&self, name: &str) -> Result<Option<bytes::Bytes>> {
+        self.get_all(&self.inner.key(name))
+    }
+
+    /// Writes object `name` under the prefix unless one is there already (objects are never
+    /// replaced). Returns false if it was there.
+    ///
+    /// # Errors
+    /// The bucket's errors.
+    pub fn put_new(&self, name: &str, bytes: Vec<u8>) -> Result<bool> {
+        let i = &self.inner;
+        let key = i.key(name);
+        let opts = PutOptions::from(PutMode::Create);
+        match wait(i.store.put_opts(&key, PutPayload::from(bytes), opts))? {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(i.error("cannot write", &key, e)),
+        }
     }
 
     /// Bytes of object `key`, if it exists.

@@ -21,6 +21,7 @@ pub mod pack;
 mod packed;
 pub mod packs;
 pub mod pg;
+pub mod remote;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,7 @@ pub use local::{LocalStore, journal};
 pub use memory::MemoryStore;
 pub use packed::PackedStore;
 pub use packs::{PackSink, PackStorage, PackSync};
+pub use remote::RemoteStore;
 
 use crate::codec::Codec;
 use crate::config::StoreConfig;

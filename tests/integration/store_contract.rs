@@ -1,10 +1,13 @@
-//! One contract, run on every store: the in-memory reference and the real sled + packs store.
+//! One contract, run on every store: the in-memory reference, the local directory store, and
+//! the remote store (a bucket and PostgreSQL, on the engines `.ci/remote.sh` starts).
 
 use hoard::codec::Codec;
 use hoard::config::StoreConfig;
 use hoard::manifest::{ChunkRef, ManifestBuilder};
-use hoard::store::{ChunkStore, LocalStore, MemoryStore, NameVersion};
+use hoard::store::{ChunkStore, LocalStore, MemoryStore, NameVersion, RemoteStore};
 use hoard::{Error, Hash, names, restore};
+
+use crate::integration::engines;
 
 fn contract(s: &dyn ChunkStore) {
     let a = b"chunk a".repeat(100);
@@ -196,6 +199,42 @@ fn local_store_meets_the_contract() {
     drop(store);
     let _store = LocalStore::open(&dir.path().join("s"), None).unwrap();
     assert_eq!(std::fs::read_dir(&tails).unwrap().count(), 0);
+}
+
+#[test]
+fn remote_store_meets_the_contract() {
+    let (Some(bucket), Some(index)) = (
+        engines::bucket("remote_contract"),
+        engines::index("remote_contract"),
+    ) else {
+        return;
+    };
+    // Reading a store that does not exist is refused and creates nothing.
+    let e = RemoteStore::open(&bucket, &index, false, None)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::NoStore(_)), "{e}");
+    let (store, created) = RemoteStore::open(&bucket, &index, true, None).unwrap();
+    assert!(created);
+    contract(&store);
+    drop(store);
+    // Everything survives a reopen (another process would see the same), params remembered.
+    let (store, created) = RemoteStore::open(&bucket, &index, false, None).unwrap();
+    assert!(!created);
+    assert_eq!(store.config(), StoreConfig::default());
+    assert_eq!(store.chunk_totals().unwrap().chunks, 2);
+    assert!(names::resolve(&store, "file").is_ok());
+    drop(store);
+    // The bucket's store is never given a fresh, empty index (gc would take its packs for
+    // garbage); nor is an index used with another store's bucket.
+    let empty = engines::index("remote_contract_empty").unwrap();
+    let e = RemoteStore::open(&bucket, &empty, true, None)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::IndexDamaged { .. }), "{e}");
+    let other = engines::bucket("remote_contract_other").unwrap();
+    let e = RemoteStore::open(&other, &index, true, None).err().unwrap();
+    assert!(e.to_string().contains("belongs to the store at"), "{e}");
 }
 
 #[test]
