@@ -2,18 +2,19 @@
 //! command. Errors get their context (which file, which store) here, with anyhow.
 
 use std::fs::File;
-use std::io::{BufWriter, ErrorKind, Read};
+use std::io::{BufWriter, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hoard::config::{DEFAULT_AVG, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
 use hoard::store::{ChunkStore, LocalStore};
-use hoard::{ChunkerParams, Error, StoreConfig, ingest, listing, names, restore};
+use hoard::{ChunkerParams, StoreConfig, ingest, listing, names, restore};
 use serde_json::json;
 
 use crate::args::{parse_share, parse_size};
+use crate::location::{self, Location};
 use crate::output::emit;
 use crate::{output, remote};
 
@@ -21,9 +22,19 @@ use crate::{output, remote};
 #[derive(Parser)]
 #[command(name = "hoard", version, about)]
 pub struct Cli {
-    /// Store directory [default: $HOARD_STORE, else the XDG data dir, e.g. ~/.local/share/hoard].
-    #[arg(long, global = true, env = "HOARD_STORE", value_name = "DIR")]
+    /// Store: a directory, or s3://BUCKET[/PREFIX] with --index [default: $HOARD_STORE, else
+    /// the XDG data dir, e.g. ~/.local/share/hoard].
+    #[arg(
+        long,
+        global = true,
+        env = "HOARD_STORE",
+        value_name = "DIR|s3://BUCKET[/PREFIX]"
+    )]
     store: Option<PathBuf>,
+
+    /// The PostgreSQL database that indexes a store in a bucket [default: $HOARD_INDEX].
+    #[arg(long, global = true, value_name = "postgres://USER@HOST:PORT/DB")]
+    index: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -154,99 +165,48 @@ pub fn run(cli: Cli) -> Result<()> {
     if !matches!(cli.command, Command::Push(_) | Command::Pull(_)) {
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     }
-    let root = match &cli.store {
-        Some(p) => p.clone(),
-        None => LocalStore::default_path()
-            .ok_or_else(|| anyhow!("no store directory: pass --store DIR or set HOARD_STORE"))?,
-    };
-    // `s3://bucket/x` is a URL, not a directory: never create `./s3:` for it.
-    if let Some(scheme) = root
-        .to_str()
-        .and_then(|r| r.split_once("://"))
-        .map(|(scheme, _)| scheme)
-        .filter(|s| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
-        })
-    {
-        return Err(anyhow!(
-            "--store {}: this build of hoard stores only in a local directory, not at {scheme}:// URLs; give a directory path",
-            root.display()
-        ));
-    }
+    let place = || Location::new(cli.store.as_deref(), cli.index.as_deref(), "--store");
     match cli.command {
-        Command::Init(a) => init(&root, &a),
-        Command::Import(a) => import(&open(&root, true)?, &a),
-        Command::Export(a) => export(&open_to_read(&root)?, &a),
-        Command::Ls(a) => ls(&open_to_read(&root)?, a.json),
-        Command::Stats(a) => stats(&open_to_read(&root)?, a.json),
-        Command::Rm(a) => rm(&open(&root, false)?, &a),
-        Command::Gc(a) => gc(&open(&root, false)?, &a),
-        Command::Fsck(a) => fsck(&root, &a),
+        Command::Init(a) => init(&place()?, &a),
+        Command::Import(a) => import(&*place()?.open(true)?, &a),
+        Command::Export(a) => export(&*place()?.open_to_read()?, &a),
+        Command::Ls(a) => ls(&*place()?.open_to_read()?, a.json),
+        Command::Stats(a) => {
+            let at = place()?;
+            stats(&*at.open_to_read()?, &at, a.json)
+        }
+        Command::Rm(a) => rm(&*place()?.open(false)?, &a),
+        Command::Gc(a) => {
+            let at = place()?;
+            gc(&*at.open(false)?, &at, &a)
+        }
+        Command::Fsck(a) => fsck(&place()?, &a),
         Command::Serve(a) => {
             remote::limit_malloc_arenas();
-            remote::serve(open(&root, true)?, &a)
+            let at = place()?;
+            remote::serve(at.open(true)?, &at, &a)
         }
+        // push and pull talk to a server; pull may reuse chunks of a local directory store.
         Command::Push(a) => {
             remote::limit_malloc_arenas();
             remote::push(&a)
         }
         Command::Pull(a) => {
             remote::limit_malloc_arenas();
-            remote::pull(cli.store.as_deref(), &a)
+            let local = cli.store.as_deref().filter(|p| !location::is_url(p));
+            remote::pull(local, &a)
         }
     }
 }
 
-/// Opens the store; only commands that write may create it, so a mistyped `--store` on a
-/// read is an error rather than a new empty store.
-fn open(root: &Path, create: bool) -> Result<LocalStore> {
-    let opened = if create {
-        LocalStore::open(root, None).map(|(s, _)| s)
-    } else {
-        LocalStore::open_existing(root)
-    };
-    opened.with_context(|| format!("cannot open store {}", root.display()))
-}
-
-/// Opens the store for a command that only reads it: as [`open`], and if the store cannot be
-/// written here (a read-only file system, files the user may not write), read-only instead.
-fn open_to_read(root: &Path) -> Result<LocalStore> {
-    let why = match LocalStore::open_existing(root) {
-        Ok(store) => return Ok(store),
-        Err(e) => match e.io_kind() {
-            Some(k @ (ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied))
-                if matches!(e, Error::Environment { .. }) =>
-            {
-                k
-            }
-            _ => return Err(e).with_context(|| format!("cannot open store {}", root.display())),
-        },
-    };
-    let store = LocalStore::open_read_only(root, why)
-        .with_context(|| format!("cannot open store {} read-only", root.display()))?;
-    eprintln!(
-        "hoard: store {} cannot be written here ({}): opened read-only",
-        root.display(),
-        if why == ErrorKind::ReadOnlyFilesystem {
-            "read-only file system"
-        } else {
-            "permission denied"
-        }
-    );
-    Ok(store)
-}
-
-fn init(root: &Path, a: &InitArgs) -> Result<()> {
+fn init(at: &Location, a: &InitArgs) -> Result<()> {
     let config = StoreConfig::new(ChunkerParams::new(a.min, a.avg, a.max)?, a.level)?;
-    let (store, created) = LocalStore::open(root, Some(config))
-        .with_context(|| format!("cannot initialise store {}", root.display()))?;
+    let (store, created) = at.open_with(true, Some(config))?;
     if a.json {
         let c = config.chunker;
         emit(&format!(
             "{}\n",
-            json!({ "store": root, "created": created, "min": c.min, "avg": c.avg,
+            json!({ "store": at.to_string(), "created": created, "min": c.min, "avg": c.avg,
                     "max": c.max, "level": config.level })
         ))
     } else {
@@ -255,15 +215,11 @@ fn init(root: &Path, a: &InitArgs) -> Result<()> {
         } else {
             "already initialised:"
         };
-        emit(&format!(
-            "{verb} store {} ({})\n",
-            store.root().display(),
-            store.config()
-        ))
+        emit(&format!("{verb} store {at} ({})\n", store.config()))
     }
 }
 
-fn import(store: &LocalStore, a: &ImportArgs) -> Result<()> {
+fn import(store: &dyn ChunkStore, a: &ImportArgs) -> Result<()> {
     let stdin = a.file.as_os_str() == "-";
     let name = match (&a.name, stdin) {
         (Some(n), _) => Some(n.clone()),
@@ -325,7 +281,7 @@ fn import(store: &LocalStore, a: &ImportArgs) -> Result<()> {
     ))
 }
 
-fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
+fn export(store: &dyn ChunkStore, a: &ExportArgs) -> Result<()> {
     let found = names::resolve(store, &a.file)?;
     let m = &found.manifest;
     let pb = output::bar(Some(m.file_len), "exporting");
@@ -371,7 +327,7 @@ fn export(store: &LocalStore, a: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
-fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
+fn ls(store: &dyn ChunkStore, as_json: bool) -> Result<()> {
     let files = listing::list(store)?;
     if as_json {
         return emit(&format!("{}\n", json!({ "files": files })));
@@ -397,7 +353,7 @@ fn ls(store: &LocalStore, as_json: bool) -> Result<()> {
     emit(&text)
 }
 
-fn rm(store: &LocalStore, a: &RmArgs) -> Result<()> {
+fn rm(store: &dyn ChunkStore, a: &RmArgs) -> Result<()> {
     let removed =
         names::remove(store, &a.file).with_context(|| format!("cannot remove {}", a.file))?;
     if a.json {
@@ -417,13 +373,12 @@ fn rm(store: &LocalStore, a: &RmArgs) -> Result<()> {
     emit(&text)
 }
 
-fn gc(store: &LocalStore, a: &GcArgs) -> Result<()> {
+fn gc(store: &dyn ChunkStore, at: &Location, a: &GcArgs) -> Result<()> {
     let opts = hoard::gc::GcOptions {
         grace: a.grace,
         min_dead: a.min_dead,
     };
-    let r = hoard::gc::gc(store, &opts)
-        .with_context(|| format!("gc of {} failed", store.root().display()))?;
+    let r = hoard::gc::gc(store, &opts).with_context(|| format!("gc of {at} failed"))?;
     if a.json {
         return emit(&format!("{}\n", serde_json::to_value(&r)?));
     }
@@ -440,29 +395,34 @@ fn gc(store: &LocalStore, a: &GcArgs) -> Result<()> {
     ))
 }
 
-fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
-    let (store, keep_names) = if a.repair {
-        let (store, reset, partial) = LocalStore::open_for_repair(root, a.rebuild_index)
-            .with_context(|| format!("cannot open store {}", root.display()))?;
-        for note in &reset {
-            eprintln!("hoard: {note}");
+fn fsck(at: &Location, a: &FsckArgs) -> Result<()> {
+    let (store, keep_names): (Box<dyn ChunkStore>, bool) = match at.dir() {
+        // A directory store's repair open rebuilds what does not open first.
+        Some(root) if a.repair => {
+            let (store, reset, partial) = LocalStore::open_for_repair(root, a.rebuild_index)
+                .with_context(|| format!("cannot open store {at}"))?;
+            for note in &reset {
+                eprintln!("hoard: {note}");
+            }
+            (Box::new(store), partial)
         }
-        (store, partial)
-    } else {
-        (open(root, false)?, false)
+        None if a.rebuild_index => bail!(
+            "--rebuild-index: rebuilding the index of a store in a bucket from the bucket is not built yet; the store is unchanged"
+        ),
+        _ => (at.open(false)?, false),
     };
     let opts = hoard::fsck::FsckOptions {
         repair: a.repair,
         resume: !a.from_scratch,
-        reindex: a.reindex || LocalStore::needs_reindex(root),
+        reindex: a.reindex || at.dir().is_some_and(LocalStore::needs_reindex),
         keep_names,
     };
     let pb = output::bar(Some(store.check_bytes()?), "checking");
-    let r = hoard::fsck::fsck(&store, &opts, &|n| pb.inc(n))
-        .with_context(|| format!("fsck of {} failed", root.display()))?;
+    let r = hoard::fsck::fsck(&*store, &opts, &|n| pb.inc(n))
+        .with_context(|| format!("fsck of {at} failed"))?;
     pb.finish_and_clear();
-    if opts.repair && opts.reindex {
-        store.reindexed()?;
+    if let Some(root) = at.dir().filter(|_| opts.repair && opts.reindex) {
+        LocalStore::reindexed(root)?;
     }
     if a.json {
         emit(&format!("{}\n", serde_json::to_value(&r)?))?;
@@ -540,7 +500,7 @@ fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
     }
     if let Some(j) = r.journal.as_ref().filter(|j| j.index_behind()) {
         return Err(hoard::Error::IndexBehindJournal {
-            root: root.to_owned(),
+            root: at.to_string().into(),
             files: j.index_lacks_files,
             names: j.index_lacks_names,
         }
@@ -565,7 +525,7 @@ fn fsck(root: &Path, a: &FsckArgs) -> Result<()> {
     Ok(())
 }
 
-fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
+fn stats(store: &dyn ChunkStore, at: &Location, as_json: bool) -> Result<()> {
     let st = listing::stats(store)?;
     if as_json {
         return emit(&format!("{}\n", serde_json::to_value(&st)?));
@@ -574,7 +534,7 @@ fn stats(store: &LocalStore, as_json: bool) -> Result<()> {
     emit(&format!(
         "store     {}\nparams    {}\nfiles     {} ({} names)\nchunks    {}\nlogical   {}\n\
          unique    {} (dedup {:.2}x)\nstored    {} (compression {:.2}x, overall {:.2}x)\n",
-        store.root().display(),
+        at,
         store.config(),
         count(st.files),
         count(st.names),

@@ -12,6 +12,8 @@ use clap::Args;
 use hoard::client::{self, Client, PullOptions};
 use hoard::server::{self, AppState, Auth, Limits};
 use hoard::store::{ChunkStore, LocalStore};
+
+use crate::location::Location;
 use serde_json::json;
 
 use crate::output;
@@ -180,7 +182,7 @@ pub fn limit_malloc_arenas() {
     }
 }
 
-pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
+pub fn serve(store: Box<dyn ChunkStore>, at: &Location, a: &ServeArgs) -> Result<()> {
     init_logs("info");
     let auth = match &a.tokens_file {
         Some(f) => Auth::with_file(&a.tokens, f, a.public_read)?,
@@ -221,8 +223,7 @@ pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
             retries: a.hook_retries,
         },
     };
-    let root = store.root().to_owned();
-    let store: Arc<dyn ChunkStore> = Arc::new(store);
+    let store: Arc<dyn ChunkStore> = Arc::from(store);
     let state = AppState::with_options(store, limits, auth, options)?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
@@ -231,7 +232,7 @@ pub fn serve(store: LocalStore, a: &ServeArgs) -> Result<()> {
         let addr = listener.local_addr()?;
         // The first line on stdout is the address, for scripts and tests that pass port 0.
         println!("listening on http://{addr}");
-        tracing::info!(store = %root.display(), %addr, "hoard serving");
+        tracing::info!(store = %at, %addr, "hoard serving");
         server::serve(listener, state, server::shutdown_signal())
             .await
             .context("server failed")

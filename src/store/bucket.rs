@@ -67,17 +67,51 @@ impl Inner {
             object_store::Error::NotFound { .. } => ErrorKind::NotFound,
             object_store::Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             _ => {
+                let unreachable = matches!(e, object_store::Error::Generic { .. });
+                let hint = match &e {
+                    _ if unreachable => {
+                        "; check AWS_ENDPOINT_URL and that the object store is up, then try again"
+                    }
+                    object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. } => {
+                        "; check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the AWS profile)"
+                    }
+                    _ => "",
+                };
                 return Error::Engine {
                     action,
                     at: self.where_(key).display().to_string(),
-                    unreachable: matches!(e, object_store::Error::Generic { .. }),
-                    // Its Display includes its causes already.
-                    detail: e.to_string(),
+                    unreachable,
+                    detail: format!("{}{hint}", one_line(&e)),
                 };
             }
         };
         Error::io(action, self.where_(key))(std::io::Error::new(kind, e))
     }
+}
+
+/// The client's words for `e` on one line: an S3 error body (XML) shortened to its code and
+/// message. (Its `Display` includes its causes already.)
+fn one_line(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let from = text.find(&open)? + open.len();
+        let len = text[from..].find("</")?;
+        Some(text[from..from + len].to_owned())
+    };
+    let mut out = match text.find("<?xml").or_else(|| text.find("<Error>")) {
+        Some(at) => {
+            let head = text[..at].trim_end().trim_end_matches(':').to_owned();
+            match (tag("Code"), tag("Message")) {
+                (Some(code), Some(message)) => format!("{head}: {code}: {message}"),
+                _ => head,
+            }
+        }
+        None => text,
+    };
+    out.retain(|c| c != '\r');
+    out.replace('\n', " ")
 }
 
 impl BucketPacks {
@@ -134,7 +168,7 @@ impl BucketPacks {
     /// # Errors
     /// The bucket's errors.
     pub fn get(&self, name: &str) -> Result<Option<bytes::Bytes>> {
-        self.get_all(&self.inner.key(name))
+        self.get_all("cannot read", &self.inner.key(name))
     }
 
     /// Writes object `name` under the prefix unless one is there already (objects are never
@@ -153,8 +187,8 @@ impl BucketPacks {
         }
     }
 
-    /// Bytes of object `key`, if it exists.
-    fn get_all(&self, key: &Key) -> Result<Option<bytes::Bytes>> {
+    /// Bytes of object `key`, if it exists; `action` names the read in an error.
+    fn get_all(&self, action: &'static str, key: &Key) -> Result<Option<bytes::Bytes>> {
         let i = &self.inner;
         let got = wait(async {
             match i.store.get(key).await {
@@ -163,7 +197,7 @@ impl BucketPacks {
                 Err(e) => Err(e),
             }
         })?;
-        got.map_err(|e| i.error("cannot read pack", key, e))
+        got.map_err(|e| i.error(action, key, e))
     }
 }
 
@@ -214,7 +248,7 @@ impl PackStorage for BucketPacks {
     fn read_all(&self, pack: u64) -> Result<Option<Box<dyn std::io::Read + Send>>> {
         let key = self.inner.pack_key(pack);
         Ok(self
-            .get_all(&key)?
+            .get_all("cannot read pack", &key)?
             .map(|b| Box::new(Cursor::new(b)) as Box<dyn std::io::Read + Send>))
     }
 

@@ -46,7 +46,16 @@ impl TestServer {
         options: Options,
     ) -> Self {
         let (store, _) = LocalStore::open(root, config).expect("open store");
-        let store: Arc<dyn ChunkStore> = Arc::new(store);
+        Self::serving(Arc::new(store), limits, auth, options)
+    }
+
+    /// Serves `store`.
+    pub fn serving(
+        store: Arc<dyn ChunkStore>,
+        limits: Limits,
+        auth: Auth,
+        options: Options,
+    ) -> Self {
         let state = AppState::with_options(store, limits, auth, options).expect("state");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();

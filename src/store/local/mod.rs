@@ -338,8 +338,8 @@ impl PackedStore<LocalPacks, LocalCatalog> {
     ///
     /// # Errors
     /// I/O errors.
-    pub fn reindexed(&self) -> Result<()> {
-        let marker = self.root().join(REINDEX_MARKER);
+    pub fn reindexed(root: &Path) -> Result<()> {
+        let marker = root.join(REINDEX_MARKER);
         match std::fs::remove_file(&marker) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io("cannot remove", &marker)(e))

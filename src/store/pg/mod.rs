@@ -245,11 +245,17 @@ impl PgCatalog {
 
     /// The store's error for a failed call.
     fn error(&self, action: &'static str, e: &tokio_postgres::Error) -> Error {
+        let unreachable = unreachable(e);
+        let hint = if unreachable {
+            "; check the index URL and that PostgreSQL is up, then try again"
+        } else {
+            ""
+        };
         Error::Engine {
             action,
             at: self.at.clone(),
-            detail: detail(e),
-            unreachable: unreachable(e),
+            detail: format!("{}{hint}", detail(e)),
+            unreachable,
         }
     }
 

@@ -1,0 +1,285 @@
+//! The `hoard` commands on a store in a bucket with its index in PostgreSQL (real SeaweedFS and
+//! PostgreSQL on loopback, from `.ci/remote.sh`): the same commands, output and exit codes as
+//! on a directory store, and one clear line when the bucket or the index is wrong.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::integration::data::{edit, mixed};
+use crate::integration::engines;
+use crate::integration::support::{Scratch, fails, hoard, ok};
+
+/// `hoard --store BUCKET --index INDEX …`.
+fn remote(bucket: &str, index: &str) -> Command {
+    let mut c = hoard(Path::new(bucket));
+    c.arg("--index").arg(index);
+    c
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn remote_store_runs_every_command_as_a_directory_store_does() {
+    let (Some(bucket), Some(index)) = (engines::bucket("remote_cli"), engines::index("remote_cli"))
+    else {
+        return;
+    };
+    let s = Scratch::new();
+    let v1 = mixed(3 << 20, 11);
+    let v2 = edit(&v1, 20, 12);
+    let f1 = s.file("v1", &v1);
+    let f2 = s.file("v2", &v2);
+    let local = s.store();
+    // The same steps on both stores, each answer compared.
+    let both = |args: &[&str]| -> (String, String) {
+        let on_local = ok(hoard(&local).args(args));
+        let on_remote = ok(remote(&bucket, &index).args(args));
+        (on_local, on_remote)
+    };
+    let (l, r) = both(&["init", "--json"]);
+    assert_eq!(json(&l)["created"], true);
+    assert_eq!(json(&r)["created"], true);
+    assert_eq!(json(&r)["store"], bucket.as_str());
+    assert_eq!(json(&l)["avg"], json(&r)["avg"]);
+    for (f, name) in [(&f1, "img"), (&f2, "img")] {
+        let path = f.to_str().unwrap();
+        let (l, r) = both(&["import", path, "--name", name, "--json"]);
+        let (l, r) = (json(&l), json(&r));
+        for key in ["id", "size", "chunks", "new_chunks", "new_bytes", "version"] {
+            assert_eq!(l[key], r[key], "{key} of import {path}");
+        }
+    }
+    let (l, r) = both(&["ls", "--json"]);
+    let strip = |v: Value| -> Vec<(Value, Value, usize)> {
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["id"].clone(),
+                    f["name"].clone(),
+                    f["versions"].as_array().map_or(0, Vec::len),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(strip(json(&l)), strip(json(&r)));
+    for (spec, want) in [("img@1", &v1), ("img", &v2)] {
+        let out = s.path(&format!("out-{spec}"));
+        ok(remote(&bucket, &index).args(["export", spec]).arg(&out));
+        assert!(
+            std::fs::read(&out).unwrap() == *want,
+            "{spec} exports byte-identical"
+        );
+    }
+    let (l, r) = both(&["stats", "--json"]);
+    let (l, r) = (json(&l), json(&r));
+    for key in ["files", "names", "chunks", "logical_bytes", "unique_bytes"] {
+        assert_eq!(l[key], r[key], "stats {key}");
+    }
+    // The text output names the bucket where a local store names its directory.
+    let text = ok(remote(&bucket, &index).arg("stats"));
+    assert!(text.contains(&bucket), "{text}");
+    // rm, gc and fsck as on a local store.
+    both(&["rm", "img@1"]);
+    let (l, r) = both(&["gc", "--grace", "0s", "--json"]);
+    assert_eq!(json(&l)["chunks_freed"], json(&r)["chunks_freed"]);
+    assert!(json(&r)["chunks_freed"].as_u64().unwrap() > 0, "{r}");
+    let (l, r) = both(&["fsck", "--json"]);
+    let (l, r) = (json(&l), json(&r));
+    assert_eq!(r["clean"], true, "{r}");
+    assert_eq!(l["chunks_ok"], r["chunks_ok"]);
+    let out = s.path("after-gc");
+    ok(remote(&bucket, &index).args(["export", "img"]).arg(&out));
+    assert!(std::fs::read(&out).unwrap() == v2);
+    // A read of a file that is not there fails as on a local store.
+    let l = fails(hoard(&local).args(["export", "nope", "-"]), 1);
+    let r = fails(remote(&bucket, &index).args(["export", "nope", "-"]), 1);
+    assert_eq!(l, r);
+}
+
+#[test]
+fn remote_store_refuses_what_it_cannot_use_in_one_line() {
+    let (Some(bucket), Some(index)) = (
+        engines::bucket("remote_refusals"),
+        engines::index("remote_refusals"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let one_line = |e: &str| {
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        assert!(e.starts_with("hoard: "), "{e}");
+    };
+    // A bucket with no index says what to add.
+    let e = fails(
+        hoard(Path::new(&bucket))
+            .arg("ls")
+            .env_remove("HOARD_INDEX"),
+        1,
+    );
+    one_line(&e);
+    assert!(
+        e.contains("--index postgres://") && e.contains("HOARD_INDEX"),
+        "{e}"
+    );
+    // Only s3:// URLs, and an index only for a bucket.
+    let e = fails(hoard(Path::new("gs://b/x")).arg("ls"), 1);
+    assert!(e.contains("not at gs:// URLs"), "{e}");
+    let e = fails(hoard(&s.store()).args(["--index", &index, "ls"]), 1);
+    assert!(e.contains("--index is for a store in a bucket"), "{e}");
+    assert!(!s.store().exists(), "nothing created");
+    // A read of a store that is not there creates nothing.
+    let e = fails(remote(&bucket, &index).arg("ls"), 1);
+    one_line(&e);
+    assert!(
+        e.contains("no hoard store at") && e.contains("hoard init"),
+        "{e}"
+    );
+    ok(remote(&bucket, &index).arg("init"));
+    // Wrong credentials: the bucket's refusal, in one line, without the secret.
+    let secret = "not-the-secret-Zq81";
+    let e = fails(
+        remote(&bucket, &index)
+            .arg("ls")
+            .env("AWS_SECRET_ACCESS_KEY", secret),
+        1,
+    );
+    one_line(&e);
+    assert!(e.contains(&bucket), "{e}");
+    assert!(!e.contains(secret), "{e}");
+    // An endpoint that does not answer (a loopback port nothing listens on).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = fails(
+        remote(&bucket, &index)
+            .arg("ls")
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        1,
+    );
+    one_line(&e);
+    assert!(e.contains(&bucket), "{e}");
+    // An index that does not answer; a password in the index URL is never shown.
+    let pw = "hunter2-Kx7";
+    let dead = format!("postgres://hoard:{pw}@127.0.0.1:{port}/db");
+    let e = fails(remote(&bucket, &dead).arg("ls"), 1);
+    one_line(&e);
+    assert!(
+        e.contains(&format!("postgres://hoard@127.0.0.1:{port}/db")),
+        "{e}"
+    );
+    assert!(!e.contains(pw), "{e}");
+    // The index of one store is not used with another bucket.
+    let other = engines::bucket("remote_refusals_other").unwrap();
+    let with_pw = index.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{pw}@"),
+        1,
+    );
+    let e = fails(
+        remote(&other, &with_pw)
+            .arg("import")
+            .arg(s.file("f", b"x")),
+        1,
+    );
+    one_line(&e);
+    assert!(e.contains("belongs to the store at"), "{e}");
+    assert!(!e.contains(pw), "{e}");
+}
+
+#[test]
+fn remote_store_serves_push_pull_tus_and_whole_file_uploads() {
+    use std::sync::Arc;
+
+    use hoard::client::PullOptions;
+    use hoard::server::{Auth, Limits, Options};
+    use hoard::store::RemoteStore;
+    use hoard::{ChunkerParams, StoreConfig};
+    use reqwest::{Method as M, StatusCode};
+
+    use crate::integration::net::{Api, TestServer, pull, push};
+    use crate::integration::support::b3;
+
+    let (Some(bucket), Some(index)) = (
+        engines::bucket("remote_serve"),
+        engines::index("remote_serve"),
+    ) else {
+        return;
+    };
+    let config = StoreConfig::new(ChunkerParams::new(4096, 16384, 65536).unwrap(), 1).unwrap();
+    let (store, _) = RemoteStore::open(&bucket, &index, true, Some(config)).unwrap();
+    let server = TestServer::serving(
+        Arc::new(store),
+        Limits::default(),
+        Auth::default(),
+        Options::default(),
+    );
+    let s = Scratch::new();
+    let v1 = mixed(8 << 20, 21);
+    let v2 = edit(&v1, 10, 22);
+    let (p1, p2) = (s.file("v1", &v1), s.file("v2", &v2));
+    // push v1, then the edited v2 sends only its changes.
+    let c = server.client();
+    let r1 = push(&c, &p1, "disk.img").unwrap();
+    assert_eq!(r1.id.to_hex(), b3(&v1));
+    let r2 = push(&c, &p2, "disk.img").unwrap();
+    assert!(
+        r2.bytes_sent <= v2.len() as u64 / 20,
+        "v2 sent {} of {}",
+        r2.bytes_sent,
+        v2.len()
+    );
+    for (spec, want) in [("disk.img@1", &v1), ("disk.img", &v2)] {
+        let out = s.path(spec);
+        pull(&c, spec, &out, PullOptions::default()).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == *want,
+            "{spec} pulls byte-identical"
+        );
+    }
+    // A whole-file PUT, and a ranged download of it.
+    let api = Api::new(&server);
+    let small = mixed(300_000, 23);
+    let (st, _, _) = api.call(api.req(M::PUT, "/v1/files/small.bin").body(small.clone()));
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _, part) = api.call(
+        api.req(M::GET, "/v1/files/small.bin")
+            .header("Range", "bytes=1000-1999"),
+    );
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert!(part == small[1000..2000]);
+    // A tus upload in three pieces; HEAD tells the durable offset between them.
+    let tus = |m: M, path: &str| api.req(m, path).header("Tus-Resumable", "1.0.0");
+    let (st, h, _) = api.call(
+        tus(M::POST, "/v1/tus/")
+            .header("Upload-Length", v1.len().to_string())
+            .header("Upload-Metadata", "filename dHVzLmltZw=="),
+    );
+    assert_eq!(st, StatusCode::CREATED);
+    let loc = h["location"].to_str().unwrap().to_owned();
+    let cuts = [0, 77_777, 5_000_001, v1.len()];
+    for w in cuts.windows(2) {
+        let (st, h, _) = api.call(
+            tus(M::PATCH, &loc)
+                .header("Upload-Offset", w[0].to_string())
+                .header("Content-Type", "application/offset+octet-stream")
+                .body(v1[w[0]..w[1]].to_vec()),
+        );
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        assert_eq!(h["upload-offset"], w[1].to_string().as_str());
+        let (_, h, _) = api.call(tus(M::HEAD, &loc));
+        assert_eq!(h["upload-offset"], w[1].to_string().as_str());
+    }
+    let (st, _, got) = api.call(api.req(M::GET, "/v1/files/tus.img"));
+    assert_eq!(st, StatusCode::OK);
+    assert!(got == v1, "the tus upload downloads byte-identical");
+    server.stop();
+}
