@@ -365,6 +365,10 @@ fn pg_catalog_meets_the_catalog_contract() {
     assert_eq!(c.get_name("shared").unwrap().unwrap().versions.len(), 100);
     assert_eq!(c.uploads(UploadKind::Session).unwrap().len(), 1);
     assert_eq!(c.missing(&[Hash::of(&[2u8])]).unwrap(), vec![false]);
+    // One process at a time (until pins live in the database), as a directory's lock.
+    let e = PgCatalog::open(&index, bucket, false, None).err().unwrap();
+    assert!(matches!(e, Error::Locked(_)), "{e}");
+    drop(c);
     // Another bucket's store, or other params, are refused.
     let other = PgCatalog::open(&index, "s3://elsewhere", true, None)
         .err()

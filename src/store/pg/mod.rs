@@ -21,18 +21,23 @@ use tokio_postgres::{NoTls, config::Host};
 
 use crate::config::{ChunkerParams, StoreConfig};
 use crate::error::{Error, Result};
-use crate::store::engine::wait;
+use crate::store::engine::{spawn, wait};
 
 /// Connections one process keeps open at most.
 const POOL_SIZE: usize = 16;
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The advisory lock a process holds while it has the store open.
+const STORE_LOCK: i64 = 0x686f_6172_6400_0002;
 /// Attempts of a call that may run again, when the connection broke during it.
 const ATTEMPTS: u32 = 3;
 
 /// The catalog of a store whose index is a PostgreSQL database.
 pub struct PgCatalog {
     pool: Pool,
+    /// A connection of its own that holds the store's advisory lock while the catalog is
+    /// open (closed with it, or by the server when the process dies).
+    _lock: tokio_postgres::Client,
     /// The index as `postgres://USER@HOST:PORT/DB`: for messages, never with a password.
     at: String,
     config: StoreConfig,
@@ -64,6 +69,23 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
         ]
         .contains(code),
         None => true,
+    }
+}
+
+/// The store's error for a failed call on the index at `at`, with what to do if it did not
+/// answer.
+fn engine_error(action: &'static str, at: &str, e: &tokio_postgres::Error) -> Error {
+    let unreachable = unreachable(e);
+    let hint = if unreachable {
+        "; check the index URL and that PostgreSQL is up, then try again"
+    } else {
+        ""
+    };
+    Error::Engine {
+        action,
+        at: at.to_owned(),
+        detail: format!("{}{hint}", detail(e)),
+        unreachable,
     }
 }
 
@@ -103,6 +125,7 @@ impl PgCatalog {
             cfg.application_name("hoard");
         }
         let at = describe(&cfg);
+        let lock_cfg = cfg.clone();
         let manager = Manager::from_config(
             cfg,
             NoTls,
@@ -118,13 +141,31 @@ impl PgCatalog {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| Error::InvalidParams(format!("cannot use the index {at}: {e}")))?;
+        let lock = Self::lock(&lock_cfg, &at, bucket)?;
         let mut catalog = PgCatalog {
             pool,
+            _lock: lock,
             at,
             config: StoreConfig::default(),
         };
         let created = catalog.start(bucket, create, requested)?;
         Ok((catalog, created))
+    }
+
+    /// Takes the store's advisory lock on a connection of its own: one hoard process at a
+    /// time, as a directory store's lock file does, until pins and gc's grace live in the
+    /// database. [`Error::Locked`] if another process holds it.
+    fn lock(cfg: &tokio_postgres::Config, at: &str, bucket: &str) -> Result<tokio_postgres::Client> {
+        let fail = |e: tokio_postgres::Error| engine_error("cannot open the index at", at, &e);
+        let (client, conn) = wait(cfg.connect(NoTls))?.map_err(fail)?;
+        spawn(conn)?;
+        let held: bool = wait(client.query_one("SELECT pg_try_advisory_lock($1)", &[&STORE_LOCK]))?
+            .map_err(fail)?
+            .get(0);
+        if !held {
+            return Err(Error::Locked(PathBuf::from(bucket)));
+        }
+        Ok(client)
     }
 
     /// Migrates the schema and reads (or, with `create`, makes) the store's row.
@@ -245,18 +286,7 @@ impl PgCatalog {
 
     /// The store's error for a failed call.
     fn error(&self, action: &'static str, e: &tokio_postgres::Error) -> Error {
-        let unreachable = unreachable(e);
-        let hint = if unreachable {
-            "; check the index URL and that PostgreSQL is up, then try again"
-        } else {
-            ""
-        };
-        Error::Engine {
-            action,
-            at: self.at.clone(),
-            detail: format!("{}{hint}", detail(e)),
-            unreachable,
-        }
+        engine_error(action, &self.at, e)
     }
 
     /// Runs `f` on a pooled connection and waits for it. With `again` (the call may safely
