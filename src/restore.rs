@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use rayon::prelude::*;
 
-use crate::codec;
+use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest, Page};
@@ -30,14 +30,7 @@ const QUEUE_BATCHES: usize = 2;
 /// [`Error::ChunkNotFound`], [`Error::Corrupt`], or the store's errors.
 pub fn read_verified_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) -> Result<()> {
     read_decoded_into(store, r, out)?;
-    let actual = Hash::of(out);
-    if actual != r.id {
-        return Err(Error::Corrupt {
-            id: r.id,
-            detail: format!("content hashes to {actual}"),
-        });
-    }
-    Ok(())
+    check_hash(&r.id, out)
 }
 
 /// Reads chunk `r.id` and decodes it into `out` without hashing it: for callers that hash
@@ -50,15 +43,78 @@ fn read_decoded_into(store: &dyn ChunkStore, r: &ChunkRef, out: &mut [u8]) -> Re
     PAYLOAD.with(|cell| {
         let mut payload = cell.borrow_mut();
         let (codec, raw_len) = store.read_chunk_into(&r.id, &mut payload)?;
-        if raw_len != r.len || out.len() != r.len as usize {
-            return Err(Error::LengthMismatch {
-                id: r.id,
-                stored: raw_len,
-                claimed: r.len,
-            });
-        }
-        codec::decode_into(&r.id, codec, &payload, out)
+        decode_checked(r, codec, raw_len, &payload, out)
     })
+}
+
+/// Decodes `payload` (chunk `r`, stored as `codec` of `raw_len` bytes) into `out`, which must
+/// be `r.len` bytes as the store's length must be.
+fn decode_checked(
+    r: &ChunkRef,
+    codec: Codec,
+    raw_len: u32,
+    payload: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    if raw_len != r.len || out.len() != r.len as usize {
+        return Err(Error::LengthMismatch {
+            id: r.id,
+            stored: raw_len,
+            claimed: r.len,
+        });
+    }
+    codec::decode_into(&r.id, codec, payload, out)
+}
+
+/// Checks that `out`, just decoded, hashes to `id`.
+fn check_hash(id: &Hash, out: &[u8]) -> Result<()> {
+    let actual = Hash::of(out);
+    if actual != *id {
+        return Err(Error::Corrupt {
+            id: *id,
+            detail: format!("content hashes to {actual}"),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the chunks `refs` and decodes them into `buf` back to back (its length is the sum of
+/// theirs) over the rayon pool; with `verify`, each is also hashed against its id. A store
+/// that batches reads gets them all in one [`ChunkStore::read_chunks`] (few requests, several
+/// at once); any other reads each on the decoding thread, into a reused buffer.
+///
+/// # Errors
+/// As [`read_verified_into`].
+pub fn decode_batch(
+    store: &dyn ChunkStore,
+    refs: &[ChunkRef],
+    buf: &mut [u8],
+    verify: bool,
+) -> Result<()> {
+    let outs = split_mut(buf, refs.iter().map(|r| r.len as usize));
+    if !store.batches_reads() {
+        return outs.into_par_iter().zip(refs).try_for_each(|(out, r)| {
+            read_decoded_into(store, r, out)?;
+            if verify {
+                check_hash(&r.id, out)
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
+    let chunks = store.read_chunks(&ids)?;
+    outs.into_par_iter()
+        .zip(refs)
+        .zip(chunks)
+        .try_for_each(|((out, r), c)| {
+            decode_checked(r, c.codec, c.raw_len, &c.payload, out)?;
+            if verify {
+                check_hash(&r.id, out)
+            } else {
+                Ok(())
+            }
+        })
 }
 
 /// Cuts `buf` into consecutive slices of `lens` (which must add up to at most its length), so
@@ -143,7 +199,7 @@ pub fn restore<W: Write + Send>(
     out: W,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
-    let actual = rebuild(store, manifest, out, progress, read_verified_into)?;
+    let actual = rebuild(store, manifest, out, progress, true)?;
     same_id(manifest, actual)
 }
 
@@ -166,7 +222,7 @@ fn same_id(manifest: &Manifest, actual: Hash) -> Result<()> {
 /// [`Error::FileMismatch`], [`Error::ChunkNotFound`], [`Error::Corrupt`] for an undecodable
 /// payload, or the store's errors.
 pub fn verify_file(store: &dyn ChunkStore, manifest: &Manifest) -> Result<()> {
-    let actual = rebuild(store, manifest, std::io::sink(), &|_| {}, read_decoded_into)?;
+    let actual = rebuild(store, manifest, std::io::sink(), &|_| {}, false)?;
     same_id(manifest, actual)
 }
 
@@ -177,13 +233,7 @@ pub fn verify_file(store: &dyn ChunkStore, manifest: &Manifest) -> Result<()> {
 /// # Errors
 /// [`Error::Corrupt`] or [`Error::ChunkNotFound`] for a bad chunk; the store's errors.
 pub fn hash_file(store: &dyn ChunkStore, manifest: &Manifest) -> Result<Hash> {
-    rebuild(
-        store,
-        manifest,
-        std::io::sink(),
-        &|_| {},
-        read_verified_into,
-    )
+    rebuild(store, manifest, std::io::sink(), &|_| {}, true)
 }
 
 fn rebuild<W: Write + Send>(
@@ -191,7 +241,7 @@ fn rebuild<W: Write + Send>(
     manifest: &Manifest,
     out: W,
     progress: &(dyn Fn(u64) + Sync),
-    read: fn(&dyn ChunkStore, &ChunkRef, &mut [u8]) -> Result<()>,
+    verify: bool,
 ) -> Result<Hash> {
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_BATCHES);
@@ -220,10 +270,7 @@ fn rebuild<W: Write + Send>(
                 // Decode straight into one contiguous buffer: one write, no per-chunk copies.
                 let mut batch = recycle_rx.try_recv().unwrap_or_default();
                 batch.resize(bytes as usize, 0);
-                split_mut(&mut batch, refs.iter().map(|r| r.len as usize))
-                    .into_par_iter()
-                    .zip(refs)
-                    .try_for_each(|(out, r)| read(store, r, out))?;
+                decode_batch(store, refs, &mut batch, verify)?;
                 hasher.update_rayon(&batch);
                 if tx.send(batch).is_err() {
                     // The writer failed: stop reading; its own error is the one reported.

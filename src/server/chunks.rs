@@ -483,29 +483,48 @@ pub async fn fetch(
     let sent = st.clone();
     let (rt, idle) = (tokio::runtime::Handle::current(), st.limits().idle_timeout);
     tokio::task::spawn_blocking(move || {
+        // A chunk checked (decoded into `raw` and hashed) and framed.
+        let frame = |id: &Hash, codec, raw_len: u32, payload: &[u8], raw: &mut Vec<u8>| {
+            raw.resize(raw_len as usize, 0);
+            crate::codec::decode_into(id, codec, payload, raw)?;
+            let actual = Hash::of(raw);
+            if actual != *id {
+                return Err(Error::Corrupt {
+                    id: *id,
+                    detail: format!("content hashes to {actual}"),
+                });
+            }
+            let mut f = Vec::with_capacity(wire::FRAME_HEADER_LEN + payload.len());
+            wire::put_frame(&mut f, id, codec, raw_len, payload);
+            Ok(f)
+        };
         for group in ids.chunks(FETCH_GROUP) {
-            let framed: Result<Vec<Vec<u8>>> = group
-                .par_iter()
-                .map(|id| {
-                    SCRATCH.with(|cell| {
-                        // Buffers reused per thread: no fresh pages per chunk.
-                        let (payload, raw) = &mut *cell.borrow_mut();
-                        let (codec, raw_len) = store.read_chunk_into(id, payload)?;
-                        raw.resize(raw_len as usize, 0);
-                        crate::codec::decode_into(id, codec, payload, raw)?;
-                        let actual = Hash::of(raw);
-                        if actual != *id {
-                            return Err(Error::Corrupt {
-                                id: *id,
-                                detail: format!("content hashes to {actual}"),
-                            });
-                        }
-                        let mut f = Vec::with_capacity(wire::FRAME_HEADER_LEN + payload.len());
-                        wire::put_frame(&mut f, id, codec, raw_len, payload);
-                        Ok(f)
-                    })
+            let framed: Result<Vec<Vec<u8>>> = if store.batches_reads() {
+                // Few requests for the whole group, then checked in parallel.
+                store.read_chunks(group).and_then(|stored| {
+                    stored
+                        .par_iter()
+                        .map(|c| {
+                            SCRATCH.with(|cell| {
+                                let (_, raw) = &mut *cell.borrow_mut();
+                                frame(&c.id, c.codec, c.raw_len, &c.payload, raw)
+                            })
+                        })
+                        .collect()
                 })
-                .collect();
+            } else {
+                group
+                    .par_iter()
+                    .map(|id| {
+                        SCRATCH.with(|cell| {
+                            // Buffers reused per thread: no fresh pages per chunk.
+                            let (payload, raw) = &mut *cell.borrow_mut();
+                            let (codec, raw_len) = store.read_chunk_into(id, payload)?;
+                            frame(id, codec, raw_len, payload, raw)
+                        })
+                    })
+                    .collect()
+            };
             let msg = match framed {
                 Ok(frames) => {
                     let bytes = frames.concat();

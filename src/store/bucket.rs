@@ -24,6 +24,9 @@ use crate::store::engine::{spawn, wait};
 use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, new_entry};
 use crate::store::packs::{PackSink, PackStorage, PackSync};
 
+/// Ranged reads in flight at once, per batch.
+const CONCURRENT_READS: usize = 8;
+
 /// A sink writes its object once its entries pass this size = 64 MiB.
 pub const BUCKET_PACK_LEN: u64 = 64 << 20;
 
@@ -187,6 +190,39 @@ impl BucketPacks {
         }
     }
 
+    /// Puts the outcome `got` of a ranged read of `len` bytes at `offset` of `key` into
+    /// `bufs`: `Ok(false)` if the object ends before them.
+    fn fill(
+        &self,
+        key: &Key,
+        offset: u64,
+        len: u64,
+        got: object_store::Result<bytes::Bytes>,
+        bufs: &mut [&mut [u8]],
+    ) -> Result<bool> {
+        let i = &self.inner;
+        let bytes = match got {
+            Ok(b) => b,
+            Err(e) => {
+                // A range past the end is an error to the client; tell it apart by the size.
+                let size = wait(i.store.head(key))?.map(|m| m.size);
+                return match size {
+                    Ok(size) if offset + len > size => Ok(false),
+                    _ => Err(i.error("cannot read pack", key, e)),
+                };
+            }
+        };
+        if (bytes.len() as u64) < len {
+            return Ok(false);
+        }
+        let mut at = 0;
+        for b in bufs {
+            b.copy_from_slice(&bytes[at..at + b.len()]);
+            at += b.len();
+        }
+        Ok(true)
+    }
+
     /// Bytes of object `key`, if it exists; `action` names the read in an error.
     fn get_all(&self, action: &'static str, key: &Key) -> Result<Option<bytes::Bytes>> {
         let i = &self.inner;
@@ -223,26 +259,36 @@ impl PackStorage for BucketPacks {
         let key = i.pack_key(pack);
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let got = wait(i.store.get_range(&key, offset..offset + len))?;
-        let bytes = match got {
-            Ok(b) => b,
-            Err(e) => {
-                // A range past the end is an error to the client; tell it apart by the size.
-                let size = wait(i.store.head(&key))?.map(|m| m.size);
-                return match size {
-                    Ok(size) if offset + len > size => Ok(false),
-                    _ => Err(i.error("cannot read pack", &key, e)),
-                };
+        self.fill(&key, offset, len, got, bufs)
+    }
+
+    fn read_many(&self, reads: &mut [(u64, u64, &mut [u8])]) -> Result<Vec<bool>> {
+        let i = &self.inner;
+        let gets = reads.iter().map(|(pack, offset, buf)| {
+            let key = i.pack_key(*pack);
+            let range = *offset..*offset + buf.len() as u64;
+            async move {
+                let got = i.store.get_range(&key, range).await;
+                (key, got)
             }
-        };
-        if (bytes.len() as u64) < len {
-            return Ok(false);
-        }
-        let mut at = 0;
-        for b in bufs {
-            b.copy_from_slice(&bytes[at..at + b.len()]);
-            at += b.len();
-        }
-        Ok(true)
+        });
+        let got: Vec<_> = wait(
+            futures_util::stream::iter(gets)
+                .buffered(CONCURRENT_READS)
+                .collect(),
+        )?;
+        reads
+            .iter_mut()
+            .zip(got)
+            .map(|((_, offset, buf), (key, got))| {
+                let len = buf.len() as u64;
+                self.fill(&key, *offset, len, got, &mut [&mut **buf])
+            })
+            .collect()
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
     }
 
     fn read_all(&self, pack: u64) -> Result<Option<Box<dyn std::io::Read + Send>>> {

@@ -394,6 +394,20 @@ pub trait ChunkStore: Send + Sync {
         Ok((c.codec, c.raw_len))
     }
 
+    /// Reads many chunks, in the order of `ids`, as [`ChunkStore::read_chunk`] would.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::read_chunk`], for any of them.
+    fn read_chunks(&self, ids: &[Hash]) -> Result<Vec<StoredChunk>> {
+        ids.iter().map(|id| self.read_chunk(id)).collect()
+    }
+
+    /// True if [`ChunkStore::read_chunks`] is much cheaper than reading the chunks one by one
+    /// (every request costs a round trip): readers of many chunks then batch them.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+
     /// Stores an encoded manifest page under its hash (idempotent).
     ///
     /// # Errors

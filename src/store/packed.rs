@@ -20,7 +20,7 @@ use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::catalog::Catalog;
 use crate::store::pack::ChunkLoc;
-use crate::store::packs::{PackSink, PackStorage, PackSync, read_entry};
+use crate::store::packs::{PackSink, PackStorage, PackSync, read_entries, read_entry};
 use crate::store::{
     ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
     JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk, TailRun, UploadKind,
@@ -247,6 +247,45 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
             raw_len,
             payload,
         })
+    }
+
+    fn read_chunks(&self, ids: &[Hash]) -> Result<Vec<StoredChunk>> {
+        if !self.packs.batches_reads() {
+            return ids.iter().map(|id| self.read_chunk(id)).collect();
+        }
+        // One catalog call, then few requests: see `read_entries`.
+        let wanted = ids
+            .iter()
+            .zip(self.catalog.locate(ids)?)
+            .map(|(id, loc)| loc.map(|l| (*id, l)).ok_or(Error::ChunkNotFound(*id)))
+            .collect::<Result<Vec<_>>>()?;
+        let got = match read_entries(&self.packs, &wanted) {
+            Ok(got) => got,
+            // Compaction may have deleted a pack after the lookup: each chunk on its own
+            // looks again.
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
+                return ids.iter().map(|id| self.read_chunk(id)).collect();
+            }
+            Err(e) => return Err(e),
+        };
+        wanted
+            .iter()
+            .zip(got)
+            .map(|((id, loc), r)| match r {
+                Ok((codec, payload)) => Ok(StoredChunk {
+                    id: *id,
+                    codec,
+                    raw_len: loc.raw_len,
+                    payload,
+                }),
+                // A damaged entry, or one compaction moved: the one-chunk read looks again.
+                Err(_) => self.read_chunk(id),
+            })
+            .collect()
+    }
+
+    fn batches_reads(&self) -> bool {
+        self.packs.batches_reads()
     }
 
     fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()> {

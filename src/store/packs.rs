@@ -31,6 +31,25 @@ pub trait PackStorage: Send + Sync {
     /// I/O errors, a pack that does not exist among them.
     fn read_at(&self, pack: u64, offset: u64, bufs: &mut [&mut [u8]]) -> Result<bool>;
 
+    /// Reads several ranges, `reads[i] = (pack, offset, buf)`; for each, whether the pack held
+    /// all of it (as [`PackStorage::read_at`]). A storage behind a network runs them at once.
+    ///
+    /// # Errors
+    /// As [`PackStorage::read_at`].
+    fn read_many(&self, reads: &mut [(u64, u64, &mut [u8])]) -> Result<Vec<bool>> {
+        reads
+            .iter_mut()
+            .map(|(pack, offset, buf)| self.read_at(*pack, *offset, &mut [&mut **buf]))
+            .collect()
+    }
+
+    /// True if every request costs a round trip (a bucket): a store then reads many entries
+    /// at once with [`read_entries`] (adjacent ones in one request, several requests at once)
+    /// rather than one read per entry.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+
     /// Reads a whole pack front to back (fsck), or `None` if it does not exist.
     ///
     /// # Errors
@@ -111,6 +130,101 @@ pub trait PackSync: Send {
     fn wait(self: Box<Self>) -> Result<()>;
 }
 
+/// Entries closer than this in one pack are read in one request (the bytes between them are
+/// read and dropped) = 256 KiB.
+const COALESCE_GAP: u64 = 256 << 10;
+/// One request covers at most this much = 2 MiB (a batch of 8 MiB is then several requests at
+/// once).
+const COALESCE_MAX: u64 = 2 << 20;
+
+/// One entry as [`read_entries`] read it: its codec and payload, or why not.
+pub type EntryRead = Result<(Codec, Vec<u8>)>;
+
+/// Reads the entries at `wanted` from `packs` as [`read_entry`] does, but with few requests:
+/// entries are sorted by place, neighbours in one pack are read as one range, and the ranges
+/// go to [`PackStorage::read_many`] together. Each entry's outcome is its own (one damaged
+/// entry does not fail the others).
+///
+/// # Errors
+/// The storage's errors for the whole batch (a pack that does not exist among them).
+pub fn read_entries(
+    packs: &dyn PackStorage,
+    wanted: &[(Hash, ChunkLoc)],
+) -> Result<Vec<EntryRead>> {
+    let end = |l: &ChunkLoc| l.offset + ENTRY_HEADER_LEN as u64 + u64::from(l.stored_len);
+    let mut order: Vec<usize> = (0..wanted.len()).collect();
+    order.sort_unstable_by_key(|&i| (wanted[i].1.pack, wanted[i].1.offset));
+    // Spans: (pack, start, end, members).
+    let mut spans: Vec<(u64, u64, u64, Vec<usize>)> = Vec::new();
+    for i in order {
+        let l = &wanted[i].1;
+        match spans.last_mut() {
+            Some((pack, start, stop, members))
+                if *pack == l.pack
+                    && l.offset <= *stop + COALESCE_GAP
+                    && end(l).max(*stop) - *start <= COALESCE_MAX =>
+            {
+                *stop = end(l).max(*stop);
+                members.push(i);
+            }
+            _ => spans.push((l.pack, l.offset, end(l), vec![i])),
+        }
+    }
+    let mut bufs: Vec<Vec<u8>> = spans
+        .iter()
+        .map(|(_, start, stop, _)| vec![0; (stop - start) as usize])
+        .collect();
+    let mut reads: Vec<(u64, u64, &mut [u8])> = spans
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|((pack, start, _, _), b)| (*pack, *start, b.as_mut_slice()))
+        .collect();
+    let whole = packs.read_many(&mut reads)?;
+    let mut out: Vec<Option<EntryRead>> = (0..wanted.len()).map(|_| None).collect();
+    for (((_, start, _, members), buf), whole) in spans.iter().zip(&bufs).zip(whole) {
+        for &i in members {
+            let (id, loc) = &wanted[i];
+            out[i] = Some(if whole {
+                let at = (loc.offset - start) as usize;
+                let header: &[u8; ENTRY_HEADER_LEN] = buf[at..at + ENTRY_HEADER_LEN]
+                    .try_into()
+                    .expect("a header's length");
+                check_header(id, loc, header).map(|codec| {
+                    let from = at + ENTRY_HEADER_LEN;
+                    (codec, buf[from..from + loc.stored_len as usize].to_vec())
+                })
+            } else {
+                // The pack ends within the span: each entry on its own says which are cut.
+                let mut payload = Vec::new();
+                read_entry(packs, id, loc, &mut payload).map(|codec| (codec, payload))
+            });
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("every entry is in a span"))
+        .collect())
+}
+
+/// The codec of the entry whose header is `header`, if it agrees with `id` and `loc`.
+fn check_header(id: &Hash, loc: &ChunkLoc, header: &[u8; ENTRY_HEADER_LEN]) -> Result<Codec> {
+    match parse_entry_header(header) {
+        Some((hid, tag, raw, stored))
+            if hid == *id && tag == loc.codec && raw == loc.raw_len && stored == loc.stored_len =>
+        {
+            Codec::from_tag(tag)
+        }
+        _ => None,
+    }
+    .ok_or_else(|| Error::Corrupt {
+        id: *id,
+        detail: format!(
+            "entry header at pack {:016x} offset {} does not match the index",
+            loc.pack, loc.offset
+        ),
+    })
+}
+
 /// Reads the entry at `loc` from `packs` into `payload` (resized to it) and checks its header
 /// against `loc`: the payload comes back only if magic, id, codec and lengths all agree. One
 /// range read covers header and payload.
@@ -130,18 +244,5 @@ pub fn read_entry(
     if !packs.read_at(loc.pack, loc.offset, &mut [&mut header, payload])? {
         return Err(corrupt(format!("pack {:016x} is truncated", loc.pack)));
     }
-    match parse_entry_header(&header) {
-        Some((hid, tag, raw, stored))
-            if hid == *id && tag == loc.codec && raw == loc.raw_len && stored == loc.stored_len =>
-        {
-            Codec::from_tag(tag)
-        }
-        _ => None,
-    }
-    .ok_or_else(|| {
-        corrupt(format!(
-            "entry header at pack {:016x} offset {} does not match the index",
-            loc.pack, loc.offset
-        ))
-    })
+    check_header(id, loc, &header)
 }

@@ -50,6 +50,15 @@ fn contract(s: &dyn ChunkStore) {
         .unwrap(),
         b
     );
+    // Many at once, in the order asked (an id twice, packs of two commits): as one by one.
+    let ids = [ib, ia, ib];
+    let many = s.read_chunks(&ids).unwrap();
+    let one: Vec<_> = ids.iter().map(|id| s.read_chunk(id).unwrap()).collect();
+    assert_eq!(many, one);
+    let unknown = Hash::of(b"never stored");
+    assert!(
+        matches!(s.read_chunks(&[ia, unknown]), Err(Error::ChunkNotFound(id)) if id == unknown)
+    );
     let totals = s.chunk_totals().unwrap();
     assert_eq!(
         (totals.chunks, totals.raw_bytes),

@@ -155,7 +155,11 @@ impl PgCatalog {
     /// Takes the store's advisory lock on a connection of its own: one hoard process at a
     /// time, as a directory store's lock file does, until pins and gc's grace live in the
     /// database. [`Error::Locked`] if another process holds it.
-    fn lock(cfg: &tokio_postgres::Config, at: &str, bucket: &str) -> Result<tokio_postgres::Client> {
+    fn lock(
+        cfg: &tokio_postgres::Config,
+        at: &str,
+        bucket: &str,
+    ) -> Result<tokio_postgres::Client> {
         let fail = |e: tokio_postgres::Error| engine_error("cannot open the index at", at, &e);
         let (client, conn) = wait(cfg.connect(NoTls))?.map_err(fail)?;
         spawn(conn)?;
