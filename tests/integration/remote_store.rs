@@ -283,3 +283,126 @@ fn remote_store_serves_push_pull_tus_and_whole_file_uploads() {
     assert!(got == v1, "the tus upload downloads byte-identical");
     server.stop();
 }
+
+/// Replaces (`Some`) or deletes (`None`) object `key` of the test bucket, as damage would:
+/// with the test's own client, not hoard's.
+fn tamper(bucket_url: &str, key: &str, bytes: Option<Vec<u8>>) {
+    use object_store::ObjectStore;
+    let bucket = bucket_url
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap();
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .unwrap();
+    let key = object_store::path::Path::from(key);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match bytes {
+            Some(b) => s3.put(&key, b.into()).await.map(drop),
+            None => s3.delete(&key).await,
+        }
+    })
+    .unwrap();
+}
+
+/// The object key and bytes of the pack that holds the first chunk of `name`.
+fn first_pack_of(bucket: &str, index: &str, name: &str) -> (String, u64, Vec<u8>) {
+    use hoard::store::{Catalog, RemoteStore};
+    let (store, _) = RemoteStore::open(bucket, index, false, None).unwrap();
+    let m = hoard::names::resolve(&store, name).unwrap().manifest;
+    let mut first = None;
+    hoard::restore::for_each_page(&store, &m, |page| {
+        first.get_or_insert(page.chunks[0].id);
+        Ok(())
+    })
+    .unwrap();
+    let loc = store.catalog().loc(&first.unwrap()).unwrap().unwrap();
+    let prefix = bucket
+        .trim_start_matches("s3://")
+        .split_once('/')
+        .unwrap()
+        .1;
+    let key = format!("{prefix}/packs/{:016x}.pack", loc.pack);
+    let bytes = store
+        .packs()
+        .get(&format!("packs/{:016x}.pack", loc.pack))
+        .unwrap()
+        .unwrap();
+    (key, loc.offset, bytes.to_vec())
+}
+
+#[test]
+fn remote_store_damage_is_found_named_and_kept_from_exports() {
+    let (Some(bucket), Some(index)) = (
+        engines::bucket("remote_damage"),
+        engines::index("remote_damage"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a", mixed(2 << 20, 31)),
+        ("b", mixed(2 << 20, 32)),
+        ("c", mixed(2 << 20, 33)),
+    ];
+    for (name, data) in &files {
+        // One import each: each file's chunks in a pack object of their own.
+        ok(remote(&bucket, &index)
+            .arg("import")
+            .arg(s.file(name, data)));
+    }
+    ok(remote(&bucket, &index).arg("fsck"));
+    // A byte flipped in a payload of a's pack; b's pack object gone.
+    let (key_a, at, mut bytes) = first_pack_of(&bucket, &index, "a");
+    bytes[at as usize + 48 + 7] ^= 0x40;
+    tamper(&bucket, &key_a, Some(bytes));
+    let (key_b, _, _) = first_pack_of(&bucket, &index, "b");
+    tamper(&bucket, &key_b, None);
+    let out = remote(&bucket, &index)
+        .args(["fsck", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "fsck fails on damage");
+    let r = json(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(r["clean"], false);
+    let affected: std::collections::HashSet<String> = r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["files"].as_array().unwrap().iter())
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    let names: std::collections::HashSet<&str> = affected
+        .iter()
+        .filter_map(|f| f.rsplit_once(" (").map(|(_, n)| n.trim_end_matches(')')))
+        .collect();
+    assert_eq!(names, ["a", "b"].into(), "{r}");
+    // The damaged files fail loudly; the other exports byte-identical.
+    for (name, data) in &files {
+        let dest = s.path(&format!("out-{name}"));
+        let out = remote(&bucket, &index)
+            .args(["export", name])
+            .arg(&dest)
+            .output()
+            .unwrap();
+        if *name == "c" {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(std::fs::read(&dest).unwrap() == *data);
+        } else {
+            assert_eq!(out.status.code(), Some(1), "export of damaged {name}");
+            let e = String::from_utf8_lossy(&out.stderr);
+            assert!(e.contains(&format!("cannot export {name}")), "{e}");
+            assert!(!dest.exists(), "no wrong bytes under {name}'s name");
+        }
+    }
+}
