@@ -50,7 +50,7 @@ impl Location {
                 .ok_or_else(|| anyhow!("no store directory: pass {what} DIR or set HOARD_STORE"))?,
         };
         let Some(url) = root.to_str().filter(|r| scheme(r).is_some()) else {
-            if let Some(_given) = index {
+            if index.is_some() {
                 bail!(
                     "--index is for a store in a bucket ({what} s3://BUCKET[/PREFIX]); a directory store keeps its index inside it"
                 );

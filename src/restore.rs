@@ -85,7 +85,7 @@ fn check_hash(id: &Hash, out: &[u8]) -> Result<()> {
 ///
 /// # Errors
 /// As [`read_verified_into`].
-pub fn decode_batch(
+fn decode_batch(
     store: &dyn ChunkStore,
     refs: &[ChunkRef],
     buf: &mut [u8],

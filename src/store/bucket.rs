@@ -190,37 +190,27 @@ impl BucketPacks {
         }
     }
 
-    /// Puts the outcome `got` of a ranged read of `len` bytes at `offset` of `key` into
-    /// `bufs`: `Ok(false)` if the object ends before them.
-    fn fill(
+    /// The bytes a ranged read of `len` bytes at `offset` of `key` got, or `None` if the
+    /// object ends before them.
+    fn ranged(
         &self,
         key: &Key,
         offset: u64,
         len: u64,
         got: object_store::Result<bytes::Bytes>,
-        bufs: &mut [&mut [u8]],
-    ) -> Result<bool> {
+    ) -> Result<Option<bytes::Bytes>> {
         let i = &self.inner;
-        let bytes = match got {
-            Ok(b) => b,
+        match got {
+            Ok(b) => Ok((b.len() as u64 >= len).then_some(b)),
             Err(e) => {
                 // A range past the end is an error to the client; tell it apart by the size.
                 let size = wait(i.store.head(key))?.map(|m| m.size);
-                return match size {
-                    Ok(size) if offset + len > size => Ok(false),
+                match size {
+                    Ok(size) if offset + len > size => Ok(None),
                     _ => Err(i.error("cannot read pack", key, e)),
-                };
+                }
             }
-        };
-        if (bytes.len() as u64) < len {
-            return Ok(false);
         }
-        let mut at = 0;
-        for b in bufs {
-            b.copy_from_slice(&bytes[at..at + b.len()]);
-            at += b.len();
-        }
-        Ok(true)
     }
 
     /// Bytes of object `key`, if it exists; `action` names the read in an error.
@@ -259,16 +249,23 @@ impl PackStorage for BucketPacks {
         let key = i.pack_key(pack);
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let got = wait(i.store.get_range(&key, offset..offset + len))?;
-        self.fill(&key, offset, len, got, bufs)
+        let Some(bytes) = self.ranged(&key, offset, len, got)? else {
+            return Ok(false);
+        };
+        let mut at = 0;
+        for b in bufs {
+            b.copy_from_slice(&bytes[at..at + b.len()]);
+            at += b.len();
+        }
+        Ok(true)
     }
 
-    fn read_many(&self, reads: &mut [(u64, u64, &mut [u8])]) -> Result<Vec<bool>> {
+    fn read_many(&self, reads: &[(u64, u64, u64)]) -> Result<Vec<Option<bytes::Bytes>>> {
         let i = &self.inner;
-        let gets = reads.iter().map(|(pack, offset, buf)| {
-            let key = i.pack_key(*pack);
-            let range = *offset..*offset + buf.len() as u64;
+        let gets = reads.iter().map(|&(pack, offset, len)| {
+            let key = i.pack_key(pack);
             async move {
-                let got = i.store.get_range(&key, range).await;
+                let got = i.store.get_range(&key, offset..offset + len).await;
                 (key, got)
             }
         });
@@ -278,12 +275,9 @@ impl PackStorage for BucketPacks {
                 .collect(),
         )?;
         reads
-            .iter_mut()
+            .iter()
             .zip(got)
-            .map(|((_, offset, buf), (key, got))| {
-                let len = buf.len() as u64;
-                self.fill(&key, *offset, len, got, &mut [&mut **buf])
-            })
+            .map(|(&(_, offset, len), (key, got))| self.ranged(&key, offset, len, got))
             .collect()
     }
 

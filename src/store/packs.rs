@@ -31,15 +31,20 @@ pub trait PackStorage: Send + Sync {
     /// I/O errors, a pack that does not exist among them.
     fn read_at(&self, pack: u64, offset: u64, bufs: &mut [&mut [u8]]) -> Result<bool>;
 
-    /// Reads several ranges, `reads[i] = (pack, offset, buf)`; for each, whether the pack held
-    /// all of it (as [`PackStorage::read_at`]). A storage behind a network runs them at once.
+    /// Reads several ranges, `reads[i] = (pack, offset, len)`; for each, its bytes, or `None`
+    /// if the pack ends before (as [`PackStorage::read_at`]). A storage behind a network runs
+    /// them at once and hands over the buffers its client filled.
     ///
     /// # Errors
     /// As [`PackStorage::read_at`].
-    fn read_many(&self, reads: &mut [(u64, u64, &mut [u8])]) -> Result<Vec<bool>> {
+    fn read_many(&self, reads: &[(u64, u64, u64)]) -> Result<Vec<Option<bytes::Bytes>>> {
         reads
-            .iter_mut()
-            .map(|(pack, offset, buf)| self.read_at(*pack, *offset, &mut [&mut **buf]))
+            .iter()
+            .map(|&(pack, offset, len)| {
+                let mut buf = vec![0; len as usize];
+                let whole = self.read_at(pack, offset, &mut [&mut buf])?;
+                Ok(whole.then(|| buf.into()))
+            })
             .collect()
     }
 
@@ -170,21 +175,16 @@ pub fn read_entries(
             _ => spans.push((l.pack, l.offset, end(l), vec![i])),
         }
     }
-    let mut bufs: Vec<Vec<u8>> = spans
+    let reads: Vec<(u64, u64, u64)> = spans
         .iter()
-        .map(|(_, start, stop, _)| vec![0; (stop - start) as usize])
+        .map(|(pack, start, stop, _)| (*pack, *start, stop - start))
         .collect();
-    let mut reads: Vec<(u64, u64, &mut [u8])> = spans
-        .iter()
-        .zip(bufs.iter_mut())
-        .map(|((pack, start, _, _), b)| (*pack, *start, b.as_mut_slice()))
-        .collect();
-    let whole = packs.read_many(&mut reads)?;
+    let got = packs.read_many(&reads)?;
     let mut out: Vec<Option<EntryRead>> = (0..wanted.len()).map(|_| None).collect();
-    for (((_, start, _, members), buf), whole) in spans.iter().zip(&bufs).zip(whole) {
+    for ((_, start, _, members), buf) in spans.iter().zip(&got) {
         for &i in members {
             let (id, loc) = &wanted[i];
-            out[i] = Some(if whole {
+            out[i] = Some(if let Some(buf) = buf {
                 let at = (loc.offset - start) as usize;
                 let header: &[u8; ENTRY_HEADER_LEN] = buf[at..at + ENTRY_HEADER_LEN]
                     .try_into()

@@ -5,8 +5,8 @@
 
 use std::collections::HashSet;
 
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Row, Transaction};
 
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
@@ -30,6 +30,11 @@ fn kind_code(kind: UploadKind) -> i16 {
         UploadKind::Session => 0,
         UploadKind::Tus => 1,
     }
+}
+
+/// `ids` as one `bytea[]` parameter.
+fn id_array<'a>(ids: impl IntoIterator<Item = &'a Hash>) -> Vec<&'a [u8]> {
+    ids.into_iter().map(|h| &h.as_bytes()[..]).collect()
 }
 
 fn hash_of(bytes: &[u8]) -> Result<Hash> {
@@ -90,31 +95,6 @@ fn record_of(rows: &[Row]) -> Result<Option<NameRecord>> {
     Ok(Some(NameRecord { versions }))
 }
 
-/// Writes `record` as the whole history of `name`, inside `tx`.
-async fn write_name(
-    tx: &Transaction<'_>,
-    name: &str,
-    record: &NameRecord,
-) -> std::result::Result<(), tokio_postgres::Error> {
-    tx.execute("DELETE FROM name_versions WHERE name = $1", &[&name])
-        .await?;
-    let numbers: Vec<i32> = (1..=record.versions.len() as i32).collect();
-    let ids: Vec<&[u8]> = record
-        .versions
-        .iter()
-        .map(|v| &v.file_id.as_bytes()[..])
-        .collect();
-    let sizes: Vec<i64> = record.versions.iter().map(|v| v.size as i64).collect();
-    let added: Vec<i64> = record.versions.iter().map(|v| v.added as i64).collect();
-    tx.execute(
-        "INSERT INTO name_versions (name, version, file_id, size, added) \
-         SELECT $1, * FROM unnest($2::int4[], $3::bytea[], $4::int8[], $5::int8[])",
-        &[&name, &numbers, &ids, &sizes, &added],
-    )
-    .await?;
-    Ok(())
-}
-
 impl Catalog for PgCatalog {
     fn config(&self) -> StoreConfig {
         self.config
@@ -123,7 +103,7 @@ impl Catalog for PgCatalog {
     fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(BATCH) {
-            let arr: Vec<&[u8]> = part.iter().map(|h| &h.as_bytes()[..]).collect();
+            let arr = id_array(part);
             let got: Vec<bool> =
                 self.run(true, "cannot look chunks up in the index at", async |c| {
                     let row = c
@@ -144,7 +124,7 @@ impl Catalog for PgCatalog {
     fn locate(&self, ids: &[Hash]) -> Result<Vec<Option<ChunkLoc>>> {
         let mut out = vec![None; ids.len()];
         for (p, part) in ids.chunks(BATCH).enumerate() {
-            let arr: Vec<&[u8]> = part.iter().map(|h| &h.as_bytes()[..]).collect();
+            let arr = id_array(part);
             let rows = self.run(true, "cannot look chunks up in the index at", async |c| {
                 c.query(
                     "SELECT q.n, c.pack, c.pack_offset, c.stored_len, c.raw_len, c.codec \
@@ -172,7 +152,7 @@ impl Catalog for PgCatalog {
             .collect();
         last.reverse();
         for part in last.chunks(BATCH) {
-            let ids: Vec<&[u8]> = part.iter().map(|(h, _)| &h.as_bytes()[..]).collect();
+            let ids = id_array(part.iter().map(|(h, _)| h));
             let mut cols = LocColumns::default();
             part.iter().for_each(|(_, l)| cols.push(l));
             self.run(true, "cannot record chunks in the index at", async |c| {
@@ -201,7 +181,7 @@ impl Catalog for PgCatalog {
     fn remove_locs(&self, ids: &[Hash]) -> Result<(u64, u64)> {
         let (mut n, mut bytes) = (0, 0);
         for part in ids.chunks(BATCH) {
-            let arr: Vec<&[u8]> = part.iter().map(|h| &h.as_bytes()[..]).collect();
+            let arr = id_array(part);
             let (pn, pb) =
                 self.run(false, "cannot remove chunks from the index at", async |c| {
                     let r = c
@@ -222,7 +202,7 @@ impl Catalog for PgCatalog {
     fn relocate(&self, moves: &[(Hash, ChunkLoc, ChunkLoc)]) -> Result<u64> {
         let mut n = 0;
         for part in moves.chunks(BATCH) {
-            let ids: Vec<&[u8]> = part.iter().map(|(h, _, _)| &h.as_bytes()[..]).collect();
+            let ids = id_array(part.iter().map(|(h, _, _)| h));
             let (mut old, mut new) = (LocColumns::default(), LocColumns::default());
             for (_, o, w) in part {
                 old.push(o);
@@ -283,10 +263,7 @@ impl Catalog for PgCatalog {
                 break;
             }
             for r in &rows {
-                match hash_of(r.get(0)) {
-                    Ok(id) => f(&id, Ok(loc_of(r, 1)))?,
-                    Err(e) => return Err(e),
-                }
+                f(&hash_of(r.get(0))?, Ok(loc_of(r, 1)))?;
             }
         }
         wait(tx.commit())?.map_err(err)
@@ -334,7 +311,7 @@ impl Catalog for PgCatalog {
 
     fn remove_pages(&self, hashes: &[Hash]) -> Result<()> {
         for part in hashes.chunks(BATCH) {
-            let arr: Vec<&[u8]> = part.iter().map(|h| &h.as_bytes()[..]).collect();
+            let arr = id_array(part);
             self.run(
                 true,
                 "cannot remove manifest pages from the index at",
@@ -433,12 +410,9 @@ impl Catalog for PgCatalog {
                 }
             })?;
             if let Some(rows) = got {
-                let mut versions = rows
-                    .iter()
-                    .map(|r| version_of(r, 0))
-                    .collect::<Result<Vec<_>>>()?;
-                versions.push(version);
-                return Ok(NameRecord { versions });
+                let mut rec = record_of(&rows)?.unwrap_or_default();
+                rec.versions.push(version);
+                return Ok(rec);
             }
         }
         Err(Error::Engine {
@@ -494,10 +468,22 @@ impl Catalog for PgCatalog {
     }
 
     fn put_name(&self, name: &str, record: &NameRecord) -> Result<()> {
+        // The whole history replaced in one transaction, numbered 1..n.
+        let numbers: Vec<i32> = (1..=record.versions.len() as i32).collect();
+        let ids = id_array(record.versions.iter().map(|v| &v.file_id));
+        let sizes: Vec<i64> = record.versions.iter().map(|v| v.size as i64).collect();
+        let added: Vec<i64> = record.versions.iter().map(|v| v.added as i64).collect();
         self.run(true, "cannot record a name in the index at", async |c| {
             let mut c = c;
             let tx = c.transaction().await?;
-            write_name(&tx, name, record).await?;
+            tx.execute("DELETE FROM name_versions WHERE name = $1", &[&name])
+                .await?;
+            tx.execute(
+                "INSERT INTO name_versions (name, version, file_id, size, added) \
+                 SELECT $1, * FROM unnest($2::int4[], $3::bytea[], $4::int8[], $5::int8[])",
+                &[&name, &numbers, &ids, &sizes, &added],
+            )
+            .await?;
             tx.commit().await
         })
     }

@@ -179,7 +179,6 @@ impl PgCatalog {
         create: bool,
         requested: Option<StoreConfig>,
     ) -> Result<bool> {
-        let none = || Error::NoStore(PathBuf::from(bucket));
         let (found, created) = self.run(true, "cannot open the index at", async |c| {
             let mut c = c;
             let tx = c.transaction().await?;
@@ -192,10 +191,11 @@ impl PgCatalog {
                 .query_one("SELECT to_regclass('hoard_schema') IS NOT NULL", &[])
                 .await?
                 .get(0);
-            if !exists && !create {
-                return Ok((None, false));
+            match (exists, create) {
+                (false, false) => return Ok((None, false)),
+                (false, true) => tx.batch_execute(schema::VERSION_TABLE).await?,
+                (true, _) => {}
             }
-            tx.batch_execute(schema::VERSION_TABLE).await?;
             let version: i32 = tx
                 .query_opt("SELECT version FROM hoard_schema", &[])
                 .await?
@@ -254,7 +254,7 @@ impl PgCatalog {
             ))
         })?;
         let (owner, chunker, level) = match found {
-            None => return Err(none()),
+            None => return Err(Error::NoStore(PathBuf::from(bucket))),
             Some(Err(found)) => {
                 return Err(Error::Version {
                     what: "the index database's schema",
