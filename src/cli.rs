@@ -6,10 +6,10 @@ use std::io::{BufWriter, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hoard::config::{DEFAULT_AVG, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
-use hoard::store::{ChunkStore, LocalStore};
+use hoard::store::{ChunkStore, LocalStore, RemoteStore};
 use hoard::{ChunkerParams, StoreConfig, ingest, listing, names, restore};
 use serde_json::json;
 
@@ -396,33 +396,56 @@ fn gc(store: &dyn ChunkStore, at: &Location, a: &GcArgs) -> Result<()> {
 }
 
 fn fsck(at: &Location, a: &FsckArgs) -> Result<()> {
-    let (store, keep_names): (Box<dyn ChunkStore>, bool) = match at.dir() {
-        // A directory store's repair open rebuilds what does not open first.
-        Some(root) if a.repair => {
+    // A repair open rebuilds what does not open first (a directory's index from its
+    // journal, a bucket's index database from the bucket).
+    let mut remote: Option<RemoteStore> = None;
+    let (other, keep_names, reindex): (Option<Box<dyn ChunkStore>>, bool, bool) = match at {
+        Location::Dir(root) if a.repair => {
             let (store, reset, partial) = LocalStore::open_for_repair(root, a.rebuild_index)
                 .with_context(|| format!("cannot open store {at}"))?;
             for note in &reset {
                 eprintln!("hoard: {note}");
             }
-            (Box::new(store), partial)
+            (
+                Some(Box::new(store)),
+                partial,
+                LocalStore::needs_reindex(root),
+            )
         }
-        None if a.rebuild_index => bail!(
-            "--rebuild-index: rebuilding the index of a store in a bucket from the bucket is not built yet; the store is unchanged"
-        ),
-        _ => (at.open(false)?, false),
+        Location::Remote { bucket, index } if a.repair => {
+            let (store, reset, partial) =
+                RemoteStore::open_for_repair(bucket, index, a.rebuild_index)
+                    .with_context(|| format!("cannot open store {at}"))?;
+            for note in &reset {
+                eprintln!("hoard: {note}");
+            }
+            let reindex = store.needs_reindex()?;
+            remote = Some(store);
+            (None, partial, reindex)
+        }
+        _ => (Some(at.open(false)?), false, false),
+    };
+    let store: &dyn ChunkStore = match (&remote, &other) {
+        (Some(r), _) => r,
+        (None, Some(o)) => &**o,
+        (None, None) => unreachable!("one store is open"),
     };
     let opts = hoard::fsck::FsckOptions {
         repair: a.repair,
         resume: !a.from_scratch,
-        reindex: a.reindex || at.dir().is_some_and(LocalStore::needs_reindex),
+        reindex: a.reindex || reindex,
         keep_names,
     };
     let pb = output::bar(Some(store.check_bytes()?), "checking");
-    let r = hoard::fsck::fsck(&*store, &opts, &|n| pb.inc(n))
+    let r = hoard::fsck::fsck(store, &opts, &|n| pb.inc(n))
         .with_context(|| format!("fsck of {at} failed"))?;
     pb.finish_and_clear();
-    if let Some(root) = at.dir().filter(|_| opts.repair && opts.reindex) {
-        LocalStore::reindexed(root)?;
+    if opts.repair && opts.reindex {
+        match (at.dir(), &remote) {
+            (Some(root), _) => LocalStore::reindexed(root)?,
+            (None, Some(remote)) => remote.reindexed()?,
+            (None, None) => {}
+        }
     }
     if a.json {
         emit(&format!("{}\n", serde_json::to_value(&r)?))?;
@@ -443,21 +466,32 @@ fn fsck(at: &Location, a: &FsckArgs) -> Result<()> {
         for d in &r.damaged_packs {
             text += &format!("note: {d}\n");
         }
+        // A directory store's log of metadata is its journal; a bucket store's, the bucket's
+        // copy of it.
+        let (log, rebuild_from) = match at {
+            Location::Dir(_) => ("journal", "the journal"),
+            Location::Remote { .. } => ("bucket metadata", "the bucket"),
+        };
         if let Some(j) = &r.journal {
-            if j.agrees() {
-                text += &format!("journal: {} records, agrees with the index\n", j.records);
+            if j.repaired > 0 {
+                text += &format!(
+                    "{log}: {} differences with the index settled (each side given what only the other held)\n",
+                    j.repaired
+                );
+            } else if j.agrees() {
+                text += &format!("{log}: {} records, agrees with the index\n", j.records);
             } else if j.index_behind() {
                 text += &format!(
-                    "the index lacks {} files and {} names the journal records: \
-                     `hoard fsck --repair --rebuild-index` rebuilds the index from the journal \
+                    "the index lacks {} files and {} names the {log} records: \
+                     `hoard fsck --repair --rebuild-index` rebuilds the index from {rebuild_from} \
                      (gc deletes nothing until then)\n",
                     j.index_lacks_files, j.index_lacks_names,
                 );
             } else {
                 text += &format!(
-                    "note: the journal disagrees with the index ({} damaged records{}, {} names, {} files, {} pages differ); \
-                     `hoard fsck --repair` writes it anew from the index (or, if the index is the damaged side, \
-                     `--repair --rebuild-index` rebuilds the index from it)\n",
+                    "note: the {log} disagrees with the index ({} damaged records{}, {} names, {} files, {} pages differ); \
+                     `hoard fsck --repair` settles it from the index (or, if the index is the damaged side, \
+                     `--repair --rebuild-index` rebuilds the index from {rebuild_from})\n",
                     j.damaged,
                     j.stopped
                         .as_ref()

@@ -20,12 +20,13 @@ use object_store::{ClientConfigKey, ObjectStore, PutMode, PutOptions, PutPayload
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::store::bucket_meta::BucketMeta;
 use crate::store::engine::{spawn, wait};
 use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, new_entry};
 use crate::store::packs::{PackSink, PackStorage, PackSync};
 
 /// Ranged reads in flight at once, per batch.
-const CONCURRENT_READS: usize = 8;
+pub(super) const CONCURRENT_READS: usize = 8;
 
 /// A sink writes its object once its entries pass this size = 64 MiB.
 pub const BUCKET_PACK_LEN: u64 = 64 << 20;
@@ -35,8 +36,8 @@ pub struct BucketPacks {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Arc<dyn ObjectStore>,
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn ObjectStore>,
     /// `s3://BUCKET[/PREFIX]`, for messages.
     url: String,
     /// The key prefix, with no slash at either end (empty for the bucket's root).
@@ -44,7 +45,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn key(&self, what: &str) -> Key {
+    pub(super) fn key(&self, what: &str) -> Key {
         if self.prefix.is_empty() {
             Key::from(what)
         } else {
@@ -56,7 +57,24 @@ impl Inner {
         self.key(&format!("packs/{pack:016x}.pack"))
     }
 
-    fn where_(&self, key: &Key) -> PathBuf {
+    /// Deletes objects (one that is gone already counts as deleted).
+    pub(super) fn delete(&self, keys: Vec<Key>) -> Result<()> {
+        let Some(first) = keys.first().cloned() else {
+            return Ok(());
+        };
+        let stream = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
+        let results: Vec<object_store::Result<Key>> =
+            wait(self.store.delete_stream(stream).collect())?;
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error("cannot delete", &first, e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn where_(&self, key: &Key) -> PathBuf {
         let bucket = self.url.trim_start_matches("s3://");
         let bucket = bucket.split('/').next().unwrap_or(bucket);
         PathBuf::from(format!("s3://{bucket}/{key}"))
@@ -65,7 +83,7 @@ impl Inner {
     /// The error of `action` on `key`: an I/O error naming the object when the object is
     /// not there (or is there already), else the bucket's own words; a bucket that did not
     /// answer, or answered 5xx after the client's retries, is unreachable (503: try again).
-    fn error(&self, action: &'static str, key: &Key, e: object_store::Error) -> Error {
+    pub(super) fn error(&self, action: &'static str, key: &Key, e: object_store::Error) -> Error {
         let kind = match &e {
             object_store::Error::NotFound { .. } => ErrorKind::NotFound,
             object_store::Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
@@ -163,6 +181,11 @@ impl BucketPacks {
     /// The store's URL, `s3://BUCKET[/PREFIX]`.
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    /// The bucket's copy of the store's metadata (`bucket_meta.rs`).
+    pub fn meta(&self) -> BucketMeta {
+        BucketMeta::new(self.inner.clone())
     }
 
     /// Bytes of object `name` under the prefix (a store's own record, not a pack), if it
@@ -310,22 +333,8 @@ impl PackStorage for BucketPacks {
     }
 
     fn delete(&self, packs: &[u64]) -> Result<()> {
-        if packs.is_empty() {
-            return Ok(());
-        }
         let i = &self.inner;
-        let keys: Vec<Key> = packs.iter().map(|&p| i.pack_key(p)).collect();
-        let first = keys[0].clone();
-        let stream = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
-        let results: Vec<object_store::Result<Key>> =
-            wait(i.store.delete_stream(stream).collect())?;
-        for r in results {
-            match r {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(i.error("cannot delete pack", &first, e)),
-            }
-        }
-        Ok(())
+        i.delete(packs.iter().map(|&p| i.pack_key(p)).collect())
     }
 
     fn quarantine(&self, id: &Hash, loc: &ChunkLoc) -> Result<Option<PathBuf>> {

@@ -10,6 +10,7 @@
 //! Nothing here takes a process-wide lock the traits cannot express.
 
 pub mod bucket;
+pub mod bucket_meta;
 pub mod catalog;
 mod check;
 mod compact;
@@ -172,6 +173,14 @@ pub struct JournalCheck {
     /// With repair: the journal was rewritten from the index; the old one is kept here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewritten: Option<std::path::PathBuf>,
+    /// With repair, on a store in a bucket: differences settled, each side given what only
+    /// the other held (the bucket's copy is not rewritten wholesale).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub repaired: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl JournalCheck {

@@ -6,8 +6,12 @@
 //! ```text
 //! s3://BUCKET/PREFIX/hoard-store.json   what the store was made with (below)
 //! s3://BUCKET/PREFIX/packs/{n:016x}.pack pack objects, immutable, under fresh random names
+//! s3://BUCKET/PREFIX/meta/…              manifest pages, manifests, names (bucket_meta.rs)
 //! postgres://…/DB                        the catalog (see pg/schema.rs)
 //! ```
+//!
+//! The packs and `meta/` are enough to rebuild a lost catalog: [`RemoteStore::open_for_repair`]
+//! loads the metadata, and fsck's repair re-indexes the packs (each entry names its chunk).
 //!
 //! `hoard-store.json` (version 1) is written once, when the store is made, and never replaced:
 //! `{"hoard_store": 1, "min": …, "avg": …, "max": …, "level": …, "created": SECONDS}`. Every
@@ -21,7 +25,7 @@ use crate::config::{ChunkerParams, StoreConfig};
 use crate::error::{Error, Result};
 use crate::store::bucket::BucketPacks;
 use crate::store::packed::PackedStore;
-use crate::store::pg::PgCatalog;
+use crate::store::pg::{PgCatalog, Rebuild};
 
 /// The object that says a prefix holds a hoard store.
 pub const MARKER: &str = "hoard-store.json";
@@ -99,7 +103,16 @@ impl PackedStore<BucketPacks, PgCatalog> {
                     catalog.at()
                 )));
             }
-            Some(_) => {}
+            Some(_) => {
+                if catalog.rebuild_state()?.is_some() {
+                    return Err(Error::IndexDamaged {
+                        root: bucket.into(),
+                        what: "index",
+                        detail: "a rebuild of the index from the bucket started and did not finish"
+                            .into(),
+                    });
+                }
+            }
             // A new store, or one whose marker write was cut short: write it now.
             None => {
                 let m = Marker {
@@ -114,7 +127,75 @@ impl PackedStore<BucketPacks, PgCatalog> {
                 packs.put_new(MARKER, bytes)?;
             }
         }
+        let mut catalog = catalog;
+        catalog.write_ahead_to(packs.meta());
         Ok((PackedStore::new(packs, catalog), created))
+    }
+
+    /// Opens the store for `fsck --repair`. An index database that holds no store (it was
+    /// lost, or is new), one whose rebuild did not finish, or any with `rebuild`, is emptied
+    /// and loaded from the bucket's copy of the metadata; the packs are then to be
+    /// re-indexed ([`RemoteStore::needs_reindex`]). Returns notes on what was done, and
+    /// whether the rebuilt index may lack files (damaged metadata objects were skipped): a
+    /// repair must then drop nothing.
+    ///
+    /// # Errors
+    /// As [`RemoteStore::open`]; [`Error::NoStore`] for a bucket that holds no store.
+    pub fn open_for_repair(
+        bucket: &str,
+        index: &str,
+        rebuild: bool,
+    ) -> Result<(Self, Vec<String>, bool)> {
+        let packs = BucketPacks::open(bucket)?;
+        let Some(marker) = packs.get(MARKER)? else {
+            return Err(Error::NoStore(bucket.into()));
+        };
+        let config = decode_marker(bucket, &marker)?.config();
+        let (mut catalog, created) = PgCatalog::open(index, packs.url(), true, Some(config))?;
+        let mut notes = Vec::new();
+        let mut partial = false;
+        if rebuild || created || catalog.rebuild_state()? == Some(Rebuild::Metadata) {
+            catalog.begin_rebuild()?;
+            let loaded = catalog.load_from(&packs.meta())?;
+            catalog.set_rebuild_state(Some(Rebuild::Chunks))?;
+            notes.push(format!(
+                "rebuilt the index {} from the bucket: {} records{}; re-indexing the packs",
+                catalog.at(),
+                loaded.records,
+                if loaded.damaged > 0 {
+                    format!(", {} damaged objects skipped", loaded.damaged)
+                } else {
+                    String::new()
+                }
+            ));
+            if loaded.damaged > 0 {
+                partial = true;
+                notes.push(
+                    "the bucket's metadata is damaged, so files may be missing from the rebuilt \
+                     index: names are kept as they are; check `hoard ls` before running gc"
+                        .into(),
+                );
+            }
+        }
+        catalog.write_ahead_to(packs.meta());
+        Ok((PackedStore::new(packs, catalog), notes, partial))
+    }
+
+    /// True if the catalog was rebuilt from the bucket and a repair has not yet re-indexed
+    /// the packs.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn needs_reindex(&self) -> Result<bool> {
+        Ok(self.catalog().rebuild_state()? == Some(Rebuild::Chunks))
+    }
+
+    /// Notes that the packs were re-indexed (clears [`RemoteStore::needs_reindex`]).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn reindexed(&self) -> Result<()> {
+        self.catalog().set_rebuild_state(None)
     }
 }
 

@@ -12,13 +12,13 @@ use crate::integration::engines;
 use crate::integration::support::{Scratch, fails, hoard, ok};
 
 /// `hoard --store BUCKET --index INDEX …`.
-fn remote(bucket: &str, index: &str) -> Command {
+pub fn remote(bucket: &str, index: &str) -> Command {
     let mut c = hoard(Path::new(bucket));
     c.arg("--index").arg(index);
     c
 }
 
-fn json(out: &str) -> Value {
+pub fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
@@ -286,7 +286,7 @@ fn remote_store_serves_push_pull_tus_and_whole_file_uploads() {
 
 /// Replaces (`Some`) or deletes (`None`) object `key` of the test bucket, as damage would:
 /// with the test's own client, not hoard's.
-fn tamper(bucket_url: &str, key: &str, bytes: Option<Vec<u8>>) {
+pub fn tamper(bucket_url: &str, key: &str, bytes: Option<Vec<u8>>) {
     use object_store::ObjectStore;
     let bucket = bucket_url
         .trim_start_matches("s3://")

@@ -1,12 +1,11 @@
 //! [`Catalog`] on PostgreSQL: each method one statement (or one short transaction), a batch of
-//! ids one array parameter. Name changes are atomic in the database itself: a new version's
-//! number is computed in the statement that inserts it, and a writer that lost the race to
-//! the same number (a unique violation) tries again with the next.
+//! ids one array parameter. Name changes are transactions under the name's lock (`meta.rs`),
+//! so two writers never lose a version. With the bucket's copy of the metadata
+//! (`bucket_meta.rs`), every page, manifest and name is written there first.
 
 use std::collections::HashSet;
 
 use tokio_postgres::Row;
-use tokio_postgres::error::SqlState;
 
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
@@ -16,14 +15,12 @@ use crate::store::catalog::Catalog;
 use crate::store::engine::wait;
 use crate::store::pack::ChunkLoc;
 use crate::store::pg::PgCatalog;
-use crate::store::{NameRecord, NameVersion, TailRun, UploadKind};
+use crate::store::{JournalCheck, NameRecord, NameVersion, TailRun, UploadKind};
 
 /// Ids sent in one statement at most (larger batches are split; each part one round trip).
 const BATCH: usize = 100_000;
 /// Rows fetched per round trip when walking the chunk table.
 const WALK: i32 = 10_000;
-/// Times a name change is tried when other writers keep taking the next version number.
-const NAME_RACES: u32 = 64;
 
 fn kind_code(kind: UploadKind) -> i16 {
     match kind {
@@ -33,7 +30,7 @@ fn kind_code(kind: UploadKind) -> i16 {
 }
 
 /// `ids` as one `bytea[]` parameter.
-fn id_array<'a>(ids: impl IntoIterator<Item = &'a Hash>) -> Vec<&'a [u8]> {
+pub(super) fn id_array<'a>(ids: impl IntoIterator<Item = &'a Hash>) -> Vec<&'a [u8]> {
     ids.into_iter().map(|h| &h.as_bytes()[..]).collect()
 }
 
@@ -84,7 +81,7 @@ fn version_of(row: &Row, at: usize) -> Result<NameVersion> {
 }
 
 /// The history in `rows` (file_id, size, added; oldest first), or `None` for no rows.
-fn record_of(rows: &[Row]) -> Result<Option<NameRecord>> {
+pub(super) fn record_of(rows: &[Row]) -> Result<Option<NameRecord>> {
     if rows.is_empty() {
         return Ok(None);
     }
@@ -270,6 +267,9 @@ impl Catalog for PgCatalog {
     }
 
     fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
+        if let Some(log) = &self.log {
+            log.put_page(hash, bytes)?;
+        }
         self.run(
             true,
             "cannot store a manifest page in the index at",
@@ -310,6 +310,9 @@ impl Catalog for PgCatalog {
     }
 
     fn remove_pages(&self, hashes: &[Hash]) -> Result<()> {
+        if let Some(log) = &self.log {
+            log.delete_pages(hashes)?;
+        }
         for part in hashes.chunks(BATCH) {
             let arr = id_array(part);
             self.run(
@@ -326,6 +329,9 @@ impl Catalog for PgCatalog {
 
     fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
         let bytes = manifest.encode();
+        if let Some(log) = &self.log {
+            log.put_manifest(&manifest.file_id, &bytes)?;
+        }
         let id = &manifest.file_id.as_bytes()[..];
         self.run(true, "cannot store a manifest in the index at", async |c| {
             c.execute(
@@ -374,6 +380,9 @@ impl Catalog for PgCatalog {
     }
 
     fn remove_manifest(&self, file_id: &Hash) -> Result<bool> {
+        if let Some(log) = &self.log {
+            log.delete_manifest(file_id)?;
+        }
         let id = &file_id.as_bytes()[..];
         let n = self.run(
             false,
@@ -387,40 +396,11 @@ impl Catalog for PgCatalog {
     }
 
     fn push_name(&self, name: &str, version: NameVersion) -> Result<NameRecord> {
-        let id = &version.file_id.as_bytes()[..];
-        let (size, added) = (version.size as i64, version.added as i64);
-        // The new number is the last one + 1, computed where it is inserted; the versions
-        // before it come from the same statement's snapshot.
-        for _ in 0..NAME_RACES {
-            let got = self.run(false, "cannot record a name in the index at", async |c| {
-                match c
-                    .query(
-                        "WITH v AS (INSERT INTO name_versions (name, version, file_id, size, added) \
-                           SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4 \
-                           FROM name_versions WHERE name = $1 RETURNING version) \
-                         SELECT file_id, size, added FROM name_versions \
-                         WHERE name = $1 AND version < (SELECT version FROM v) ORDER BY version",
-                        &[&name, &id, &size, &added],
-                    )
-                    .await
-                {
-                    Ok(rows) => Ok(Some(rows)),
-                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })?;
-            if let Some(rows) = got {
-                let mut rec = record_of(&rows)?.unwrap_or_default();
-                rec.versions.push(version);
-                return Ok(rec);
-            }
-        }
-        Err(Error::Engine {
-            action: "cannot record a name in the index at",
-            at: self.at.clone(),
-            detail: format!("{NAME_RACES} other writers took {name:?}'s next version first"),
-            unreachable: true,
-        })
+        let (_, new) = self.change_name(name, false, |mut rec| {
+            rec.versions.push(version.clone());
+            Some(rec)
+        })?;
+        Ok(new.unwrap_or_default())
     }
 
     fn get_name(&self, name: &str) -> Result<Option<NameRecord>> {
@@ -455,37 +435,13 @@ impl Catalog for PgCatalog {
     }
 
     fn remove_name(&self, name: &str) -> Result<Option<NameRecord>> {
-        let rows = self.run(false, "cannot remove a name from the index at", async |c| {
-            c.query(
-                "WITH d AS (DELETE FROM name_versions WHERE name = $1 \
-                   RETURNING version, file_id, size, added) \
-                 SELECT file_id, size, added FROM d ORDER BY version",
-                &[&name],
-            )
-            .await
-        })?;
-        record_of(&rows)
+        let (old, _) = self.change_name(name, false, |_| Some(NameRecord::default()))?;
+        Ok(old)
     }
 
     fn put_name(&self, name: &str, record: &NameRecord) -> Result<()> {
-        // The whole history replaced in one transaction, numbered 1..n.
-        let numbers: Vec<i32> = (1..=record.versions.len() as i32).collect();
-        let ids = id_array(record.versions.iter().map(|v| &v.file_id));
-        let sizes: Vec<i64> = record.versions.iter().map(|v| v.size as i64).collect();
-        let added: Vec<i64> = record.versions.iter().map(|v| v.added as i64).collect();
-        self.run(true, "cannot record a name in the index at", async |c| {
-            let mut c = c;
-            let tx = c.transaction().await?;
-            tx.execute("DELETE FROM name_versions WHERE name = $1", &[&name])
-                .await?;
-            tx.execute(
-                "INSERT INTO name_versions (name, version, file_id, size, added) \
-                 SELECT $1, * FROM unnest($2::int4[], $3::bytea[], $4::int8[], $5::int8[])",
-                &[&name, &numbers, &ids, &sizes, &added],
-            )
-            .await?;
-            tx.commit().await
-        })
+        self.change_name(name, true, |_| Some(record.clone()))
+            .map(drop)
     }
 
     fn put_upload(&self, kind: UploadKind, id: &[u8; 16], record: &[u8]) -> Result<()> {
@@ -629,6 +585,20 @@ impl Catalog for PgCatalog {
         )
         .ok()
         .flatten()
+    }
+
+    fn check_log(&self, repair: bool) -> Result<Option<JournalCheck>> {
+        match &self.log {
+            Some(log) => self.check_bucket(log, repair).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn compact_log(&self) -> Result<()> {
+        if let Some(log) = &self.log {
+            log.tidy_names()?;
+        }
+        Ok(())
     }
 
     fn save_check_progress(&self, progress: Option<&[u8]>) -> Result<()> {

@@ -10,7 +10,10 @@
 //! the index as `postgres://USER@HOST:PORT/DB`.
 
 mod catalog;
+mod meta;
 pub mod schema;
+
+pub use meta::{Loaded, Rebuild};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use tokio_postgres::{NoTls, config::Host};
 
 use crate::config::{ChunkerParams, StoreConfig};
 use crate::error::{Error, Result};
+use crate::store::bucket_meta::BucketMeta;
 use crate::store::engine::{spawn, wait};
 
 /// Connections one process keeps open at most.
@@ -41,6 +45,8 @@ pub struct PgCatalog {
     /// The index as `postgres://USER@HOST:PORT/DB`: for messages, never with a password.
     at: String,
     config: StoreConfig,
+    /// The bucket's copy of the metadata, written ahead of every change to it.
+    log: Option<BucketMeta>,
 }
 
 /// `postgres://USER@HOST:PORT/DB` for `cfg`, with no password.
@@ -147,6 +153,7 @@ impl PgCatalog {
             _lock: lock,
             at,
             config: StoreConfig::default(),
+            log: None,
         };
         let created = catalog.start(bucket, create, requested)?;
         Ok((catalog, created))
@@ -281,6 +288,17 @@ impl PgCatalog {
         }
         self.config = existing;
         Ok(created)
+    }
+
+    /// Writes every change to manifest pages, manifests and names to `meta` before the
+    /// database (a remote store's catalog does; the bucket can then rebuild the database).
+    pub fn write_ahead_to(&mut self, meta: BucketMeta) {
+        self.log = Some(meta);
+    }
+
+    /// The bucket's copy of the metadata, if the catalog writes one.
+    pub fn log(&self) -> Option<&BucketMeta> {
+        self.log.as_ref()
     }
 
     /// The index, as `postgres://USER@HOST:PORT/DB`.

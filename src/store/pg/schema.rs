@@ -19,8 +19,13 @@
 //!                versioned format)
 //! tus_tails      id bytea PK -> position int8, bytes bytea, meta bytea: stream bytes from
 //!                `position` on
-//! hoard_state    key text PK -> value bytea: "fsck" = a chunk check's saved progress
+//! hoard_state    key text PK -> value bytea: "fsck" = a chunk check's saved progress,
+//!                "rebuild" = how far a rebuild from the bucket got ("meta": loading the
+//!                metadata; "chunks": the packs are still to be re-indexed)
 //! ```
+//!
+//! Version 2 adds `name_gen`, a sequence: the generation of each name object written to the
+//! bucket (`bucket_meta.rs`), taken under the name's lock in the transaction that changes it.
 
 /// The schema version this binary writes and understands.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -32,7 +37,8 @@ pub const MIGRATION_LOCK: i64 = 0x686f_6172_6400_0001;
 pub const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS hoard_schema (version int4 NOT NULL)";
 
 /// Step `i` takes the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hoard_store (
     singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
     bucket text NOT NULL,
@@ -73,4 +79,6 @@ CREATE TABLE tus_tails (
     meta bytea NOT NULL
 );
 CREATE TABLE hoard_state (key text PRIMARY KEY, value bytea NOT NULL);
-"#];
+"#,
+    "CREATE SEQUENCE name_gen AS int8 MINVALUE 1",
+];
