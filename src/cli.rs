@@ -65,6 +65,9 @@ enum Command {
     Push(remote::PushArgs),
     /// Fetch a file from a server, reusing chunks found locally.
     Pull(remote::PullArgs),
+    /// Copy files with their names' history from one store to another (directory or
+    /// bucket); only the chunks the target lacks cross, each verified.
+    Copy(crate::copying::CopyArgs),
 }
 
 #[derive(Args)]
@@ -196,6 +199,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let local = cli.store.as_deref().filter(|p| !location::is_url(p));
             remote::pull(local, &a)
         }
+        Command::Copy(a) => crate::copying::copy(&a),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod chunker;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod copy;
 pub mod error;
 pub mod fsck;
 pub mod gc;

@@ -6,6 +6,7 @@ use clap::Parser;
 
 mod args;
 mod cli;
+mod copying;
 mod location;
 mod output;
 mod remote;

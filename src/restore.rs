@@ -17,7 +17,7 @@ use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest, Page};
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, StoredChunk};
 
 /// Uncompressed bytes decoded per parallel batch = 8 MiB.
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
@@ -64,6 +64,23 @@ fn decode_checked(
         });
     }
     codec::decode_into(&r.id, codec, payload, out)
+}
+
+/// Checks that `chunk`, as stored, decodes to the `r.len` bytes that hash to `r.id` (decoded
+/// into a buffer of the calling thread's, reused).
+///
+/// # Errors
+/// [`Error::LengthMismatch`], [`Error::Corrupt`].
+pub fn verify_stored(r: &ChunkRef, chunk: &StoredChunk) -> Result<()> {
+    thread_local! {
+        static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    OUT.with(|cell| {
+        let mut out = cell.borrow_mut();
+        out.resize(r.len as usize, 0);
+        decode_checked(r, chunk.codec, chunk.raw_len, &chunk.payload, &mut out)?;
+        check_hash(&r.id, &out)
+    })
 }
 
 /// Checks that `out`, just decoded, hashes to `id`.
@@ -163,6 +180,20 @@ pub fn for_each_page_in(
     from: u64,
     mut f: impl FnMut(u64, Page) -> Result<bool>,
 ) -> Result<()> {
+    walk_pages(store, manifest, from, |start, _, page| f(start, page))
+}
+
+/// As [`for_each_page_in`], with each page's encoded bytes too (as stored: they hash to the
+/// manifest's page hash).
+///
+/// # Errors
+/// Missing or damaged pages, or whatever `f` returns.
+pub fn walk_pages(
+    store: &dyn ChunkStore,
+    manifest: &Manifest,
+    from: u64,
+    mut f: impl FnMut(u64, Vec<u8>, Page) -> Result<bool>,
+) -> Result<()> {
     let mut offset = 0u64;
     for pref in &manifest.pages {
         let start = offset;
@@ -179,7 +210,7 @@ pub fn for_each_page_in(
         }
         let page = Page::decode(&bytes)?;
         manifest.check_page(pref, &page)?;
-        if !f(start, page)? {
+        if !f(start, bytes, page)? {
             break;
         }
     }

@@ -3,6 +3,7 @@
 mod integration {
     pub mod cli;
     pub mod concurrent;
+    pub mod copy;
     pub mod crash;
     pub mod data;
     pub mod dedup;

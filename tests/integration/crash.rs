@@ -17,7 +17,7 @@ use super::support::{Scratch, hoard, ok};
 
 /// Starts `cmd`, waits a random 0..`max_ms` ms, kills it with SIGKILL. True if it had
 /// already finished successfully (then what it did counts as done).
-fn kill_after(mut cmd: Command, rng: &mut StdRng, max_ms: u64) -> bool {
+pub fn kill_after(mut cmd: Command, rng: &mut StdRng, max_ms: u64) -> bool {
     let mut child: Child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
