@@ -7,6 +7,8 @@
 #
 #   .ci/engines.sh start DIR   # writes DIR/engines.env (source it) once both answer
 #   .ci/engines.sh stop DIR    # stops both by the PIDs in DIR/engines.env
+#   .ci/engines.sh stop-pg DIR | start-pg DIR       # an outage of PostgreSQL (fast shutdown)
+#   .ci/engines.sh stop-weed DIR | start-weed DIR   # an outage of SeaweedFS (SIGKILL), data kept
 #
 # engines.env sets HOARD_TEST_INDEX (postgres://postgres@127.0.0.1:PORT/hoard), HOARD_TEST_BUCKET
 # (s3://hoard-test), AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
@@ -41,10 +43,71 @@ stop() {
     rm -f "$envfile"
 }
 
-if [ "$cmd" = stop ]; then
-    stop
-    exit 0
-fi
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pgbin=/usr/lib/postgresql/15/bin
+
+# Sets NAME=VALUE in engines.env (a restarted engine has a new PID).
+set_env() {
+    sed -i "s|^export $1=.*|export $1=$2|" "$envfile"
+}
+
+# Starts weed with the arguments given (its log appended to), in the background.
+start_weed() {
+    "$@" >>"$dir/weed.log" 2>&1 &
+    weed_pid=$!
+}
+
+# Waits until SeaweedFS takes a CreateBucket (it answers 403 until its filer is up: up to
+# 60 s on a loaded 2-core machine), signing with SigV4 from Python's standard library.
+weed_ready() {
+    for _ in $(seq 1 120); do
+        if ! kill -0 "$weed_pid" 2>/dev/null; then
+            echo "weed server exited; its log:" >&2
+            tail -20 "$dir/weed.log" >&2
+            return 1
+        fi
+        if python3 .ci/s3_make_bucket.py "$1" "$2" "$3" hoard-test 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    echo "SeaweedFS S3 at $1 did not take a CreateBucket in 60 s; its log:" >&2
+    tail -20 "$dir/weed.log" >&2
+    return 1
+}
+
+case "$cmd" in
+    stop)
+        stop
+        exit 0
+        ;;
+    stop-pg)
+        as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null
+        exit 0
+        ;;
+    start-pg)
+        as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 \
+            -o "$(cat "$dir/pg/options")" start >/dev/null
+        set_env ENGINES_PG_PID "$(head -1 "$dir/pg/data/postmaster.pid")"
+        exit 0
+        ;;
+    stop-weed)
+        # shellcheck disable=SC1090
+        . "$envfile"
+        kill -9 "$ENGINES_WEED_PID" 2>/dev/null || true
+        while kill -0 "$ENGINES_WEED_PID" 2>/dev/null; do sleep 0.1; done
+        exit 0
+        ;;
+    start-weed)
+        # shellcheck disable=SC1090
+        . "$envfile"
+        mapfile -t args <"$dir/weed.args"
+        start_weed "${args[@]}"
+        set_env ENGINES_WEED_PID "$weed_pid"
+        weed_ready "$AWS_ENDPOINT_URL" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"
+        exit $?
+        ;;
+esac
 [ "$cmd" = start ] || { echo "usage: .ci/engines.sh start|stop DIR" >&2; exit 2; }
 stop
 
@@ -62,16 +125,15 @@ EOF
 )
 
 # PostgreSQL.
-pgbin=/usr/lib/postgresql/15/bin
 if [ ! -x "$pgbin/initdb" ]; then
     apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
 fi
 rm -rf "$dir/pg"
 install -d -o postgres -g postgres "$dir/pg"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 as_pg "$pgbin/initdb" -D "$dir/pg/data" -A trust -U postgres >"$dir/pg/initdb.log" 2>&1
+echo "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=on" >"$dir/pg/options"
 as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 \
-    -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=on" start >/dev/null
+    -o "$(cat "$dir/pg/options")" start >/dev/null
 pg_pid="$(head -1 "$dir/pg/data/postmaster.pid")"
 as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres hoard
 
@@ -89,16 +151,19 @@ cat >"$dir/s3.json" <<EOF
 EOF
 rm -rf "$dir/weed"
 mkdir -p "$dir/weed"
-"$venv/bin/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/weed" \
-    -master.port="$master" -master.port.grpc="$master_grpc" -master.telemetry=false \
-    -volume.port="$volume" -volume.port.grpc="$volume_grpc" -volume.max=0 \
-    -master.volumeSizeLimitMB=1024 \
-    -filer -filer.port="$filer" -filer.port.grpc="$filer_grpc" \
-    -s3 -s3.port="$s3" -s3.port.grpc="$s3_grpc" -s3.config="$dir/s3.json" \
-    -s3.port.iceberg=0 -s3.port.lance=0 >"$dir/weed.log" 2>&1 &
-weed_pid=$!
+weed_args=("$venv/bin/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/weed"
+    -master.port="$master" -master.port.grpc="$master_grpc" -master.telemetry=false
+    -volume.port="$volume" -volume.port.grpc="$volume_grpc" -volume.max=0
+    -master.volumeSizeLimitMB=1024
+    -filer -filer.port="$filer" -filer.port.grpc="$filer_grpc"
+    -s3 -s3.port="$s3" -s3.port.grpc="$s3_grpc" -s3.config="$dir/s3.json"
+    -s3.port.iceberg=0 -s3.port.lance=0)
+printf '%s\n' "${weed_args[@]}" >"$dir/weed.args"
+: >"$dir/weed.log"
+start_weed "${weed_args[@]}"
 
 cat >"$envfile" <<EOF
+export ENGINES_DIR=$dir
 export ENGINES_PG_PID=$pg_pid
 export ENGINES_WEED_PID=$weed_pid
 export HOARD_TEST_INDEX=postgres://postgres@127.0.0.1:$pg_port/hoard
@@ -110,25 +175,7 @@ export AWS_REGION=us-east-1
 export AWS_ALLOW_HTTP=true
 EOF
 
-# The S3 port answers 403 until the filer is up: wait until the bucket can be made (up to 60 s
-# on a loaded 2-core machine), signing with SigV4 from Python's standard library.
-ready=0
-for _ in $(seq 1 120); do
-    if ! kill -0 "$weed_pid" 2>/dev/null; then
-        echo "weed server exited; its log:" >&2
-        tail -20 "$dir/weed.log" >&2
-        stop
-        exit 1
-    fi
-    if python3 "$(dirname "$0")/s3_make_bucket.py" "http://127.0.0.1:$s3" "$key" "$secret" hoard-test 2>/dev/null; then
-        ready=1
-        break
-    fi
-    sleep 0.5
-done
-if [ "$ready" != 1 ]; then
-    echo "SeaweedFS S3 on 127.0.0.1:$s3 did not take a CreateBucket in 60 s; its log:" >&2
-    tail -20 "$dir/weed.log" >&2
+if ! weed_ready "http://127.0.0.1:$s3" "$key" "$secret"; then
     stop
     exit 1
 fi

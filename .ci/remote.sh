@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tests that need real engines: starts PostgreSQL and SeaweedFS on loopback
-# (.ci/engines.sh), runs the integration tests that use them with their variables set, and
-# stops both by PID whatever happens.
+# (.ci/engines.sh), runs the integration tests that use them with their variables set (then,
+# alone, the ones that stop an engine mid-push), and stops both by PID whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Under /tmp, so the postgres user (PostgreSQL refuses to run as root) can reach its cluster
@@ -13,3 +13,5 @@ trap '.ci/engines.sh stop "$dir"; rm -rf "$dir"' EXIT
 # shellcheck disable=SC1091
 . "$dir/engines.env"
 cargo test --test integration -- --nocapture bucket_ pg_ remote_
+# Last and alone: these stop and start the engines under the others' feet.
+HOARD_TEST_OUTAGES=1 cargo test --test integration -- --nocapture --test-threads=1 outage_

@@ -57,7 +57,10 @@ def main() -> int:
             return 0 if resp.status in (200, 204) else 1
     except urllib.error.HTTPError as e:
         body = e.read().decode(errors="replace")
-        return 0 if e.code == 409 and "BucketAlreadyOwnedByYou" in body else 1
+        # There already: ours, or (SeaweedFS restarted on its data) one it no longer counts
+        # as owned; either way it answers signed requests again.
+        there = "BucketAlreadyOwnedByYou" in body or "BucketAlreadyExists" in body
+        return 0 if e.code == 409 and there else 1
     except OSError:
         return 1
 

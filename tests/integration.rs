@@ -14,6 +14,7 @@ mod integration {
     pub mod hardening;
     pub mod lifecycle;
     pub mod net;
+    pub mod outage;
     pub mod properties;
     pub mod push_pull;
     pub mod remote_rebuild;

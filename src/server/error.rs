@@ -143,6 +143,9 @@ fn lib_status(e: &Error) -> (StatusCode, &'static str) {
     }
 }
 
+/// Seconds a client is asked to wait after a bucket or database did not answer.
+const ENGINE_RETRY_AFTER: u32 = 5;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status();
@@ -154,13 +157,23 @@ impl IntoResponse for ApiError {
                 }
                 other => tracing::error!(error = ?other, "request failed"),
             }
-            let message = if status == StatusCode::INSUFFICIENT_STORAGE {
-                "the server's disk is full; nothing of this request was kept: try again once the operator has freed space"
-            } else {
-                "internal error; the server log has the details"
+            let message = match status {
+                StatusCode::INSUFFICIENT_STORAGE => {
+                    "the server's disk is full; nothing of this request was kept: try again once the operator has freed space"
+                }
+                // An engine that did not answer (which one, and where, goes to the log).
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    "the store's object store or index database did not answer; nothing of this request was kept: try again shortly"
+                }
+                _ => "internal error; the server log has the details",
             };
             let body = json!({ "error": code, "message": message });
-            return (status, Json(body)).into_response();
+            let mut resp = (status, Json(body)).into_response();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(ENGINE_RETRY_AFTER));
+            }
+            return resp;
         }
         let message = self.message();
         let mut body = json!({ "error": code, "message": message });

@@ -182,19 +182,20 @@ fn run(store: &dyn ChunkStore, rx: &mpsc::Receiver<Request>) {
         let (sync_tx, sync_rx) = mpsc::sync_channel::<Appended>(1);
         let (ack_tx, ack_rx) = mpsc::channel::<bool>();
         s.spawn(move || {
-            let mut failed_generation = None;
+            // The writer generation whose commit failed, and how.
+            let mut failed: Option<(u64, Error)> = None;
             for a in sync_rx {
-                let done = if failed_generation == Some(a.generation) {
-                    Err(Error::stage_stopped(
+                let done = match &failed {
+                    Some((g, e)) if *g == a.generation => Err(again(
+                        e,
                         "an earlier commit of the chunk writer failed; send the chunks again",
-                    ))
-                } else {
-                    a.commit.map_or(Ok(()), |c| c.finish())
+                    )),
+                    _ => a.commit.map_or(Ok(()), |c| c.finish()),
                 };
-                let ok = done.is_ok();
-                if !ok {
-                    failed_generation = Some(a.generation);
+                if let Err(e) = &done {
+                    failed = Some((a.generation, again(e, "cannot store chunks")));
                 }
+                let ok = done.is_ok();
                 match done {
                     Ok(()) => {
                         for (req, rep) in a.round.into_iter().zip(a.reports) {
@@ -260,21 +261,40 @@ fn run(store: &dyn ChunkStore, rx: &mpsc::Receiver<Request>) {
 
 /// Answers every request of `round` with `e` (the first gets `e` itself).
 fn fail(round: Vec<Request>, e: Error) {
-    let kind = if e.is_no_space() {
-        std::io::ErrorKind::StorageFull
-    } else {
-        std::io::ErrorKind::Other
+    let mut requests = round.into_iter();
+    let Some(first) = requests.next() else {
+        return;
     };
-    let text = format!("{e:#}");
-    let mut first = Some(e);
-    for req in round {
-        let err = first.take().unwrap_or_else(|| {
-            Error::Stream(
-                "cannot store chunks",
-                std::io::Error::new(kind, text.clone()),
-            )
-        });
-        (req.done)(Err(err));
+    for req in requests {
+        (req.done)(Err(again(&e, "cannot store chunks")));
+    }
+    (first.done)(Err(e));
+}
+
+/// `e` once more, for another request that fails with it (`Error` is not `Clone`): a bucket
+/// or database that did not answer stays that (a server answers 503, try again), a full disk
+/// stays one (507); anything else is its text under `stage`.
+fn again(e: &Error, stage: &'static str) -> Error {
+    match e {
+        Error::Engine {
+            action,
+            at,
+            detail,
+            unreachable,
+        } => Error::Engine {
+            action,
+            at: at.clone(),
+            detail: detail.clone(),
+            unreachable: *unreachable,
+        },
+        _ => {
+            let kind = if e.is_no_space() {
+                std::io::ErrorKind::StorageFull
+            } else {
+                std::io::ErrorKind::Other
+            };
+            Error::Stream(stage, std::io::Error::new(kind, format!("{e:#}")))
+        }
     }
 }
 

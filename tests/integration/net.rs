@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -234,7 +234,16 @@ impl ChildServer {
     }
 
     fn spawn(store: &Path, stderr: Stdio) -> Self {
-        let mut child = super::support::hoard(store)
+        Self::spawn_from(super::support::hoard(store), stderr)
+    }
+
+    /// `serve` on loopback from `hoard` (a command with its store flags given).
+    pub fn start_from(hoard: Command) -> Self {
+        Self::spawn_from(hoard, Stdio::null())
+    }
+
+    fn spawn_from(mut hoard: Command, stderr: Stdio) -> Self {
+        let mut child = hoard
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

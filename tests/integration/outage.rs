@@ -1,0 +1,112 @@
+//! An engine stopped in the middle of a push to a server on a bucket store, then started
+//! again: the push fails with one clear line (or had finished), nothing committed is lost, and
+//! the same push run again completes. These stop the shared PostgreSQL and SeaweedFS, so
+//! `.ci/remote.sh` runs them alone, after the other remote tests, with `HOARD_TEST_OUTAGES=1`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::integration::data::{edit, mixed};
+use crate::integration::engines;
+use crate::integration::net::ChildServer;
+use crate::integration::remote_store::{json, remote};
+use crate::integration::support::{Scratch, ok};
+
+/// `.ci/engines.sh ACTION $ENGINES_DIR`: stops or starts one engine.
+fn engines_sh(action: &str) {
+    let dir = std::env::var("ENGINES_DIR").expect("ENGINES_DIR from engines.env");
+    let st = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/engines.sh"))
+        .args([action, &dir])
+        .status()
+        .unwrap();
+    assert!(st.success(), ".ci/engines.sh {action} failed");
+}
+
+/// Starts the stopped engine when dropped.
+struct Restart(&'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        engines_sh(self.0);
+    }
+}
+
+fn push(server: &ChildServer, name: &str, file: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hoard"));
+    c.args(["push", "--name", name, "--server", &server.url])
+        .arg(file);
+    c
+}
+
+fn outage_mid_push(test: &str, stop: &str, start: &'static str) {
+    if std::env::var_os("HOARD_TEST_OUTAGES").is_none() {
+        eprintln!("HOARD_TEST_OUTAGES not set: skipping {test} (.ci/remote.sh runs it alone)");
+        return;
+    }
+    let (Some(bucket), Some(index)) = (engines::bucket(test), engines::index(test)) else {
+        return;
+    };
+    let s = Scratch::new();
+    let before = mixed(4 << 20, 71);
+    let big = edit(&mixed(64 << 20, 72), 50, 73);
+    let (f_before, f_big) = (s.file("before", &before), s.file("big", &big));
+    let server = ChildServer::start_from(remote(&bucket, &index));
+    ok(&mut push(&server, "before", &f_before));
+
+    let mut cut = push(&server, "big", &f_big)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    engines_sh(stop);
+    // Started again whatever happens below, so later tests find it up.
+    let _restart = Restart(start);
+    // The push ends by itself (the client's and the server's timeouts are bounded).
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = cut.try_wait().unwrap() {
+            break st;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "push hung");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::io::read_to_string(cut.stderr.take().unwrap()).unwrap();
+    eprintln!("{test}: push during the outage: {status}: {err}");
+    if !status.success() {
+        // The client's retries are logged as they happen; the error is its last line.
+        assert_eq!(status.code(), Some(1), "{err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(last.starts_with("hoard: "), "{err}");
+        assert!(
+            last.contains("try again") || last.contains("unavailable"),
+            "says what to do: {err}"
+        );
+    }
+    drop(_restart);
+    let r = json(&ok(push(&server, "big", &f_big).arg("--json")));
+    eprintln!("{test}: the push again: {r}");
+    server.kill();
+
+    for (name, data) in [("before", &before), ("big", &big)] {
+        let dest = s.path(&format!("out-{name}"));
+        ok(remote(&bucket, &index).args(["export", name]).arg(&dest));
+        assert!(
+            std::fs::read(&dest).unwrap() == *data,
+            "{name} byte-identical"
+        );
+    }
+    let r = json(&ok(remote(&bucket, &index).args(["fsck", "--json"])));
+    assert_eq!(r["clean"], true, "{r}");
+}
+
+#[test]
+fn outage_of_the_database_mid_push() {
+    outage_mid_push("outage_database", "stop-pg", "start-pg");
+}
+
+#[test]
+fn outage_of_the_object_store_mid_push() {
+    outage_mid_push("outage_object_store", "stop-weed", "start-weed");
+}
