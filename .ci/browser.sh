@@ -2,8 +2,9 @@
 # The browser page and tus in a real browser: Debian's chromium (apt), headless, driven by
 # playwright-core; tus-js-client as a third-party client (both from npm, versions pinned in
 # tests/browser/package-lock.json). First the page's own JavaScript (FastCDC, BLAKE3) against
-# the test vectors the Rust tests use, then tests/browser/page.test.mjs against a live server.
-# Screenshots and figures land in target/browser/.
+# the test vectors the Rust tests use, then tests/browser/page.test.mjs against a live server,
+# on a directory store and then on a bucket store. Screenshots and figures land in
+# target/browser/ (and target/browser/remote/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x /usr/bin/chromium ]; then
@@ -21,4 +22,13 @@ node --test tests/js/
 echo "== the page and tus-js-client in chromium"
 cargo build --quiet --bin hoard
 timeout 900 node --test --test-timeout=600000 tests/browser/page.test.mjs
-ls -l target/browser/
+echo "== the same, on a store in a bucket (PostgreSQL and SeaweedFS on loopback)"
+dir="$(mktemp -d /tmp/hoard-engines.XXXXXX)"
+chmod 755 "$dir"
+trap '.ci/engines.sh stop "$dir"; rm -rf "$dir"' EXIT
+.ci/engines.sh start "$dir"
+# shellcheck disable=SC1091
+. "$dir/engines.env"
+HOARD_BROWSER_STORE="$HOARD_TEST_BUCKET/browser" HOARD_BROWSER_INDEX="$HOARD_TEST_INDEX" \
+    timeout 900 node --test --test-timeout=600000 tests/browser/page.test.mjs
+ls -l target/browser/ target/browser/remote/

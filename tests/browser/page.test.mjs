@@ -25,7 +25,11 @@ import { chromium } from 'playwright-core';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const HOARD = process.env.HOARD_BIN ?? path.join(ROOT, 'target', 'debug', 'hoard');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const OUT = path.join(ROOT, 'target', 'browser');
+// HOARD_BROWSER_STORE (s3://BUCKET/PREFIX) with HOARD_BROWSER_INDEX runs the same tests on a
+// store in a bucket (.ci/browser.sh does, on engines of its own); figures then go to
+// target/browser/remote/.
+const REMOTE = process.env.HOARD_BROWSER_STORE;
+const OUT = path.join(ROOT, 'target', 'browser', ...(REMOTE ? ['remote'] : []));
 const TOKEN = 'browser-test-token';
 const MIB = 1 << 20;
 const SIZE = 100 * MIB;
@@ -129,11 +133,22 @@ async function hookEvent(want, ms = 60000) {
 }
 
 async function startServer(corsOrigin) {
+  const store = REMOTE
+    ? ['--store', REMOTE, '--index', process.env.HOARD_BROWSER_INDEX]
+    : ['--store', path.join(work, 'store')];
   const proc = spawn(HOARD, [
-    '--store', path.join(work, 'store'), 'serve', '--listen', '127.0.0.1:0',
+    ...store, 'serve', '--listen', '127.0.0.1:0',
     '--token', TOKEN, '--hook-url', hooks.url, '--cors-origin', corsOrigin,
   ], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } });
-  const [line] = await once(readline.createInterface({ input: proc.stdout }), 'line');
+  // A server that cannot start (its store refused) exits instead of listening.
+  const exited = once(proc, 'exit').then(([code]) => {
+    throw new Error(`hoard serve exited with ${code} before listening`);
+  });
+  const [line] = await Promise.race([
+    once(readline.createInterface({ input: proc.stdout }), 'line'),
+    exited,
+  ]);
+  exited.catch(() => {});
   assert.match(line, /^listening on /);
   return { proc, url: line.replace('listening on ', '') };
 }
