@@ -131,7 +131,9 @@ fi
 rm -rf "$dir/pg"
 install -d -o postgres -g postgres "$dir/pg"
 as_pg "$pgbin/initdb" -D "$dir/pg/data" -A trust -U postgres >"$dir/pg/initdb.log" 2>&1
-echo "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=on" >"$dir/pg/options"
+# shared_buffers holds the chunk index of a large store (benches/remote.rs adds 10 million).
+echo "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=on -c shared_buffers=1GB" \
+    >"$dir/pg/options"
 as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 \
     -o "$(cat "$dir/pg/options")" start >/dev/null
 pg_pid="$(head -1 "$dir/pg/data/postmaster.pid")"

@@ -436,16 +436,40 @@ pub fn hash_arriving(
         let run = &run[..present];
         let len: usize = run.iter().map(|r| r.len as usize).sum();
         buf.resize(len, 0);
+        // Just uploaded and already decoded to check it: no second decode.
+        let from_upload: Vec<Option<bytes::Bytes>> = run
+            .iter()
+            .map(|r| cached(&r.id).filter(|b| b.len() == r.len as usize))
+            .collect();
+        // A store behind a network reads the rest in one batch (few requests, several at
+        // once); any other reads each on its decoding thread.
+        let mut stored: Vec<Option<StoredChunk>> = run.iter().map(|_| None).collect();
+        if store.batches_reads() {
+            let ids: Vec<Hash> = run
+                .iter()
+                .zip(&from_upload)
+                .filter(|(_, b)| b.is_none())
+                .map(|(r, _)| r.id)
+                .collect();
+            let mut got = store.read_chunks(&ids)?.into_iter();
+            for (slot, b) in stored.iter_mut().zip(&from_upload) {
+                if b.is_none() {
+                    *slot = got.next();
+                }
+            }
+        }
         split_mut(&mut buf, run.iter().map(|r| r.len as usize))
             .into_par_iter()
             .zip(run)
-            .try_for_each(|(out, r)| match cached(&r.id) {
-                // Just uploaded and already decoded to check it: no second decode.
-                Some(b) if b.len() == out.len() => {
+            .zip(from_upload)
+            .zip(stored)
+            .try_for_each(|(((out, r), b), c)| match (b, c) {
+                (Some(b), _) => {
                     out.copy_from_slice(&b);
                     Ok(())
                 }
-                _ => read_decoded_into(store, r, out),
+                (None, Some(c)) => decode_checked(r, c.codec, c.raw_len, &c.payload, out),
+                (None, None) => read_decoded_into(store, r, out),
             })?;
         hasher.update_rayon(&buf);
         queued_bytes -= len as u64;

@@ -11,6 +11,7 @@
 
 pub mod bucket;
 pub mod bucket_meta;
+mod cache;
 pub mod catalog;
 mod check;
 mod compact;

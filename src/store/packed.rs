@@ -18,6 +18,7 @@ use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
+use crate::store::cache::{CACHE_BYTES, EntryCache};
 use crate::store::catalog::Catalog;
 use crate::store::pack::ChunkLoc;
 use crate::store::packs::{PackSink, PackStorage, PackSync, read_entries, read_entry};
@@ -34,6 +35,8 @@ pub struct PackedStore<P, C> {
     /// Packs a writer may still append to, or whose entries are not recorded yet: compaction
     /// leaves them alone, and a check reads them only as far as the catalog knows them.
     busy: Arc<Mutex<HashMap<u64, usize>>>,
+    /// Recently read entries, where every read is a request (`cache.rs`).
+    cache: Option<EntryCache>,
 }
 
 /// Marks a pack busy until dropped (counted: a writer and its commits in flight each hold one).
@@ -57,7 +60,9 @@ impl Drop for Busy {
 impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     /// The store made of `packs` and `catalog`.
     pub fn new(packs: P, catalog: C) -> Self {
+        let cache = packs.batches_reads().then(|| EntryCache::new(CACHE_BYTES));
         PackedStore {
+            cache,
             packs,
             catalog: Arc::new(catalog),
             guard: Guard::default(),
@@ -222,8 +227,18 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
 
     fn read_chunk_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
         let loc = self.catalog.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
+        if let Some((codec, bytes)) = self.cache.as_ref().and_then(|c| c.get(id, &loc)) {
+            payload.clear();
+            payload.extend_from_slice(&bytes);
+            return Ok((codec, loc.raw_len));
+        }
         match read_entry(&self.packs, id, &loc, payload) {
-            Ok(codec) => Ok((codec, loc.raw_len)),
+            Ok(codec) => {
+                if let Some(c) = &self.cache {
+                    c.put(id, &loc, codec, payload);
+                }
+                Ok((codec, loc.raw_len))
+            }
             Err(e) => {
                 // Compaction may have moved the chunk between the lookup and the read: look
                 // again, and read once more only if it did.
@@ -259,7 +274,18 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
             .zip(self.catalog.locate(ids)?)
             .map(|(id, loc)| loc.map(|l| (*id, l)).ok_or(Error::ChunkNotFound(*id)))
             .collect::<Result<Vec<_>>>()?;
-        let got = match read_entries(&self.packs, &wanted) {
+        // Cached entries are served from memory; the rest are read.
+        let cached: Vec<Option<(Codec, bytes::Bytes)>> = wanted
+            .iter()
+            .map(|(id, loc)| self.cache.as_ref().and_then(|c| c.get(id, loc)))
+            .collect();
+        let to_read: Vec<(Hash, ChunkLoc)> = wanted
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(w, _)| *w)
+            .collect();
+        let read = match read_entries(&self.packs, &to_read) {
             Ok(got) => got,
             // Compaction may have deleted a pack after the lookup: each chunk on its own
             // looks again.
@@ -268,18 +294,31 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
             }
             Err(e) => return Err(e),
         };
+        let mut read = read.into_iter();
         wanted
             .iter()
-            .zip(got)
-            .map(|((id, loc), r)| match r {
-                Ok((codec, payload)) => Ok(StoredChunk {
+            .zip(cached)
+            .map(|((id, loc), cached)| {
+                let (codec, payload) = match cached {
+                    Some((codec, bytes)) => (codec, bytes.to_vec()),
+                    None => match read.next().expect("one result per entry read") {
+                        Ok((codec, payload)) => {
+                            if let Some(c) = &self.cache {
+                                c.put(id, loc, codec, &payload);
+                            }
+                            (codec, payload)
+                        }
+                        // A damaged entry, or one compaction moved: the one-chunk read
+                        // looks again.
+                        Err(_) => return self.read_chunk(id),
+                    },
+                };
+                Ok(StoredChunk {
                     id: *id,
                     codec,
                     raw_len: loc.raw_len,
                     payload,
-                }),
-                // A damaged entry, or one compaction moved: the one-chunk read looks again.
-                Err(_) => self.read_chunk(id),
+                })
             })
             .collect()
     }

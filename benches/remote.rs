@@ -1,0 +1,539 @@
+//! Remote-store benchmark: a store in a SeaweedFS bucket with its index in PostgreSQL beside a
+//! directory store, on the same generated files, in one run.
+//!
+//! Run with `cargo bench --bench remote`. It starts both engines on loopback with
+//! `.ci/engines.sh` (installing them from apt and PyPI if needed) unless `HOARD_TEST_BUCKET` and
+//! `HOARD_TEST_INDEX` name running ones, generates the 1 GiB mixed file and its 200-edit copy
+//! of `benches/e2e.rs` (`HOARD_BENCH_MIB`, `HOARD_BENCH_RUNS`, `HOARD_BENCH_DIR` as there), and
+//! per run, each step a separate process under `/usr/bin/time`, on a fresh store each:
+//!
+//! - directory and bucket side by side: `import v1`, `import v2`, `export v2`; the bytes the
+//!   packs take (`stats`: pack files against pack objects);
+//! - `hoard serve` on the bucket store: `push v1`, `push v2`, `pull v2`;
+//! - `hoard copy` of the directory store (both versions) to a new bucket prefix.
+//!
+//! Then the missing query of 1 000 000 ids (half stored) through a server on a bucket store,
+//! at the chunks it holds and after 10 000 000 synthetic chunk rows are added to its index,
+//! beside the same lookup in a directory store holding as many chunks. Medians; results go to
+//! stdout and `target/bench-remote.json`. Engines the bench started are stopped by PID.
+
+#[path = "../tests/integration/data.rs"]
+mod generate;
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use hoard::Hash;
+use hoard::store::pack::ChunkLoc;
+use hoard::store::{Catalog, ChunkStore, LocalStore};
+use support::{Step, env_num, mbps, median, prime, read_time, vm_hwm_kib, warm};
+
+/// Synthetic chunks added to the indexes for the second missing query.
+const MANY: u64 = 10_000_000;
+
+/// The engines' variables (endpoint, credentials) for every child, when this bench started
+/// them.
+static ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+fn engine_env() -> Vec<(String, String)> {
+    ENV.get().cloned().unwrap_or_default()
+}
+
+/// Engines on loopback: the ones named by the environment, or a pair this bench started.
+struct Engines {
+    bucket: String,
+    index: String,
+    started: Option<PathBuf>,
+}
+
+impl Engines {
+    fn up() -> Self {
+        if let (Ok(bucket), Ok(index)) = (
+            std::env::var("HOARD_TEST_BUCKET"),
+            std::env::var("HOARD_TEST_INDEX"),
+        ) {
+            return Engines {
+                bucket,
+                index,
+                started: None,
+            };
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("hoard-bench-engines.")
+            .tempdir_in("/tmp")
+            .expect("temp dir")
+            .keep();
+        let _ = Command::new("chmod").arg("755").arg(&dir).status();
+        let st = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/engines.sh"))
+            .arg("start")
+            .arg(&dir)
+            .status()
+            .expect("run .ci/engines.sh");
+        assert!(st.success(), ".ci/engines.sh start failed");
+        let vars: HashMap<String, String> = std::fs::read_to_string(dir.join("engines.env"))
+            .expect("engines.env")
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let _ = ENV.set(vars.clone().into_iter().collect());
+        Engines {
+            bucket: vars["HOARD_TEST_BUCKET"].clone(),
+            index: vars["HOARD_TEST_INDEX"].clone(),
+            started: Some(dir),
+        }
+    }
+
+    /// A fresh prefix of the bucket and a fresh database for it.
+    fn store(&self, name: &str) -> (String, String) {
+        let tag = &Hash::fresh(name.as_bytes()).to_hex()[..12];
+        let db = format!("bench_{name}_{tag}");
+        sql(&self.index, &format!("CREATE DATABASE {db}"));
+        let (server, _) = self.index.rsplit_once('/').expect("a database in the URL");
+        (
+            format!("{}/bench-{name}-{tag}", self.bucket),
+            format!("{server}/{db}"),
+        )
+    }
+}
+
+impl Drop for Engines {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.started {
+            let _ = Command::new("bash")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/engines.sh"))
+                .arg("stop")
+                .arg(dir)
+                .status();
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn sql(url: &str, statements: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the index");
+        let conn = tokio::spawn(conn);
+        client.batch_execute(statements).await.expect(statements);
+        drop(client);
+        let _ = conn.await;
+    });
+}
+
+/// Runs `hoard ARGS` under GNU time; returns the step and its stdout.
+fn timed_hoard(hoard: &str, args: &[&str], tmp: &Path) -> (Step, String) {
+    let out = tmp.join("time.txt");
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "%e %M", "-o"])
+        .arg(&out)
+        .arg(hoard)
+        .args(args)
+        .envs(engine_env())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run /usr/bin/time");
+    assert!(
+        o.status.success(),
+        "hoard {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (
+        read_time(&out),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `hoard serve` on a store given by `store_args`, on 127.0.0.1 port 0.
+fn serve(hoard: &str, store_args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(hoard)
+        .args(store_args)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .envs(engine_env())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start hoard serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("server address");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .to_owned();
+    (child, url)
+}
+
+/// SIGTERM, wait; returns the server's peak RSS in KiB.
+fn stop(mut child: Child) -> u64 {
+    let rss = vm_hwm_kib(child.id());
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    rss
+}
+
+#[derive(Default)]
+struct Runs {
+    local: [Vec<f64>; 3],
+    remote: [Vec<f64>; 3],
+    push: [Vec<f64>; 3],
+    copy: Vec<f64>,
+    rss_cli: u64,
+    rss_server: u64,
+    local_bytes: u64,
+    bucket_bytes: u64,
+    copied_bytes: u64,
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let engines = Engines::up();
+    let mib = env_num("HOARD_BENCH_MIB", 1024);
+    let runs = env_num("HOARD_BENCH_RUNS", 3).max(1);
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let (_guard, tmp, kept) = support::bench_dir("hoard-remote-");
+    let tmp = tmp.as_path();
+    let hoard_bin =
+        std::env::var("HOARD_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hoard").to_owned());
+    let hoard = hoard_bin.as_str();
+
+    eprintln!("generating {mib} MiB of mixed data and an edited copy");
+    let (v1, v2) = (tmp.join("v1.bin"), tmp.join("v2.bin"));
+    let n = mib << 20;
+    if !kept || std::fs::metadata(&v1).map(|m| m.len()).ok() != Some(n as u64) {
+        let data = generate::mixed(n, 1);
+        std::fs::write(&v1, &data).expect("write v1");
+        std::fs::write(&v2, generate::edit(&data, 200, 2)).expect("write v2");
+    }
+    let (s1, s2) = (v1.to_str().unwrap(), v2.to_str().unwrap());
+    let out = tmp.join("out.bin");
+    let out_s = out.to_str().unwrap();
+
+    let mut r = Runs::default();
+    for run in 0..runs {
+        eprintln!("run {}/{runs}", run + 1);
+        let local = tmp.join(format!("local-{run}"));
+        let l = local.to_str().unwrap();
+        let (bucket, index) = engines.store(&format!("r{run}"));
+        let sides: [(&mut [Vec<f64>; 3], Vec<&str>); 2] = [
+            (&mut r.local, vec!["--store", l]),
+            (&mut r.remote, vec!["--store", &bucket, "--index", &index]),
+        ];
+        for (times, store) in sides {
+            for (i, (input, verb)) in [
+                (Some(&v1), "import"),
+                (Some(&v2), "import"),
+                (None, "export"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                prime(tmp);
+                let mut args = store.clone();
+                match input {
+                    Some(f) => {
+                        warm(f);
+                        args.extend([verb, f.to_str().unwrap(), "--name", "v"]);
+                    }
+                    None => args.extend([verb, "v", out_s]),
+                }
+                let (step, _) = timed_hoard(hoard, &args, tmp);
+                times[i].push(step.secs);
+                if store.len() > 2 {
+                    r.rss_cli = r.rss_cli.max(step.rss_kib);
+                }
+                let _ = std::fs::remove_file(&out);
+            }
+            let mut args = store.clone();
+            args.extend(["stats", "--json"]);
+            let stored = json(&timed_hoard(hoard, &args, tmp).1)["stored_bytes"]
+                .as_u64()
+                .unwrap_or(0);
+            if store.len() > 2 {
+                r.bucket_bytes = stored;
+            } else {
+                r.local_bytes = stored;
+            }
+        }
+
+        // push and pull through a server on a fresh bucket store.
+        let (bucket2, index2) = engines.store(&format!("p{run}"));
+        let (child, url) = serve(hoard, &["--store", &bucket2, "--index", &index2]);
+        for (i, args) in [
+            vec!["push", s1, "--server", &url, "--name", "v"],
+            vec!["push", s2, "--server", &url, "--name", "v"],
+            vec!["pull", "v", out_s, "--server", &url],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            prime(tmp);
+            if i < 2 {
+                warm(Path::new(args[1]));
+            }
+            let (step, _) = timed_hoard(hoard, &args, tmp);
+            r.push[i].push(step.secs);
+            r.rss_cli = r.rss_cli.max(step.rss_kib);
+        }
+        let _ = std::fs::remove_file(&out);
+        r.rss_server = r.rss_server.max(stop(child));
+
+        // The directory store, both versions, copied to a new bucket prefix.
+        let (bucket3, index3) = engines.store(&format!("c{run}"));
+        prime(tmp);
+        let (step, report) = timed_hoard(
+            hoard,
+            &[
+                "copy",
+                "--from",
+                l,
+                "--to",
+                &bucket3,
+                "--to-index",
+                &index3,
+                "--json",
+            ],
+            tmp,
+        );
+        r.copy.push(step.secs);
+        r.rss_cli = r.rss_cli.max(step.rss_kib);
+        r.copied_bytes = json(&report)["bytes"].as_u64().unwrap_or(0);
+        if run + 1 < runs {
+            let _ = std::fs::remove_dir_all(&local);
+        }
+    }
+
+    // The missing query: through a server on the last bucket store, at its own chunks and
+    // then with MANY synthetic chunk rows added; the same ids in a directory store.
+    let local = tmp.join(format!("local-{}", runs - 1));
+    let (bucket, index) = engines.store("m");
+    let _ = timed_hoard(
+        hoard,
+        &["--store", &bucket, "--index", &index, "import", s1],
+        tmp,
+    );
+    let small = missing_query(hoard, &bucket, &index);
+    eprintln!("adding {MANY} synthetic chunk rows to the index");
+    let t = Instant::now();
+    sql(
+        &index,
+        &format!(
+            "SET synchronous_commit = off; \
+             ALTER TABLE chunks DROP CONSTRAINT chunks_pkey; \
+             INSERT INTO chunks (id, pack, pack_offset, stored_len, raw_len, codec) \
+             SELECT sha256(int8send(i)), 1, i, 100, 100, 0 FROM generate_series(1, {MANY}) i; \
+             ALTER TABLE chunks ADD PRIMARY KEY (id); ANALYZE chunks"
+        ),
+    );
+    eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
+    let large = missing_query(hoard, &bucket, &index);
+    let (local_small, local_large) = local_lookups(&local);
+
+    let m = |v: &Vec<f64>| median(v.clone());
+    let li: Vec<f64> = r.local.iter().map(m).collect();
+    let ri: Vec<f64> = r.remote.iter().map(m).collect();
+    let pu: Vec<f64> = r.push.iter().map(m).collect();
+    let cp = m(&r.copy);
+    println!(
+        "\n## {mib} MiB mixed file, directory store beside SeaweedFS + PostgreSQL on loopback, {runs} runs, medians\n"
+    );
+    println!("| step | directory | bucket + PostgreSQL | bucket / directory |");
+    println!("|---|---|---|---|");
+    for (i, what) in ["import v1", "import v2 (200 edits)", "export v2"]
+        .iter()
+        .enumerate()
+    {
+        println!(
+            "| {what} | {:.2} s ({:.0} MB/s) | {:.2} s ({:.0} MB/s) | {:.0}% of the speed |",
+            li[i],
+            mbps(n, li[i]),
+            ri[i],
+            mbps(n, ri[i]),
+            li[i] / ri[i] * 100.0
+        );
+    }
+    println!(
+        "| pack bytes after v1 + v2 | {} | {} | {:+.2}% |",
+        r.local_bytes,
+        r.bucket_bytes,
+        (r.bucket_bytes as f64 / r.local_bytes as f64 - 1.0) * 100.0
+    );
+    println!(
+        "| push v1 / push v2 / pull v2 (server on the bucket) | | {:.2} s / {:.2} s / {:.2} s | |",
+        pu[0], pu[1], pu[2]
+    );
+    println!(
+        "| copy directory -> bucket (v1 + v2) | | {:.2} s ({:.0} MB/s of stored bytes, {} bytes) | |",
+        cp,
+        mbps(r.copied_bytes as usize, cp),
+        r.copied_bytes
+    );
+    println!(
+        "| missing query, 1 M ids, at the chunks of one file | {:.2} M ids/s | {:.2} M ids/s | |",
+        1.0 / local_small,
+        1.0 / small
+    );
+    println!(
+        "| missing query, 1 M ids, at + {} M chunks | {:.2} M ids/s | {:.2} M ids/s | |",
+        MANY / 1_000_000,
+        1.0 / local_large,
+        1.0 / large
+    );
+    println!();
+    println!(
+        "remote import v1: {:.0}% of local (target >= 60%)",
+        li[0] / ri[0] * 100.0
+    );
+    println!(
+        "remote import v2: {:.0}% of local (target >= 50%)",
+        li[1] / ri[1] * 100.0
+    );
+    println!(
+        "remote export: {:.0}% of local (target >= 50%)",
+        li[2] / ri[2] * 100.0
+    );
+    println!(
+        "missing query at {} M chunks: {:.2} M ids/s (target >= 1)",
+        MANY / 1_000_000,
+        1.0 / large
+    );
+    println!(
+        "peak RSS: server {:.1} MiB, CLI {:.1} MiB (target < 128 MiB)",
+        r.rss_server as f64 / 1024.0,
+        r.rss_cli as f64 / 1024.0
+    );
+    println!(
+        "bucket bytes vs directory: {:+.2}% (target within 2%)",
+        (r.bucket_bytes as f64 / r.local_bytes as f64 - 1.0) * 100.0
+    );
+    let json = serde_json::json!({
+        "mib": mib, "runs": runs,
+        "local_s": li, "remote_s": ri, "push_push_pull_s": pu, "copy_s": cp,
+        "copied_bytes": r.copied_bytes, "local_pack_bytes": r.local_bytes, "bucket_pack_bytes": r.bucket_bytes,
+        "missing_small_s": small, "missing_large_s": large,
+        "local_lookup_small_s": local_small, "local_lookup_large_s": local_large,
+        "rss_server_kib": r.rss_server, "rss_cli_kib": r.rss_cli,
+    });
+    std::fs::write(
+        target.join("bench-remote.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .expect("write json");
+}
+
+/// A million ids, the first half stored in the store at `url` (from its manifest of `v`),
+/// the rest made up.
+fn query_ids(stored: &[Hash]) -> Vec<Hash> {
+    let mut ids: Vec<Hash> = stored.iter().copied().cycle().take(500_000).collect();
+    let mut i = 0u64;
+    while ids.len() < 1_000_000 {
+        ids.push(Hash::of(&i.to_le_bytes()));
+        i += 1;
+    }
+    ids
+}
+
+/// Seconds for one binary missing query of a million ids through a server on the bucket
+/// store (median of three).
+fn missing_query(hoard: &str, bucket: &str, index: &str) -> f64 {
+    let (child, url) = serve(hoard, &["--store", bucket, "--index", index]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let stored: Vec<Hash> = rt.block_on(async {
+        let m: serde_json::Value = http
+            .get(format!("{url}/v1/manifests/v1.bin"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        m["chunks"]
+            .as_array()
+            .expect("the manifest's chunks")
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    });
+    let body = bytes::Bytes::from(hoard::wire::pack_ids(&query_ids(&stored)));
+    let secs = median(
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                rt.block_on(async {
+                    let resp = http
+                        .post(format!("{url}/v1/chunks/missing"))
+                        .header("content-type", hoard::wire::BINARY)
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(resp.status().is_success());
+                    resp.bytes().await.unwrap();
+                });
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    stop(child);
+    secs
+}
+
+/// Seconds for the same lookup in the directory store at `store`, at its own chunks and with
+/// MANY synthetic locations added to its chunk table (median of three each).
+fn local_lookups(store: &Path) -> (f64, f64) {
+    let s = LocalStore::open_existing(store).expect("open the directory store");
+    let mut stored = Vec::new();
+    for m in s.manifests().unwrap() {
+        hoard::restore::for_each_page(&s, &m, |p| {
+            stored.extend(p.chunks.iter().map(|c| c.id));
+            Ok(())
+        })
+        .unwrap();
+    }
+    let ids = query_ids(&stored);
+    let time = || {
+        median(
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(s.missing(&ids).unwrap());
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    };
+    let small = time();
+    eprintln!("adding {MANY} synthetic chunks to the directory store's chunk table");
+    let loc = ChunkLoc {
+        pack: 1,
+        offset: 0,
+        stored_len: 100,
+        raw_len: 100,
+        codec: 0,
+    };
+    let mut i = 0u64;
+    while i < MANY {
+        let batch: Vec<(Hash, ChunkLoc)> = (i..(i + 100_000).min(MANY))
+            .map(|j| (Hash::of(&(j | 1 << 63).to_le_bytes()), loc))
+            .collect();
+        s.catalog().insert_locs(&batch).unwrap();
+        i += batch.len() as u64;
+    }
+    (small, time())
+}
