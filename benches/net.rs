@@ -80,14 +80,12 @@ fn main() {
         std::env::var("HOARD_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hoard").to_owned());
     let hoard = hoard_bin.as_str();
 
-    eprintln!("generating {mib} MiB of mixed data and an edited copy");
-    let (v1, v2) = (tmp.join("v1.bin"), tmp.join("v2.bin"));
-    let n = mib << 20;
-    if !kept || std::fs::metadata(&v1).map(|m| m.len()).ok() != Some(n as u64) {
+    let (v1, v2) = support::inputs(tmp, kept, mib, |n| {
         let data = generate::mixed(n, 1);
-        std::fs::write(&v1, &data).expect("write v1");
-        std::fs::write(&v2, generate::edit(&data, 200, 2)).expect("write v2");
-    }
+        let edited = generate::edit(&data, 200, 2);
+        (data, edited)
+    });
+    let n = mib << 20;
     let (s1, s2, out) = (
         v1.to_str().unwrap(),
         v2.to_str().unwrap(),

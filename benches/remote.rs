@@ -22,15 +22,14 @@ mod generate;
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Instant;
 
 use hoard::Hash;
 use hoard::store::pack::ChunkLoc;
 use hoard::store::{Catalog, ChunkStore, LocalStore};
-use support::{Step, env_num, mbps, median, prime, read_time, vm_hwm_kib, warm};
+use support::{Step, env_num, mbps, median, prime, read_time, warm};
 
 /// Synthetic chunks added to the indexes for the second missing query.
 const MANY: u64 = 10_000_000;
@@ -157,32 +156,16 @@ fn json(text: &str) -> serde_json::Value {
 
 /// `hoard serve` on a store given by `store_args`, on 127.0.0.1 port 0.
 fn serve(hoard: &str, store_args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(hoard)
-        .args(store_args)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .envs(engine_env())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start hoard serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("server address");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_owned();
-    (child, url)
+    let s = support::start_server_with(hoard, store_args, &engine_env());
+    (s.child, s.url)
 }
 
 /// SIGTERM, wait; returns the server's peak RSS in KiB.
-fn stop(mut child: Child) -> u64 {
-    let rss = vm_hwm_kib(child.id());
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
-    rss
+fn stop(child: Child) -> u64 {
+    support::stop_server(support::Server {
+        child,
+        url: String::new(),
+    })
 }
 
 #[derive(Default)]
@@ -212,14 +195,12 @@ fn main() {
         std::env::var("HOARD_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hoard").to_owned());
     let hoard = hoard_bin.as_str();
 
-    eprintln!("generating {mib} MiB of mixed data and an edited copy");
-    let (v1, v2) = (tmp.join("v1.bin"), tmp.join("v2.bin"));
-    let n = mib << 20;
-    if !kept || std::fs::metadata(&v1).map(|m| m.len()).ok() != Some(n as u64) {
+    let (v1, v2) = support::inputs(tmp, kept, mib, |n| {
         let data = generate::mixed(n, 1);
-        std::fs::write(&v1, &data).expect("write v1");
-        std::fs::write(&v2, generate::edit(&data, 200, 2)).expect("write v2");
-    }
+        let edited = generate::edit(&data, 200, 2);
+        (data, edited)
+    });
+    let n = mib << 20;
     let (s1, s2) = (v1.to_str().unwrap(), v2.to_str().unwrap());
     let out = tmp.join("out.bin");
     let out_s = out.to_str().unwrap();

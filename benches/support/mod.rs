@@ -105,14 +105,15 @@ pub struct Server {
 }
 
 pub fn start_server(hoard: &str, store: &Path) -> Server {
+    start_server_with(hoard, &["--store", store.to_str().unwrap()], &[])
+}
+
+/// `hoard STORE_ARGS serve` on 127.0.0.1 port 0, with `envs` set.
+pub fn start_server_with(hoard: &str, store_args: &[&str], envs: &[(String, String)]) -> Server {
     let mut child = Command::new(hoard)
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(store_args)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -127,6 +128,25 @@ pub fn start_server(hoard: &str, store: &Path) -> Server {
         .expect("address line")
         .to_owned();
     Server { child, url }
+}
+
+/// The two inputs in `tmp`, `v1.bin` and `v2.bin` of `mib` MiB each, made by `make` (given
+/// the length) unless a kept bench directory holds them already.
+pub fn inputs(
+    tmp: &Path,
+    kept: bool,
+    mib: usize,
+    make: impl FnOnce(usize) -> (Vec<u8>, Vec<u8>),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    eprintln!("generating {mib} MiB of mixed data and an edited copy");
+    let (v1, v2) = (tmp.join("v1.bin"), tmp.join("v2.bin"));
+    let n = mib << 20;
+    if !kept || std::fs::metadata(&v1).map(|m| m.len()).ok() != Some(n as u64) {
+        let (a, b) = make(n);
+        std::fs::write(&v1, a).expect("write v1");
+        std::fs::write(&v2, b).expect("write v2");
+    }
+    (v1, v2)
 }
 
 /// Peak RSS so far of a process, from /proc.
