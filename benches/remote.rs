@@ -31,8 +31,9 @@ use hoard::store::pack::ChunkLoc;
 use hoard::store::{Catalog, ChunkStore, LocalStore};
 use support::{Step, env_num, mbps, median, prime, read_time, warm};
 
-/// Synthetic chunks added to the indexes for the second missing query.
-const MANY: u64 = 10_000_000;
+/// Synthetic chunks added to the indexes for the second missing query (`HOARD_BENCH_MANY`;
+/// 0 leaves that query out).
+const MANY: usize = 10_000_000;
 
 /// The engines' variables (endpoint, credentials) for every child, when this bench started
 /// them.
@@ -309,21 +310,27 @@ fn main() {
         tmp,
     );
     let small = missing_query(hoard, &bucket, &index);
-    eprintln!("adding {MANY} synthetic chunk rows to the index");
-    let t = Instant::now();
-    sql(
-        &index,
-        &format!(
-            "SET synchronous_commit = off; \
+    let many = env_num("HOARD_BENCH_MANY", MANY) as u64;
+    let (large, local_small, local_large) = if many == 0 {
+        (f64::NAN, local_lookups(&local, 0).0, f64::NAN)
+    } else {
+        eprintln!("adding {many} synthetic chunk rows to the index");
+        let t = Instant::now();
+        sql(
+            &index,
+            &format!(
+                "SET synchronous_commit = off; \
              ALTER TABLE chunks DROP CONSTRAINT chunks_pkey; \
              INSERT INTO chunks (id, pack, pack_offset, stored_len, raw_len, codec) \
-             SELECT sha256(int8send(i)), 1, i, 100, 100, 0 FROM generate_series(1, {MANY}) i; \
+             SELECT sha256(int8send(i)), 1, i, 100, 100, 0 FROM generate_series(1, {many}) i; \
              ALTER TABLE chunks ADD PRIMARY KEY (id); ANALYZE chunks"
-        ),
-    );
-    eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
-    let large = missing_query(hoard, &bucket, &index);
-    let (local_small, local_large) = local_lookups(&local);
+            ),
+        );
+        eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
+        let large = missing_query(hoard, &bucket, &index);
+        let (local_small, local_large) = local_lookups(&local, many);
+        (large, local_small, local_large)
+    };
 
     let m = |v: &Vec<f64>| median(v.clone());
     let li: Vec<f64> = r.local.iter().map(m).collect();
@@ -371,7 +378,7 @@ fn main() {
     );
     println!(
         "| missing query, 1 M ids, at + {} M chunks | {:.2} M ids/s | {:.2} M ids/s | |",
-        MANY / 1_000_000,
+        many / 1_000_000,
         1.0 / local_large,
         1.0 / large
     );
@@ -390,7 +397,7 @@ fn main() {
     );
     println!(
         "missing query at {} M chunks: {:.2} M ids/s (target >= 1)",
-        MANY / 1_000_000,
+        many / 1_000_000,
         1.0 / large
     );
     println!(
@@ -476,8 +483,8 @@ fn missing_query(hoard: &str, bucket: &str, index: &str) -> f64 {
 }
 
 /// Seconds for the same lookup in the directory store at `store`, at its own chunks and with
-/// MANY synthetic locations added to its chunk table (median of three each).
-fn local_lookups(store: &Path) -> (f64, f64) {
+/// `many` synthetic locations added to its chunk table (median of three each).
+fn local_lookups(store: &Path, many: u64) -> (f64, f64) {
     let s = LocalStore::open_existing(store).expect("open the directory store");
     let mut stored = Vec::new();
     for m in s.manifests().unwrap() {
@@ -500,7 +507,10 @@ fn local_lookups(store: &Path) -> (f64, f64) {
         )
     };
     let small = time();
-    eprintln!("adding {MANY} synthetic chunks to the directory store's chunk table");
+    if many == 0 {
+        return (small, f64::NAN);
+    }
+    eprintln!("adding {many} synthetic chunks to the directory store's chunk table");
     let loc = ChunkLoc {
         pack: 1,
         offset: 0,
@@ -509,8 +519,8 @@ fn local_lookups(store: &Path) -> (f64, f64) {
         codec: 0,
     };
     let mut i = 0u64;
-    while i < MANY {
-        let batch: Vec<(Hash, ChunkLoc)> = (i..(i + 100_000).min(MANY))
+    while i < many {
+        let batch: Vec<(Hash, ChunkLoc)> = (i..(i + 100_000).min(many))
             .map(|j| (Hash::of(&(j | 1 << 63).to_le_bytes()), loc))
             .collect();
         s.catalog().insert_locs(&batch).unwrap();
