@@ -399,41 +399,15 @@ fn gc(store: &dyn ChunkStore, at: &Location, a: &GcArgs) -> Result<()> {
     ))
 }
 
-fn fsck(at: &Location, a: &FsckArgs) -> Result<()> {
-    // A repair open rebuilds what does not open first (a directory's index from its
-    // journal, a bucket's index database from the bucket).
-    let mut remote: Option<RemoteStore> = None;
-    let (other, keep_names, reindex): (Option<Box<dyn ChunkStore>>, bool, bool) = match at {
-        Location::Dir(root) if a.repair => {
-            let (store, reset, partial) = LocalStore::open_for_repair(root, a.rebuild_index)
-                .with_context(|| format!("cannot open store {at}"))?;
-            for note in &reset {
-                eprintln!("hoard: {note}");
-            }
-            (
-                Some(Box::new(store)),
-                partial,
-                LocalStore::needs_reindex(root),
-            )
-        }
-        Location::Remote { bucket, index } if a.repair => {
-            let (store, reset, partial) =
-                RemoteStore::open_for_repair(bucket, index, a.rebuild_index)
-                    .with_context(|| format!("cannot open store {at}"))?;
-            for note in &reset {
-                eprintln!("hoard: {note}");
-            }
-            let reindex = store.needs_reindex()?;
-            remote = Some(store);
-            (None, partial, reindex)
-        }
-        _ => (Some(at.open(false)?), false, false),
-    };
-    let store: &dyn ChunkStore = match (&remote, &other) {
-        (Some(r), _) => r,
-        (None, Some(o)) => &**o,
-        (None, None) => unreachable!("one store is open"),
-    };
+/// Runs fsck on `store` as `a` asks (`keep_names`, `reindex`: what the repair open found);
+/// returns the report and whether the packs were re-indexed.
+fn check(
+    store: &dyn ChunkStore,
+    at: &Location,
+    a: &FsckArgs,
+    keep_names: bool,
+    reindex: bool,
+) -> Result<(hoard::fsck::FsckReport, bool)> {
     let opts = hoard::fsck::FsckOptions {
         repair: a.repair,
         resume: !a.from_scratch,
@@ -444,13 +418,38 @@ fn fsck(at: &Location, a: &FsckArgs) -> Result<()> {
     let r = hoard::fsck::fsck(store, &opts, &|n| pb.inc(n))
         .with_context(|| format!("fsck of {at} failed"))?;
     pb.finish_and_clear();
-    if opts.repair && opts.reindex {
-        match (at.dir(), &remote) {
-            (Some(root), _) => LocalStore::reindexed(root)?,
-            (None, Some(remote)) => remote.reindexed()?,
-            (None, None) => {}
+    Ok((r, opts.repair && opts.reindex))
+}
+
+fn fsck(at: &Location, a: &FsckArgs) -> Result<()> {
+    let note = |reset: &[String]| reset.iter().for_each(|n| eprintln!("hoard: {n}"));
+    // A repair open rebuilds what does not open first (a directory's index from its
+    // journal, a bucket's index database from the bucket); a repair that re-indexed the
+    // packs then clears the store's mark that it must.
+    let r = match at {
+        Location::Dir(root) if a.repair => {
+            let (store, reset, partial) = LocalStore::open_for_repair(root, a.rebuild_index)
+                .with_context(|| format!("cannot open store {at}"))?;
+            note(&reset);
+            let (r, reindexed) = check(&store, at, a, partial, LocalStore::needs_reindex(root))?;
+            if reindexed {
+                LocalStore::reindexed(root)?;
+            }
+            r
         }
-    }
+        Location::Remote { bucket, index } if a.repair => {
+            let (store, reset, partial) =
+                RemoteStore::open_for_repair(bucket, index, a.rebuild_index)
+                    .with_context(|| format!("cannot open store {at}"))?;
+            note(&reset);
+            let (r, reindexed) = check(&store, at, a, partial, store.needs_reindex()?)?;
+            if reindexed {
+                store.reindexed()?;
+            }
+            r
+        }
+        _ => check(&*at.open(false)?, at, a, false, false)?.0,
+    };
     if a.json {
         emit(&format!("{}\n", serde_json::to_value(&r)?))?;
     } else {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest};
-use crate::restore::{verify_stored, walk_pages};
+use crate::restore::{verify_payload, walk_pages};
 use crate::store::{ChunkStore, NameRecord, PendingCommit};
 
 /// Decoded bytes read from the source per batch = 8 MiB.
@@ -181,7 +181,7 @@ fn copy_file(
             stored
                 .par_iter()
                 .zip(batch)
-                .try_for_each(|(c, r)| verify_stored(r, c))?;
+                .try_for_each(|(c, r)| verify_payload(r, c.codec, c.raw_len, &c.payload))?;
             for c in &stored {
                 writer.append(&c.id, c.codec, c.raw_len, &c.payload)?;
                 report.chunks += 1;

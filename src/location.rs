@@ -78,14 +78,6 @@ impl Location {
         })
     }
 
-    /// The directory, for a local store.
-    pub fn dir(&self) -> Option<&Path> {
-        match self {
-            Location::Dir(p) => Some(p),
-            Location::Remote { .. } => None,
-        }
-    }
-
     /// Opens the store; with `create`, makes it (with `config`, or the defaults) if it does
     /// not exist yet. Returns the store and whether it was made just now.
     ///

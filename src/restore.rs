@@ -66,19 +66,19 @@ fn decode_checked(
     codec::decode_into(&r.id, codec, payload, out)
 }
 
-/// Checks that `chunk`, as stored, decodes to the `r.len` bytes that hash to `r.id` (decoded
-/// into a buffer of the calling thread's, reused).
+/// Checks that `payload`, stored as `codec` of `raw_len` bytes, decodes to the `r.len` bytes
+/// that hash to `r.id` (decoded into a buffer of the calling thread's, reused).
 ///
 /// # Errors
 /// [`Error::LengthMismatch`], [`Error::Corrupt`].
-pub fn verify_stored(r: &ChunkRef, chunk: &StoredChunk) -> Result<()> {
+pub fn verify_payload(r: &ChunkRef, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
     thread_local! {
         static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
     OUT.with(|cell| {
         let mut out = cell.borrow_mut();
         out.resize(r.len as usize, 0);
-        decode_checked(r, chunk.codec, chunk.raw_len, &chunk.payload, &mut out)?;
+        decode_checked(r, codec, raw_len, payload, &mut out)?;
         check_hash(&r.id, &out)
     })
 }
@@ -96,9 +96,10 @@ fn check_hash(id: &Hash, out: &[u8]) -> Result<()> {
 }
 
 /// Reads the chunks `refs` and decodes them into `buf` back to back (its length is the sum of
-/// theirs) over the rayon pool; with `verify`, each is also hashed against its id. A store
-/// that batches reads gets them all in one [`ChunkStore::read_chunks`] (few requests, several
-/// at once); any other reads each on the decoding thread, into a reused buffer.
+/// theirs) over the rayon pool; with `verify`, each is also hashed against its id. A chunk
+/// `known` has decoded already (an upload's, just checked) is copied instead. A store that
+/// batches reads gets the rest in one [`ChunkStore::read_chunks`] (few requests, several at
+/// once); any other reads each on the decoding thread, into a reused buffer.
 ///
 /// # Errors
 /// As [`read_verified_into`].
@@ -107,25 +108,41 @@ fn decode_batch(
     refs: &[ChunkRef],
     buf: &mut [u8],
     verify: bool,
+    known: &(dyn Fn(&Hash) -> Option<bytes::Bytes> + Sync),
 ) -> Result<()> {
-    let outs = split_mut(buf, refs.iter().map(|r| r.len as usize));
-    if !store.batches_reads() {
-        return outs.into_par_iter().zip(refs).try_for_each(|(out, r)| {
-            read_decoded_into(store, r, out)?;
-            if verify {
-                check_hash(&r.id, out)
-            } else {
-                Ok(())
+    let known: Vec<Option<bytes::Bytes>> = refs
+        .iter()
+        .map(|r| known(&r.id).filter(|b| b.len() == r.len as usize))
+        .collect();
+    let mut stored: Vec<Option<StoredChunk>> = refs.iter().map(|_| None).collect();
+    if store.batches_reads() {
+        let ids: Vec<Hash> = refs
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|(r, _)| r.id)
+            .collect();
+        let mut got = store.read_chunks(&ids)?.into_iter();
+        for (slot, k) in stored.iter_mut().zip(&known) {
+            if k.is_none() {
+                *slot = got.next();
             }
-        });
+        }
     }
-    let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
-    let chunks = store.read_chunks(&ids)?;
-    outs.into_par_iter()
+    split_mut(buf, refs.iter().map(|r| r.len as usize))
+        .into_par_iter()
         .zip(refs)
-        .zip(chunks)
-        .try_for_each(|((out, r), c)| {
-            decode_checked(r, c.codec, c.raw_len, &c.payload, out)?;
+        .zip(known)
+        .zip(stored)
+        .try_for_each(|(((out, r), k), c)| {
+            match (k, c) {
+                (Some(k), _) => {
+                    out.copy_from_slice(&k);
+                    return Ok(());
+                }
+                (None, Some(c)) => decode_checked(r, c.codec, c.raw_len, &c.payload, out)?,
+                (None, None) => read_decoded_into(store, r, out)?,
+            }
             if verify {
                 check_hash(&r.id, out)
             } else {
@@ -301,7 +318,7 @@ fn rebuild<W: Write + Send>(
                 // Decode straight into one contiguous buffer: one write, no per-chunk copies.
                 let mut batch = recycle_rx.try_recv().unwrap_or_default();
                 batch.resize(bytes as usize, 0);
-                decode_batch(store, refs, &mut batch, verify)?;
+                decode_batch(store, refs, &mut batch, verify, &|_| None)?;
                 hasher.update_rayon(&batch);
                 if tx.send(batch).is_err() {
                     // The writer failed: stop reading; its own error is the one reported.
@@ -436,41 +453,8 @@ pub fn hash_arriving(
         let run = &run[..present];
         let len: usize = run.iter().map(|r| r.len as usize).sum();
         buf.resize(len, 0);
-        // Just uploaded and already decoded to check it: no second decode.
-        let from_upload: Vec<Option<bytes::Bytes>> = run
-            .iter()
-            .map(|r| cached(&r.id).filter(|b| b.len() == r.len as usize))
-            .collect();
-        // A store behind a network reads the rest in one batch (few requests, several at
-        // once); any other reads each on its decoding thread.
-        let mut stored: Vec<Option<StoredChunk>> = run.iter().map(|_| None).collect();
-        if store.batches_reads() {
-            let ids: Vec<Hash> = run
-                .iter()
-                .zip(&from_upload)
-                .filter(|(_, b)| b.is_none())
-                .map(|(r, _)| r.id)
-                .collect();
-            let mut got = store.read_chunks(&ids)?.into_iter();
-            for (slot, b) in stored.iter_mut().zip(&from_upload) {
-                if b.is_none() {
-                    *slot = got.next();
-                }
-            }
-        }
-        split_mut(&mut buf, run.iter().map(|r| r.len as usize))
-            .into_par_iter()
-            .zip(run)
-            .zip(from_upload)
-            .zip(stored)
-            .try_for_each(|(((out, r), b), c)| match (b, c) {
-                (Some(b), _) => {
-                    out.copy_from_slice(&b);
-                    Ok(())
-                }
-                (None, Some(c)) => decode_checked(r, c.codec, c.raw_len, &c.payload, out),
-                (None, None) => read_decoded_into(store, r, out),
-            })?;
+        // Chunks just uploaded were decoded to check them: no second decode.
+        decode_batch(store, run, &mut buf, false, cached)?;
         hasher.update_rayon(&buf);
         queued_bytes -= len as u64;
         queue.drain(..present);

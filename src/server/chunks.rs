@@ -16,6 +16,7 @@ use super::{AppState, blocking};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::{HASH_LEN, Hash};
+use crate::manifest::ChunkRef;
 use crate::upload::session::SessionId;
 use crate::upload::sink::{SinkReport, Verified, verify};
 use crate::wire::{self, BINARY, Frame};
@@ -448,10 +449,8 @@ pub async fn download_one(
 }
 
 thread_local! {
-    /// A fetch worker's payload and decode buffers.
-    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
-    };
+    /// A fetch worker's payload buffer (the decode buffer is `verify_payload`'s).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Ids checked and framed per step of a fetch.
@@ -483,17 +482,13 @@ pub async fn fetch(
     let sent = st.clone();
     let (rt, idle) = (tokio::runtime::Handle::current(), st.limits().idle_timeout);
     tokio::task::spawn_blocking(move || {
-        // A chunk checked (decoded into `raw` and hashed) and framed.
-        let frame = |id: &Hash, codec, raw_len: u32, payload: &[u8], raw: &mut Vec<u8>| {
-            raw.resize(raw_len as usize, 0);
-            crate::codec::decode_into(id, codec, payload, raw)?;
-            let actual = Hash::of(raw);
-            if actual != *id {
-                return Err(Error::Corrupt {
-                    id: *id,
-                    detail: format!("content hashes to {actual}"),
-                });
-            }
+        // A chunk checked (decoded and hashed: a corrupt chunk is never sent) and framed.
+        let frame = |id: &Hash, codec, raw_len: u32, payload: &[u8]| {
+            let r = ChunkRef {
+                id: *id,
+                len: raw_len,
+            };
+            crate::restore::verify_payload(&r, codec, raw_len, payload)?;
             let mut f = Vec::with_capacity(wire::FRAME_HEADER_LEN + payload.len());
             wire::put_frame(&mut f, id, codec, raw_len, payload);
             Ok(f)
@@ -504,12 +499,7 @@ pub async fn fetch(
                 store.read_chunks(group).and_then(|stored| {
                     stored
                         .par_iter()
-                        .map(|c| {
-                            SCRATCH.with(|cell| {
-                                let (_, raw) = &mut *cell.borrow_mut();
-                                frame(&c.id, c.codec, c.raw_len, &c.payload, raw)
-                            })
-                        })
+                        .map(|c| frame(&c.id, c.codec, c.raw_len, &c.payload))
                         .collect()
                 })
             } else {
@@ -518,9 +508,9 @@ pub async fn fetch(
                     .map(|id| {
                         SCRATCH.with(|cell| {
                             // Buffers reused per thread: no fresh pages per chunk.
-                            let (payload, raw) = &mut *cell.borrow_mut();
+                            let payload = &mut *cell.borrow_mut();
                             let (codec, raw_len) = store.read_chunk_into(id, payload)?;
-                            frame(id, codec, raw_len, payload, raw)
+                            frame(id, codec, raw_len, payload)
                         })
                     })
                     .collect()

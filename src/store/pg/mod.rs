@@ -296,11 +296,6 @@ impl PgCatalog {
         self.log = Some(meta);
     }
 
-    /// The bucket's copy of the metadata, if the catalog writes one.
-    pub fn log(&self) -> Option<&BucketMeta> {
-        self.log.as_ref()
-    }
-
     /// The index, as `postgres://USER@HOST:PORT/DB`.
     pub fn at(&self) -> &str {
         &self.at
