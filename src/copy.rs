@@ -200,8 +200,8 @@ fn copy_file(
             }
         }
         let hash = Hash::of(&bytes);
+        pin.add_page(hash)?;
         to.put_page(&hash, &bytes)?;
-        pin.add_page(hash);
         progress(page.chunks.iter().map(|c| u64::from(c.len)).sum());
         Ok(true)
     })?;

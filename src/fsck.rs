@@ -116,7 +116,7 @@ pub fn fsck(
     opts: &FsckOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FsckReport> {
-    let _one_at_a_time = store.guard().maintenance();
+    let _one_at_a_time = store.guard().maintenance()?;
     let check = store.check_chunks(opts.resume, progress)?;
     let mut r = FsckReport {
         packs: check.packs,

@@ -29,7 +29,33 @@
 //! `POST /v1/chunks/missing` reported present, or one uploaded before its session was opened,
 //! stays at least that long. Within one process only: `hoard gc` from the CLI holds the store
 //! alone, so no client can be between a lookup and a commit; open sessions are kept whatever
-//! their age until they expire.
+//! their age until they expire. (A shared store's CLI gc is one process among others: the
+//! rules below hold for it too.)
+//!
+//! ## Many processes
+//!
+//! A store that several processes open (its catalog in PostgreSQL) cannot use one process's
+//! lock and filter: another process's lookup does not take this process's read lock. Its
+//! guard has a shared part (`guard.rs`, `store/pg/lease.rs`), and three rules replace the
+//! lock:
+//!
+//! - **A pin is recorded before the lookup (or page write) it protects**, as a row under the
+//!   process's lease. A lease is a PostgreSQL session lock, so it lapses the moment its
+//!   process dies or its connection drops; gc reads only live leases' pins.
+//! - **gc condemns before it reads the pins.** The sweep first marks every candidate condemned
+//!   (stamped with the database's clock), then reads pins, sessions and manifests, and deletes
+//!   only rows still condemned, in one statement that also removes their marks.
+//! - **Every lookup revives before it reads**: it deletes the condemned marks of the ids it
+//!   asks about, then (in a later statement, so a fresh snapshot) reads the chunk table.
+//!   Storing a page revives the page the same way.
+//!
+//! Take a lookup whose caller counts on chunk `x` (pinned). If its pin row was written before
+//! the sweep read the pins, the sweep spares `x`. If after, the lookup's revive came after
+//! the condemning: either it removed the mark before the sweep's delete (which then skips `x`),
+//! or it waited on the delete's row lock and the chunk read that follows sees `x` gone and
+//! reports it missing (the caller stores it again). A plain `missing` answer (no pin) gets the
+//! grace period instead of the filter: a chunk condemned less than `grace` ago is spared, and
+//! a chunk is condemned only after every answer that said present (or revived it then).
 //!
 //! ## Compaction
 //! Afterwards packs with no live entry are deleted and packs whose dead share is at least
@@ -46,7 +72,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{Manifest, Page};
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, PinKind};
 use crate::upload;
 
 /// How gc runs.
@@ -143,7 +169,7 @@ impl Live {
 pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
     let started = Instant::now();
     let guard = store.guard();
-    let _one_at_a_time = guard.maintenance();
+    let _one_at_a_time = guard.maintenance()?;
     // The index is what gc marks from: while it disagrees with the journal, it may lack files
     // whose chunks would look like garbage. Nothing is deleted until fsck has settled which
     // side is right.
@@ -187,12 +213,22 @@ pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
         .filter(|h| !live.pages.contains(h))
         .collect();
 
-    // 2. Sweep, under the write lock: what appeared since the mark is live too.
+    // 2. Sweep, under the write lock: what appeared since the mark is live too. A shared
+    //    store condemns the candidates first, so that every lookup from now on revives what
+    //    it asks about (see "Many processes" above).
     {
         let _exclusive = guard.write();
         guard.rotate(opts.grace);
+        let shared = guard.shared_part();
+        let young = match shared {
+            Some(s) => Some((
+                s.condemn(PinKind::Chunk, &candidates, opts.grace)?,
+                s.condemn(PinKind::Page, &page_candidates, opts.grace)?,
+            )),
+            None => None,
+        };
         let mut late = Live::default();
-        let pinned = guard.pinned();
+        let pinned = guard.pinned()?;
         late.ids.extend(pinned.ids);
         for p in pinned.pages {
             if let Some(bytes) = store.get_page(&p)? {
@@ -210,21 +246,35 @@ pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
             }
         }
         let late_ids: HashSet<Hash> = late.ids.into_iter().collect();
+        let spared = |id: &Hash| match &young {
+            Some((chunks, _)) => chunks.contains(id),
+            None => guard.recently_noted(id),
+        };
         let doomed: Vec<Hash> = candidates
             .iter()
-            .filter(|id| !late_ids.contains(id) && !guard.recently_noted(id))
+            .filter(|id| !late_ids.contains(id) && !spared(id))
             .copied()
             .collect();
-        report.chunks_spared = (candidates.len() - doomed.len()) as u64;
-        let (n, bytes) = store.remove_chunks(&doomed)?;
+        let (n, bytes) = match shared {
+            Some(s) => s.sweep_chunks(&doomed)?,
+            None => store.remove_chunks(&doomed)?,
+        };
         report.chunks_freed = n;
         report.chunk_bytes_freed = bytes;
+        report.chunks_spared = (candidates.len() as u64).saturating_sub(n);
         let pages: Vec<Hash> = page_candidates
             .into_iter()
-            .filter(|h| !late.pages.contains(h))
+            .filter(|h| {
+                !late.pages.contains(h) && young.as_ref().is_none_or(|(_, p)| !p.contains(h))
+            })
             .collect();
-        store.remove_pages(&pages)?;
-        report.pages_freed = pages.len() as u64;
+        report.pages_freed = match shared {
+            Some(s) => s.sweep_pages(&pages)?,
+            None => {
+                store.remove_pages(&pages)?;
+                pages.len() as u64
+            }
+        };
     }
 
     // 3. Compact.

@@ -18,6 +18,7 @@ mod integration {
     pub mod properties;
     pub mod push_pull;
     pub mod remote_rebuild;
+    pub mod remote_shared;
     pub mod remote_store;
     pub mod roundtrip;
     pub mod seams;

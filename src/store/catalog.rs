@@ -9,22 +9,33 @@
 //!   that lists them).
 //! - Name changes are atomic: two [`Catalog::push_name`] calls on one name never lose a version.
 //! - Nothing here takes a lock the trait does not show; the pins that keep gc from removing
-//!   what an upload counts on live beside it, in [`Guard`](crate::store::Guard).
+//!   what an upload counts on live beside it, in [`Guard`](crate::store::Guard), or, for a
+//!   catalog several processes share, in its [`Shared`] part.
+//! - A shared catalog's [`Catalog::missing`] revives (un-condemns) the ids it is asked about
+//!   before it reads them, and [`Catalog::put_page`] the page it stores (see `gc.rs`).
 //!
 //! The metadata methods mean what the [`ChunkStore`](crate::store::ChunkStore) methods of
 //! the same name mean; a store built of a pack storage and a catalog passes them through.
+
+use std::sync::Arc;
 
 use crate::config::StoreConfig;
 use crate::error::Result;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::pack::ChunkLoc;
-use crate::store::{JournalCheck, NameRecord, NameVersion, TailRun, UploadKind};
+use crate::store::{JournalCheck, NameRecord, NameVersion, Shared, TailRun, UploadKind};
 
 /// Where the store's records live.
 pub trait Catalog: Send + Sync + 'static {
     /// The params the store was created with.
     fn config(&self) -> StoreConfig;
+
+    /// The part of gc's guard that other processes see, for a catalog several processes
+    /// open at once (`guard.rs`); none for one only this process opens.
+    fn shared(self: Arc<Self>) -> Option<Arc<dyn Shared>> {
+        None
+    }
 
     /// For each id, true if and only if no location is recorded for it.
     ///

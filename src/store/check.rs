@@ -171,13 +171,16 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             };
         }
         let done: HashSet<u64> = st.done.iter().copied().collect();
+        // Packs other processes of a shared store are writing now count as busy too.
+        let busy = self.busy_now()?;
         for (pack, len) in files {
             let indexed = by_pack.remove(&pack).unwrap_or_default();
             if done.contains(&pack) {
                 progress(len);
                 continue;
             }
-            self.check_pack(pack, len, indexed, &mut st, progress)?;
+            let busy = busy.contains(&pack);
+            self.check_pack(pack, len, busy, indexed, &mut st, progress)?;
             st.done.push(pack);
             // Progress is a convenience: a full disk must not stop the check itself.
             if let Err(e) = write_state(catalog, &st) {
@@ -206,6 +209,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
         &self,
         pack: u64,
         len: u64,
+        busy: bool,
         indexed: Vec<(Hash, ChunkLoc)>,
         st: &mut State,
         progress: &(dyn Fn(u64) + Sync),
@@ -215,7 +219,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                 .saturating_add(ENTRY_HEADER_LEN as u64 + u64::from(l.stored_len))
         };
         // A pack still being written is checked only as far as the index knew it.
-        let end = if self.is_busy(pack) {
+        let end = if busy || self.is_busy(pack) {
             indexed
                 .iter()
                 .map(|(_, l)| entry_end(l))

@@ -21,7 +21,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
         // only after recording them), so the catalog read sees them; a pack busy then is
         // skipped even if it is done by the time the loop reaches it.
         let packs = self.packs.list()?;
-        let busy_before = self.busy_now();
+        let busy_before = self.busy_now()?;
         let bytes_before = packs.iter().map(|(_, len)| len).sum();
         let mut live: HashMap<u64, u64> = HashMap::new();
         self.catalog.for_each_loc(&mut |_, loc| {

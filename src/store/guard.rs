@@ -14,12 +14,20 @@
 //!   upload just stored, is noted in a Bloom filter; gc spares noted chunks for at least the
 //!   grace period. A false positive only keeps garbage a little longer. Two filters rotate
 //!   (the older one is dropped once the newer is a grace period old), so memory is fixed.
+//! - **Shared stores.** A store that several processes open at once (its catalog in a
+//!   database) has a [`Shared`] part too, and the lock and the filter, which only one process
+//!   sees, no longer carry the argument: pins are rows under this process's lease, which
+//!   lapses when the process dies; gc marks its candidates *condemned* before it reads the
+//!   pins, spares the ones condemned less than a grace period ago, and deletes only rows still
+//!   condemned; a lookup *revives* (un-condemns) what it asks about before it reads. A pin is
+//!   written before the lookup or page write it protects. `gc.rs` has the argument.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use crate::error::Result;
 use crate::hash::Hash;
 
 /// Bits per grace filter = 2^24 (2 MiB): at 2 million noted ids, about 2% false positives.
@@ -27,7 +35,84 @@ const FILTER_BITS: usize = 1 << 24;
 
 /// The gc lock, the pins and the grace filter of one store (a cheap `Clone`).
 #[derive(Clone, Default)]
-pub struct Guard(Arc<Inner>);
+pub struct Guard(Arc<Inner>, Option<Arc<dyn Shared>>);
+
+/// What a pin holds, as the shared part records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinKind {
+    /// A chunk id.
+    Chunk,
+    /// A manifest page hash (its chunks are pinned too).
+    Page,
+    /// A pack being written or committed: compaction leaves it alone.
+    Pack,
+}
+
+impl PinKind {
+    /// The code stored for this kind (pins and condemned rows).
+    pub fn code(self) -> i16 {
+        match self {
+            PinKind::Chunk => 0,
+            PinKind::Page => 1,
+            PinKind::Pack => 2,
+        }
+    }
+}
+
+/// The part of the guard that every process opening the store sees (see the module notes).
+/// A store whose catalog is a database implements it there; a store only one process opens
+/// has none.
+pub trait Shared: Send + Sync {
+    /// Records that pin `pin` of this process holds `ids` (of `kind`). Fails if the lease the
+    /// pin was first recorded under has lapsed: what it held may be gone.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn pin(&self, pin: u64, kind: PinKind, ids: &[&[u8]]) -> Result<()>;
+
+    /// Lets go of `ids` of pin `pin`, or (with `None`) of everything it holds. Best effort: a
+    /// record left behind only keeps garbage until this process ends.
+    fn unpin(&self, pin: u64, ids: Option<&[&[u8]]>);
+
+    /// Everything pinned by every process whose lease is alive.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn pinned(&self) -> Result<PinnedSnapshot>;
+
+    /// One gc or fsck at a time across every process: held until the returned value drops.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn exclusive(&self) -> Result<Box<dyn Send>>;
+
+    /// Marks `ids` (chunks or pages, gc's candidates) condemned, and clears the marks of those
+    /// of `kind` that are no longer candidates. Returns the ids condemned less than `grace`
+    /// ago (by the catalog's clock): gc spares them.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn condemn(&self, kind: PinKind, ids: &[Hash], grace: Duration) -> Result<HashSet<Hash>>;
+
+    /// Forgets the chunks of `ids` that are still condemned (a lookup since revived the
+    /// others), in one step against lookups. Returns how many went and their stored bytes.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn sweep_chunks(&self, ids: &[Hash]) -> Result<(u64, u64)>;
+
+    /// Forgets the manifest pages of `hashes` that are still condemned. Returns how many went.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn sweep_pages(&self, hashes: &[Hash]) -> Result<u64>;
+}
+
+/// Held by gc and fsck for their whole run (see [`Guard::maintenance`]).
+pub struct Maintenance<'a> {
+    _here: std::sync::MutexGuard<'a, ()>,
+    _everywhere: Option<Box<dyn Send>>,
+}
 
 #[derive(Default)]
 struct Inner {
@@ -55,9 +140,21 @@ pub struct PinnedSnapshot {
     pub pages: Vec<Hash>,
     /// Chunk ids.
     pub ids: Vec<Hash>,
+    /// Packs being written (a shared store's; in one process the store knows its own).
+    pub packs: Vec<u64>,
 }
 
 impl Guard {
+    /// The guard of a store that other processes open too.
+    pub fn shared(shared: Arc<dyn Shared>) -> Guard {
+        Guard(Arc::default(), Some(shared))
+    }
+
+    /// The part other processes see, for a store that has one.
+    pub fn shared_part(&self) -> Option<&dyn Shared> {
+        self.1.as_deref()
+    }
+
     /// Held while looking chunks up and pinning or noting them.
     pub fn read(&self) -> RwLockReadGuard<'_, ()> {
         self.0.lock.read().unwrap_or_else(PoisonError::into_inner)
@@ -68,9 +165,21 @@ impl Guard {
         self.0.lock.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Held by gc and fsck for their whole run: they do not overlap.
-    pub fn maintenance(&self) -> std::sync::MutexGuard<'_, ()> {
-        crate::lock(&self.0.maintenance)
+    /// Held by gc and fsck for their whole run: they do not overlap (in a shared store, in
+    /// any process).
+    ///
+    /// # Errors
+    /// Catalog errors, taking the shared part's lock.
+    pub fn maintenance(&self) -> Result<Maintenance<'_>> {
+        let here = crate::lock(&self.0.maintenance);
+        let everywhere = match &self.1 {
+            Some(s) => Some(s.exclusive()?),
+            None => None,
+        };
+        Ok(Maintenance {
+            _here: here,
+            _everywhere: everywhere,
+        })
     }
 
     /// Held while names change (`names::record`, `names::remove`, fsck's name repair): a name
@@ -88,18 +197,26 @@ impl Guard {
             guard: self.clone(),
             key,
             set,
+            recorded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Everything pinned right now (gc calls this under the write lock).
-    pub fn pinned(&self) -> PinnedSnapshot {
+    /// Everything pinned right now (gc calls this under the write lock): in a shared store,
+    /// by every live process.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn pinned(&self) -> Result<PinnedSnapshot> {
+        if let Some(s) = &self.1 {
+            return s.pinned();
+        }
         let mut out = PinnedSnapshot::default();
         for set in crate::lock(&self.0.pins).values() {
             let p = crate::lock(set);
             out.pages.extend_from_slice(&p.pages);
             out.ids.extend(p.ids.iter().copied());
         }
-        out
+        Ok(out)
     }
 
     /// Notes the ids whose flag in `missing` is false (reported present): gc spares them for
@@ -139,6 +256,8 @@ pub struct Pin {
     guard: Guard,
     key: u64,
     set: Arc<Mutex<Pinned>>,
+    /// Whether the shared part holds records of this pin.
+    recorded: std::sync::atomic::AtomicBool,
 }
 
 impl Pin {
@@ -146,31 +265,77 @@ impl Pin {
         f(&mut crate::lock(&self.set))
     }
 
-    /// Pins chunk ids, in file order. Call under [`Guard::read`], together with the lookup
-    /// that decided the caller may count on them (`ChunkStore::missing_pinned` does both).
-    pub fn add(&self, ids: &[Hash]) {
-        self.with(|p| p.ids.extend(ids.iter().copied()));
+    /// Records `ids` in the shared part, if the store has one (before the local note: the
+    /// record is what other processes go by).
+    fn record(&self, kind: PinKind, ids: &[&[u8]]) -> Result<()> {
+        if let Some(s) = &self.guard.1 {
+            self.recorded.store(true, Ordering::Relaxed);
+            s.pin(self.key, kind, ids)?;
+        }
+        Ok(())
     }
 
-    /// Pins a stored manifest page (and so the chunks it lists).
-    pub fn add_page(&self, page: Hash) {
+    /// Pins chunk ids, in file order. Call before (or, under [`Guard::read`], together
+    /// with) the lookup that decides whether the caller may count on them
+    /// (`ChunkStore::missing_pinned` does both).
+    ///
+    /// # Errors
+    /// The shared part's errors (the ids are then not pinned).
+    pub fn add(&self, ids: &[Hash]) -> Result<()> {
+        self.record(
+            PinKind::Chunk,
+            &ids.iter().map(|h| &h.as_bytes()[..]).collect::<Vec<_>>(),
+        )?;
+        self.with(|p| p.ids.extend(ids.iter().copied()));
+        Ok(())
+    }
+
+    /// Pins a manifest page (and so the chunks it lists): call before storing it.
+    ///
+    /// # Errors
+    /// The shared part's errors.
+    pub fn add_page(&self, page: Hash) -> Result<()> {
+        self.record(PinKind::Page, &[&page.as_bytes()[..]])?;
         self.with(|p| p.pages.push(page));
+        Ok(())
+    }
+
+    /// Pins a pack being written (only a shared store records it: in one process the store
+    /// knows its own busy packs).
+    ///
+    /// # Errors
+    /// The shared part's errors.
+    pub fn add_pack(&self, pack: u64) -> Result<()> {
+        self.record(PinKind::Pack, &[&pack.to_be_bytes()[..]])
     }
 
     /// The first `n` pinned ids are listed by pages this pin holds: lets them go, so a long
     /// import's pin holds only the refs of its unfinished page. Only for a pin whose ids were
     /// added in file order from the file's first chunk on.
     pub fn release_paged(&self, n: usize) {
-        self.with(|p| {
+        let gone: Vec<Hash> = self.with(|p| {
             let n = n.min(p.ids.len());
-            p.ids.drain(..n);
+            p.ids.drain(..n).collect()
         });
+        if let Some(s) = &self.guard.1
+            && !gone.is_empty()
+        {
+            s.unpin(
+                self.key,
+                Some(&gone.iter().map(|h| &h.as_bytes()[..]).collect::<Vec<_>>()),
+            );
+        }
     }
 }
 
 impl Drop for Pin {
     fn drop(&mut self) {
         crate::lock(&self.guard.0.pins).remove(&self.key);
+        if let Some(s) = &self.guard.1
+            && self.recorded.load(Ordering::Relaxed)
+        {
+            s.unpin(self.key, None);
+        }
     }
 }
 
@@ -236,14 +401,14 @@ mod tests {
         let g = Guard::default();
         let ids: Vec<Hash> = (0u32..5).map(|i| Hash::of(&i.to_le_bytes())).collect();
         let pin = g.pin();
-        pin.add(&ids);
-        pin.add_page(Hash::of(b"page"));
+        pin.add(&ids).unwrap();
+        pin.add_page(Hash::of(b"page")).unwrap();
         pin.release_paged(3);
-        let snap = g.pinned();
+        let snap = g.pinned().unwrap();
         assert_eq!(snap.pages, vec![Hash::of(b"page")]);
         assert_eq!(snap.ids, ids[3..]);
         drop(pin);
-        let snap = g.pinned();
+        let snap = g.pinned().unwrap();
         assert!(snap.pages.is_empty() && snap.ids.is_empty());
     }
 

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::pack::ChunkLoc;
 
 pub use catalog::Catalog;
-pub use guard::{Guard, Pin, PinnedSnapshot};
+pub use guard::{Guard, Maintenance, Pin, PinKind, PinnedSnapshot, Shared};
 pub use local::{LocalStore, journal};
 pub use memory::MemoryStore;
 pub use packed::PackedStore;
@@ -290,9 +290,10 @@ pub trait ChunkStore: Send + Sync {
     /// Index errors.
     fn missing_pinned(&self, ids: &[Hash], pin: &Pin) -> Result<Vec<bool>> {
         let _held = self.guard().read();
-        let missing = self.lookup(ids)?;
-        pin.add(ids);
-        Ok(missing)
+        // The pin first: another process's gc sees it, or condemned the chunks before it and
+        // then this lookup revives them (see `guard.rs`).
+        pin.add(ids)?;
+        self.lookup(ids)
     }
 
     /// Stores a sealed manifest page and pins it until `pin` is dropped, as one step under
@@ -303,9 +304,8 @@ pub trait ChunkStore: Send + Sync {
     /// Index errors.
     fn put_page_pinned(&self, page: &SealedPage, pin: &Pin) -> Result<()> {
         let _held = self.guard().read();
-        self.put_page(&page.pref.hash, &page.bytes)?;
-        pin.add_page(page.pref.hash);
-        Ok(())
+        pin.add_page(page.pref.hash)?;
+        self.put_page(&page.pref.hash, &page.bytes)
     }
 
     /// Calls `f` with every stored chunk's id, in id order, from one consistent view.

@@ -24,7 +24,7 @@ use crate::store::pack::ChunkLoc;
 use crate::store::packs::{PackSink, PackStorage, PackSync, read_entries, read_entry};
 use crate::store::{
     ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
-    JournalCheck, NameRecord, NameVersion, PendingCommit, StoredChunk, TailRun, UploadKind,
+    JournalCheck, NameRecord, NameVersion, PendingCommit, Pin, StoredChunk, TailRun, UploadKind,
 };
 
 /// Pack storage `P` and catalog `C` as one store.
@@ -33,27 +33,38 @@ pub struct PackedStore<P, C> {
     pub(super) catalog: Arc<C>,
     guard: Guard,
     /// Packs a writer may still append to, or whose entries are not recorded yet: compaction
-    /// leaves them alone, and a check reads them only as far as the catalog knows them.
-    busy: Arc<Mutex<HashMap<u64, usize>>>,
+    /// leaves them alone, and a check reads them only as far as the catalog knows them. In a
+    /// shared store each also holds a pin, so that other processes' compactions see it.
+    busy: BusySet,
     /// Recently read entries, where every read is a request (`cache.rs`).
     cache: Option<EntryCache>,
 }
 
+/// Busy packs: how many markers each has, and (in a shared store) the pin that shows it to
+/// other processes.
+type BusySet = Arc<Mutex<HashMap<u64, (usize, Option<Pin>)>>>;
+
 /// Marks a pack busy until dropped (counted: a writer and its commits in flight each hold one).
 pub(super) struct Busy {
-    set: Arc<Mutex<HashMap<u64, usize>>>,
+    set: BusySet,
     pack: u64,
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut set = crate::lock(&self.set);
-        if let Some(n) = set.get_mut(&self.pack) {
-            *n -= 1;
-            if *n == 0 {
-                set.remove(&self.pack);
+        let released = {
+            let mut set = crate::lock(&self.set);
+            match set.get_mut(&self.pack) {
+                Some((n, _)) if *n > 1 => {
+                    *n -= 1;
+                    None
+                }
+                Some(_) => set.remove(&self.pack),
+                None => None,
             }
-        }
+        };
+        // The shared pin (if any) lets go here, outside the lock.
+        drop(released);
     }
 }
 
@@ -61,11 +72,16 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     /// The store made of `packs` and `catalog`.
     pub fn new(packs: P, catalog: C) -> Self {
         let cache = packs.batches_reads().then(|| EntryCache::new(CACHE_BYTES));
+        let catalog = Arc::new(catalog);
+        let guard = catalog
+            .clone()
+            .shared()
+            .map_or_else(Guard::default, Guard::shared);
         PackedStore {
             cache,
             packs,
-            catalog: Arc::new(catalog),
-            guard: Guard::default(),
+            catalog,
+            guard,
             busy: Arc::default(),
         }
     }
@@ -83,21 +99,41 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     /// A new pack, marked busy until the returned marker is dropped.
     pub(super) fn new_pack(&self) -> Result<(Box<dyn PackSink>, Busy)> {
         let sink = self.packs.create()?;
-        let busy = self.mark_busy(sink.pack());
+        let busy = self.mark_busy(sink.pack())?;
         Ok((sink, busy))
     }
 
-    fn mark_busy(&self, pack: u64) -> Busy {
-        *crate::lock(&self.busy).entry(pack).or_default() += 1;
-        Busy {
+    /// Marks `pack` busy; the first marker of a pack in a shared store pins it there too,
+    /// before any of its bytes can be in storage.
+    fn mark_busy(&self, pack: u64) -> Result<Busy> {
+        let mut set = crate::lock(&self.busy);
+        match set.get_mut(&pack) {
+            Some((n, _)) => *n += 1,
+            None => {
+                let pin = match self.guard.shared_part() {
+                    Some(_) => {
+                        let pin = self.guard.pin();
+                        pin.add_pack(pack)?;
+                        Some(pin)
+                    }
+                    None => None,
+                };
+                set.insert(pack, (1, pin));
+            }
+        }
+        Ok(Busy {
             set: self.busy.clone(),
             pack,
-        }
+        })
     }
 
-    /// Packs busy now.
-    pub(super) fn busy_now(&self) -> HashSet<u64> {
-        crate::lock(&self.busy).keys().copied().collect()
+    /// Packs busy now: this process's, and in a shared store every live process's.
+    pub(super) fn busy_now(&self) -> Result<HashSet<u64>> {
+        let mut busy: HashSet<u64> = crate::lock(&self.busy).keys().copied().collect();
+        if self.guard.shared_part().is_some() {
+            busy.extend(self.guard.pinned()?.packs);
+        }
+        Ok(busy)
     }
 
     pub(super) fn is_busy(&self, pack: u64) -> bool {
@@ -137,7 +173,7 @@ impl<P: PackStorage, C: Catalog> PackedWriter<'_, P, C> {
             (Some((sink, _)), false) => {
                 // The commit keeps the pack busy too: the writer may be dropped before the
                 // entries are recorded.
-                busy.push(self.store.mark_busy(sink.pack()));
+                busy.push(self.store.mark_busy(sink.pack())?);
                 Some(sink.start_sync()?)
             }
             _ => None,

@@ -4,6 +4,7 @@
 //! (`bucket_meta.rs`), every page, manifest and name is written there first.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use tokio_postgres::Row;
 
@@ -15,10 +16,10 @@ use crate::store::catalog::Catalog;
 use crate::store::engine::wait;
 use crate::store::pack::ChunkLoc;
 use crate::store::pg::PgCatalog;
-use crate::store::{JournalCheck, NameRecord, NameVersion, TailRun, UploadKind};
+use crate::store::{JournalCheck, NameRecord, NameVersion, Shared, TailRun, UploadKind};
 
 /// Ids sent in one statement at most (larger batches are split; each part one round trip).
-const BATCH: usize = 100_000;
+pub(super) const BATCH: usize = 100_000;
 /// Rows fetched per round trip when walking the chunk table.
 const WALK: i32 = 10_000;
 
@@ -34,7 +35,7 @@ pub(super) fn id_array<'a>(ids: impl IntoIterator<Item = &'a Hash>) -> Vec<&'a [
     ids.into_iter().map(|h| &h.as_bytes()[..]).collect()
 }
 
-fn hash_of(bytes: &[u8]) -> Result<Hash> {
+pub(super) fn hash_of(bytes: &[u8]) -> Result<Hash> {
     Hash::from_slice(bytes).ok_or_else(|| Error::Decode {
         what: format!("id of {} bytes in the index database", bytes.len()),
         source: bincode::error::DecodeError::Other("not 32 bytes"),
@@ -92,9 +93,32 @@ pub(super) fn record_of(rows: &[Row]) -> Result<Option<NameRecord>> {
     Ok(Some(NameRecord { versions }))
 }
 
+impl PgCatalog {
+    /// Runs `sql` (a delete of chunk rows whose ids are in `$1` that answers how many went
+    /// and their stored bytes) over `ids` in batches.
+    pub(super) fn delete_chunks(&self, sql: &str, ids: &[Hash]) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        for part in ids.chunks(BATCH) {
+            let arr = id_array(part);
+            let (pn, pb) =
+                self.run(false, "cannot remove chunks from the index at", async |c| {
+                    let r = c.query_one(sql, &[&arr]).await?;
+                    Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+                })?;
+            n += pn;
+            bytes += pb;
+        }
+        Ok((n, bytes))
+    }
+}
+
 impl Catalog for PgCatalog {
     fn config(&self) -> StoreConfig {
         self.config
+    }
+
+    fn shared(self: Arc<Self>) -> Option<Arc<dyn Shared>> {
+        Some(self)
     }
 
     fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
@@ -108,14 +132,22 @@ impl Catalog for PgCatalog {
             let arr = id_array(part);
             let got: Vec<bool> =
                 self.run(true, "cannot look chunks up in the index at", async |c| {
-                    let row = c
-                        .query_one(
-                            "SELECT coalesce(array_agg(c.id IS NULL ORDER BY q.n), '{}') \
+                    // Revive, then read: two statements in one round trip, the read with a
+                    // snapshot taken after the revive (see `gc.rs`, "Many processes"). The
+                    // revive costs nothing while nothing is condemned.
+                    let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&arr];
+                    let revive = c.execute(
+                        "DELETE FROM condemned WHERE kind = 0 AND id = ANY($1) \
+                         AND EXISTS (SELECT 1 FROM condemned)",
+                        params,
+                    );
+                    let read = c.query_one(
+                        "SELECT coalesce(array_agg(c.id IS NULL ORDER BY q.n), '{}') \
                          FROM unnest($1::bytea[]) WITH ORDINALITY AS q(id, n) \
                          LEFT JOIN chunks c ON c.id = q.id",
-                            &[&arr],
-                        )
-                        .await?;
+                        params,
+                    );
+                    let (_, row) = tokio::try_join!(revive, read)?;
                     Ok(row.get(0))
                 })?;
             for (k, m) in got.into_iter().enumerate() {
@@ -183,24 +215,11 @@ impl Catalog for PgCatalog {
     }
 
     fn remove_locs(&self, ids: &[Hash]) -> Result<(u64, u64)> {
-        let (mut n, mut bytes) = (0, 0);
-        for part in ids.chunks(BATCH) {
-            let arr = id_array(part);
-            let (pn, pb) =
-                self.run(false, "cannot remove chunks from the index at", async |c| {
-                    let r = c
-                    .query_one(
-                        "WITH d AS (DELETE FROM chunks WHERE id = ANY($1) RETURNING stored_len) \
-                         SELECT count(*), coalesce(sum(stored_len::int8), 0)::int8 FROM d",
-                        &[&arr],
-                    )
-                    .await?;
-                    Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
-                })?;
-            n += pn;
-            bytes += pb;
-        }
-        Ok((n, bytes))
+        self.delete_chunks(
+            "WITH d AS (DELETE FROM chunks WHERE id = ANY($1) RETURNING stored_len) \
+             SELECT count(*), coalesce(sum(stored_len::int8), 0)::int8 FROM d",
+            ids,
+        )
     }
 
     fn relocate(&self, moves: &[(Hash, ChunkLoc, ChunkLoc)]) -> Result<u64> {
@@ -281,14 +300,21 @@ impl Catalog for PgCatalog {
             true,
             "cannot store a manifest page in the index at",
             async |c| {
-                c.execute(
+                // Revive the page first (see `gc.rs`): a sweep then either spares it or has
+                // removed it before this insert runs.
+                let key = &hash.as_bytes()[..];
+                let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&key, &bytes];
+                let revive = c.execute(
+                    "DELETE FROM condemned WHERE kind = 1 AND id = $1",
+                    &params[..1],
+                );
+                let insert = c.execute(
                     "INSERT INTO pages (hash, bytes) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
-                    &[&&hash.as_bytes()[..], &bytes],
-                )
-                .await
+                    params,
+                );
+                tokio::try_join!(revive, insert).map(drop)
             },
         )
-        .map(drop)
     }
 
     fn get_page(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {

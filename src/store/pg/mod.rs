@@ -10,6 +10,7 @@
 //! the index as `postgres://USER@HOST:PORT/DB`.
 
 mod catalog;
+mod lease;
 mod meta;
 pub mod schema;
 
@@ -25,23 +26,20 @@ use tokio_postgres::{NoTls, config::Host};
 use crate::config::{ChunkerParams, StoreConfig};
 use crate::error::{Error, Result};
 use crate::store::bucket_meta::BucketMeta;
-use crate::store::engine::{spawn, wait};
+use crate::store::engine::wait;
 
 /// Connections one process keeps open at most.
 const POOL_SIZE: usize = 16;
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The advisory lock a process holds while it has the store open.
-const STORE_LOCK: i64 = 0x686f_6172_6400_0002;
 /// Attempts of a call that may run again, when the connection broke during it.
 const ATTEMPTS: u32 = 3;
 
 /// The catalog of a store whose index is a PostgreSQL database.
 pub struct PgCatalog {
     pool: Pool,
-    /// A connection of its own that holds the store's advisory lock while the catalog is
-    /// open (closed with it, or by the server when the process dies).
-    _lock: tokio_postgres::Client,
+    /// This process's lease, under which its pins are recorded (`lease.rs`).
+    lease: lease::Lease,
     /// The index as `postgres://USER@HOST:PORT/DB`: for messages, never with a password.
     at: String,
     config: StoreConfig,
@@ -131,7 +129,7 @@ impl PgCatalog {
             cfg.application_name("hoard");
         }
         let at = describe(&cfg);
-        let lock_cfg = cfg.clone();
+        let lease = lease::Lease::new(&cfg);
         let manager = Manager::from_config(
             cfg,
             NoTls,
@@ -147,36 +145,15 @@ impl PgCatalog {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| Error::InvalidParams(format!("cannot use the index {at}: {e}")))?;
-        let lock = Self::lock(&lock_cfg, &at, bucket)?;
         let mut catalog = PgCatalog {
             pool,
-            _lock: lock,
+            lease,
             at,
             config: StoreConfig::default(),
             log: None,
         };
         let created = catalog.start(bucket, create, requested)?;
         Ok((catalog, created))
-    }
-
-    /// Takes the store's advisory lock on a connection of its own: one hoard process at a
-    /// time, as a directory store's lock file does, until pins and gc's grace live in the
-    /// database. [`Error::Locked`] if another process holds it.
-    fn lock(
-        cfg: &tokio_postgres::Config,
-        at: &str,
-        bucket: &str,
-    ) -> Result<tokio_postgres::Client> {
-        let fail = |e: tokio_postgres::Error| engine_error("cannot open the index at", at, &e);
-        let (client, conn) = wait(cfg.connect(NoTls))?.map_err(fail)?;
-        spawn(conn)?;
-        let held: bool = wait(client.query_one("SELECT pg_try_advisory_lock($1)", &[&STORE_LOCK]))?
-            .map_err(fail)?
-            .get(0);
-        if !held {
-            return Err(Error::Locked(PathBuf::from(bucket)));
-        }
-        Ok(client)
     }
 
     /// Migrates the schema and reads (or, with `create`, makes) the store's row.

@@ -26,6 +26,17 @@
 //!
 //! Version 2 adds `name_gen`, a sequence: the generation of each name object written to the
 //! bucket (`bucket_meta.rs`), taken under the name's lock in the transaction that changes it.
+//!
+//! Version 3 adds what keeps gc from removing what another process counts on (`lease.rs`,
+//! and the argument in `gc.rs`):
+//!
+//! ```text
+//! leases     a sequence: each process's lease number n, held as advisory lock (LEASE_SPACE, n)
+//! pins       (lease int4, pin int8, kind int2: 0 chunk, 1 page, 2 pack, id bytea): what the
+//!            process holding lease `lease` pins (a pack as its number, 8 bytes big-endian)
+//! condemned  (kind int2: 0 chunk, 1 page, id bytea) PK -> since int8 (ms, the database's
+//!            clock): gc's candidates; a lookup or page write deletes the row (revives)
+//! ```
 
 /// The schema version this binary writes and understands.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -81,4 +92,20 @@ CREATE TABLE tus_tails (
 CREATE TABLE hoard_state (key text PRIMARY KEY, value bytea NOT NULL);
 "#,
     "CREATE SEQUENCE name_gen AS int8 MINVALUE 1",
+    r#"
+CREATE SEQUENCE leases AS int4 MINVALUE 1 CYCLE;
+CREATE TABLE pins (
+    lease int4 NOT NULL,
+    pin int8 NOT NULL,
+    kind int2 NOT NULL,
+    id bytea NOT NULL
+);
+CREATE INDEX pins_of ON pins (lease, pin);
+CREATE TABLE condemned (
+    kind int2 NOT NULL,
+    id bytea NOT NULL,
+    since int8 NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+"#,
 ];

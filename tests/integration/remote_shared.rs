@@ -1,0 +1,140 @@
+//! Several processes on one bucket store (real SeaweedFS and PostgreSQL, from `.ci/remote.sh`):
+//! pins recorded under one process's lease hold against another process's gc, a lookup revives
+//! what gc condemned, a lapsed lease holds nothing. The test process opens the store through
+//! the library; gc runs as a `hoard` process of its own.
+
+use std::time::Duration;
+
+use hoard::Hash;
+use hoard::store::{ChunkStore, RemoteStore};
+use serde_json::Value;
+
+use crate::integration::data::mixed;
+use crate::integration::engines;
+use crate::integration::remote_store::{json, remote};
+use crate::integration::support::{Scratch, ok};
+
+/// Imports `f` as `f` and removes it again: its chunks are stored and unreferenced.
+fn garbage(bucket: &str, index: &str, f: &std::path::Path) {
+    ok(remote(bucket, index)
+        .arg("import")
+        .arg(f)
+        .args(["--name", "f"]));
+    ok(remote(bucket, index).args(["rm", "f"]));
+}
+
+/// A store with one file (`f` in the returned scratch directory) imported and removed.
+/// Returns the bucket, the index and the chunks' ids.
+fn store_with_garbage(test: &str, seed: u64) -> Option<(Scratch, String, String, Vec<Hash>)> {
+    let (Some(bucket), Some(index)) = (engines::bucket(test), engines::index(test)) else {
+        return None;
+    };
+    let s = Scratch::new();
+    let f = s.file("f", &mixed(2 << 20, seed));
+    ok(remote(&bucket, &index).arg("init"));
+    garbage(&bucket, &index, &f);
+    let (store, _) = RemoteStore::open(&bucket, &index, false, None).unwrap();
+    let mut ids = Vec::new();
+    store
+        .for_each_chunk(&mut |id| {
+            ids.push(*id);
+            Ok(())
+        })
+        .unwrap();
+    assert!(ids.len() > 10, "{} chunks", ids.len());
+    Some((s, bucket, index, ids))
+}
+
+fn gc(bucket: &str, index: &str, grace: &str) -> Value {
+    json(&ok(
+        remote(bucket, index).args(["gc", "--grace", grace, "--json"])
+    ))
+}
+
+fn present(store: &RemoteStore, ids: &[Hash]) -> usize {
+    store.lookup(ids).unwrap().iter().filter(|m| !**m).count()
+}
+
+#[test]
+fn remote_gc_in_another_process_spares_what_a_pin_holds() {
+    let Some((_s, bucket, index, ids)) = store_with_garbage("remote_shared_pin", 51) else {
+        return;
+    };
+    // This process counts on the chunks (as an import that found them present does), while
+    // another process runs gc with no grace.
+    let (store, _) = RemoteStore::open(&bucket, &index, false, None).unwrap();
+    let pin = store.guard().pin();
+    let missing = store.missing_pinned(&ids, &pin).unwrap();
+    assert!(missing.iter().all(|m| !m), "all present before gc");
+    let r = gc(&bucket, &index, "0s");
+    assert_eq!(r["chunks_freed"], 0, "{r}");
+    assert_eq!(r["chunks_spared"], ids.len() as u64, "{r}");
+    assert_eq!(present(&store, &ids), ids.len());
+    // Let go: the next gc frees them all.
+    drop(pin);
+    let r = gc(&bucket, &index, "0s");
+    assert_eq!(r["chunks_freed"], ids.len() as u64, "{r}");
+    assert_eq!(present(&store, &ids), 0);
+}
+
+#[test]
+fn remote_lookup_revives_what_gc_condemned_and_grace_counts_from_then() {
+    let Some((_s, bucket, index, ids)) = store_with_garbage("remote_shared_revive", 52) else {
+        return;
+    };
+    let (store, _) = RemoteStore::open(&bucket, &index, false, None).unwrap();
+    // The first gc condemns every chunk and spares them: condemned less than the grace ago.
+    let r = gc(&bucket, &index, "2s");
+    assert_eq!(r["chunks_freed"], 0, "{r}");
+    assert_eq!(r["chunks_spared"], ids.len() as u64, "{r}");
+    std::thread::sleep(Duration::from_millis(2500));
+    // A plain lookup (a client's missing query) says present and revives them: the grace
+    // starts again from the next gc's mark.
+    assert!(store.missing(&ids).unwrap().iter().all(|m| !m));
+    let r = gc(&bucket, &index, "2s");
+    assert_eq!(r["chunks_freed"], 0, "revived chunks are spared again: {r}");
+    std::thread::sleep(Duration::from_millis(2500));
+    // Nothing asked since: condemned a grace ago, they go.
+    let r = gc(&bucket, &index, "2s");
+    assert_eq!(r["chunks_freed"], ids.len() as u64, "{r}");
+    assert_eq!(present(&store, &ids), 0);
+    let f = json(&ok(remote(&bucket, &index).args(["fsck", "--json"])));
+    assert_eq!(f["clean"], true, "{f}");
+}
+
+#[test]
+fn remote_pins_of_a_lapsed_lease_hold_nothing_and_fail_their_next_use() {
+    let Some((s, bucket, index, ids)) = store_with_garbage("remote_shared_lapse", 53) else {
+        return;
+    };
+    let (store, _) = RemoteStore::open(&bucket, &index, false, None).unwrap();
+    let (first, rest) = ids.split_at(ids.len() / 2);
+    let pin = store.guard().pin();
+    store.missing_pinned(first, &pin).unwrap();
+    // The session that holds this process's lease ends (as when its connection breaks).
+    engines::sql(
+        &index,
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid::int8 = 1752129906",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // Another process's gc no longer sees the pin.
+    let r = gc(&bucket, &index, "0s");
+    assert_eq!(r["chunks_freed"], ids.len() as u64, "{r}");
+    // The pin made under the lost lease fails its next use, saying why.
+    let e = store.missing_pinned(rest, &pin).unwrap_err().to_string();
+    assert!(e.contains("lost the lease"), "{e}");
+    // A new pin takes a new lease, and holds against gc again.
+    garbage(&bucket, &index, &s.path("f"));
+    let again = store.guard().pin();
+    assert!(
+        store
+            .missing_pinned(&ids, &again)
+            .unwrap()
+            .iter()
+            .all(|m| !m)
+    );
+    let r = gc(&bucket, &index, "0s");
+    assert_eq!(r["chunks_freed"], 0, "{r}");
+    assert_eq!(r["chunks_spared"], ids.len() as u64, "{r}");
+}
