@@ -1,12 +1,15 @@
 //! Pack storage in an S3-compatible bucket (AWS S3, SeaweedFS, Ceph RGW, MinIO, Garage, R2):
 //! each pack one immutable object `PREFIX/packs/{n:016x}.pack` under a fresh random `n`, in the
-//! same format as a pack file. A sink gathers its entries in memory and writes the object when
-//! it is synced; after that the pack is full (objects are never rewritten). Reads are ranged
-//! GETs. Credentials and the endpoint come from the variables every S3 tool reads
+//! same format as a pack file. A sink gathers its entries in memory; a small pack (a server's
+//! round of chunk uploads) is written as one object when it is synced, a large one (an
+//! import's) goes up as a multipart upload while it fills, [`PART_LEN`] at a time with a few
+//! parts in flight, and is completed at its sync, so memory holds a few parts, not the pack.
+//! After the sync the pack is full (objects are never rewritten). Reads are ranged GETs. Credentials and the endpoint come from the variables every S3 tool reads
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
 //! `AWS_ALLOW_HTTP`). The client is async; its synchronous callers wait on it (`engine.rs`),
 //! one request per call.
 
+use std::collections::VecDeque;
 use std::io::{Cursor, ErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +18,9 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
-use object_store::{ClientConfigKey, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{
+    ClientConfigKey, MultipartUpload, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -30,6 +35,10 @@ pub(super) const CONCURRENT_READS: usize = 8;
 
 /// A sink writes its object once its entries pass this size = 64 MiB.
 pub const BUCKET_PACK_LEN: u64 = 64 << 20;
+/// A pack that grows past this = 8 MiB goes up in parts of about this size while it fills.
+pub const PART_LEN: usize = 8 << 20;
+/// Parts of one pack in flight at once: the sink waits for the oldest before sending more.
+const PARTS_IN_FLIGHT: usize = 3;
 
 /// Packs in one bucket under one prefix.
 pub struct BucketPacks {
@@ -263,6 +272,9 @@ impl PackStorage for BucketPacks {
                     .expect("8 bytes"),
             ),
             buf,
+            sent: 0,
+            upload: None,
+            parts: VecDeque::new(),
             synced: None,
         }))
     }
@@ -361,13 +373,64 @@ impl PackStorage for BucketPacks {
     }
 }
 
-/// Gathers one pack's entries; writes the object at its sync.
+/// Gathers one pack's entries; sends them in parts once the pack is large, and writes (or
+/// completes) the object at its sync.
 struct BucketSink {
     inner: Arc<Inner>,
     id: u64,
+    /// The pack's bytes after those sent as parts.
     buf: Vec<u8>,
+    /// Bytes of the pack sent as parts.
+    sent: u64,
+    /// The multipart upload, once the pack passed [`PART_LEN`].
+    upload: Option<Box<dyn MultipartUpload>>,
+    /// Parts in flight, oldest first.
+    parts: VecDeque<PartTask>,
     /// Length of the object written, once it was.
-    synced: Option<usize>,
+    synced: Option<u64>,
+}
+
+type PartTask = tokio::task::JoinHandle<object_store::Result<()>>;
+
+/// The outcome of a spawned request, as the client's error.
+fn joined<T>(
+    r: std::result::Result<object_store::Result<T>, tokio::task::JoinError>,
+) -> object_store::Result<T> {
+    r.unwrap_or_else(|e| {
+        Err(object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(e),
+        })
+    })
+}
+
+impl BucketSink {
+    fn len(&self) -> u64 {
+        self.sent + self.buf.len() as u64
+    }
+
+    /// Sends what `buf` holds as the next part (starting the upload first), after waiting for
+    /// the oldest part if too many are in flight.
+    fn send_part(&mut self) -> Result<()> {
+        let i = &self.inner;
+        let key = i.pack_key(self.id);
+        let fail = |e| i.error("cannot write pack", &key, e);
+        let upload = match &mut self.upload {
+            Some(u) => u,
+            None => self
+                .upload
+                .insert(wait(i.store.put_multipart(&key))?.map_err(fail)?),
+        };
+        while self.parts.len() >= PARTS_IN_FLIGHT {
+            let oldest = self.parts.pop_front().expect("parts in flight");
+            joined(wait(oldest)?).map_err(fail)?;
+        }
+        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_LEN + (1 << 20)));
+        self.sent += part.len() as u64;
+        let put = upload.put_part(PutPayload::from(part));
+        self.parts.push_back(spawn(put)?);
+        Ok(())
+    }
 }
 
 impl PackSink for BucketSink {
@@ -376,7 +439,7 @@ impl PackSink for BucketSink {
     }
 
     fn full(&self) -> bool {
-        self.synced.is_some() || self.buf.len() as u64 >= BUCKET_PACK_LEN
+        self.synced.is_some() || self.len() >= BUCKET_PACK_LEN
     }
 
     fn append(
@@ -392,11 +455,13 @@ impl PackSink for BucketSink {
                 std::io::Error::other("the pack's object is written; start a new pack"),
             ));
         }
-        let offset = self.buf.len() as u64;
-        let (header, loc) = new_entry(self.id, offset, id, codec, raw_len, payload)
+        let (header, loc) = new_entry(self.id, self.len(), id, codec, raw_len, payload)
             .map_err(Error::io("cannot write pack", self.inner.where_(&key)))?;
         self.buf.extend_from_slice(&header);
         self.buf.extend_from_slice(payload);
+        if self.buf.len() >= PART_LEN {
+            self.send_part()?;
+        }
         Ok(loc)
     }
 
@@ -405,26 +470,49 @@ impl PackSink for BucketSink {
             // Written already, and nothing can have been appended since.
             return Ok(Box::new(Written(None)));
         }
-        let bytes = bytes::Bytes::from(std::mem::take(&mut self.buf));
-        self.synced = Some(bytes.len());
+        if self.upload.is_some() && !self.buf.is_empty() {
+            self.send_part()?;
+        }
+        self.synced = Some(self.len());
         let inner = self.inner.clone();
         let key = inner.pack_key(self.id);
-        let put = {
-            let store = inner.store.clone();
-            let key = key.clone();
-            spawn(async move {
-                // A fresh name; Create refuses to replace an object where the engine enforces it.
-                let opts = PutOptions::from(PutMode::Create);
-                store
-                    .put_opts(&key, PutPayload::from_bytes(bytes), opts)
-                    .await
-            })?
+        let put = match self.upload.take() {
+            // Complete the multipart upload once its parts are in.
+            Some(mut upload) => {
+                let parts = std::mem::take(&mut self.parts);
+                spawn(async move {
+                    for p in parts {
+                        if let Err(e) = joined(p.await) {
+                            let _ = upload.abort().await;
+                            return Err(e);
+                        }
+                    }
+                    upload.complete().await
+                })?
+            }
+            None => {
+                let bytes = bytes::Bytes::from(std::mem::take(&mut self.buf));
+                let store = inner.store.clone();
+                let key = key.clone();
+                spawn(async move {
+                    // A fresh name; Create refuses to replace an object where the engine
+                    // enforces it.
+                    let opts = PutOptions::from(PutMode::Create);
+                    store
+                        .put_opts(&key, PutPayload::from_bytes(bytes), opts)
+                        .await
+                })?
+            }
         };
         Ok(Box::new(Written(Some((inner, key, put)))))
     }
 
     fn abandon(self: Box<Self>) {
-        // Nothing reaches the bucket before a sync, and a sync's object may be pointed at.
+        // A small pack has sent nothing. A multipart upload is aborted (best effort: an
+        // upload left behind is never completed, so never an object).
+        if let Some(mut upload) = self.upload {
+            let _ = spawn(async move { upload.abort().await });
+        }
     }
 }
 
