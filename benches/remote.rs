@@ -309,7 +309,7 @@ fn main() {
         &["--store", &bucket, "--index", &index, "import", s1],
         tmp,
     );
-    let small = missing_query(hoard, &bucket, &index);
+    let small = missing_query(hoard, &bucket, &index, 1);
     let many = env_num("HOARD_BENCH_MANY", MANY) as u64;
     let (large, local_small, local_large) = if many == 0 {
         (f64::NAN, local_lookups(&local, 0).0, f64::NAN)
@@ -327,7 +327,7 @@ fn main() {
             ),
         );
         eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
-        let large = missing_query(hoard, &bucket, &index);
+        let large = missing_query(hoard, &bucket, &index, many);
         let (local_small, local_large) = local_lookups(&local, many);
         (large, local_small, local_large)
     };
@@ -438,10 +438,37 @@ fn query_ids(stored: &[Hash]) -> Vec<Hash> {
 
 /// Seconds for one binary missing query of a million ids through a server on the bucket
 /// store (median of three).
-fn missing_query(hoard: &str, bucket: &str, index: &str) -> f64 {
+fn missing_query(hoard: &str, bucket: &str, index: &str, at_least: u64) -> f64 {
     let (child, url) = serve(hoard, &["--store", bucket, "--index", index]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let http = reqwest::Client::new();
+    // The server builds its id replica in the background: time the query once it is built.
+    let t = Instant::now();
+    loop {
+        let text = rt.block_on(async {
+            http.get(format!("{url}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        let ids: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hoard_id_replica_ids "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if ids >= at_least {
+            eprintln!(
+                "  id replica: {ids} ids after {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 600, "no id replica after 10 min");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let stored: Vec<Hash> = rt.block_on(async {
         let m: serde_json::Value = http
             .get(format!("{url}/v1/manifests/v1.bin"))

@@ -187,7 +187,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => {
             remote::limit_malloc_arenas();
             let at = place()?;
-            remote::serve(at.open(true)?, &at, &a)
+            let store = at.open(true)?;
+            store.for_server();
+            remote::serve(store, &at, &a)
         }
         // push and pull talk to a server; pull may reuse chunks of a local directory store.
         Command::Push(a) => {

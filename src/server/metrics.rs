@@ -36,6 +36,7 @@ pub struct Metrics {
     store_chunks: Gauge,
     store_unique_bytes: Gauge,
     store_stored_bytes: Gauge,
+    id_replica_ids: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,6 +54,7 @@ impl Default for Metrics {
             store_chunks: Gauge::default(),
             store_unique_bytes: Gauge::default(),
             store_stored_bytes: Gauge::default(),
+            id_replica_ids: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -109,6 +111,11 @@ impl Default for Metrics {
             "store_stored_bytes",
             "Bytes of pack files on disk",
             m.store_stored_bytes.clone(),
+        );
+        r.register(
+            "id_replica_ids",
+            "Chunk ids in this server's replica of a bucket store's index (0 while it is built, or without one)",
+            m.id_replica_ids.clone(),
         );
         m
     }
@@ -173,13 +180,20 @@ pub async fn count(State(st): State<AppState>, req: Request, next: Next) -> Resp
 /// `GET /metrics`.
 pub async fn render(State(st): State<AppState>) -> Result<Response, ApiError> {
     let store = st.store();
-    let (totals, stored) =
-        blocking(move || Ok((store.chunk_totals()?, store.chunk_data_bytes()?))).await?;
+    let (totals, stored, replica) = blocking(move || {
+        Ok((
+            store.chunk_totals()?,
+            store.chunk_data_bytes()?,
+            store.id_replica_len(),
+        ))
+    })
+    .await?;
     let m = &st.0.metrics;
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     m.store_chunks.set(clamp(totals.chunks));
     m.store_unique_bytes.set(clamp(totals.raw_bytes));
     m.store_stored_bytes.set(clamp(stored));
+    m.id_replica_ids.set(clamp(replica.unwrap_or(0) as u64));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &m.registry)
         .map_err(|e| ApiError::Internal(e.to_string()))?;

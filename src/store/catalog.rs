@@ -37,6 +37,15 @@ pub trait Catalog: Send + Sync + 'static {
         None
     }
 
+    /// The catalog serves a server from now on: it may keep what makes a server's lookups
+    /// fast (a database catalog keeps a replica of the chunk ids). Nothing for others.
+    fn for_server(&self) {}
+
+    /// Ids in the replica [`Catalog::for_server`] keeps, once it is built.
+    fn id_replica_len(&self) -> Option<usize> {
+        None
+    }
+
     /// For each id, true if and only if no location is recorded for it.
     ///
     /// # Errors

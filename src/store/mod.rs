@@ -262,6 +262,15 @@ pub trait ChunkStore: Send + Sync {
     /// What keeps gc from removing chunks callers count on (see `guard.rs` and `gc.rs`).
     fn guard(&self) -> &Guard;
 
+    /// The store serves a server from now on (see [`Catalog::for_server`]).
+    fn for_server(&self) {}
+
+    /// Ids in the server's replica of the chunk ids, once built (see
+    /// [`Catalog::id_replica_len`]).
+    fn id_replica_len(&self) -> Option<usize> {
+        None
+    }
+
     /// For each id in `ids`, true if and only if the store lacks that chunk, with no promise
     /// about later: callers use [`ChunkStore::missing`] or [`ChunkStore::missing_pinned`].
     ///

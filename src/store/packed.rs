@@ -248,6 +248,14 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         &self.guard
     }
 
+    fn for_server(&self) {
+        self.catalog.for_server();
+    }
+
+    fn id_replica_len(&self) -> Option<usize> {
+        self.catalog.id_replica_len()
+    }
+
     fn lookup(&self, ids: &[Hash]) -> Result<Vec<bool>> {
         self.catalog.missing(ids)
     }

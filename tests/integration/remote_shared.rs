@@ -34,13 +34,7 @@ fn store_with_garbage(test: &str, seed: u64) -> Option<(Scratch, String, String,
     ok(remote(&bucket, &index).arg("init"));
     garbage(&bucket, &index, &f);
     let (store, _) = RemoteStore::open(&bucket, &index, false, None).unwrap();
-    let mut ids = Vec::new();
-    store
-        .for_each_chunk(&mut |id| {
-            ids.push(*id);
-            Ok(())
-        })
-        .unwrap();
+    let ids = ids_of(&store);
     assert!(ids.len() > 10, "{} chunks", ids.len());
     Some((s, bucket, index, ids))
 }
@@ -137,4 +131,87 @@ fn remote_pins_of_a_lapsed_lease_hold_nothing_and_fail_their_next_use() {
     let r = gc(&bucket, &index, "0s");
     assert_eq!(r["chunks_freed"], 0, "{r}");
     assert_eq!(r["chunks_spared"], ids.len() as u64, "{r}");
+}
+
+/// Waits (up to 30 s) until the replica of `store` holds `n` ids.
+fn replica_holds(store: &RemoteStore, n: usize) {
+    let t = std::time::Instant::now();
+    while store.id_replica_len() != Some(n) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the id replica holds {:?}, not {n}",
+            store.id_replica_len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ids_of(store: &RemoteStore) -> Vec<Hash> {
+    let mut ids = Vec::new();
+    store
+        .for_each_chunk(&mut |id| {
+            ids.push(*id);
+            Ok(())
+        })
+        .unwrap();
+    ids
+}
+
+#[test]
+fn remote_server_id_replica_answers_as_the_index_and_never_present_after_gc() {
+    let (Some(bucket), Some(index)) = (
+        engines::bucket("remote_replica"),
+        engines::index("remote_replica"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let f = s.file("f", &mixed(2 << 20, 61));
+    let g = s.file("g", &mixed(2 << 20, 62));
+    ok(remote(&bucket, &index).arg("init"));
+    ok(remote(&bucket, &index)
+        .arg("import")
+        .arg(&f)
+        .args(["--name", "f"]));
+    // A server's store keeps the replica: built in the background, then it answers.
+    let (store, _) = RemoteStore::open(&bucket, &index, false, None).unwrap();
+    store.for_server();
+    let f_ids = ids_of(&store);
+    replica_holds(&store, f_ids.len());
+    let unknown: Vec<Hash> = (0u32..500).map(|i| Hash::of(&i.to_le_bytes())).collect();
+    let asked: Vec<Hash> = f_ids.iter().chain(&unknown).copied().collect();
+    let want: Vec<bool> = f_ids
+        .iter()
+        .map(|_| false)
+        .chain(unknown.iter().map(|_| true))
+        .collect();
+    assert_eq!(store.missing(&asked).unwrap(), want);
+    // What another process commits is seen at the next lookup (the commit feed).
+    ok(remote(&bucket, &index)
+        .arg("import")
+        .arg(&g)
+        .args(["--name", "g"]));
+    let all = ids_of(&store);
+    let g_ids: Vec<Hash> = all
+        .iter()
+        .filter(|id| !f_ids.contains(id))
+        .copied()
+        .collect();
+    assert!(!g_ids.is_empty());
+    assert!(store.missing(&g_ids).unwrap().iter().all(|m| !m));
+    assert_eq!(store.id_replica_len(), Some(all.len()));
+    // gc in another process removes every chunk: no lookup says present after it.
+    ok(remote(&bucket, &index).args(["rm", "f"]));
+    ok(remote(&bucket, &index).args(["rm", "g"]));
+    let r = gc(&bucket, &index, "0s");
+    assert_eq!(r["chunks_freed"], all.len() as u64, "{r}");
+    assert!(store.missing(&all).unwrap().iter().all(|m| *m));
+    // The replica is built again, and answers again.
+    replica_holds(&store, 0);
+    ok(remote(&bucket, &index)
+        .arg("import")
+        .arg(&f)
+        .args(["--name", "f"]));
+    assert!(store.missing(&f_ids).unwrap().iter().all(|m| !m));
+    replica_holds(&store, f_ids.len());
 }

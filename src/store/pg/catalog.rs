@@ -93,15 +93,67 @@ pub(super) fn record_of(rows: &[Row]) -> Result<Option<NameRecord>> {
     Ok(Some(NameRecord { versions }))
 }
 
+/// Revives the chunks of `$1` (see `gc.rs`, "Many processes"); costs nothing while nothing
+/// is condemned.
+const REVIVE: &str = "DELETE FROM condemned WHERE kind = 0 AND id = ANY($1) \
+                      AND EXISTS (SELECT 1 FROM condemned)";
+
 impl PgCatalog {
+    /// Calls `f` with every row of `sql`, from one consistent view: one repeatable-read
+    /// transaction, whose rows come `page` per round trip; `f` runs between the waits (it
+    /// may use the store itself).
+    pub(super) fn walk(
+        &self,
+        action: &'static str,
+        sql: &str,
+        page: i32,
+        f: &mut dyn FnMut(&Row) -> Result<()>,
+    ) -> Result<()> {
+        let err = |e: tokio_postgres::Error| self.error(action, &e);
+        let mut client = wait(self.pool.get())?.map_err(|e| self.pool_error(action, e))?;
+        let tx = wait(
+            client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start(),
+        )?
+        .map_err(err)?;
+        let portal = wait(tx.bind(sql, &[]))?.map_err(err)?;
+        loop {
+            let rows = wait(tx.query_portal(&portal, page))?.map_err(err)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                f(r)?;
+            }
+        }
+        wait(tx.commit())?.map_err(err)
+    }
+
+    /// Revives the chunks of `ids`.
+    pub(super) fn revive(&self, ids: &[Hash]) -> Result<()> {
+        for part in ids.chunks(BATCH) {
+            let arr = id_array(part);
+            self.run(true, "cannot look chunks up in the index at", async |c| {
+                c.execute(REVIVE, &[&arr]).await
+            })?;
+        }
+        Ok(())
+    }
+
     /// Runs `sql` (a delete of chunk rows whose ids are in `$1` that answers how many went
-    /// and their stored bytes) over `ids` in batches.
+    /// and their stored bytes) over `ids` in batches. Each batch first takes a number from
+    /// `chunk_removals`, so that no server's id replica answers from before it
+    /// (`replica.rs`).
     pub(super) fn delete_chunks(&self, sql: &str, ids: &[Hash]) -> Result<(u64, u64)> {
         let (mut n, mut bytes) = (0, 0);
         for part in ids.chunks(BATCH) {
             let arr = id_array(part);
             let (pn, pb) =
                 self.run(false, "cannot remove chunks from the index at", async |c| {
+                    c.execute("SELECT nextval('chunk_removals')", &[]).await?;
                     let r = c.query_one(sql, &[&arr]).await?;
                     Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
                 })?;
@@ -118,10 +170,22 @@ impl Catalog for PgCatalog {
     }
 
     fn shared(self: Arc<Self>) -> Option<Arc<dyn Shared>> {
+        let _ = self.me.set(Arc::downgrade(&self));
         Some(self)
     }
 
+    fn for_server(&self) {
+        self.keep_replica();
+    }
+
+    fn id_replica_len(&self) -> Option<usize> {
+        self.replica_len()
+    }
+
     fn missing(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        if let Some(answer) = self.missing_from_replica(ids)? {
+            return Ok(answer);
+        }
         // Probed in id order, neighbouring probes share index pages: measured at 10 million
         // chunks, 0.015 ms a probe against 0.030 in the order given.
         let mut order: Vec<usize> = (0..ids.len()).collect();
@@ -133,14 +197,9 @@ impl Catalog for PgCatalog {
             let got: Vec<bool> =
                 self.run(true, "cannot look chunks up in the index at", async |c| {
                     // Revive, then read: two statements in one round trip, the read with a
-                    // snapshot taken after the revive (see `gc.rs`, "Many processes"). The
-                    // revive costs nothing while nothing is condemned.
+                    // snapshot taken after the revive (see `gc.rs`, "Many processes").
                     let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&arr];
-                    let revive = c.execute(
-                        "DELETE FROM condemned WHERE kind = 0 AND id = ANY($1) \
-                         AND EXISTS (SELECT 1 FROM condemned)",
-                        params,
-                    );
+                    let revive = c.execute(REVIVE, params);
                     let read = c.query_one(
                         "SELECT coalesce(array_agg(c.id IS NULL ORDER BY q.n), '{}') \
                          FROM unnest($1::bytea[]) WITH ORDINALITY AS q(id, n) \
@@ -198,7 +257,7 @@ impl Catalog for PgCatalog {
                                           $5::int4[], $6::int2[]) \
                      ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, \
                        pack_offset = excluded.pack_offset, stored_len = excluded.stored_len, \
-                       raw_len = excluded.raw_len, codec = excluded.codec",
+                       raw_len = excluded.raw_len, codec = excluded.codec, seq = excluded.seq",
                     &[
                         &ids,
                         &cols.pack,
@@ -262,34 +321,12 @@ impl Catalog for PgCatalog {
     }
 
     fn for_each_loc(&self, f: &mut dyn FnMut(&Hash, Result<ChunkLoc>) -> Result<()>) -> Result<()> {
-        const ACTION: &str = "cannot walk the chunk table of the index at";
-        // One repeatable-read transaction is the consistent view; its rows come a page per
-        // round trip, and `f` runs between the waits (it may use the store itself).
-        let err = |e: tokio_postgres::Error| self.error(ACTION, &e);
-        let mut client = wait(self.pool.get())?.map_err(|e| self.pool_error(ACTION, e))?;
-        let tx = wait(
-            client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start(),
-        )?
-        .map_err(err)?;
-        let portal = wait(tx.bind(
+        self.walk(
+            "cannot walk the chunk table of the index at",
             "SELECT id, pack, pack_offset, stored_len, raw_len, codec FROM chunks ORDER BY id",
-            &[],
-        ))?
-        .map_err(err)?;
-        loop {
-            let rows = wait(tx.query_portal(&portal, WALK))?.map_err(err)?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in &rows {
-                f(&hash_of(r.get(0))?, Ok(loc_of(r, 1)))?;
-            }
-        }
-        wait(tx.commit())?.map_err(err)
+            WALK,
+            &mut |r| f(&hash_of(r.get(0))?, Ok(loc_of(r, 1))),
+        )
     }
 
     fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {

@@ -152,7 +152,9 @@ impl PgCatalog {
             let mut c = c;
             let tx = c.transaction().await?;
             tx.batch_execute(
-                "TRUNCATE chunks, pages, files, name_versions, uploads, tus_tails, hoard_state",
+                "SELECT nextval('chunk_removals'); \
+                 TRUNCATE chunks, pages, files, name_versions, uploads, tus_tails, hoard_state, \
+                          condemned",
             )
             .await?;
             tx.execute(

@@ -12,6 +12,7 @@
 mod catalog;
 mod lease;
 mod meta;
+mod replica;
 pub mod schema;
 
 pub use meta::{Loaded, Rebuild};
@@ -40,6 +41,10 @@ pub struct PgCatalog {
     pool: Pool,
     /// This process's lease, under which its pins are recorded (`lease.rs`).
     lease: lease::Lease,
+    /// A server's replica of the chunk ids (`replica.rs`), once it keeps one.
+    replica: std::sync::OnceLock<replica::Replica>,
+    /// The catalog itself, once it is shared (for the replica's build thread).
+    me: std::sync::OnceLock<std::sync::Weak<PgCatalog>>,
     /// The index as `postgres://USER@HOST:PORT/DB`: for messages, never with a password.
     at: String,
     config: StoreConfig,
@@ -148,6 +153,8 @@ impl PgCatalog {
         let mut catalog = PgCatalog {
             pool,
             lease,
+            replica: std::sync::OnceLock::new(),
+            me: std::sync::OnceLock::new(),
             at,
             config: StoreConfig::default(),
             log: None,

@@ -37,6 +37,11 @@
 //! condemned  (kind int2: 0 chunk, 1 page, id bytea) PK -> since int8 (ms, the database's
 //!            clock): gc's candidates; a lookup or page write deletes the row (revives)
 //! ```
+//!
+//! Version 4 feeds the servers' id replicas (`replica.rs`): `chunks.seq int8` (indexed), each
+//! row's commit number from the `chunk_seq` sequence (a new one when a chunk is stored
+//! again), and the `chunk_removals` sequence, from which every statement that deletes chunk
+//! rows takes a number first.
 
 /// The schema version this binary writes and understands.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -107,5 +112,14 @@ CREATE TABLE condemned (
     since int8 NOT NULL,
     PRIMARY KEY (kind, id)
 );
+"#,
+    r#"
+CREATE SEQUENCE chunk_seq AS int8;
+CREATE SEQUENCE chunk_removals AS int8;
+ALTER TABLE chunks ADD COLUMN seq int8;
+UPDATE chunks SET seq = nextval('chunk_seq');
+ALTER TABLE chunks ALTER COLUMN seq SET DEFAULT nextval('chunk_seq'),
+                   ALTER COLUMN seq SET NOT NULL;
+CREATE INDEX chunks_by_seq ON chunks (seq);
 "#,
 ];
