@@ -110,32 +110,56 @@ fn decode_batch(
     verify: bool,
     known: &(dyn Fn(&Hash) -> Option<bytes::Bytes> + Sync),
 ) -> Result<()> {
-    let known: Vec<Option<bytes::Bytes>> = refs
+    let fetched = fetch(store, refs, known)?;
+    decode_fetched(store, refs, fetched, buf, verify)
+}
+
+/// What [`fetch`] got for each chunk of a batch: its decoded bytes from the caller, its stored
+/// entry (from a store that batches reads), or nothing yet (read it on the decoding thread).
+type Fetched = Vec<(Option<bytes::Bytes>, Option<StoredChunk>)>;
+
+/// The read half of [`decode_batch`]: what the caller knows, and from a store that batches
+/// reads, the stored entries of the rest in one call.
+fn fetch(
+    store: &dyn ChunkStore,
+    refs: &[ChunkRef],
+    known: &(dyn Fn(&Hash) -> Option<bytes::Bytes> + Sync),
+) -> Result<Fetched> {
+    let mut out: Fetched = refs
         .iter()
-        .map(|r| known(&r.id).filter(|b| b.len() == r.len as usize))
+        .map(|r| (known(&r.id).filter(|b| b.len() == r.len as usize), None))
         .collect();
-    let mut stored: Vec<Option<StoredChunk>> = refs.iter().map(|_| None).collect();
     if store.batches_reads() {
         let ids: Vec<Hash> = refs
             .iter()
-            .zip(&known)
-            .filter(|(_, k)| k.is_none())
+            .zip(&out)
+            .filter(|(_, (k, _))| k.is_none())
             .map(|(r, _)| r.id)
             .collect();
         let mut got = store.read_chunks(&ids)?.into_iter();
-        for (slot, k) in stored.iter_mut().zip(&known) {
+        for (k, slot) in &mut out {
             if k.is_none() {
                 *slot = got.next();
             }
         }
     }
+    Ok(out)
+}
+
+/// The decode half of [`decode_batch`].
+fn decode_fetched(
+    store: &dyn ChunkStore,
+    refs: &[ChunkRef],
+    fetched: Fetched,
+    buf: &mut [u8],
+    verify: bool,
+) -> Result<()> {
     split_mut(buf, refs.iter().map(|r| r.len as usize))
         .into_par_iter()
         .zip(refs)
-        .zip(known)
-        .zip(stored)
-        .try_for_each(|(((out, r), k), c)| {
-            match (k, c) {
+        .zip(fetched)
+        .try_for_each(|((out, r), got)| {
+            match got {
                 (Some(k), _) => {
                     out.copy_from_slice(&k);
                     return Ok(());
@@ -304,40 +328,77 @@ fn rebuild<W: Write + Send>(
             out.flush().map_err(Error::Output)
         });
 
+        // A store that batches reads (one behind a network) is read a batch ahead, on a
+        // thread of its own, so that the requests of the next batch overlap the decoding and
+        // hashing of this one. Any other is read by the decoding threads themselves.
+        let (fetched_tx, fetched_rx) = mpsc::sync_channel::<(Vec<ChunkRef>, u64, Fetched)>(1);
+        let fetcher = s.spawn(move || -> Result<()> {
+            for_each_batch(store, manifest, |refs, bytes| {
+                let fetched = if store.batches_reads() {
+                    fetch(store, refs, &|_| None)?
+                } else {
+                    refs.iter().map(|_| (None, None)).collect()
+                };
+                fetched_tx
+                    .send((refs.to_vec(), bytes, fetched))
+                    .map_err(|_| Error::stage_stopped("chunk decoding stopped"))
+            })
+        });
         let mut hasher = blake3::Hasher::new();
-        let fed = for_each_page(store, manifest, |page| {
-            let mut start = 0;
-            while start < page.chunks.len() {
-                let mut end = start;
-                let mut bytes = 0;
-                while end < page.chunks.len() && (end == start || bytes < BATCH_BYTES) {
-                    bytes += u64::from(page.chunks[end].len);
-                    end += 1;
-                }
-                let refs = &page.chunks[start..end];
+        let fed = (|| -> Result<()> {
+            for (refs, bytes, fetched) in fetched_rx {
                 // Decode straight into one contiguous buffer: one write, no per-chunk copies.
                 let mut batch = recycle_rx.try_recv().unwrap_or_default();
                 batch.resize(bytes as usize, 0);
-                decode_batch(store, refs, &mut batch, verify, &|_| None)?;
+                decode_fetched(store, &refs, fetched, &mut batch, verify)?;
                 hasher.update_rayon(&batch);
                 if tx.send(batch).is_err() {
                     // The writer failed: stop reading; its own error is the one reported.
                     return Err(Error::stage_stopped("output writer stopped"));
                 }
-                start = end;
             }
             Ok(())
-        });
+        })();
         drop(tx);
         let written = writer.join().expect("writer thread panicked");
+        let read = fetcher.join().expect("chunk reader thread panicked");
         written?;
         fed?;
+        read?;
         Ok(Hash::from(hasher.finalize()))
     })
 }
 
+/// Calls `f(refs, bytes)` with the chunks of `manifest` in order, in runs of about
+/// [`BATCH_BYTES`] within a page (`bytes` their total length).
+///
+/// # Errors
+/// Missing or damaged pages, or whatever `f` returns.
+fn for_each_batch(
+    store: &dyn ChunkStore,
+    manifest: &Manifest,
+    mut f: impl FnMut(&[ChunkRef], u64) -> Result<()>,
+) -> Result<()> {
+    for_each_page(store, manifest, |page| {
+        let mut start = 0;
+        while start < page.chunks.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < page.chunks.len() && (end == start || bytes < BATCH_BYTES) {
+                bytes += u64::from(page.chunks[end].len);
+                end += 1;
+            }
+            f(&page.chunks[start..end], bytes)?;
+            start = end;
+        }
+        Ok(())
+    })
+}
+
 /// Writes bytes `range` of the file to `out`, checking every chunk it reads. Use [`restore`]
-/// for the whole file: only it can check the whole-file hash.
+/// for the whole file: only it can check the whole-file hash. The chunks go in batches of
+/// about [`RANGE_BATCH`] (one lookup and a few requests each from a store behind a network,
+/// decoded on all cores), so memory holds one batch whatever the range.
 ///
 /// # Errors
 /// As [`restore`], except that the whole file is not hashed.
@@ -348,7 +409,12 @@ pub fn restore_range<W: Write>(
     mut out: W,
 ) -> Result<()> {
     let mut pos = 0u64;
-    let mut buf = Vec::new();
+    let mut batch = RangeBatch {
+        refs: Vec::new(),
+        start: 0,
+        len: 0,
+        buf: Vec::new(),
+    };
     for_each_page_in(store, manifest, range.start, |page_start, page| {
         pos = page_start;
         for r in &page.chunks {
@@ -360,15 +426,53 @@ pub fn restore_range<W: Write>(
             if start >= range.end {
                 return Ok(false);
             }
-            buf.resize(r.len as usize, 0);
-            read_verified_into(store, r, &mut buf)?;
-            let from = range.start.saturating_sub(start) as usize;
-            let to = (range.end.min(end) - start) as usize;
-            out.write_all(&buf[from..to]).map_err(Error::Output)?;
+            if batch.refs.is_empty() {
+                batch.start = start;
+                batch.len = 0;
+            }
+            batch.refs.push(*r);
+            batch.len += u64::from(r.len);
+            if batch.len >= RANGE_BATCH {
+                batch.write(store, &range, &mut out)?;
+            }
         }
         Ok(true)
     })?;
+    batch.write(store, &range, &mut out)?;
     out.flush().map_err(Error::Output)
+}
+
+/// Bytes of chunks [`restore_range`] reads and decodes at once = 4 MiB.
+pub const RANGE_BATCH: u64 = 4 << 20;
+
+/// Chunks of a range, read and written together.
+struct RangeBatch {
+    refs: Vec<ChunkRef>,
+    /// The file offset of the first chunk, and the chunks' total length.
+    start: u64,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl RangeBatch {
+    /// Reads, checks and writes the part of the batch inside `range`; empties the batch.
+    fn write(
+        &mut self,
+        store: &dyn ChunkStore,
+        range: &std::ops::Range<u64>,
+        out: &mut impl Write,
+    ) -> Result<()> {
+        if self.refs.is_empty() {
+            return Ok(());
+        }
+        self.buf.resize(self.len as usize, 0);
+        decode_batch(store, &self.refs, &mut self.buf, true, &|_| None)?;
+        let from = range.start.saturating_sub(self.start) as usize;
+        let to = (range.end.min(self.start + self.len) - self.start) as usize;
+        out.write_all(&self.buf[from..to]).map_err(Error::Output)?;
+        self.refs.clear();
+        Ok(())
+    }
 }
 
 /// Hashes a file whose manifest pages arrive on `pages` (their hashes, in file order; each

@@ -256,6 +256,21 @@ fn remote_store_serves_push_pull_tus_and_whole_file_uploads() {
     );
     assert_eq!(st, StatusCode::PARTIAL_CONTENT);
     assert!(part == small[1000..2000]);
+    // Ranges of the 8 MiB file, within a chunk and across several batches of chunks.
+    for (from, to) in [
+        (5, 6),
+        (70_000, 4_500_000),
+        (1, v2.len() - 1),
+        (8_000_000, v2.len()),
+    ] {
+        let (st, h, part) = api.call(
+            api.req(M::GET, "/v1/files/disk.img")
+                .header("Range", format!("bytes={from}-{}", to - 1)),
+        );
+        assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(h["content-length"], (to - from).to_string().as_str());
+        assert!(part == v2[from..to], "bytes {from}..{to}");
+    }
     // A tus upload in three pieces; HEAD tells the durable offset between them.
     let tus = |m: M, path: &str| api.req(m, path).header("Tus-Resumable", "1.0.0");
     let (st, h, _) = api.call(
