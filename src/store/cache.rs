@@ -12,7 +12,9 @@ use crate::codec::Codec;
 use crate::hash::Hash;
 use crate::store::pack::ChunkLoc;
 
-/// Payload bytes a store keeps cached at most = 32 MiB.
+/// Payload bytes a store keeps cached at most = 32 MiB. Only single-chunk reads fill it
+/// (batched reads consult it): filled from every batch, it held a server pushing 512 MiB to
+/// a bucket store at 150 MiB of peak RSS, against 116 without it.
 pub const CACHE_BYTES: u64 = 32 << 20;
 
 type Key = (Hash, u64, u64);

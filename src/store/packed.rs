@@ -345,13 +345,10 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
             .map(|((id, loc), cached)| {
                 let (codec, payload) = match cached {
                     Some((codec, bytes)) => (codec, bytes.to_vec()),
+                    // Not kept: a batch is read once (an export, a session's hash), and
+                    // filling the cache from batches cost a server 20-40 MB of peak RSS.
                     None => match read.next().expect("one result per entry read") {
-                        Ok((codec, payload)) => {
-                            if let Some(c) = &self.cache {
-                                c.put(id, loc, codec, &payload);
-                            }
-                            (codec, payload)
-                        }
+                        Ok((codec, payload)) => (codec, payload),
                         // A damaged entry, or one compaction moved: the one-chunk read
                         // looks again.
                         Err(_) => return self.read_chunk(id),
