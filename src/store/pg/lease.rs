@@ -37,6 +37,10 @@ const LIVE: &str = "SELECT objid::int8 AS lease FROM pg_locks \
                     WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
                       AND classid::int8 = $1 \
                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+/// Makes the statement's own transaction commit without waiting for its WAL to be flushed: a
+/// pin is visible to other sessions at commit all the same, and one lost in a database crash
+/// does not matter, since the crash ended every lease too (what the lease held is void).
+const ASYNC: &str = "set_config('synchronous_commit', 'off', true)";
 /// The database's clock in ms.
 const NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
 
@@ -145,8 +149,10 @@ impl Shared for PgCatalog {
         for part in ids.chunks(BATCH) {
             self.run(true, "cannot pin chunks in the index at", async |c| {
                 c.execute(
-                    "INSERT INTO pins (lease, pin, kind, id) \
-                     SELECT $1, $2, $3, unnest($4::bytea[])",
+                    &format!(
+                        "INSERT INTO pins (lease, pin, kind, id) \
+                         SELECT $1, $2, $3, unnest($4::bytea[]) FROM (SELECT {ASYNC}) a"
+                    ),
                     &[&lease, &key, &kind.code(), &part],
                 )
                 .await
@@ -165,14 +171,19 @@ impl Shared for PgCatalog {
         let r = match ids {
             Some(ids) => self.run(true, "cannot unpin chunks in the index at", async |c| {
                 c.execute(
-                    "DELETE FROM pins WHERE lease = $1 AND pin = $2 AND id = ANY($3)",
+                    &format!(
+                        "DELETE FROM pins USING (SELECT {ASYNC}) a \
+                         WHERE lease = $1 AND pin = $2 AND id = ANY($3)"
+                    ),
                     &[&lease, &key, &ids],
                 )
                 .await
             }),
             None => self.run(true, "cannot unpin chunks in the index at", async |c| {
                 c.execute(
-                    "DELETE FROM pins WHERE lease = $1 AND pin = $2",
+                    &format!(
+                        "DELETE FROM pins USING (SELECT {ASYNC}) a WHERE lease = $1 AND pin = $2"
+                    ),
                     &[&lease, &key],
                 )
                 .await
