@@ -170,11 +170,11 @@ pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
     let started = Instant::now();
     let guard = store.guard();
     let _one_at_a_time = guard.maintenance()?;
-    // The index is what gc marks from: while it disagrees with the journal, it may lack files
-    // whose chunks would look like garbage. Nothing is deleted until fsck has settled which
-    // side is right.
+    // The index is what gc marks from: while its files or names disagree with the journal,
+    // it may lack files whose chunks would look like garbage. Nothing is deleted until fsck
+    // has settled which side is right. (Pages alone decide nothing: see `gc_may_run`.)
     if let Some(j) = store.check_journal(false)?
-        && !j.agrees()
+        && !j.gc_may_run()
     {
         return Err(Error::GcRefused {
             reason: if j.index_behind() {

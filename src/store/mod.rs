@@ -190,6 +190,14 @@ impl JournalCheck {
         self.index_lacks_files + self.index_lacks_names > 0
     }
 
+    /// True if gc may mark from the index: it holds every file and name the journal records
+    /// and nothing was unreadable. Pages may differ: one the index lacks stops gc when a file
+    /// needs it, and one only the index or only the journal holds decides nothing gc does
+    /// (a killed gc leaves such pages; `fsck --repair` settles them).
+    pub fn gc_may_run(&self) -> bool {
+        self.damaged == 0 && self.stopped.is_none() && self.names_differ + self.files_differ == 0
+    }
+
     /// True if the journal would rebuild exactly the index.
     pub fn agrees(&self) -> bool {
         self.damaged == 0

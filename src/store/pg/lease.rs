@@ -295,12 +295,11 @@ impl Shared for PgCatalog {
     }
 
     fn sweep_pages(&self, hashes: &[Hash]) -> Result<u64> {
-        // The bucket's copies go first, as for every removal; a page revived meanwhile (a
-        // writer stored it again) gets its copy back below.
-        if let Some(log) = &self.log {
-            log.delete_pages(hashes)?;
-        }
-        let mut swept = HashSet::new();
+        // The database first, then the bucket's copies of what went: a gc killed in between
+        // leaves copies of garbage pages, which decide nothing (`fsck --repair` loads them
+        // back for the next gc). Bucket first would leave pages the database holds without a
+        // copy, which a rebuild would lack.
+        let mut swept = Vec::new();
         for part in hashes.chunks(BATCH) {
             let arr = id_array(part);
             let rows = self.run(
@@ -317,11 +316,14 @@ impl Shared for PgCatalog {
                 },
             )?;
             for r in &rows {
-                swept.insert(hash_of(r.get(0))?);
+                swept.push(hash_of(r.get(0))?);
             }
         }
         if let Some(log) = &self.log {
-            for h in hashes.iter().filter(|h| !swept.contains(h)) {
+            log.delete_pages(&swept)?;
+            // A writer that stored one of them again meanwhile (its copy first, then its row)
+            // gets its copy back.
+            for h in &swept {
                 if let Some(bytes) = self.get_page(h)? {
                     log.put_page(h, &bytes)?;
                 }
