@@ -105,18 +105,31 @@ fn remote_pins_of_a_lapsed_lease_hold_nothing_and_fail_their_next_use() {
     let (first, rest) = ids.split_at(ids.len() / 2);
     let pin = store.guard().pin();
     store.missing_pinned(first, &pin).unwrap();
-    // The session that holds this process's lease ends (as when its connection breaks).
+    // The session that holds this process's lease ends (as when its connection breaks); the
+    // call waits until that backend is gone, so its lock is.
     engines::sql(
         &index,
-        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+        "SELECT pg_terminate_backend(l.pid, 10000) FROM pg_locks l \
          WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid::int8 = 1752129906",
     );
-    std::thread::sleep(Duration::from_millis(300));
     // Another process's gc no longer sees the pin.
     let r = gc(&bucket, &index, "0s");
     assert_eq!(r["chunks_freed"], ids.len() as u64, "{r}");
-    // The pin made under the lost lease fails its next use, saying why.
-    let e = store.missing_pinned(rest, &pin).unwrap_err().to_string();
+    // The pin made under the lost lease fails its next use, saying why (once this process
+    // has seen its connection close: bounded wait).
+    let t = std::time::Instant::now();
+    let e = loop {
+        match store.missing_pinned(rest, &pin) {
+            Err(e) => break e.to_string(),
+            Ok(_) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "the lost lease went unnoticed"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
     assert!(e.contains("lost the lease"), "{e}");
     // A new pin takes a new lease, and holds against gc again.
     garbage(&bucket, &index, &s.path("f"));
