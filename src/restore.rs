@@ -334,11 +334,9 @@ fn rebuild<W: Write + Send>(
         let (fetched_tx, fetched_rx) = mpsc::sync_channel::<(Vec<ChunkRef>, u64, Fetched)>(1);
         let fetcher = s.spawn(move || -> Result<()> {
             for_each_batch(store, manifest, |refs, bytes| {
-                let fetched = if store.batches_reads() {
-                    fetch(store, refs, &|_| None)?
-                } else {
-                    refs.iter().map(|_| (None, None)).collect()
-                };
+                // Reads nothing from a store that does not batch reads (its decoding
+                // threads read each chunk).
+                let fetched = fetch(store, refs, &|_| None)?;
                 fetched_tx
                     .send((refs.to_vec(), bytes, fetched))
                     .map_err(|_| Error::stage_stopped("chunk decoding stopped"))

@@ -39,7 +39,7 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// The catalog serves a server from now on: it may keep what makes a server's lookups
     /// fast (a database catalog keeps a replica of the chunk ids). Nothing for others.
-    fn for_server(&self) {}
+    fn for_server(self: Arc<Self>) {}
 
     /// Ids in the replica [`Catalog::for_server`] keeps, once it is built.
     fn id_replica_len(&self) -> Option<usize> {

@@ -70,8 +70,9 @@ pub trait Shared: Send + Sync {
     /// Catalog errors.
     fn pin(&self, pin: u64, kind: PinKind, ids: &[&[u8]]) -> Result<()>;
 
-    /// Lets go of `ids` of pin `pin`, or (with `None`) of everything it holds. Best effort: a
-    /// record left behind only keeps garbage until this process ends.
+    /// Lets go of `ids` of pin `pin`, or (with `None`) of everything it holds; nothing to do
+    /// (and no request) for a pin it holds no record of. Best effort: a record left behind
+    /// only keeps garbage until this process ends.
     fn unpin(&self, pin: u64, ids: Option<&[&[u8]]>);
 
     /// Everything pinned by every process whose lease is alive.
@@ -197,7 +198,6 @@ impl Guard {
             guard: self.clone(),
             key,
             set,
-            recorded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -256,8 +256,6 @@ pub struct Pin {
     guard: Guard,
     key: u64,
     set: Arc<Mutex<Pinned>>,
-    /// Whether the shared part holds records of this pin.
-    recorded: std::sync::atomic::AtomicBool,
 }
 
 impl Pin {
@@ -269,7 +267,6 @@ impl Pin {
     /// record is what other processes go by).
     fn record(&self, kind: PinKind, ids: &[&[u8]]) -> Result<()> {
         if let Some(s) = &self.guard.1 {
-            self.recorded.store(true, Ordering::Relaxed);
             s.pin(self.key, kind, ids)?;
         }
         Ok(())
@@ -331,9 +328,8 @@ impl Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         crate::lock(&self.guard.0.pins).remove(&self.key);
-        if let Some(s) = &self.guard.1
-            && self.recorded.load(Ordering::Relaxed)
-        {
+        // A pin the shared part holds no record of costs it nothing to let go.
+        if let Some(s) = &self.guard.1 {
             s.unpin(self.key, None);
         }
     }

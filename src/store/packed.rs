@@ -249,7 +249,7 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
     }
 
     fn for_server(&self) {
-        self.catalog.for_server();
+        self.catalog.clone().for_server();
     }
 
     fn id_replica_len(&self) -> Option<usize> {

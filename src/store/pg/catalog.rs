@@ -170,11 +170,10 @@ impl Catalog for PgCatalog {
     }
 
     fn shared(self: Arc<Self>) -> Option<Arc<dyn Shared>> {
-        let _ = self.me.set(Arc::downgrade(&self));
         Some(self)
     }
 
-    fn for_server(&self) {
+    fn for_server(self: Arc<Self>) {
         self.keep_replica();
     }
 

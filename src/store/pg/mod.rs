@@ -43,8 +43,6 @@ pub struct PgCatalog {
     lease: lease::Lease,
     /// A server's replica of the chunk ids (`replica.rs`), once it keeps one.
     replica: std::sync::OnceLock<replica::Replica>,
-    /// The catalog itself, once it is shared (for the replica's build thread).
-    me: std::sync::OnceLock<std::sync::Weak<PgCatalog>>,
     /// The index as `postgres://USER@HOST:PORT/DB`: for messages, never with a password.
     at: String,
     config: StoreConfig,
@@ -154,7 +152,6 @@ impl PgCatalog {
             pool,
             lease,
             replica: std::sync::OnceLock::new(),
-            me: std::sync::OnceLock::new(),
             at,
             config: StoreConfig::default(),
             log: None,

@@ -27,7 +27,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -43,8 +43,9 @@ pub const MAX_IDS: usize = 16 << 20;
 const SCAN: i32 = 50_000;
 
 /// Where the replica stands.
-#[derive(Default)]
 pub(super) struct Replica {
+    /// The catalog it belongs to, for the build thread.
+    catalog: Weak<PgCatalog>,
     state: RwLock<State>,
     /// One build at a time.
     building: AtomicBool,
@@ -191,7 +192,7 @@ impl PgCatalog {
         if replica.building.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+        let Some(me) = replica.catalog.upgrade() else {
             replica.building.store(false, Ordering::Release);
             return;
         };
@@ -263,8 +264,14 @@ impl PgCatalog {
     }
 
     /// Keeps the replica from now on (a server's catalog does), starting its build.
-    pub(super) fn keep_replica(&self) {
-        if self.replica.set(Replica::default()).is_ok()
+    pub(super) fn keep_replica(self: &Arc<Self>) {
+        let replica = Replica {
+            catalog: Arc::downgrade(self),
+            state: RwLock::default(),
+            building: AtomicBool::new(false),
+            feeding: Mutex::new(()),
+        };
+        if self.replica.set(replica).is_ok()
             && let Some(r) = self.replica.get()
         {
             self.start_build(r);
