@@ -148,6 +148,13 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             .flatten()
             .unwrap_or_default();
         st.version = STATE_VERSION;
+        // Order matters when other processes write to the store meanwhile (as in
+        // compaction): list the packs, then note which are busy, then read the catalog. A
+        // listed pack not busy by then has had all its entries recorded (a commit lets go of
+        // a pack only after recording them), so none of them is taken for unreferenced; a
+        // busy one is checked only as far as the catalog knew it.
+        let files = self.packs.list()?;
+        let busy = self.busy_now()?;
         let mut by_pack: HashMap<u64, Vec<(Hash, ChunkLoc)>> = HashMap::new();
         let mut unreadable = Vec::new();
         catalog.for_each_loc(&mut |id, loc| {
@@ -161,7 +168,6 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             }
             Ok(())
         })?;
-        let files = self.packs.list()?;
         // A pack checked before the interruption that is gone now was compacted since: the
         // findings no longer describe the store, so start over.
         if st.done.iter().any(|d| !files.iter().any(|(p, _)| p == d)) {
@@ -171,8 +177,6 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             };
         }
         let done: HashSet<u64> = st.done.iter().copied().collect();
-        // Packs other processes of a shared store are writing now count as busy too.
-        let busy = self.busy_now()?;
         for (pack, len) in files {
             let indexed = by_pack.remove(&pack).unwrap_or_default();
             if done.contains(&pack) {
@@ -188,6 +192,12 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             }
         }
         let mut check = std::mem::take(&mut st.check);
+        if !by_pack.is_empty() {
+            // Entries in packs the listing did not show: a pack written and recorded since
+            // the listing is there now (it is checked next time); any other is missing.
+            let now: HashSet<u64> = self.packs.list()?.into_iter().map(|(p, _)| p).collect();
+            by_pack.retain(|pack, _| !now.contains(pack));
+        }
         for (pack, entries) in by_pack {
             for (id, loc) in entries {
                 check.bad.push(BadChunk {

@@ -228,3 +228,53 @@ fn remote_server_id_replica_answers_as_the_index_and_never_present_after_gc() {
     assert!(store.missing(&f_ids).unwrap().iter().all(|m| !m));
     replica_holds(&store, f_ids.len());
 }
+
+#[test]
+fn remote_fsck_while_another_process_imports_finds_nothing_wrong() {
+    let (Some(bucket), Some(index)) = (
+        engines::bucket("remote_fsck_busy"),
+        engines::index("remote_fsck_busy"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let files: Vec<_> = (0..8u64)
+        .map(|i| s.file(&format!("f{i}"), &mixed(3 << 20, 70 + i)))
+        .collect();
+    ok(remote(&bucket, &index).arg("init"));
+    let (store, _) = RemoteStore::open(&bucket, &index, false, None).unwrap();
+    // Another process writes a pack and records it, again and again, while this one checks
+    // the store: no check may count its entries as unreferenced or its packs as missing.
+    let checks = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for f in &files {
+                ok(remote(&bucket, &index)
+                    .arg("import")
+                    .arg(f)
+                    .args(["--name", "f"]));
+            }
+        });
+        let mut checks = 0;
+        while !writer.is_finished() && checks < 200 {
+            let c = store.check_chunks(false, &|_| {}).unwrap();
+            assert!(
+                c.bad.is_empty() && c.damaged_packs.is_empty(),
+                "{:?} {:?}",
+                c.bad,
+                c.damaged_packs
+            );
+            assert_eq!(
+                c.unreferenced, 0,
+                "check {checks} while writing took entries of {} packs for unreferenced",
+                c.packs
+            );
+            checks += 1;
+        }
+        writer.join().unwrap();
+        checks
+    });
+    assert!(checks > 0);
+    let c = store.check_chunks(false, &|_| {}).unwrap();
+    assert_eq!((c.unreferenced, c.bad.len()), (0, 0), "{:?}", c.bad);
+    assert_eq!(c.chunks_ok, ids_of(&store).len() as u64);
+}
