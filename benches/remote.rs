@@ -16,6 +16,11 @@
 //! at the chunks it holds and after 10 000 000 synthetic chunk rows are added to its index,
 //! beside the same lookup in a directory store holding as many chunks. Medians; results go to
 //! stdout and `target/bench-remote.json`. Engines the bench started are stopped by PID.
+//!
+//! The engines share this machine's cores with hoard, so each import and export step also
+//! records the CPU seconds of hoard (GNU time) and of the engines (`/proc` of their PIDs,
+//! PostgreSQL's reaped backends included): no step can take less wall time than all of it
+//! spread over the cores, and the bench prints that bound beside the measured time.
 
 #[path = "../tests/integration/data.rs"]
 mod generate;
@@ -128,11 +133,61 @@ fn sql(url: &str, statements: &str) {
     });
 }
 
+/// The engines' PIDs (SeaweedFS, the PostgreSQL postmaster), from the bench's own engines or
+/// `ENGINES_WEED_PID`/`ENGINES_PG_PID` as `.ci/engines.sh` writes them.
+fn engine_pids() -> Vec<u32> {
+    let env = engine_env();
+    ["ENGINES_WEED_PID", "ENGINES_PG_PID"]
+        .iter()
+        .filter_map(|k| {
+            env.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(k).ok())
+        })
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// CPU seconds the engines used so far: their own and their reaped children's (PostgreSQL's
+/// backends), from /proc.
+fn engine_cpu() -> f64 {
+    engine_pids()
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the command name: utime, stime, cutime, cstime are 12..16.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<f64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(4)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            f.iter().sum::<f64>() / 100.0
+        })
+        .sum()
+}
+
+/// CPU seconds of one step: hoard's (user + sys) and the engines' meanwhile.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    hoard: f64,
+    engines: f64,
+}
+
 /// Runs `hoard ARGS` under GNU time; returns the step and its stdout.
 fn timed_hoard(hoard: &str, args: &[&str], tmp: &Path) -> (Step, String) {
+    let (step, _, out) = timed_hoard_cpu(hoard, args, tmp);
+    (step, out)
+}
+
+/// As [`timed_hoard`], with the CPU seconds of hoard and of the engines during the step.
+fn timed_hoard_cpu(hoard: &str, args: &[&str], tmp: &Path) -> (Step, Cpu, String) {
     let out = tmp.join("time.txt");
+    let engines_before = engine_cpu();
     let o = Command::new("/usr/bin/time")
-        .args(["-f", "%e %M", "-o"])
+        .args(["-f", "%e %M %U %S", "-o"])
         .arg(&out)
         .arg(hoard)
         .args(args)
@@ -145,8 +200,21 @@ fn timed_hoard(hoard: &str, args: &[&str], tmp: &Path) -> (Step, String) {
         "hoard {args:?} failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // PostgreSQL reaps the step's backends as they notice their client is gone.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let engines = engine_cpu() - engines_before;
+    let text = std::fs::read_to_string(&out).expect("time output");
+    let hoard_cpu = text
+        .split_whitespace()
+        .skip(2)
+        .filter_map(|x| x.parse::<f64>().ok())
+        .sum();
     (
         read_time(&out),
+        Cpu {
+            hoard: hoard_cpu,
+            engines,
+        },
         String::from_utf8_lossy(&o.stdout).into_owned(),
     )
 }
@@ -173,6 +241,8 @@ fn stop(child: Child) -> u64 {
 struct Runs {
     local: [Vec<f64>; 3],
     remote: [Vec<f64>; 3],
+    local_cpu: [Vec<Cpu>; 3],
+    remote_cpu: [Vec<Cpu>; 3],
     push: [Vec<f64>; 3],
     copy: Vec<f64>,
     rss_cli: u64,
@@ -210,13 +280,19 @@ fn main() {
     for run in 0..runs {
         eprintln!("run {}/{runs}", run + 1);
         let local = tmp.join(format!("local-{run}"));
+        // A kept bench directory holds the last run's store: start from none.
+        let _ = std::fs::remove_dir_all(&local);
         let l = local.to_str().unwrap();
         let (bucket, index) = engines.store(&format!("r{run}"));
-        let sides: [(&mut [Vec<f64>; 3], Vec<&str>); 2] = [
-            (&mut r.local, vec!["--store", l]),
-            (&mut r.remote, vec!["--store", &bucket, "--index", &index]),
+        let sides: [(&mut [Vec<f64>; 3], &mut [Vec<Cpu>; 3], Vec<&str>); 2] = [
+            (&mut r.local, &mut r.local_cpu, vec!["--store", l]),
+            (
+                &mut r.remote,
+                &mut r.remote_cpu,
+                vec!["--store", &bucket, "--index", &index],
+            ),
         ];
-        for (times, store) in sides {
+        for (times, cpus, store) in sides {
             for (i, (input, verb)) in [
                 (Some(&v1), "import"),
                 (Some(&v2), "import"),
@@ -234,8 +310,9 @@ fn main() {
                     }
                     None => args.extend([verb, "v", out_s]),
                 }
-                let (step, _) = timed_hoard(hoard, &args, tmp);
+                let (step, cpu, _) = timed_hoard_cpu(hoard, &args, tmp);
                 times[i].push(step.secs);
+                cpus[i].push(cpu);
                 if store.len() > 2 {
                     r.rss_cli = r.rss_cli.max(step.rss_kib);
                 }
@@ -355,6 +432,16 @@ fn main() {
             li[i] / ri[i] * 100.0
         );
     }
+    let mc = |v: &Vec<Cpu>| Cpu {
+        hoard: median(v.iter().map(|c| c.hoard).collect()),
+        engines: median(v.iter().map(|c| c.engines).collect()),
+    };
+    let lc: Vec<Cpu> = r.local_cpu.iter().map(mc).collect();
+    let rc: Vec<Cpu> = r.remote_cpu.iter().map(mc).collect();
+    // Both engines share the machine's cores with hoard: a step cannot take less wall time
+    // than all the CPU seconds spent on it spread over every core.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let bound: Vec<f64> = rc.iter().map(|c| (c.hoard + c.engines) / cores).collect();
     println!(
         "| pack bytes after v1 + v2 | {} | {} | {:+.2}% |",
         r.local_bytes,
@@ -382,6 +469,27 @@ fn main() {
         1.0 / local_large,
         1.0 / large
     );
+    println!(
+        "\n### Where the CPU goes (seconds, medians; the engines run on the same {cores} cores)\n"
+    );
+    println!(
+        "| step | directory: hoard | bucket: hoard | bucket: SeaweedFS + PostgreSQL | bucket wall | bound: all CPU / cores | best bucket / directory the cores allow |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (i, what) in ["import v1", "import v2 (200 edits)", "export v2"]
+        .iter()
+        .enumerate()
+    {
+        println!(
+            "| {what} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% |",
+            lc[i].hoard,
+            rc[i].hoard,
+            rc[i].engines,
+            ri[i],
+            bound[i],
+            li[i] / bound[i].max(li[i]) * 100.0
+        );
+    }
     println!();
     println!(
         "remote import v1: {:.0}% of local (target >= 60%)",
@@ -411,7 +519,11 @@ fn main() {
     );
     let json = serde_json::json!({
         "mib": mib, "runs": runs,
-        "local_s": li, "remote_s": ri, "push_push_pull_s": pu, "copy_s": cp,
+        "local_s": li, "remote_s": ri,
+        "local_hoard_cpu_s": lc.iter().map(|c| c.hoard).collect::<Vec<_>>(),
+        "remote_hoard_cpu_s": rc.iter().map(|c| c.hoard).collect::<Vec<_>>(),
+        "remote_engines_cpu_s": rc.iter().map(|c| c.engines).collect::<Vec<_>>(),
+        "remote_cpu_bound_s": bound, "push_push_pull_s": pu, "copy_s": cp,
         "copied_bytes": r.copied_bytes, "local_pack_bytes": r.local_bytes, "bucket_pack_bytes": r.bucket_bytes,
         "missing_small_s": small, "missing_large_s": large,
         "local_lookup_small_s": local_small, "local_lookup_large_s": local_large,
