@@ -284,7 +284,8 @@ fn main() {
         let _ = std::fs::remove_dir_all(&local);
         let l = local.to_str().unwrap();
         let (bucket, index) = engines.store(&format!("r{run}"));
-        let sides: [(&mut [Vec<f64>; 3], &mut [Vec<Cpu>; 3], Vec<&str>); 2] = [
+        type Side<'a> = (&'a mut [Vec<f64>; 3], &'a mut [Vec<Cpu>; 3], Vec<&'a str>);
+        let sides: [Side; 2] = [
             (&mut r.local, &mut r.local_cpu, vec!["--store", l]),
             (
                 &mut r.remote,

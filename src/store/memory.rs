@@ -52,7 +52,7 @@ impl MemoryStore {
     /// Replaces a stored chunk's payload (tests of corruption handling).
     pub fn tamper(&self, id: &Hash, payload: Vec<u8>) {
         if let Some(c) = self.lock().chunks.get_mut(id) {
-            c.payload = payload;
+            c.payload = payload.into();
         }
     }
 }
@@ -68,7 +68,7 @@ impl ChunkWriter for MemoryWriter<'_> {
             id: *id,
             codec,
             raw_len,
-            payload: payload.to_vec(),
+            payload: bytes::Bytes::copy_from_slice(payload),
         });
         Ok(())
     }

@@ -52,8 +52,9 @@ pub struct StoredChunk {
     pub codec: Codec,
     /// Length of the decoded chunk.
     pub raw_len: u32,
-    /// The encoded bytes.
-    pub payload: Vec<u8>,
+    /// The encoded bytes (from a store behind a network, often a slice of the buffer one
+    /// request filled: no copy).
+    pub payload: bytes::Bytes,
 }
 
 /// One version of a name: the file it pointed at and when.
@@ -417,7 +418,7 @@ pub trait ChunkStore: Send + Sync {
     /// As [`ChunkStore::read_chunk`].
     fn read_chunk_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
         let c = self.read_chunk(id)?;
-        *payload = c.payload;
+        *payload = c.payload.into();
         Ok((c.codec, c.raw_len))
     }
 

@@ -304,7 +304,7 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
             id: *id,
             codec,
             raw_len,
-            payload,
+            payload: payload.into(),
         })
     }
 
@@ -344,7 +344,7 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
             .zip(cached)
             .map(|((id, loc), cached)| {
                 let (codec, payload) = match cached {
-                    Some((codec, bytes)) => (codec, bytes.to_vec()),
+                    Some((codec, bytes)) => (codec, bytes),
                     // Not kept: a batch is read once (an export, a session's hash), and
                     // filling the cache from batches cost a server 20-40 MB of peak RSS.
                     None => match read.next().expect("one result per entry read") {

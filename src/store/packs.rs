@@ -144,7 +144,7 @@ const COALESCE_GAP: u64 = 256 << 10;
 const COALESCE_MAX: u64 = 8 << 20;
 
 /// One entry as [`read_entries`] read it: its codec and payload, or why not.
-pub type EntryRead = Result<(Codec, Vec<u8>)>;
+pub type EntryRead = Result<(Codec, bytes::Bytes)>;
 
 /// Reads the entries at `wanted` from `packs` as [`read_entry`] does, but with few requests:
 /// entries are sorted by place, neighbours in one pack are read as one range, and the ranges
@@ -192,12 +192,12 @@ pub fn read_entries(
                     .expect("a header's length");
                 check_header(id, loc, header).map(|codec| {
                     let from = at + ENTRY_HEADER_LEN;
-                    (codec, buf[from..from + loc.stored_len as usize].to_vec())
+                    (codec, buf.slice(from..from + loc.stored_len as usize))
                 })
             } else {
                 // The pack ends within the span: each entry on its own says which are cut.
                 let mut payload = Vec::new();
-                read_entry(packs, id, loc, &mut payload).map(|codec| (codec, payload))
+                read_entry(packs, id, loc, &mut payload).map(|codec| (codec, payload.into()))
             });
         }
     }

@@ -293,7 +293,7 @@ fn tampered_chunk_is_reported_not_served() {
         .unwrap();
         first.unwrap()
     };
-    let mut payload = s.read_chunk(&first.id).unwrap().payload;
+    let mut payload = s.read_chunk(&first.id).unwrap().payload.to_vec();
     let mid = payload.len() / 2;
     payload[mid] ^= 0x40;
     s.tamper(&first.id, payload);
