@@ -10,7 +10,9 @@
 #   .ci/engines.sh stop-pg DIR | start-pg DIR       # an outage of PostgreSQL (fast shutdown)
 #   .ci/engines.sh stop-weed DIR | start-weed DIR   # an outage of SeaweedFS (SIGKILL), data kept
 #
-# engines.env sets HOARD_TEST_INDEX (postgres://postgres@127.0.0.1:PORT/hoard), HOARD_TEST_BUCKET
+# engines.env sets HOARD_TEST_INDEX (postgres://postgres@127.0.0.1:PORT/hoard; the role hoard_tls
+# there may connect over TLS only), HOARD_TEST_PG_CA (the CA that signed the server's
+# certificate), HOARD_TEST_PG_OTHER_CA (one that did not), HOARD_TEST_BUCKET
 # (s3://hoard-test), AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
 # AWS_ALLOW_HTTP, and ENGINES_PG_PID / ENGINES_WEED_PID. Every listener is on 127.0.0.1.
 set -euo pipefail
@@ -131,13 +133,33 @@ fi
 rm -rf "$dir/pg"
 install -d -o postgres -g postgres "$dir/pg"
 as_pg "$pgbin/initdb" -D "$dir/pg/data" -A trust -U postgres >"$dir/pg/initdb.log" 2>&1
+# TLS: a throwaway CA signs the server's certificate (for 127.0.0.1); a second CA that signed
+# nothing is for the test of an untrusted server. The role hoard_tls may connect over TLS
+# only, so a test that gets in as it knows TLS was used.
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+(
+    cd "$dir/pg"
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 7 -subj "/CN=hoard test CA" 2>/dev/null
+    openssl req -x509 "${ec[@]}" -keyout other-ca.key -out other-ca.pem -days 7 -subj "/CN=hoard other CA" 2>/dev/null
+    openssl req "${ec[@]}" -keyout server.key -out server.csr -subj "/CN=127.0.0.1" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+        -extfile server.ext -out server.crt 2>/dev/null
+    chown postgres:postgres server.key server.crt
+    chmod 600 server.key
+)
+sed -i '1i hostnossl all hoard_tls 127.0.0.1/32 reject' "$dir/pg/data/pg_hba.conf"
 # shared_buffers holds the chunk index of a large store (benches/remote.rs adds 10 million).
 echo "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=on -c shared_buffers=1GB" \
+    "-c ssl=on -c ssl_cert_file=$dir/pg/server.crt -c ssl_key_file=$dir/pg/server.key" \
     >"$dir/pg/options"
 as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 \
     -o "$(cat "$dir/pg/options")" start >/dev/null
 pg_pid="$(head -1 "$dir/pg/data/postmaster.pid")"
 as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres hoard
+as_pg "$pgbin/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d hoard \
+    -c "CREATE ROLE hoard_tls LOGIN SUPERUSER"
 
 # SeaweedFS.
 venv=target/engines-venv
@@ -169,6 +191,8 @@ export ENGINES_DIR=$dir
 export ENGINES_PG_PID=$pg_pid
 export ENGINES_WEED_PID=$weed_pid
 export HOARD_TEST_INDEX=postgres://postgres@127.0.0.1:$pg_port/hoard
+export HOARD_TEST_PG_CA=$dir/pg/ca.pem
+export HOARD_TEST_PG_OTHER_CA=$dir/pg/other-ca.pem
 export HOARD_TEST_BUCKET=s3://hoard-test
 export AWS_ENDPOINT_URL=http://127.0.0.1:$s3
 export AWS_ACCESS_KEY_ID=$key

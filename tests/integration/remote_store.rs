@@ -421,3 +421,67 @@ fn remote_store_damage_is_found_named_and_kept_from_exports() {
         }
     }
 }
+
+#[test]
+fn remote_store_index_over_tls_verifies_the_server() {
+    let (Some(bucket), Some(index), Ok(ca), Ok(other_ca)) = (
+        engines::bucket("remote_tls"),
+        engines::index("remote_tls"),
+        std::env::var("HOARD_TEST_PG_CA"),
+        std::env::var("HOARD_TEST_PG_OTHER_CA"),
+    ) else {
+        eprintln!("HOARD_TEST_PG_CA not set: skipping remote_tls (.ci/remote.sh runs it)");
+        return;
+    };
+    // The role hoard_tls may connect over TLS only (.ci/engines.sh).
+    let tls_only = index.replacen("postgres@", "hoard_tls@", 1);
+    let s = Scratch::new();
+    let data = mixed(3 << 20, 91);
+    let f = s.file("f", &data);
+    let one_line = |e: &str| assert_eq!(e.lines().count(), 1, "one line: {e}");
+    // Plain TCP is turned away by the server.
+    let e = fails(remote(&bucket, &tls_only).arg("init"), 1);
+    one_line(&e);
+    assert!(e.contains("no encryption"), "{e}");
+    // With the CA that signed its certificate, every command works, over TLS.
+    let verified = format!("{tls_only}?sslmode=verify-full&sslrootcert={ca}");
+    ok(remote(&bucket, &verified).arg("init"));
+    ok(remote(&bucket, &verified)
+        .arg("import")
+        .arg(&f)
+        .args(["--name", "f"]));
+    let out = s.path("out");
+    ok(remote(&bucket, &verified).args(["export", "f"]).arg(&out));
+    assert!(std::fs::read(&out).unwrap() == data, "exported over TLS");
+    ok(remote(&bucket, &verified).arg("fsck"));
+    // A server whose certificate this process cannot trust is refused, with what to do:
+    // no CA given (the system's roots do not hold the test CA), another CA, another name.
+    let by_name = tls_only.replacen("@127.0.0.1:", "@localhost:", 1);
+    for index in [
+        format!("{tls_only}?sslmode=require"),
+        format!("{tls_only}?sslmode=verify-full&sslrootcert={other_ca}"),
+        format!("{by_name}?sslmode=verify-full&sslrootcert={ca}"),
+    ] {
+        let e = fails(remote(&bucket, &index).arg("ls"), 1);
+        one_line(&e);
+        assert!(
+            e.contains("TLS handshake") && e.contains("sslrootcert=PATH"),
+            "{index}: {e}"
+        );
+    }
+    // Options it cannot use are refused before connecting.
+    let e = fails(
+        remote(&bucket, &format!("{tls_only}?sslmode=sometimes")).arg("ls"),
+        1,
+    );
+    assert!(e.contains("sslmode=sometimes is not one of"), "{e}");
+    let e = fails(
+        remote(
+            &bucket,
+            &format!("{tls_only}?sslmode=require&sslrootcert=/no/such.pem"),
+        )
+        .arg("ls"),
+        1,
+    );
+    assert!(e.contains("/no/such.pem"), "{e}");
+}

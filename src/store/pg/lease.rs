@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -47,6 +48,8 @@ const NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
 /// This process's lease, taken on first use and again after its connection broke.
 pub(super) struct Lease {
     cfg: tokio_postgres::Config,
+    /// TLS, when the index URL asks for it (`tls.rs`).
+    tls: Option<MakeRustlsConnect>,
     held: Mutex<Option<Held>>,
     /// The lease each pin's records were first made under.
     pins: Mutex<HashMap<u64, i32>>,
@@ -60,7 +63,7 @@ struct Held {
 }
 
 impl Lease {
-    pub(super) fn new(cfg: &tokio_postgres::Config) -> Lease {
+    pub(super) fn new(cfg: &tokio_postgres::Config, tls: Option<MakeRustlsConnect>) -> Lease {
         let mut cfg = cfg.clone();
         cfg.keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
@@ -68,6 +71,7 @@ impl Lease {
             .keepalives_retries(3);
         Lease {
             cfg,
+            tls,
             held: Mutex::new(None),
             pins: Mutex::default(),
         }
@@ -83,7 +87,18 @@ impl Lease {
         }
         let fail =
             |e: tokio_postgres::Error| engine_error("cannot take a lease in the index at", at, &e);
-        let (client, conn) = wait(self.cfg.connect(NoTls))?.map_err(fail)?;
+        type Conn =
+            std::pin::Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+        let (client, conn): (_, Conn) = match &self.tls {
+            Some(tls) => {
+                let (client, conn) = wait(self.cfg.connect(tls.clone()))?.map_err(fail)?;
+                (client, Box::pin(conn))
+            }
+            None => {
+                let (client, conn) = wait(self.cfg.connect(NoTls))?.map_err(fail)?;
+                (client, Box::pin(conn))
+            }
+        };
         let lost = Arc::new(AtomicBool::new(false));
         let flag = lost.clone();
         spawn(async move {

@@ -14,6 +14,7 @@ mod lease;
 mod meta;
 mod replica;
 pub mod schema;
+mod tls;
 
 pub use meta::{Loaded, Rebuild};
 
@@ -82,8 +83,14 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
 /// The store's error for a failed call on the index at `at`, with what to do if it did not
 /// answer.
 fn engine_error(action: &'static str, at: &str, e: &tokio_postgres::Error) -> Error {
-    let unreachable = unreachable(e);
-    let hint = if unreachable {
+    let detail = detail(e);
+    // A certificate this process does not trust is no outage: trying again will not help.
+    let tls = detail.contains("TLS handshake");
+    let unreachable = unreachable(e) && !tls;
+    let hint = if tls {
+        "; give the PEM file of the CA that signed the database's certificate as \
+         sslrootcert=PATH in the index URL, and connect by a name the certificate holds"
+    } else if unreachable {
         "; check the index URL and that PostgreSQL is up, then try again"
     } else {
         ""
@@ -91,7 +98,7 @@ fn engine_error(action: &'static str, at: &str, e: &tokio_postgres::Error) -> Er
     Error::Engine {
         action,
         at: at.to_owned(),
-        detail: format!("{}{hint}", detail(e)),
+        detail: format!("{detail}{hint}"),
         unreachable,
     }
 }
@@ -120,6 +127,7 @@ impl PgCatalog {
         create: bool,
         requested: Option<StoreConfig>,
     ) -> Result<(Self, bool)> {
+        let (url, tls) = tls::split(url)?;
         let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| {
             Error::InvalidParams(format!(
                 "the index is not a PostgreSQL URL (postgres://USER@HOST:PORT/DB): {e}"
@@ -132,14 +140,14 @@ impl PgCatalog {
             cfg.application_name("hoard");
         }
         let at = describe(&cfg);
-        let lease = lease::Lease::new(&cfg);
-        let manager = Manager::from_config(
-            cfg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let lease = lease::Lease::new(&cfg, tls.clone());
+        let recycling = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(cfg, tls, recycling()),
+            None => Manager::from_config(cfg, NoTls, recycling()),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
