@@ -10,7 +10,7 @@
 //! one request per call.
 
 use std::collections::VecDeque;
-use std::io::{Cursor, ErrorKind};
+use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,11 @@ pub const BUCKET_PACK_LEN: u64 = 64 << 20;
 pub const PART_LEN: usize = 8 << 20;
 /// Parts of one pack in flight at once: the sink waits for the oldest before sending more.
 const PARTS_IN_FLIGHT: usize = 3;
+/// A pack read whole (fsck) is read in ranged GETs of this many bytes = 8 MiB, ...
+const READ_ALL_PART: u64 = 8 << 20;
+/// ... this many in flight, so a check holds a few parts of a pack, not the whole object, and
+/// its reads overlap the hashing.
+const READ_ALL_AHEAD: usize = 3;
 
 /// Packs in one bucket under one prefix.
 pub struct BucketPacks {
@@ -321,10 +326,21 @@ impl PackStorage for BucketPacks {
     }
 
     fn read_all(&self, pack: u64) -> Result<Option<Box<dyn std::io::Read + Send>>> {
-        let key = self.inner.pack_key(pack);
-        Ok(self
-            .get_all("cannot read pack", &key)?
-            .map(|b| Box::new(Cursor::new(b)) as Box<dyn std::io::Read + Send>))
+        let i = &self.inner;
+        let key = i.pack_key(pack);
+        let len = match wait(i.store.head(&key))? {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(i.error("cannot read pack", &key, e)),
+        };
+        Ok(Some(Box::new(PartsReader {
+            inner: i.clone(),
+            key,
+            len,
+            next: 0,
+            ahead: VecDeque::new(),
+            current: bytes::Bytes::new(),
+        })))
     }
 
     fn list(&self) -> Result<Vec<(u64, u64)>> {
@@ -517,6 +533,51 @@ impl PackSink for BucketSink {
 }
 
 type PutTask = tokio::task::JoinHandle<object_store::Result<object_store::PutResult>>;
+
+/// A pack object read front to back in ranged GETs (see [`READ_ALL_PART`]). A failed GET is
+/// an I/O error of kind `Other` carrying the store's [`Error`], so a reader can tell the
+/// object store failing from the pack ending early (`UnexpectedEof`).
+struct PartsReader {
+    inner: Arc<Inner>,
+    key: Key,
+    len: u64,
+    /// Where the next GET starts.
+    next: u64,
+    ahead: VecDeque<tokio::task::JoinHandle<object_store::Result<bytes::Bytes>>>,
+    current: bytes::Bytes,
+}
+
+impl PartsReader {
+    fn fill(&mut self) -> Result<()> {
+        while self.ahead.len() < READ_ALL_AHEAD && self.next < self.len {
+            let range = self.next..(self.next + READ_ALL_PART).min(self.len);
+            self.next = range.end;
+            let (store, key) = (self.inner.store.clone(), self.key.clone());
+            self.ahead
+                .push_back(spawn(async move { store.get_range(&key, range).await })?);
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Read for PartsReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            self.fill().map_err(std::io::Error::other)?;
+            let Some(part) = self.ahead.pop_front() else {
+                return Ok(0);
+            };
+            self.current = joined(wait(part).map_err(std::io::Error::other)?).map_err(|e| {
+                std::io::Error::other(self.inner.error("cannot read pack", &self.key, e))
+            })?;
+            self.fill().map_err(std::io::Error::other)?;
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}
 
 /// An object write in flight (or none, for a pack written already).
 struct Written(Option<(Arc<Inner>, Key, PutTask)>);

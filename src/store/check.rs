@@ -240,7 +240,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             len
         };
         st.check.packs += 1;
-        let Some(mut r) = self.packs.read_all(pack)? else {
+        let Some(r) = self.packs.read_all(pack)? else {
             for (id, loc) in indexed {
                 st.check.bad.push(BadChunk {
                     id,
@@ -259,6 +259,9 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             judged: HashSet::new(),
             st,
         };
+        // A pack that ends early is damage to report; the storage failing to read it (an
+        // object store that stopped answering, a disk error) is not: the check stops with it.
+        let mut r = Watched { r, failed: None };
         let damaged = |what: String| format!("pack {pack:016x}: {what}");
         let mut magic = [0u8; PACK_MAGIC.len()];
         let mut pos = PACK_MAGIC.len() as u64;
@@ -315,6 +318,17 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                 walk.judge(&mut batch);
                 batch_bytes = 0;
             }
+        }
+        if let Some(e) = r.failed {
+            return Err(match e.into_inner().map(|b| b.downcast::<Error>()) {
+                Some(Ok(store)) => *store,
+                Some(Err(other)) => Error::io("cannot read pack", format!("{pack:016x}"))(
+                    std::io::Error::other(other),
+                ),
+                None => Error::io("cannot read pack", format!("{pack:016x}"))(
+                    std::io::Error::other("read failed"),
+                ),
+            });
         }
         walk.judge(&mut batch);
         progress(len.saturating_sub(pos));
@@ -421,5 +435,29 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             }
         }
         Ok(out)
+    }
+}
+
+/// A pack's reader that keeps aside its first failure other than ending early.
+struct Watched {
+    r: Box<dyn Read + Send>,
+    failed: Option<std::io::Error>,
+}
+
+impl Read for Watched {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.r.read(buf) {
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                let kind = e.kind();
+                self.failed.get_or_insert(e);
+                Err(std::io::Error::new(kind, "the pack could not be read"))
+            }
+            other => other,
+        }
     }
 }
