@@ -33,8 +33,13 @@ use crate::store::packs::{PackSink, PackStorage, PackSync};
 /// Ranged reads in flight at once, per batch.
 pub(super) const CONCURRENT_READS: usize = 8;
 
-/// A sink writes its object once its entries pass this size = 64 MiB.
-pub const BUCKET_PACK_LEN: u64 = 64 << 20;
+/// A sink writes its object once its entries pass this size = 96 MiB. Commits come first:
+/// an import commits every 64 MiB of payload, a server's group commit takes rounds of up to
+/// 64 MiB (and the request that passes it), a copy commits every 64 MiB, and each commit
+/// writes its pack's object. At 64 MiB the cap was reached a block before the commit, so
+/// every commit left a 64 MiB object and a tiny one, and the writer waited for the full
+/// object's upload to complete on the way.
+pub const BUCKET_PACK_LEN: u64 = 96 << 20;
 /// A pack that grows past this = 8 MiB goes up in parts of about this size while it fills.
 pub const PART_LEN: usize = 8 << 20;
 /// Parts of one pack in flight at once: the sink waits for the oldest before sending more.

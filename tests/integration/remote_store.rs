@@ -485,3 +485,24 @@ fn remote_store_index_over_tls_verifies_the_server() {
     );
     assert!(e.contains("/no/such.pem"), "{e}");
 }
+
+#[test]
+fn remote_store_import_writes_one_object_per_commit() {
+    let (Some(bucket), Some(index)) = (
+        engines::bucket("remote_objects"),
+        engines::index("remote_objects"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    // 72 MiB that zstd cannot shrink: one commit at 64 MiB, one at the end. Each commit's
+    // pack is one object; none is left as a sliver beside a full one.
+    let f = s.file("f", &crate::integration::data::random(72 << 20, 93));
+    ok(remote(&bucket, &index)
+        .arg("import")
+        .arg(&f)
+        .args(["--name", "f"]));
+    let r = json(&ok(remote(&bucket, &index).args(["fsck", "--json"])));
+    assert_eq!(r["clean"], true, "{r}");
+    assert_eq!(r["packs"], 2, "{r}");
+}
