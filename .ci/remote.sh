@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The tests that need real engines: starts PostgreSQL and SeaweedFS on loopback
 # (.ci/engines.sh), runs the integration tests that use them with their variables set (then,
-# alone, the ones that stop an engine mid-push), and stops both by PID whatever happens.
+# alone, the ones that stop an engine mid-push), and stops both by PID whatever happens. The
+# cluster tests put HAProxy (Debian) in front of several servers; each test starts and stops
+# its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Under /tmp, so the postgres user (PostgreSQL refuses to run as root) can reach its cluster
@@ -12,6 +14,9 @@ trap '.ci/engines.sh stop "$dir"; rm -rf "$dir"' EXIT
 .ci/engines.sh start "$dir"
 # shellcheck disable=SC1091
 . "$dir/engines.env"
-cargo test --test integration -- --nocapture bucket_ pg_ remote_
+if ! command -v haproxy >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
+fi
+cargo test --test integration -- --nocapture bucket_ pg_ remote_ cluster_
 # Last and alone: these stop and start the engines under the others' feet.
 HOARD_TEST_OUTAGES=1 cargo test --test integration -- --nocapture --test-threads=1 outage_

@@ -2,6 +2,7 @@
 
 mod integration {
     pub mod cli;
+    pub mod cluster;
     pub mod concurrent;
     pub mod copy;
     pub mod crash;

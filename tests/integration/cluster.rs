@@ -1,0 +1,220 @@
+//! Several `hoard serve` processes on one bucket store (real SeaweedFS and PostgreSQL, from
+//! `.ci/remote.sh`) behind a real round-robin proxy (HAProxy from Debian), all on loopback:
+//! any request may land on any server, and the answer is the same.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hoard::client::{Client, PullOptions};
+use reqwest::{Method as M, StatusCode};
+
+use crate::integration::data::{edit, mixed};
+use crate::integration::engines;
+use crate::integration::net::{Api, ChildServer, pull, push};
+use crate::integration::remote_store::remote;
+use crate::integration::support::{Scratch, b3, ok};
+
+/// `n` servers on one bucket store and HAProxy in front of them, each stopped by PID when
+/// dropped.
+pub struct Cluster {
+    pub servers: Vec<ChildServer>,
+    /// The proxy's URL.
+    pub url: String,
+    proxy: Child,
+    _dir: Scratch,
+}
+
+impl Cluster {
+    /// Starts it on a fresh store, or returns `None` (with a message) when no engines or no
+    /// `haproxy` are given.
+    pub fn start(test: &str, n: usize) -> Option<Cluster> {
+        let (Some(bucket), Some(index)) = (engines::bucket(test), engines::index(test)) else {
+            return None;
+        };
+        if Command::new("haproxy").arg("-v").output().is_err() {
+            eprintln!("no haproxy: skipping {test} (.ci/remote.sh installs it)");
+            return None;
+        }
+        ok(remote(&bucket, &index).arg("init"));
+        let servers: Vec<ChildServer> = (0..n)
+            .map(|_| ChildServer::start_from(remote(&bucket, &index)))
+            .collect();
+        let dir = Scratch::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        // Each request is balanced on its own (the server side of a connection is closed
+        // after every response), so consecutive requests of one client go to different
+        // servers.
+        let mut config = format!(
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  \
+             timeout server 120s\n  option http-server-close\n\
+             frontend in\n  bind 127.0.0.1:{port}\n  default_backend hoard\n\
+             backend hoard\n  balance roundrobin\n"
+        );
+        for (i, s) in servers.iter().enumerate() {
+            let addr = s.url.trim_start_matches("http://");
+            config.push_str(&format!("  server s{i} {addr}\n"));
+        }
+        let cfg = dir.file("haproxy.cfg", config.as_bytes());
+        let proxy = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let cluster = Cluster {
+            servers,
+            url: format!("http://127.0.0.1:{port}"),
+            proxy,
+            _dir: dir,
+        };
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the proxy did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let api = Api::from_url(&cluster.url);
+        assert_eq!(api.call(api.req(M::GET, "/healthz")).0, StatusCode::OK);
+        Some(cluster)
+    }
+
+    /// Requests each server has answered so far, from its `/metrics`.
+    pub fn requests(&self) -> Vec<u64> {
+        self.servers
+            .iter()
+            .map(|s| {
+                let api = Api::from_url(&s.url);
+                let (_, _, body) = api.call(api.req(M::GET, "/metrics"));
+                String::from_utf8_lossy(&body)
+                    .lines()
+                    .filter(|l| l.starts_with("hoard_http_requests_total{"))
+                    .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+                    .sum()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.proxy.kill();
+        let _ = self.proxy.wait();
+    }
+}
+
+#[test]
+fn cluster_any_request_lands_on_any_server_with_the_same_answer() {
+    let Some(cluster) = Cluster::start("cluster_any", 3) else {
+        return;
+    };
+    let s = Scratch::new();
+    let v1 = mixed(8 << 20, 101);
+    let v2 = edit(&v1, 10, 102);
+    let (p1, p2) = (s.file("v1", &v1), s.file("v2", &v2));
+    // push and pull through the proxy: the session is opened, fed and completed by whichever
+    // servers the proxy picks.
+    let c = Client::new(&cluster.url, None).unwrap();
+    let r1 = push(&c, &p1, "disk.img").unwrap();
+    assert_eq!(r1.id.to_hex(), b3(&v1));
+    let r2 = push(&c, &p2, "disk.img").unwrap();
+    // Ten edits in 64 KiB chunks: the server that answers the missing query knows what the
+    // others stored, so only the edited chunks cross.
+    assert!(
+        r2.bytes_sent <= v2.len() as u64 / 8,
+        "v2 sent {} of {}",
+        r2.bytes_sent,
+        v2.len()
+    );
+    for (spec, want) in [("disk.img@1", &v1), ("disk.img", &v2)] {
+        let out = s.path(spec);
+        pull(&c, spec, &out, PullOptions::default()).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == *want,
+            "{spec} pulls byte-identical"
+        );
+    }
+    let spread = cluster.requests();
+    assert!(
+        spread.iter().all(|&n| n >= 3),
+        "every server answered some of it: {spread:?}"
+    );
+    // Every server answers for what any of them stored: a ranged GET on each.
+    for server in &cluster.servers {
+        let api = Api::from_url(&server.url);
+        let (st, _, part) = api.call(
+            api.req(M::GET, "/v1/files/disk.img")
+                .header("Range", "bytes=3000000-3999999"),
+        );
+        assert_eq!(st, StatusCode::PARTIAL_CONTENT, "{}", server.url);
+        assert!(part == v2[3_000_000..4_000_000], "{}", server.url);
+    }
+    // A whole-file PUT through the proxy, read back from each server.
+    let small = mixed(300_000, 103);
+    let api = Api::from_url(&cluster.url);
+    let (st, _, _) = api.call(api.req(M::PUT, "/v1/files/small.bin").body(small.clone()));
+    assert_eq!(st, StatusCode::CREATED);
+    for server in &cluster.servers {
+        let api = Api::from_url(&server.url);
+        let (st, _, got) = api.call(api.req(M::GET, "/v1/files/small.bin"));
+        assert_eq!(st, StatusCode::OK);
+        assert!(got == small, "{}", server.url);
+    }
+}
+
+#[test]
+fn cluster_tus_upload_moves_between_servers() {
+    let Some(cluster) = Cluster::start("cluster_tus", 3) else {
+        return;
+    };
+    let data = mixed(5 << 20, 111);
+    let tus = |i: usize| Api::from_url(&cluster.servers[i].url);
+    let with = |rb: reqwest::RequestBuilder| rb.header("Tus-Resumable", "1.0.0");
+    // Created on the first server...
+    let (st, h, _) = tus(0).call(with(
+        tus(0)
+            .req(M::POST, "/v1/tus/")
+            .header("Upload-Length", data.len().to_string())
+            .header("Upload-Metadata", "filename dHVzLmJpbg=="),
+    ));
+    assert_eq!(st, StatusCode::CREATED);
+    let location = h["location"].to_str().unwrap().to_owned();
+    let patch = |i: usize, from: usize, to: usize| {
+        tus(i).call(with(
+            tus(i)
+                .req(M::PATCH, &location)
+                .header("Upload-Offset", from.to_string())
+                .header("Content-Type", "application/offset+octet-stream")
+                .body(data[from..to].to_vec()),
+        ))
+    };
+    let offset = |i: usize| {
+        let (st, h, _) = tus(i).call(with(tus(i).req(M::HEAD, &location)));
+        assert_eq!(st, StatusCode::OK);
+        h["upload-offset"]
+            .to_str()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    // ... a first piece on the second, whose durable offset the third reports ...
+    assert_eq!(patch(1, 0, 2_000_001).0, StatusCode::NO_CONTENT);
+    assert_eq!(offset(2), 2_000_001);
+    // ... a piece at a stale offset is refused wherever it lands ...
+    assert_eq!(patch(0, 0, 10).0, StatusCode::CONFLICT);
+    // ... and the rest on the third; every server then reports it whole.
+    assert_eq!(patch(2, 2_000_001, data.len()).0, StatusCode::NO_CONTENT);
+    for i in 0..3 {
+        assert_eq!(offset(i), data.len());
+    }
+    let api = Api::from_url(&cluster.url);
+    let (st, _, got) = api.call(api.req(M::GET, "/v1/files/tus.bin"));
+    assert_eq!(st, StatusCode::OK);
+    assert!(got == data, "the upload reads back byte-identical");
+}
