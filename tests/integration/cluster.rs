@@ -18,6 +18,8 @@ use crate::integration::support::{Scratch, b3, ok};
 /// dropped.
 pub struct Cluster {
     pub servers: Vec<ChildServer>,
+    pub bucket: String,
+    pub index: String,
     /// The proxy's URL.
     pub url: String,
     proxy: Child,
@@ -46,16 +48,20 @@ impl Cluster {
             .port();
         // Each request is balanced on its own (the server side of a connection is closed
         // after every response), so consecutive requests of one client go to different
-        // servers.
+        // servers; a request that cannot reach a server is sent to another, and a server
+        // that stops answering is taken out until it answers again.
         let mut config = format!(
-            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  \
-             timeout server 120s\n  option http-server-close\n\
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 120s\n  \
+             timeout server 120s\n  option http-server-close\n  retries 3\n  \
+             option redispatch\n\
              frontend in\n  bind 127.0.0.1:{port}\n  default_backend hoard\n\
              backend hoard\n  balance roundrobin\n"
         );
         for (i, s) in servers.iter().enumerate() {
             let addr = s.url.trim_start_matches("http://");
-            config.push_str(&format!("  server s{i} {addr}\n"));
+            config.push_str(&format!(
+                "  server s{i} {addr} check inter 300ms fall 1 rise 1\n"
+            ));
         }
         let cfg = dir.file("haproxy.cfg", config.as_bytes());
         let proxy = Command::new("haproxy")
@@ -68,6 +74,8 @@ impl Cluster {
             .expect("start haproxy");
         let cluster = Cluster {
             servers,
+            bucket,
+            index,
             url: format!("http://127.0.0.1:{port}"),
             proxy,
             _dir: dir,
@@ -83,6 +91,32 @@ impl Cluster {
         let api = Api::from_url(&cluster.url);
         assert_eq!(api.call(api.req(M::GET, "/healthz")).0, StatusCode::OK);
         Some(cluster)
+    }
+
+    /// Kills server `i` (SIGKILL) and starts another on the same address, as an operator's
+    /// supervisor would.
+    pub fn kill_and_restart(&mut self, i: usize) {
+        let dead = self.servers.remove(i);
+        let addr = dead.url.trim_start_matches("http://").to_owned();
+        dead.kill();
+        let new = ChildServer::start_at(remote(&self.bucket, &self.index), &addr);
+        self.servers.insert(i, new);
+    }
+
+    /// The sum over the servers of the counter `name` in their `/metrics` (a restarted
+    /// server counts from zero again).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.servers
+            .iter()
+            .map(|s| {
+                let api = Api::from_url(&s.url);
+                let (_, _, body) = api.call(api.req(M::GET, "/metrics"));
+                String::from_utf8_lossy(&body)
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     /// Requests each server has answered so far, from its `/metrics`.
@@ -217,4 +251,52 @@ fn cluster_tus_upload_moves_between_servers() {
     let (st, _, got) = api.call(api.req(M::GET, "/v1/files/tus.bin"));
     assert_eq!(st, StatusCode::OK);
     assert!(got == data, "the upload reads back byte-identical");
+}
+
+#[test]
+fn cluster_server_killed_mid_push_loses_nothing_and_the_push_completes() {
+    let Some(mut cluster) = Cluster::start("cluster_kill", 3) else {
+        return;
+    };
+    let s = Scratch::new();
+    let trials = 10;
+    for trial in 0..trials {
+        let data = mixed(48 << 20, 120 + trial);
+        let f = s.file(&format!("f{trial}"), &data);
+        let name = format!("f{trial}");
+        let c = Client::new(&cluster.url, None).unwrap();
+        // One server dies (kill -9) while the push runs through the proxy and is started
+        // again; the client's retries land on the others meanwhile.
+        let victim = trial as usize % cluster.servers.len();
+        let received = cluster.metric("hoard_chunks_received_total");
+        let (pushed, pushed_at, killed_at) = std::thread::scope(|scope| {
+            let pushing = scope.spawn(|| (push(&c, &f, &name), Instant::now()));
+            // Once chunks arrive (the push is under way), a little later each trial.
+            let t = Instant::now();
+            while cluster.metric("hoard_chunks_received_total") <= received
+                && t.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(20 * (trial % 3)));
+            let killed_at = Instant::now();
+            cluster.kill_and_restart(victim);
+            let (pushed, at) = pushing.join().unwrap();
+            (pushed, at, killed_at)
+        });
+        assert!(
+            killed_at < pushed_at,
+            "trial {trial}: the push ended before the kill; the trial tests nothing"
+        );
+        let r = pushed.unwrap_or_else(|e| panic!("trial {trial}: the push failed: {e}"));
+        assert_eq!(r.id.to_hex(), b3(&data), "trial {trial}");
+        let out = s.path(&format!("out{trial}"));
+        pull(&c, &name, &out, PullOptions::default()).unwrap();
+        assert!(std::fs::read(&out).unwrap() == data, "trial {trial}");
+    }
+    // Nothing acknowledged is lost and nothing is damaged.
+    let r = crate::integration::remote_store::json(&ok(
+        remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
+    ));
+    assert_eq!(r["clean"], true, "{r}");
 }

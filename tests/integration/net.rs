@@ -242,9 +242,19 @@ impl ChildServer {
         Self::spawn_from(hoard, Stdio::null())
     }
 
+    /// As [`ChildServer::start_from`], listening at `addr` (`127.0.0.1:PORT`).
+    pub fn start_at(mut hoard: Command, addr: &str) -> Self {
+        hoard.args(["serve", "--listen", addr]);
+        Self::spawn_serving(hoard, Stdio::null())
+    }
+
     fn spawn_from(mut hoard: Command, stderr: Stdio) -> Self {
+        hoard.args(["serve", "--listen", "127.0.0.1:0"]);
+        Self::spawn_serving(hoard, stderr)
+    }
+
+    fn spawn_serving(mut hoard: Command, stderr: Stdio) -> Self {
         let mut child = hoard
-            .args(["serve", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(stderr)
