@@ -116,3 +116,23 @@ pub(super) async fn fsck_now(
 pub(super) async fn gc_now(State(st): State<AppState>) -> Result<Json<GcReport>, ApiError> {
     Ok(Json(run_gc(&st).await?))
 }
+
+/// A health check counts as fresh for this long: however many load balancers ask, the
+/// engines are asked at most about once a second.
+const HEALTH_FRESH: Duration = Duration::from_secs(1);
+
+/// `GET /healthz`: `ok` while every engine the store lives on answers (for a store in a
+/// bucket: the object store and the index database, each within a couple of seconds), else
+/// `503` like any request the engines could not serve, so a load balancer takes this server
+/// out until they answer again. A success is kept for [`HEALTH_FRESH`]; checks that arrive
+/// meanwhile wait for the one in flight.
+pub(super) async fn healthz(State(st): State<AppState>) -> Result<&'static str, ApiError> {
+    let mut last_ok = st.0.healthy_at.lock().await;
+    if last_ok.is_some_and(|at| at.elapsed() < HEALTH_FRESH) {
+        return Ok("ok\n");
+    }
+    let store = st.0.store.clone();
+    blocking(move || store.ping()).await?;
+    *last_ok = Some(std::time::Instant::now());
+    Ok("ok\n")
+}

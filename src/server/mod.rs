@@ -164,6 +164,8 @@ struct Shared {
     ingest_slots: Arc<Semaphore>,
     /// The memory request bodies may take together, in KiB (see [`AppState::reserve`]).
     memory: Arc<Semaphore>,
+    /// When `/healthz` last found every engine answering.
+    healthy_at: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Memory all request bodies held at once (and what their handlers make of them) may take:
@@ -207,6 +209,7 @@ impl AppState {
             upload_slots: Arc::new(Semaphore::new(4)),
             ingest_slots: Arc::new(Semaphore::new(4)),
             memory: Arc::new(Semaphore::new(MEMORY_BUDGET_KIB)),
+            healthy_at: tokio::sync::Mutex::new(None),
         })))
     }
 
@@ -435,7 +438,7 @@ pub fn router(state: AppState) -> Router {
         .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency))
         // Outside the concurrency limit: a health check answers while slow clients hold
         // every request slot.
-        .merge(Router::new().route("/healthz", get(|| async { "ok\n" })))
+        .merge(Router::new().route("/healthz", get(maintenance::healthz)))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(
             TraceLayer::new_for_http()

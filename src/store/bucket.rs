@@ -269,7 +269,25 @@ impl BucketPacks {
     }
 }
 
+/// How long a health check waits for the bucket or the database.
+pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl PackStorage for BucketPacks {
+    fn ping(&self) -> Result<()> {
+        let i = &self.inner;
+        let key = i.key("hoard-store.json");
+        match wait(tokio::time::timeout(PING_TIMEOUT, i.store.head(&key)))? {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(i.error("cannot reach the object store at", &key, e)),
+            Err(_) => Err(Error::Engine {
+                action: "cannot reach the object store at",
+                at: i.where_(&key).display().to_string(),
+                detail: format!("no answer within {} s", PING_TIMEOUT.as_secs()),
+                unreachable: true,
+            }),
+        }
+    }
+
     fn create(&self) -> Result<Box<dyn PackSink>> {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(&PACK_MAGIC);

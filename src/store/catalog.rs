@@ -31,6 +31,15 @@ pub trait Catalog: Send + Sync + 'static {
     /// The params the store was created with.
     fn config(&self) -> StoreConfig;
 
+    /// Returns once the catalog answers a trivial request (a server's health check), within
+    /// a couple of seconds; a catalog in this process's files always does.
+    ///
+    /// # Errors
+    /// The engine's error when it does not answer.
+    fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The part of gc's guard that other processes see, for a catalog several processes
     /// open at once (`guard.rs`); none for one only this process opens.
     fn shared(self: Arc<Self>) -> Option<Arc<dyn Shared>> {

@@ -268,6 +268,16 @@ pub trait ChunkStore: Send + Sync {
     /// The params the store was created with.
     fn config(&self) -> StoreConfig;
 
+    /// Returns once every engine the store lives on answers (a server's `/healthz`): the
+    /// object store and the index database of a store in a bucket, within a couple of
+    /// seconds each.
+    ///
+    /// # Errors
+    /// The first engine's error that did not answer.
+    fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// What keeps gc from removing chunks callers count on (see `guard.rs` and `gc.rs`).
     fn guard(&self) -> &Guard;
 

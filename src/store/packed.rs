@@ -368,6 +368,11 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         self.packs.batches_reads()
     }
 
+    fn ping(&self) -> Result<()> {
+        self.packs.ping()?;
+        self.catalog.ping()
+    }
+
     fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()> {
         self.catalog.for_each_loc(&mut |id, loc| {
             loc?;

@@ -18,6 +18,15 @@ use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, parse_entry_header};
 
 /// Where encoded chunk bytes live.
 pub trait PackStorage: Send + Sync {
+    /// Returns once the storage answers a trivial request (a server's health check), within
+    /// a couple of seconds; local files always do.
+    ///
+    /// # Errors
+    /// The engine's error when it does not answer.
+    fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Starts a new pack under a name never used before.
     ///
     /// # Errors

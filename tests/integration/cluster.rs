@@ -55,7 +55,7 @@ impl Cluster {
              timeout server 120s\n  option http-server-close\n  retries 3\n  \
              option redispatch\n\
              frontend in\n  bind 127.0.0.1:{port}\n  default_backend hoard\n\
-             backend hoard\n  balance roundrobin\n"
+             backend hoard\n  balance roundrobin\n  option httpchk GET /healthz\n"
         );
         for (i, s) in servers.iter().enumerate() {
             let addr = s.url.trim_start_matches("http://");

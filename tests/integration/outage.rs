@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::integration::data::{edit, mixed};
 use crate::integration::engines;
-use crate::integration::net::ChildServer;
+use crate::integration::net::{Api, ChildServer};
 use crate::integration::remote_store::{json, remote};
 use crate::integration::support::{Scratch, ok};
 
@@ -60,9 +60,26 @@ fn outage_mid_push(test: &str, stop: &str, start: &'static str) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(150));
+    let health = |want: u16, limit: Duration| {
+        let api = Api::from_url(&server.url);
+        let t = Instant::now();
+        loop {
+            let (st, _, body) = api.call(api.req(reqwest::Method::GET, "/healthz"));
+            if st.as_u16() == want {
+                return String::from_utf8_lossy(&body).into_owned();
+            }
+            assert!(t.elapsed() < limit, "/healthz stayed {st}, not {want}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert_eq!(health(200, Duration::from_secs(10)), "ok\n");
     engines_sh(stop);
     // Started again whatever happens below, so later tests find it up.
     let _restart = Restart(start);
+    // The server says it cannot serve while the engine is away (a load balancer takes it
+    // out), within a health check's timeout.
+    let down = health(503, Duration::from_secs(15));
+    assert!(down.contains("unavailable"), "{down}");
     // The push ends by itself (the client's and the server's timeouts are bounded).
     let started = Instant::now();
     let status = loop {
@@ -85,6 +102,7 @@ fn outage_mid_push(test: &str, stop: &str, start: &'static str) {
         );
     }
     drop(_restart);
+    assert_eq!(health(200, Duration::from_secs(60)), "ok\n");
     let r = json(&ok(push(&server, "big", &f_big).arg("--json")));
     eprintln!("{test}: the push again: {r}");
     server.kill();

@@ -165,6 +165,30 @@ impl PgCatalog {
 }
 
 impl Catalog for PgCatalog {
+    fn ping(&self) -> Result<()> {
+        const ACTION: &str = "cannot reach the index at";
+        let limit = crate::store::bucket::PING_TIMEOUT;
+        let asked = async {
+            let c = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| self.pool_error(ACTION, e))?;
+            c.simple_query("SELECT 1")
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(ACTION, &e))
+        };
+        wait(tokio::time::timeout(limit, asked))?.unwrap_or_else(|_| {
+            Err(Error::Engine {
+                action: ACTION,
+                at: self.at.clone(),
+                detail: format!("no answer within {} s", limit.as_secs()),
+                unreachable: true,
+            })
+        })
+    }
+
     fn config(&self) -> StoreConfig {
         self.config
     }
