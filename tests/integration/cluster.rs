@@ -20,6 +20,8 @@ pub struct Cluster {
     pub servers: Vec<ChildServer>,
     pub bucket: String,
     pub index: String,
+    /// What each server's `serve` is given besides `--listen`.
+    args: Vec<String>,
     /// The proxy's URL.
     pub url: String,
     proxy: Child,
@@ -30,6 +32,11 @@ impl Cluster {
     /// Starts it on a fresh store, or returns `None` (with a message) when no engines or no
     /// `haproxy` are given.
     pub fn start(test: &str, n: usize) -> Option<Cluster> {
+        Self::start_with(test, n, &[])
+    }
+
+    /// As [`Cluster::start`], each server's `serve` given `args`.
+    pub fn start_with(test: &str, n: usize, args: &[&str]) -> Option<Cluster> {
         let (Some(bucket), Some(index)) = (engines::bucket(test), engines::index(test)) else {
             return None;
         };
@@ -38,8 +45,9 @@ impl Cluster {
             return None;
         }
         ok(remote(&bucket, &index).arg("init"));
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let servers: Vec<ChildServer> = (0..n)
-            .map(|_| ChildServer::start_from(remote(&bucket, &index)))
+            .map(|_| ChildServer::start_at(remote(&bucket, &index), "127.0.0.1:0", &args))
             .collect();
         let dir = Scratch::new();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -76,6 +84,7 @@ impl Cluster {
             servers,
             bucket,
             index,
+            args,
             url: format!("http://127.0.0.1:{port}"),
             proxy,
             _dir: dir,
@@ -99,7 +108,7 @@ impl Cluster {
         let dead = self.servers.remove(i);
         let addr = dead.url.trim_start_matches("http://").to_owned();
         dead.kill();
-        let new = ChildServer::start_at(remote(&self.bucket, &self.index), &addr);
+        let new = ChildServer::start_at(remote(&self.bucket, &self.index), &addr, &self.args);
         self.servers.insert(i, new);
     }
 
@@ -299,4 +308,58 @@ fn cluster_server_killed_mid_push_loses_nothing_and_the_push_completes() {
         remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
     ));
     assert_eq!(r["clean"], true, "{r}");
+}
+
+#[test]
+fn cluster_hooks_fire_once_per_upload_not_once_per_server() {
+    let hooks = crate::integration::net::HookReceiver::start();
+    let Some(cluster) = Cluster::start_with("cluster_hooks", 3, &["--hook-url", &hooks.url]) else {
+        return;
+    };
+    let s = Scratch::new();
+    // A push (a session opened, fed and completed by whichever servers the proxy picks),
+    // a whole-file PUT, and a tus upload created on one server and finished on another.
+    let data = mixed(6 << 20, 131);
+    let c = Client::new(&cluster.url, None).unwrap();
+    push(&c, &s.file("p.bin", &data), "p.bin").unwrap();
+    let api = Api::from_url(&cluster.url);
+    let (st, _, _) = api.call(
+        api.req(M::PUT, "/v1/files/c.bin")
+            .body(data[..100_000].to_vec()),
+    );
+    assert_eq!(st, StatusCode::CREATED);
+    let (a, b) = (
+        Api::from_url(&cluster.servers[0].url),
+        Api::from_url(&cluster.servers[1].url),
+    );
+    let (st, h, _) = a.call(
+        a.req(M::POST, "/v1/tus/")
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", "300000"),
+    );
+    assert_eq!(st, StatusCode::CREATED);
+    let location = h["location"].to_str().unwrap().to_owned();
+    let (st, _, _) = b.call(
+        b.req(M::PATCH, &location)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", "0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(data[..300_000].to_vec()),
+    );
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    // Three uploads: a start and a complete each, from whichever server saw it happen;
+    // a second's wait shows no server sends them again.
+    hooks.wait_until(|evs| evs.len() >= 6, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(1));
+    let all = hooks.wait_until(|_| true, Duration::from_secs(1));
+    for source in ["session", "put", "tus"] {
+        for event in ["upload.start", "upload.complete"] {
+            let n = all
+                .iter()
+                .filter(|e| e["source"] == source && e["event"] == event)
+                .count();
+            assert_eq!(n, 1, "{event} from {source}: {all:#?}");
+        }
+    }
+    assert_eq!(all.len(), 6, "{all:#?}");
 }

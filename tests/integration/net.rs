@@ -242,9 +242,10 @@ impl ChildServer {
         Self::spawn_from(hoard, Stdio::null())
     }
 
-    /// As [`ChildServer::start_from`], listening at `addr` (`127.0.0.1:PORT`).
-    pub fn start_at(mut hoard: Command, addr: &str) -> Self {
-        hoard.args(["serve", "--listen", addr]);
+    /// As [`ChildServer::start_from`], listening at `addr` (`127.0.0.1:PORT`, or port 0),
+    /// with `serve_args` given to `serve`.
+    pub fn start_at(mut hoard: Command, addr: &str, serve_args: &[String]) -> Self {
+        hoard.args(["serve", "--listen", addr]).args(serve_args);
         Self::spawn_serving(hoard, Stdio::null())
     }
 
