@@ -40,6 +40,16 @@ pub trait Catalog: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Holds upload `id` (a session or tus record) against every other process until the
+    /// returned guard is dropped, for a change that reads, then writes its record; `None`
+    /// for a catalog only this process opens (its own locks suffice).
+    ///
+    /// # Errors
+    /// The engine's error.
+    fn lock_upload(&self, _id: &[u8; 16]) -> Result<Option<Box<dyn Send>>> {
+        Ok(None)
+    }
+
     /// The part of gc's guard that other processes see, for a catalog several processes
     /// open at once (`guard.rs`); none for one only this process opens.
     fn shared(self: Arc<Self>) -> Option<Arc<dyn Shared>> {

@@ -278,6 +278,17 @@ pub trait ChunkStore: Send + Sync {
         Ok(())
     }
 
+    /// Holds upload `id` (a session or tus record) against every other process that has the
+    /// store open until the returned guard is dropped: the store's side of a read, then
+    /// write of the record (this process's own locks keep its threads apart). `None` for a
+    /// store only one process opens.
+    ///
+    /// # Errors
+    /// The engine's error.
+    fn lock_upload(&self, _id: &[u8; 16]) -> Result<Option<Box<dyn Send>>> {
+        Ok(None)
+    }
+
     /// What keeps gc from removing chunks callers count on (see `guard.rs` and `gc.rs`).
     fn guard(&self) -> &Guard;
 

@@ -373,6 +373,10 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         self.catalog.ping()
     }
 
+    fn lock_upload(&self, id: &[u8; 16]) -> Result<Option<Box<dyn Send>>> {
+        self.catalog.lock_upload(id)
+    }
+
     fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()> {
         self.catalog.for_each_loc(&mut |id, loc| {
             loc?;

@@ -278,3 +278,74 @@ fn remote_fsck_while_another_process_imports_finds_nothing_wrong() {
     assert_eq!((c.unreferenced, c.bad.len()), (0, 0), "{:?}", c.bad);
     assert_eq!(c.chunks_ok, ids_of(&store).len() as u64);
 }
+
+#[test]
+fn remote_session_completed_on_two_servers_at_once_records_one_version() {
+    use std::sync::Arc;
+
+    use hoard::upload::session::Sessions;
+
+    let (Some(bucket), Some(index)) = (
+        engines::bucket("remote_session_race"),
+        engines::index("remote_session_race"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let f = s.file("f", &mixed(6 << 20, 141));
+    ok(remote(&bucket, &index).arg("init"));
+    ok(remote(&bucket, &index)
+        .arg("import")
+        .arg(&f)
+        .args(["--name", "src"]));
+    // Two servers' stores and sessions on one store; the file's chunks are stored but its
+    // manifest is not, so completing checks the whole file (a wide window for a race).
+    let open = || {
+        let (store, _) = RemoteStore::open(&bucket, &index, false, None).unwrap();
+        Arc::new(store) as Arc<dyn ChunkStore>
+    };
+    let (a, b) = (open(), open());
+    let m = a.get_name("src").unwrap().unwrap().versions[0].file_id;
+    let manifest = a.get_manifest(&m).unwrap().unwrap();
+    let mut chunks = Vec::new();
+    hoard::restore::for_each_page(&*a, &manifest, |p| {
+        chunks.extend(p.chunks);
+        Ok(())
+    })
+    .unwrap();
+    let flat = hoard::wire::FlatManifest {
+        id: manifest.file_id,
+        size: manifest.file_len,
+        chunker: None,
+        chunks,
+    };
+    for round in 0..3 {
+        assert!(a.remove_manifest(&manifest.file_id).unwrap());
+        let name = format!("x{round}");
+        let (sa, sb) = (
+            Sessions::new(a.clone(), Duration::from_secs(3600)),
+            Sessions::new(b.clone(), Duration::from_secs(3600)),
+        );
+        let (progress, missing) = sa.open(Some(&name), &flat, 1 << 20).unwrap();
+        assert!(missing.is_empty());
+        let id = progress.id.parse().unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let done: Vec<bool> = std::thread::scope(|scope| {
+            let ends = [&sa, &sb].map(|sessions| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    sessions.complete(id).unwrap().1
+                })
+            });
+            ends.map(|e| e.join().unwrap()).to_vec()
+        });
+        assert_eq!(
+            done.iter().filter(|d| **d).count(),
+            1,
+            "round {round}: exactly one call completes the session: {done:?}"
+        );
+        let versions = a.get_name(&name).unwrap().unwrap().versions.len();
+        assert_eq!(versions, 1, "round {round}: one completion, one version");
+    }
+}

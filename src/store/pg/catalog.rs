@@ -164,7 +164,23 @@ impl PgCatalog {
     }
 }
 
+/// The first key of an upload's lock (`pg_advisory_lock(UPLOAD_SPACE, first 4 bytes of its
+/// id)`): two uploads that share those bytes only wait for each other.
+const UPLOAD_SPACE: i32 = 0x6870_7570;
+
 impl Catalog for PgCatalog {
+    fn lock_upload(&self, id: &[u8; 16]) -> Result<Option<Box<dyn Send>>> {
+        const ACTION: &str = "cannot lock an upload in the index at";
+        let key = i32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+        let obj = wait(self.pool.get())?.map_err(|e| self.pool_error(ACTION, e))?;
+        // Out of the pool: closing this connection is what lets go of the lock, also when
+        // this process dies holding it; the pool makes another when it needs one.
+        let client = deadpool_postgres::Object::take(obj);
+        wait(client.execute("SELECT pg_advisory_lock($1, $2)", &[&UPLOAD_SPACE, &key]))?
+            .map_err(|e| self.error(ACTION, &e))?;
+        Ok(Some(Box::new(client)))
+    }
+
     fn ping(&self) -> Result<()> {
         const ACTION: &str = "cannot reach the index at";
         let limit = crate::store::bucket::PING_TIMEOUT;

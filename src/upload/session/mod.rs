@@ -310,6 +310,7 @@ impl Sessions {
     pub fn progress(&self, id: SessionId) -> Result<Progress> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
+        let _shared = self.store.lock_upload(&id.0)?;
         let mut s = self.load(id)?;
         self.expire_if_idle(&mut s)?;
         if s.state == SessionState::Complete {
@@ -345,6 +346,7 @@ impl Sessions {
     pub fn complete(&self, id: SessionId) -> Result<(Progress, bool)> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
+        let _shared = self.store.lock_upload(&id.0)?;
         let mut s = self.load(id)?;
         self.expire_if_idle(&mut s)?;
         match s.state {
@@ -399,6 +401,7 @@ impl Sessions {
     pub fn abort(&self, id: SessionId) -> Result<()> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
+        let _shared = self.store.lock_upload(&id.0)?;
         self.load(id)?;
         self.take_verifier(id, true);
         self.store.delete_upload(UploadKind::Session, &id.0)?;
@@ -432,8 +435,17 @@ impl Sessions {
                     continue;
                 }
             };
+            // Only a record the sweep will change is held against other servers.
+            let ends =
+                |s: &Session| s.state.is_open() && self.last_use(s) + self.ttl.as_secs() < now();
+            let goes =
+                |s: &Session| !s.state.is_open() && s.touched + 2 * self.ttl.as_secs() < now();
+            if !ends(&s) && !goes(&s) {
+                continue;
+            }
             let lock = self.lock_of(s.id);
             let _held = crate::lock(&lock);
+            let _shared = self.store.lock_upload(&s.id.0)?;
             let Ok(mut s) = self.load(s.id) else { continue };
             if self.expire_if_idle(&mut s)? {
                 expired.push(self.report(&s, 0, 0));
