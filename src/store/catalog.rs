@@ -26,6 +26,16 @@ use crate::manifest::Manifest;
 use crate::store::pack::ChunkLoc;
 use crate::store::{JournalCheck, NameRecord, NameVersion, Shared, TailRun, UploadKind};
 
+/// What [`Catalog::lock_upload`] (and
+/// [`ChunkStore::lock_upload`](crate::store::ChunkStore::lock_upload)) got.
+pub enum Hold {
+    /// Held against every other process until this is dropped (`None`: nothing to hold,
+    /// only this process opens the store).
+    Held(Option<Box<dyn Send>>),
+    /// Another process held it for the whole wait.
+    Busy,
+}
+
 /// Where the store's records live.
 pub trait Catalog: Send + Sync + 'static {
     /// The params the store was created with.
@@ -40,14 +50,14 @@ pub trait Catalog: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Holds upload `id` (a session or tus record) against every other process until the
-    /// returned guard is dropped, for a change that reads, then writes its record; `None`
-    /// for a catalog only this process opens (its own locks suffice).
+    /// Holds upload `id` (a session or tus record) against every other process, for a
+    /// change that reads, then writes its record: waits for it (at most `wait`, if given).
+    /// A catalog only this process opens holds nothing (its own locks suffice).
     ///
     /// # Errors
     /// The engine's error.
-    fn lock_upload(&self, _id: &[u8; 16]) -> Result<Option<Box<dyn Send>>> {
-        Ok(None)
+    fn lock_upload(&self, _id: &[u8; 16], _wait: Option<std::time::Duration>) -> Result<Hold> {
+        Ok(Hold::Held(None))
     }
 
     /// The part of gc's guard that other processes see, for a catalog several processes

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::pack::ChunkLoc;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, Hold};
 pub use guard::{Guard, Maintenance, Pin, PinKind, PinnedSnapshot, Shared};
 pub use local::{LocalStore, journal};
 pub use memory::MemoryStore;
@@ -279,14 +279,13 @@ pub trait ChunkStore: Send + Sync {
     }
 
     /// Holds upload `id` (a session or tus record) against every other process that has the
-    /// store open until the returned guard is dropped: the store's side of a read, then
-    /// write of the record (this process's own locks keep its threads apart). `None` for a
-    /// store only one process opens.
+    /// store open: the store's side of a read, then write of the record (this process's
+    /// own locks keep its threads apart). Waits for it, at most `wait` if given.
     ///
     /// # Errors
     /// The engine's error.
-    fn lock_upload(&self, _id: &[u8; 16]) -> Result<Option<Box<dyn Send>>> {
-        Ok(None)
+    fn lock_upload(&self, _id: &[u8; 16], _wait: Option<std::time::Duration>) -> Result<Hold> {
+        Ok(Hold::Held(None))
     }
 
     /// What keeps gc from removing chunks callers count on (see `guard.rs` and `gc.rs`).

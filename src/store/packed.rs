@@ -23,7 +23,7 @@ use crate::store::catalog::Catalog;
 use crate::store::pack::ChunkLoc;
 use crate::store::packs::{PackSink, PackStorage, PackSync, read_entries, read_entry};
 use crate::store::{
-    ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard,
+    ChunkCheck, ChunkRepair, ChunkStore, ChunkTotals, ChunkWriter, CompactReport, Guard, Hold,
     JournalCheck, NameRecord, NameVersion, PendingCommit, Pin, StoredChunk, TailRun, UploadKind,
 };
 
@@ -373,8 +373,8 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         self.catalog.ping()
     }
 
-    fn lock_upload(&self, id: &[u8; 16]) -> Result<Option<Box<dyn Send>>> {
-        self.catalog.lock_upload(id)
+    fn lock_upload(&self, id: &[u8; 16], wait: Option<std::time::Duration>) -> Result<Hold> {
+        self.catalog.lock_upload(id, wait)
     }
 
     fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()> {

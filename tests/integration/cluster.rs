@@ -363,3 +363,70 @@ fn cluster_hooks_fire_once_per_upload_not_once_per_server() {
     }
     assert_eq!(all.len(), 6, "{all:#?}");
 }
+
+#[test]
+fn cluster_tus_patch_in_progress_on_one_server_holds_the_upload_on_every_server() {
+    use std::io::{Read, Write};
+
+    let Some(cluster) = Cluster::start("cluster_tus_busy", 2) else {
+        return;
+    };
+    let data = mixed(1_000_000, 151);
+    let (a, b) = (
+        Api::from_url(&cluster.servers[0].url),
+        Api::from_url(&cluster.servers[1].url),
+    );
+    let (st, h, _) = a.call(
+        a.req(M::POST, "/v1/tus/")
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", data.len().to_string())
+            .header("Upload-Metadata", "filename YnVzeS5iaW4="),
+    );
+    assert_eq!(st, StatusCode::CREATED);
+    let location = h["location"].to_str().unwrap().to_owned();
+    // A PATCH on the first server whose body stops a third of the way in: that server is
+    // still reading it ...
+    let addr = cluster.servers[0]
+        .url
+        .trim_start_matches("http://")
+        .to_owned();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slow,
+        "PATCH {location} HTTP/1.1\r\nHost: {addr}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        data.len()
+    )
+    .unwrap();
+    slow.write_all(&data[..300_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // ... so a PATCH of the same upload on the second server waits for it, and is told the
+    // upload is busy rather than writing beside it.
+    let (st, _, _) = b.call(
+        b.req(M::PATCH, &location)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", "0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(data.clone()),
+    );
+    assert_eq!(st, StatusCode::LOCKED, "a second writer on another server");
+    // The first one finishes; every server then reports it whole, and it reads back.
+    slow.write_all(&data[300_000..]).unwrap();
+    let mut answer = [0u8; 12];
+    slow.read_exact(&mut answer).unwrap();
+    assert_eq!(
+        &answer,
+        b"HTTP/1.1 204",
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    for api in [&a, &b] {
+        let (st, h, _) = api.call(api.req(M::HEAD, &location).header("Tus-Resumable", "1.0.0"));
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h["upload-offset"].to_str().unwrap(), data.len().to_string());
+    }
+    let (st, _, got) = b.call(b.req(M::GET, "/v1/files/busy.bin"));
+    assert_eq!(st, StatusCode::OK);
+    assert!(got == data, "reads back byte-identical");
+}

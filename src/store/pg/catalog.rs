@@ -12,7 +12,7 @@ use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
-use crate::store::catalog::Catalog;
+use crate::store::catalog::{Catalog, Hold};
 use crate::store::engine::wait;
 use crate::store::pack::ChunkLoc;
 use crate::store::pg::PgCatalog;
@@ -169,16 +169,35 @@ impl PgCatalog {
 const UPLOAD_SPACE: i32 = 0x6870_7570;
 
 impl Catalog for PgCatalog {
-    fn lock_upload(&self, id: &[u8; 16]) -> Result<Option<Box<dyn Send>>> {
+    fn lock_upload(&self, id: &[u8; 16], limit: Option<std::time::Duration>) -> Result<Hold> {
         const ACTION: &str = "cannot lock an upload in the index at";
         let key = i32::from_le_bytes([id[0], id[1], id[2], id[3]]);
         let obj = wait(self.pool.get())?.map_err(|e| self.pool_error(ACTION, e))?;
         // Out of the pool: closing this connection is what lets go of the lock, also when
         // this process dies holding it; the pool makes another when it needs one.
         let client = deadpool_postgres::Object::take(obj);
-        wait(client.execute("SELECT pg_advisory_lock($1, $2)", &[&UPLOAD_SPACE, &key]))?
-            .map_err(|e| self.error(ACTION, &e))?;
-        Ok(Some(Box::new(client)))
+        let fail = |e: tokio_postgres::Error| self.error(ACTION, &e);
+        let Some(limit) = limit else {
+            wait(client.execute("SELECT pg_advisory_lock($1, $2)", &[&UPLOAD_SPACE, &key]))?
+                .map_err(fail)?;
+            return Ok(Hold::Held(Some(Box::new(client))));
+        };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let got: bool = wait(client.query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&UPLOAD_SPACE, &key],
+            ))?
+            .map_err(fail)?
+            .get(0);
+            if got {
+                return Ok(Hold::Held(Some(Box::new(client))));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(Hold::Busy);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     fn ping(&self) -> Result<()> {

@@ -310,7 +310,7 @@ impl Sessions {
     pub fn progress(&self, id: SessionId) -> Result<Progress> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
-        let _shared = self.store.lock_upload(&id.0)?;
+        let _shared = self.store.lock_upload(&id.0, None)?;
         let mut s = self.load(id)?;
         self.expire_if_idle(&mut s)?;
         if s.state == SessionState::Complete {
@@ -346,7 +346,7 @@ impl Sessions {
     pub fn complete(&self, id: SessionId) -> Result<(Progress, bool)> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
-        let _shared = self.store.lock_upload(&id.0)?;
+        let _shared = self.store.lock_upload(&id.0, None)?;
         let mut s = self.load(id)?;
         self.expire_if_idle(&mut s)?;
         match s.state {
@@ -401,7 +401,7 @@ impl Sessions {
     pub fn abort(&self, id: SessionId) -> Result<()> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
-        let _shared = self.store.lock_upload(&id.0)?;
+        let _shared = self.store.lock_upload(&id.0, None)?;
         self.load(id)?;
         self.take_verifier(id, true);
         self.store.delete_upload(UploadKind::Session, &id.0)?;
@@ -445,7 +445,7 @@ impl Sessions {
             }
             let lock = self.lock_of(s.id);
             let _held = crate::lock(&lock);
-            let _shared = self.store.lock_upload(&s.id.0)?;
+            let _shared = self.store.lock_upload(&s.id.0, None)?;
             let Ok(mut s) = self.load(s.id) else { continue };
             if self.expire_if_idle(&mut s)? {
                 expired.push(self.report(&s, 0, 0));

@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, PAGE_CHUNKS, PageRef};
 use crate::record;
-use crate::store::{ChunkStore, TailRun, UploadKind};
+use crate::store::{ChunkStore, Hold, TailRun, UploadKind};
 use crate::upload::session::SessionId;
 
 mod append;
@@ -253,6 +253,9 @@ impl Drop for Stoppable<'_> {
 struct Claim<'a> {
     uploads: &'a TusUploads,
     id: SessionId,
+    /// The upload held against other processes on the store (other servers), let go after
+    /// this process's claim.
+    _shared: Option<Box<dyn Send>>,
 }
 
 impl Drop for Claim<'_> {
@@ -312,7 +315,24 @@ impl TusUploads {
                 .0;
         }
         busy.insert(id);
-        Ok(Claim { uploads: self, id })
+        let claim = |shared| Claim {
+            uploads: self,
+            id,
+            _shared: shared,
+        };
+        drop(busy);
+        // Then against other servers, for what is left of the wait: a request another
+        // server works on (a client's retry while the cut-off first try still runs there)
+        // waits for it as one on this server does.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut held = claim(None);
+        match self.store.lock_upload(&id.0, Some(left))? {
+            Hold::Held(shared) => {
+                held._shared = shared;
+                Ok(held)
+            }
+            Hold::Busy => Err(Error::UploadBusy(id)),
+        }
     }
 
     fn load(&self, id: SessionId) -> Result<Upload> {
