@@ -178,6 +178,13 @@ impl<P: PackStorage, C: Catalog> PackedWriter<'_, P, C> {
             }
             _ => None,
         };
+        if self.sink.as_ref().is_some_and(|(s, _)| s.full()) {
+            // A pack that takes nothing more (a bucket's object is written at its sync) is
+            // let go once this commit is done, not when the next append starts another: a
+            // server's writer may sit idle for long, and gc must be able to compact it.
+            let (_, held) = self.sink.take().expect("checked");
+            busy.push(held);
+        }
         Ok(Box::new(PackedCommit {
             catalog: self.store.catalog.clone(),
             guard: self.store.guard.clone(),

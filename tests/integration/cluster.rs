@@ -430,3 +430,57 @@ fn cluster_tus_patch_in_progress_on_one_server_holds_the_upload_on_every_server(
     assert_eq!(st, StatusCode::OK);
     assert!(got == data, "reads back byte-identical");
 }
+
+#[test]
+fn cluster_eight_clients_push_overlapping_files_while_gc_runs_with_no_grace() {
+    let Some(cluster) = Cluster::start_with("cluster_gc_loop", 3, &["--gc-grace", "0s"]) else {
+        return;
+    };
+    let s = Scratch::new();
+    let base = mixed(6 << 20, 161);
+    let files: Vec<(String, Vec<u8>)> = (0..8u64)
+        .map(|i| (format!("c{i}"), edit(&base, 20, 170 + i)))
+        .collect();
+    let paths: Vec<_> = files.iter().map(|(n, d)| s.file(n, d)).collect();
+    let pushing = std::sync::atomic::AtomicUsize::new(files.len());
+    let gcs = std::thread::scope(|scope| {
+        for ((name, _), path) in files.iter().zip(&paths) {
+            let (url, pushing) = (&cluster.url, &pushing);
+            scope.spawn(move || {
+                let c = Client::new(url, None).unwrap();
+                let r = push(&c, path, name);
+                pushing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                r.unwrap_or_else(|e| panic!("{name}: {e}"));
+            });
+        }
+        // gc with no grace, again and again on one server, while they push (bounded).
+        let api = Api::from_url(&cluster.servers[0].url);
+        let mut gcs = 0;
+        while pushing.load(std::sync::atomic::Ordering::SeqCst) > 0 && gcs < 300 {
+            let (st, _, body) = api.call(api.req(M::POST, "/v1/gc"));
+            assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            gcs += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gcs
+    });
+    assert!(gcs > 0, "gc ran while the clients pushed");
+    let c = Client::new(&cluster.url, None).unwrap();
+    for (name, data) in &files {
+        let out = s.path(&format!("{name}.out"));
+        pull(&c, name, &out, PullOptions::default()).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == *data,
+            "{name} byte-identical"
+        );
+    }
+    // After a compaction of every pack with dead bytes in it, each distinct chunk is stored
+    // once: the packs hold exactly the indexed entries.
+    ok(remote(&cluster.bucket, &cluster.index).args(["gc", "--min-dead", "0"]));
+    let r = crate::integration::remote_store::json(&ok(
+        remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
+    ));
+    assert_eq!(r["clean"], true, "{r}");
+    assert_eq!(r["unreferenced_entries"], 0, "{r}");
+    assert_eq!(r["entries"], r["chunks_ok"], "{r}");
+}
