@@ -484,3 +484,66 @@ fn cluster_eight_clients_push_overlapping_files_while_gc_runs_with_no_grace() {
     assert_eq!(r["unreferenced_entries"], 0, "{r}");
     assert_eq!(r["entries"], r["chunks_ok"], "{r}");
 }
+
+#[test]
+fn cluster_server_killed_mid_gc_loses_nothing_and_another_gc_runs() {
+    let Some(mut cluster) = Cluster::start_with("cluster_kill_gc", 3, &["--gc-grace", "0s"]) else {
+        return;
+    };
+    let s = Scratch::new();
+    let c = Client::new(&cluster.url, None).unwrap();
+    let keep = mixed(8 << 20, 181);
+    push(&c, &s.file("keep", &keep), "keep").unwrap();
+    // gcs the kill cut off before they answered.
+    let cut = std::sync::atomic::AtomicUsize::new(0);
+    for trial in 0..10u64 {
+        // Garbage for gc to take: a file pushed and removed.
+        let junk = mixed(4 << 20, 190 + trial);
+        push(&c, &s.file(&format!("junk{trial}"), &junk), "junk").unwrap();
+        ok(remote(&cluster.bucket, &cluster.index).args(["rm", "junk"]));
+        // gc on one server, killed (kill -9) a little later each trial, then started again.
+        let victim = trial as usize % cluster.servers.len();
+        let url = cluster.servers[victim].url.clone();
+        let cut = &cut;
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                // Killed mid-request (no answer) or done: either way nothing may be lost.
+                let answer = crate::integration::net::rt().block_on(async {
+                    reqwest::Client::new()
+                        .post(format!("{url}/v1/gc"))
+                        .send()
+                        .await
+                        .map(|r| r.status())
+                });
+                match answer {
+                    Ok(st) => assert!(st.is_success() || st.is_server_error(), "{st}"),
+                    Err(_) => {
+                        cut.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+            std::thread::sleep(Duration::from_millis(10 * trial));
+            cluster.kill_and_restart(victim);
+        });
+        // The dead gc's lock went with it: a gc on another server runs to the end.
+        let other = Api::from_url(&cluster.servers[(victim + 1) % 3].url);
+        let (st, _, body) = other.call(other.req(M::POST, "/v1/gc"));
+        assert_eq!(
+            st,
+            StatusCode::OK,
+            "trial {trial}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let out = s.path(&format!("keep{trial}"));
+        pull(&c, "keep", &out, PullOptions::default()).unwrap();
+        assert!(std::fs::read(&out).unwrap() == keep, "trial {trial}");
+    }
+    eprintln!(
+        "cluster_kill_gc: {} of 10 gcs cut off by the kill",
+        cut.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    let r = crate::integration::remote_store::json(&ok(
+        remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
+    ));
+    assert_eq!(r["clean"], true, "{r}");
+}
