@@ -383,6 +383,16 @@ impl Error {
         None
     }
 
+    /// An engine at `at` that did not answer `action` within `limit` (a health check).
+    pub(crate) fn no_answer(action: &'static str, at: String, limit: std::time::Duration) -> Error {
+        Error::Engine {
+            action,
+            at,
+            detail: format!("no answer within {} s", limit.as_secs()),
+            unreachable: true,
+        }
+    }
+
     pub(crate) fn stage_stopped(stage: &'static str) -> Error {
         Error::Stream(stage, std::io::ErrorKind::BrokenPipe.into())
     }

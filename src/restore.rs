@@ -359,8 +359,8 @@ fn rebuild<W: Write + Send>(
         // The readers share the receiving end and own it: once the last one stops, the
         // walker's next send fails instead of waiting for ever.
         let jobs_rx = std::sync::Arc::new(std::sync::Mutex::new(jobs_rx));
-        type Read = (usize, Result<(Vec<ChunkRef>, u64, Fetched)>);
-        let (read_tx, read_rx) = mpsc::sync_channel::<Read>(readers);
+        type ReadBatch = (usize, Result<(Vec<ChunkRef>, u64, Fetched)>);
+        let (read_tx, read_rx) = mpsc::sync_channel::<ReadBatch>(readers);
         for _ in 0..readers {
             let (jobs_rx, read_tx) = (jobs_rx.clone(), read_tx.clone());
             s.spawn(move || {

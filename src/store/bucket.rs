@@ -25,6 +25,7 @@ use object_store::{
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::store::PING_TIMEOUT;
 use crate::store::bucket_meta::BucketMeta;
 use crate::store::engine::{spawn, wait};
 use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, new_entry};
@@ -269,9 +270,6 @@ impl BucketPacks {
     }
 }
 
-/// How long a health check waits for the bucket or the database.
-pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl PackStorage for BucketPacks {
     fn ping(&self) -> Result<()> {
         let i = &self.inner;
@@ -279,12 +277,11 @@ impl PackStorage for BucketPacks {
         match wait(tokio::time::timeout(PING_TIMEOUT, i.store.head(&key)))? {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(i.error("cannot reach the object store at", &key, e)),
-            Err(_) => Err(Error::Engine {
-                action: "cannot reach the object store at",
-                at: i.where_(&key).display().to_string(),
-                detail: format!("no answer within {} s", PING_TIMEOUT.as_secs()),
-                unreachable: true,
-            }),
+            Err(_) => Err(Error::no_answer(
+                "cannot reach the object store at",
+                i.where_(&key).display().to_string(),
+                PING_TIMEOUT,
+            )),
         }
     }
 

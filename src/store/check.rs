@@ -320,14 +320,14 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             }
         }
         if let Some(e) = r.failed {
-            return Err(match e.into_inner().map(|b| b.downcast::<Error>()) {
-                Some(Ok(store)) => *store,
-                Some(Err(other)) => Error::io("cannot read pack", format!("{pack:016x}"))(
-                    std::io::Error::other(other),
-                ),
-                None => Error::io("cannot read pack", format!("{pack:016x}"))(
-                    std::io::Error::other("read failed"),
-                ),
+            // The storage's own error when it made one (the object store's), else the I/O
+            // error as it came.
+            return Err(if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                *e.into_inner()
+                    .and_then(|inner| inner.downcast::<Error>().ok())
+                    .expect("checked")
+            } else {
+                Error::io("cannot read pack", format!("{pack:016x}"))(e)
             });
         }
         walk.judge(&mut batch);

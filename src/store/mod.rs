@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::pack::ChunkLoc;
 
+/// How long a health check ([`ChunkStore::ping`]) waits for each engine.
+pub(crate) const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub use catalog::{Catalog, Hold};
 pub use guard::{Guard, Maintenance, Pin, PinKind, PinnedSnapshot, Shared};
 pub use local::{LocalStore, journal};

@@ -301,3 +301,32 @@ pub fn push(c: &Client, path: &Path, name: &str) -> hoard::Result<PushReport> {
 pub fn pull(c: &Client, spec: &str, out: &Path, opts: PullOptions) -> hoard::Result<PullReport> {
     rt().block_on(client::pull(c, spec, out, opts, Arc::new(client::Quiet)))
 }
+
+/// Pushes `v1`, then `v2` (an edited copy of it), as `disk.img` through `c`; checks that v2
+/// sent at most `1/share` of its bytes (only its edits crossed) and that both versions pull
+/// back byte-identical.
+pub fn push_edit_and_pull(
+    c: &Client,
+    s: &super::support::Scratch,
+    v1: &[u8],
+    v2: &[u8],
+    share: u64,
+) {
+    let r1 = push(c, &s.file("v1", v1), "disk.img").unwrap();
+    assert_eq!(r1.id.to_hex(), super::support::b3(v1));
+    let r2 = push(c, &s.file("v2", v2), "disk.img").unwrap();
+    assert!(
+        r2.bytes_sent <= v2.len() as u64 / share,
+        "v2 sent {} of {}",
+        r2.bytes_sent,
+        v2.len()
+    );
+    for (spec, want) in [("disk.img@1", v1), ("disk.img", v2)] {
+        let out = s.path(spec);
+        pull(c, spec, &out, PullOptions::default()).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "{spec} pulls byte-identical"
+        );
+    }
+}

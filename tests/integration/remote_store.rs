@@ -199,14 +199,12 @@ fn remote_store_refuses_what_it_cannot_use_in_one_line() {
 fn remote_store_serves_push_pull_tus_and_whole_file_uploads() {
     use std::sync::Arc;
 
-    use hoard::client::PullOptions;
     use hoard::server::{Auth, Limits, Options};
     use hoard::store::RemoteStore;
     use hoard::{ChunkerParams, StoreConfig};
     use reqwest::{Method as M, StatusCode};
 
-    use crate::integration::net::{Api, TestServer, pull, push};
-    use crate::integration::support::b3;
+    use crate::integration::net::{Api, TestServer, push_edit_and_pull};
 
     let (Some(bucket), Some(index)) = (
         engines::bucket("remote_serve"),
@@ -225,26 +223,8 @@ fn remote_store_serves_push_pull_tus_and_whole_file_uploads() {
     let s = Scratch::new();
     let v1 = mixed(8 << 20, 21);
     let v2 = edit(&v1, 10, 22);
-    let (p1, p2) = (s.file("v1", &v1), s.file("v2", &v2));
     // push v1, then the edited v2 sends only its changes.
-    let c = server.client();
-    let r1 = push(&c, &p1, "disk.img").unwrap();
-    assert_eq!(r1.id.to_hex(), b3(&v1));
-    let r2 = push(&c, &p2, "disk.img").unwrap();
-    assert!(
-        r2.bytes_sent <= v2.len() as u64 / 20,
-        "v2 sent {} of {}",
-        r2.bytes_sent,
-        v2.len()
-    );
-    for (spec, want) in [("disk.img@1", &v1), ("disk.img", &v2)] {
-        let out = s.path(spec);
-        pull(&c, spec, &out, PullOptions::default()).unwrap();
-        assert!(
-            std::fs::read(&out).unwrap() == *want,
-            "{spec} pulls byte-identical"
-        );
-    }
+    push_edit_and_pull(&server.client(), &s, &v1, &v2, 20);
     // A whole-file PUT, and a ranged download of it.
     let api = Api::new(&server);
     let small = mixed(300_000, 23);

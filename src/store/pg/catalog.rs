@@ -170,39 +170,22 @@ const UPLOAD_SPACE: i32 = 0x6870_7570;
 
 impl Catalog for PgCatalog {
     fn lock_upload(&self, id: &[u8; 16], limit: Option<std::time::Duration>) -> Result<Hold> {
-        const ACTION: &str = "cannot lock an upload in the index at";
         let key = i32::from_le_bytes([id[0], id[1], id[2], id[3]]);
-        let obj = wait(self.pool.get())?.map_err(|e| self.pool_error(ACTION, e))?;
-        // Out of the pool: closing this connection is what lets go of the lock, also when
-        // this process dies holding it; the pool makes another when it needs one.
-        let client = deadpool_postgres::Object::take(obj);
-        let fail = |e: tokio_postgres::Error| self.error(ACTION, &e);
-        let Some(limit) = limit else {
-            wait(client.execute("SELECT pg_advisory_lock($1, $2)", &[&UPLOAD_SPACE, &key]))?
-                .map_err(fail)?;
-            return Ok(Hold::Held(Some(Box::new(client))));
-        };
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let got: bool = wait(client.query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&UPLOAD_SPACE, &key],
-            ))?
-            .map_err(fail)?
-            .get(0);
-            if got {
-                return Ok(Hold::Held(Some(Box::new(client))));
-            }
-            if std::time::Instant::now() >= deadline {
-                return Ok(Hold::Busy);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let held = self.hold_lock(
+            "cannot lock an upload in the index at",
+            &[&UPLOAD_SPACE, &key],
+            limit,
+            || {},
+        )?;
+        Ok(match held {
+            Some(client) => Hold::Held(Some(Box::new(client))),
+            None => Hold::Busy,
+        })
     }
 
     fn ping(&self) -> Result<()> {
         const ACTION: &str = "cannot reach the index at";
-        let limit = crate::store::bucket::PING_TIMEOUT;
+        let limit = crate::store::PING_TIMEOUT;
         let asked = async {
             let c = self
                 .pool
@@ -214,14 +197,8 @@ impl Catalog for PgCatalog {
                 .map(|_| ())
                 .map_err(|e| self.error(ACTION, &e))
         };
-        wait(tokio::time::timeout(limit, asked))?.unwrap_or_else(|_| {
-            Err(Error::Engine {
-                action: ACTION,
-                at: self.at.clone(),
-                detail: format!("no answer within {} s", limit.as_secs()),
-                unreachable: true,
-            })
-        })
+        wait(tokio::time::timeout(limit, asked))?
+            .unwrap_or_else(|_| Err(Error::no_answer(ACTION, self.at.clone(), limit)))
     }
 
     fn config(&self) -> StoreConfig {

@@ -236,18 +236,14 @@ impl Shared for PgCatalog {
     }
 
     fn exclusive(&self) -> Result<Box<dyn Send>> {
-        const ACTION: &str = "cannot take gc's lock in the index at";
-        let obj = wait(self.pool.get())?.map_err(|e| self.pool_error(ACTION, e))?;
-        // Out of the pool: closing this connection is what lets go of the lock.
-        let client = deadpool_postgres::Object::take(obj);
-        let got: bool = wait(client.query_one("SELECT pg_try_advisory_lock($1)", &[&GC_LOCK]))?
-            .map_err(|e| self.error(ACTION, &e))?
-            .get(0);
-        if !got {
-            tracing::info!("another process runs gc or fsck on this store: waiting for it");
-            wait(client.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]))?
-                .map_err(|e| self.error(ACTION, &e))?;
-        }
+        let client = self
+            .hold_lock(
+                "cannot take gc's lock in the index at",
+                &[&GC_LOCK],
+                None,
+                || tracing::info!("another process runs gc or fsck on this store: waiting for it"),
+            )?
+            .expect("waited for");
         Ok(Box::new(client))
     }
 

@@ -324,6 +324,44 @@ impl PgCatalog {
         })?
     }
 
+    /// A connection out of the pool holding the advisory lock of `key` (one `bigint`, or two
+    /// `int4`s): closing it (dropping it) is what lets go of the lock, also when this process
+    /// dies holding it; the pool makes another connection when it needs one. Tried at once;
+    /// then, with no `limit`, waited for (after calling `waiting`), else tried again every
+    /// 50 ms until `limit` has passed (`None`: another process held it all that time).
+    fn hold_lock(
+        &self,
+        action: &'static str,
+        key: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        limit: Option<Duration>,
+        waiting: impl FnOnce(),
+    ) -> Result<Option<deadpool_postgres::ClientWrapper>> {
+        let args = if key.len() == 1 { "$1" } else { "$1, $2" };
+        let obj = wait(self.pool.get())?.map_err(|e| self.pool_error(action, e))?;
+        let client = deadpool_postgres::Object::take(obj);
+        let fail = |e: tokio_postgres::Error| self.error(action, &e);
+        let try_lock = format!("SELECT pg_try_advisory_lock({args})");
+        let deadline = limit.map(|l| std::time::Instant::now() + l);
+        loop {
+            let got: bool = wait(client.query_one(&try_lock, key))?
+                .map_err(fail)?
+                .get(0);
+            if got {
+                return Ok(Some(client));
+            }
+            let Some(deadline) = deadline else {
+                waiting();
+                let lock = format!("SELECT pg_advisory_lock({args})");
+                wait(client.execute(&lock, key))?.map_err(fail)?;
+                return Ok(Some(client));
+            };
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The store's error for a connection the pool could not give.
     fn pool_error(&self, action: &'static str, e: deadpool_postgres::PoolError) -> Error {
         match e {

@@ -291,9 +291,19 @@ impl Sessions {
         }
     }
 
+    /// True if `s` is open and sat idle past the TTL: expiring it is due.
+    fn idle(&self, s: &Session) -> bool {
+        s.state.is_open() && self.last_use(s) + self.ttl.as_secs() < now()
+    }
+
+    /// True if `s` ended more than one more TTL ago: its record may go.
+    fn stale(&self, s: &Session) -> bool {
+        !s.state.is_open() && s.touched + 2 * self.ttl.as_secs() < now()
+    }
+
     /// Expires `s` if it sat idle past the TTL; returns true if and only if it did.
     fn expire_if_idle(&self, s: &mut Session) -> Result<bool> {
-        if s.state.is_open() && self.last_use(s) + self.ttl.as_secs() < now() {
+        if self.idle(s) {
             self.take_verifier(s.id, true);
             s.state = SessionState::Expired;
             crate::lock(&self.lacking).remove(&s.id);
@@ -436,11 +446,7 @@ impl Sessions {
                 }
             };
             // Only a record the sweep will change is held against other servers.
-            let ends =
-                |s: &Session| s.state.is_open() && self.last_use(s) + self.ttl.as_secs() < now();
-            let goes =
-                |s: &Session| !s.state.is_open() && s.touched + 2 * self.ttl.as_secs() < now();
-            if !ends(&s) && !goes(&s) {
+            if !self.idle(&s) && !self.stale(&s) {
                 continue;
             }
             let lock = self.lock_of(s.id);
@@ -449,7 +455,7 @@ impl Sessions {
             let Ok(mut s) = self.load(s.id) else { continue };
             if self.expire_if_idle(&mut s)? {
                 expired.push(self.report(&s, 0, 0));
-            } else if !s.state.is_open() && s.touched + 2 * self.ttl.as_secs() < now() {
+            } else if self.stale(&s) {
                 self.store.delete_upload(UploadKind::Session, &s.id.0)?;
                 drop(_held);
                 self.forget(s.id);

@@ -315,17 +315,17 @@ impl TusUploads {
                 .0;
         }
         busy.insert(id);
-        let claim = |shared| Claim {
+        drop(busy);
+        // Dropped on the way out below, it lets go of this process's claim.
+        let mut held = Claim {
             uploads: self,
             id,
-            _shared: shared,
+            _shared: None,
         };
-        drop(busy);
         // Then against other servers, for what is left of the wait: a request another
         // server works on (a client's retry while the cut-off first try still runs there)
         // waits for it as one on this server does.
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut held = claim(None);
         match self.store.lock_upload(&id.0, Some(left))? {
             Hold::Held(shared) => {
                 held._shared = shared;
