@@ -302,7 +302,7 @@ fn export(store: &dyn ChunkStore, a: &ExportArgs) -> Result<()> {
     };
     let special = std::fs::metadata(&a.out).is_ok_and(|md| !md.is_file());
     if a.out.as_os_str() == "-" {
-        let out = BufWriter::with_capacity(1 << 20, std::io::stdout());
+        let out = BufWriter::with_capacity(1 << 20, output::Stdout(std::io::stdout()));
         restore::restore(store, m, out, &progress).with_context(context)?;
     } else if special {
         // A device or a FIFO (`/dev/null`, a pipe): write into it, never rename over it.

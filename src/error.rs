@@ -141,6 +141,24 @@ pub enum Error {
         /// Version this build writes.
         expected: u32,
     },
+    /// The index database's schema is older than this binary's, and hoard processes of
+    /// another version still use it: upgrading it now would change it under them.
+    #[error(
+        "the index {at} has schema version {found} and this hoard writes {expected}, but {others} \
+         connection(s) of hoard processes of another version are open on it: stop every hoard \
+         server and command on this store, then start this version (a schema upgrade is not a \
+         rolling restart)"
+    )]
+    UpgradeBlocked {
+        /// The index, as `postgres://USER@HOST:PORT/DB`.
+        at: String,
+        /// Its schema version.
+        found: u32,
+        /// This binary's.
+        expected: u32,
+        /// Connections of other versions open on it.
+        others: u64,
+    },
     /// A record in the index could not be decoded.
     #[error("index record {what} is damaged")]
     Decode {
@@ -258,7 +276,10 @@ pub enum Error {
         missing: Vec<Hash>,
     },
     /// An HTTP request did not get an answer (connection refused, reset, timed out).
-    #[error("cannot reach the server for {what}")]
+    #[error(
+        "cannot reach the server for {what} (check that it is up and reachable, then try again; \
+         what it acknowledged is kept)"
+    )]
     Transport {
         /// What was being asked, e.g. "the missing query".
         what: &'static str,

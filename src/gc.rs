@@ -167,9 +167,40 @@ impl Live {
 /// Store errors; [`Error::PageNotFound`] when a live manifest cannot be read (run fsck). Either
 /// way nothing referenced was removed.
 pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
-    let started = Instant::now();
     let guard = store.guard();
     let _one_at_a_time = guard.maintenance()?;
+    collect(store, opts)
+}
+
+/// A server's periodic gc: runs one as [`gc`] does unless a gc or fsck is running (in any
+/// process) or, on a store several processes share, one finished less than `every` ago
+/// (by the catalog's clock). So servers that all run gc every hour run about one an hour
+/// between them, whoever's timer comes first, and never queue behind one another. `None`:
+/// skipped.
+///
+/// # Errors
+/// As [`gc`].
+pub fn gc_periodic(
+    store: &dyn ChunkStore,
+    opts: &GcOptions,
+    every: Duration,
+) -> Result<Option<GcReport>> {
+    let guard = store.guard();
+    let Some(_one_at_a_time) = guard.try_maintenance()? else {
+        return Ok(None);
+    };
+    if let Some(s) = guard.shared_part()
+        && s.gc_finished_ago()?.is_some_and(|ago| ago < every)
+    {
+        return Ok(None);
+    }
+    collect(store, opts).map(Some)
+}
+
+/// gc's work, the maintenance lock held.
+fn collect(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
+    let started = Instant::now();
+    let guard = store.guard();
     // The index is what gc marks from: while its files or names disagree with the journal,
     // it may lack files whose chunks would look like garbage. Nothing is deleted until fsck
     // has settled which side is right. (Pages alone decide nothing: see `gc_may_run`.)
@@ -283,5 +314,8 @@ pub fn gc(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
     report.packs_rewritten = c.packs_rewritten;
     report.packs_deleted = c.packs_deleted;
     report.seconds = started.elapsed().as_secs_f64();
+    if let Some(s) = guard.shared_part() {
+        s.gc_finished()?;
+    }
     Ok(report)
 }

@@ -65,15 +65,66 @@ pub fn bar(total: Option<u64>, verb: &str) -> ProgressBar {
 
 /// Writes `text` to stdout; a closed pipe comes back as an error (quiet in `main`), not a panic.
 pub fn emit(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = Stdout(std::io::stdout());
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }
 
+/// Standard output, whose reader going away (`hoard export x - | head`) is told apart from any
+/// other broken pipe (a server's connection, say): `main` ends quietly on that one only.
+pub struct Stdout(pub std::io::Stdout);
+
+/// Stdout's reader has gone away.
+#[derive(Debug, thiserror::Error)]
+#[error("the reader of standard output went away")]
+pub struct StdoutClosed;
+
+fn closed(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(e.kind(), StdoutClosed)
+    } else {
+        e
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(closed)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(closed)
+    }
+}
+
+/// Whether `e` is stdout's reader going away (and nothing else: a push whose connection broke
+/// with a broken pipe is a failure like any other).
+pub fn is_stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<StdoutClosed>()
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<StdoutClosed>())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_stdout_going_away_is_quiet() {
+        use std::io::{Error, ErrorKind};
+        // A push whose connection broke: reported, exit 1.
+        let push = anyhow::Error::from(Error::from(ErrorKind::BrokenPipe)).context("cannot push");
+        assert!(!is_stdout_closed(&push));
+        let export = anyhow::Error::from(closed(Error::from(ErrorKind::BrokenPipe)))
+            .context("cannot export");
+        assert!(is_stdout_closed(&export));
+        let full = anyhow::Error::from(closed(Error::from(ErrorKind::StorageFull)));
+        assert!(!is_stdout_closed(&full));
+    }
 
     #[test]
     fn sizes_and_counts_read_well() {

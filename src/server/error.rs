@@ -134,6 +134,9 @@ fn lib_status(e: &Error) -> (StatusCode, &'static str) {
         Error::Engine {
             unreachable: true, ..
         } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        // Another version has changed the index's schema under this server: it must not
+        // serve (a load balancer takes it out) until it is replaced by that version.
+        Error::Version { .. } => (StatusCode::SERVICE_UNAVAILABLE, "other_version"),
         Error::GcRefused { .. } | Error::IndexBehindJournal { .. } => {
             (StatusCode::CONFLICT, "store_disagrees")
         }
@@ -149,7 +152,12 @@ const ENGINE_RETRY_AFTER: u32 = 5;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status();
-        if status.is_server_error() && !matches!(self, ApiError::Unavailable { .. }) {
+        // Those two say what to do and name nothing private.
+        let told = matches!(
+            self,
+            ApiError::Unavailable { .. } | ApiError::Lib(Error::Version { .. })
+        );
+        if status.is_server_error() && !told {
             // The detail (paths among it) goes to the log only.
             match &self {
                 ApiError::Lib(e) => {

@@ -47,12 +47,21 @@ pub(super) async fn collect_garbage(state: AppState) {
     }
     loop {
         tokio::time::sleep(every).await;
-        match run_gc(&state).await {
-            Ok(r) => tracing::info!(
+        let store = state.store();
+        let opts = state.limits().gc;
+        let ran = blocking(move || crate::gc::gc_periodic(&*store, &opts, every)).await;
+        if let Ok(r) = &ran {
+            state.0.metrics.gc_ran(r.is_some());
+        }
+        match ran {
+            Ok(Some(r)) => tracing::info!(
                 chunks_freed = r.chunks_freed,
                 bytes_freed = r.bytes_freed,
                 packs_rewritten = r.packs_rewritten,
                 "gc done"
+            ),
+            Ok(None) => tracing::info!(
+                "gc skipped: another process runs gc or fsck, or finished one within the interval"
             ),
             Err(e) => tracing::warn!(error = ?e, "gc failed"),
         }
@@ -63,7 +72,9 @@ pub(super) async fn collect_garbage(state: AppState) {
 async fn run_gc(state: &AppState) -> Result<GcReport, ApiError> {
     let store = state.store();
     let opts = state.limits().gc;
-    blocking(move || crate::gc::gc(&*store, &opts)).await
+    let r = blocking(move || crate::gc::gc(&*store, &opts)).await?;
+    state.0.metrics.gc_ran(true);
+    Ok(r)
 }
 
 /// Query of `POST /v1/fsck`.

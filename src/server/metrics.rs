@@ -33,11 +33,18 @@ pub struct Metrics {
     file_bytes_received: Counter,
     bytes_served: Counter,
     uploads_completed: Counter,
+    gc_runs: Counter,
+    gc_skipped: Counter,
     store_chunks: Gauge,
     store_unique_bytes: Gauge,
     store_stored_bytes: Gauge,
     id_replica_ids: Gauge,
+    /// When the pack bytes were last measured (a bucket store lists its objects for it).
+    stored_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a scrape measures the pack bytes again; between, the gauge keeps its value.
+const STORED_BYTES_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -51,10 +58,13 @@ impl Default for Metrics {
             file_bytes_received: Counter::default(),
             bytes_served: Counter::default(),
             uploads_completed: Counter::default(),
+            gc_runs: Counter::default(),
+            gc_skipped: Counter::default(),
             store_chunks: Gauge::default(),
             store_unique_bytes: Gauge::default(),
             store_stored_bytes: Gauge::default(),
             id_replica_ids: Gauge::default(),
+            stored_at: std::sync::Mutex::new(None),
         };
         let r = &mut m.registry;
         r.register(
@@ -98,6 +108,16 @@ impl Default for Metrics {
             m.uploads_completed.clone(),
         );
         r.register(
+            "gc_runs",
+            "gc runs this server did (periodic and asked for)",
+            m.gc_runs.clone(),
+        );
+        r.register(
+            "gc_skipped",
+            "Periodic gc runs skipped: another process ran gc or fsck, or finished a gc within the interval",
+            m.gc_skipped.clone(),
+        );
+        r.register(
             "store_chunks",
             "Distinct chunks in the store",
             m.store_chunks.clone(),
@@ -109,7 +129,7 @@ impl Default for Metrics {
         );
         r.register(
             "store_stored_bytes",
-            "Bytes of pack files on disk",
+            "Bytes of pack files (or objects), measured at most once a minute",
             m.store_stored_bytes.clone(),
         );
         r.register(
@@ -136,6 +156,14 @@ impl Metrics {
 
     pub(super) fn bytes_served(&self, n: u64) {
         self.bytes_served.inc_by(n);
+    }
+
+    pub(super) fn gc_ran(&self, ran: bool) {
+        if ran {
+            self.gc_runs.inc();
+        } else {
+            self.gc_skipped.inc();
+        }
     }
 
     pub(super) fn upload_completed(&self) {
@@ -179,20 +207,33 @@ pub async fn count(State(st): State<AppState>, req: Request, next: Next) -> Resp
 
 /// `GET /metrics`.
 pub async fn render(State(st): State<AppState>) -> Result<Response, ApiError> {
+    // The store-wide gauges cost no scan: the totals are kept as the store changes (a
+    // directory store's index walk is the exception), the pack bytes are measured now and then.
+    let m = &st.0.metrics;
+    let measure = {
+        let mut at = crate::lock(&m.stored_at);
+        let due = at.is_none_or(|t| t.elapsed() >= STORED_BYTES_EVERY);
+        if due {
+            *at = Some(std::time::Instant::now());
+        }
+        due
+    };
     let store = st.store();
     let (totals, stored, replica) = blocking(move || {
-        Ok((
-            store.chunk_totals()?,
-            store.chunk_data_bytes()?,
-            store.id_replica_len(),
-        ))
+        let stored = if measure {
+            Some(store.chunk_data_bytes()?)
+        } else {
+            None
+        };
+        Ok((store.chunk_totals()?, stored, store.id_replica_len()))
     })
     .await?;
-    let m = &st.0.metrics;
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     m.store_chunks.set(clamp(totals.chunks));
     m.store_unique_bytes.set(clamp(totals.raw_bytes));
-    m.store_stored_bytes.set(clamp(stored));
+    if let Some(stored) = stored {
+        m.store_stored_bytes.set(clamp(stored));
+    }
     m.id_replica_ids.set(clamp(replica.unwrap_or(0) as u64));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &m.registry)

@@ -174,9 +174,10 @@ impl BucketPacks {
             )));
         }
         // A bucket that does not answer is reported within seconds, not after minutes of
-        // the client's default retries.
+        // the client's default retries; five retries (0.1 s doubling: about 3 s) ride over
+        // an object store's restart settling (SeaweedFS answers 500 to reads for a moment).
         let retry = RetryConfig {
-            max_retries: 3,
+            max_retries: 5,
             retry_timeout: Duration::from_secs(20),
             ..RetryConfig::default()
         };
@@ -274,7 +275,10 @@ impl PackStorage for BucketPacks {
     fn ping(&self) -> Result<()> {
         let i = &self.inner;
         let key = i.key("hoard-store.json");
-        match wait(tokio::time::timeout(PING_TIMEOUT, i.store.head(&key)))? {
+        // Read, not just looked up: an object store can list an object whose bytes it cannot
+        // serve yet (SeaweedFS's filer answers before its volumes are back after a restart).
+        let read = async { i.store.get(&key).await?.bytes().await };
+        match wait(tokio::time::timeout(PING_TIMEOUT, read))? {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(i.error("cannot reach the object store at", &key, e)),
             Err(_) => Err(Error::no_answer(

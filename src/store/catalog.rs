@@ -122,6 +122,15 @@ pub trait Catalog: Send + Sync + 'static {
     /// Catalog errors, or `f`'s.
     fn for_each_loc(&self, f: &mut dyn FnMut(&Hash, Result<ChunkLoc>) -> Result<()>) -> Result<()>;
 
+    /// The chunk count and byte sums if the catalog keeps them as it changes, so that reading
+    /// them is cheap; `None` (the default): [`Catalog::for_each_loc`] counts them.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn totals(&self) -> Result<Option<crate::store::ChunkTotals>> {
+        Ok(None)
+    }
+
     /// See [`ChunkStore::put_page`](crate::store::ChunkStore::put_page).
     ///
     /// # Errors

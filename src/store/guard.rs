@@ -82,10 +82,24 @@ pub trait Shared: Send + Sync {
     fn pinned(&self) -> Result<PinnedSnapshot>;
 
     /// One gc or fsck at a time across every process: held until the returned value drops.
+    /// With `wait`, waits for another holder; without, `None` while another process holds it.
     ///
     /// # Errors
     /// Catalog errors.
-    fn exclusive(&self) -> Result<Box<dyn Send>>;
+    fn exclusive(&self, wait: bool) -> Result<Option<Box<dyn Send>>>;
+
+    /// How long ago (by the catalog's clock) a gc last finished in any process; `None` if
+    /// none is recorded.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn gc_finished_ago(&self) -> Result<Option<Duration>>;
+
+    /// Records that a gc finished now (by the catalog's clock).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn gc_finished(&self) -> Result<()>;
 
     /// Marks `ids` (chunks or pages, gc's candidates) condemned, and clears the marks of those
     /// of `kind` that are no longer candidates. Returns the ids condemned less than `grace`
@@ -174,13 +188,37 @@ impl Guard {
     pub fn maintenance(&self) -> Result<Maintenance<'_>> {
         let here = crate::lock(&self.0.maintenance);
         let everywhere = match &self.1 {
-            Some(s) => Some(s.exclusive()?),
+            Some(s) => s.exclusive(true)?,
             None => None,
         };
         Ok(Maintenance {
             _here: here,
             _everywhere: everywhere,
         })
+    }
+
+    /// As [`Guard::maintenance`], without waiting: `None` while a gc or fsck runs (here or in
+    /// another process).
+    ///
+    /// # Errors
+    /// Catalog errors, taking the shared part's lock.
+    pub fn try_maintenance(&self) -> Result<Option<Maintenance<'_>>> {
+        let here = match self.0.maintenance.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
+        let everywhere = match &self.1 {
+            Some(s) => match s.exclusive(false)? {
+                Some(held) => Some(held),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        Ok(Some(Maintenance {
+            _here: here,
+            _everywhere: everywhere,
+        }))
     }
 
     /// Held while names change (`names::record`, `names::remove`, fsck's name repair): a name

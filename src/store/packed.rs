@@ -416,6 +416,9 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
     }
 
     fn chunk_totals(&self) -> Result<ChunkTotals> {
+        if let Some(t) = self.catalog.totals()? {
+            return Ok(t);
+        }
         let mut t = ChunkTotals::default();
         self.catalog.for_each_loc(&mut |_, loc| {
             let loc = loc?;

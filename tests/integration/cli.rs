@@ -304,6 +304,30 @@ fn corrupted_pack_byte_fails_export_and_names_the_chunk() {
 }
 
 #[test]
+fn export_to_a_reader_that_stops_early_ends_quietly() {
+    use std::io::Read;
+    let t = Scratch::new();
+    let f = t.file("a.bin", &data::mixed(8 << 20, 14));
+    ok(hoard(&t.store()).arg("import").arg(&f));
+    // `hoard export a.bin - | head -c 1`: the reader goes away, which is no error.
+    let mut child = hoard(&t.store())
+        .args(["export", "a.bin", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut one = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut one).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn ls_and_stats_on_an_empty_store() {
     let t = Scratch::new();
     // Reading commands never create a store: a mistyped --store is an error.

@@ -58,12 +58,15 @@ impl Cluster {
         // after every response), so consecutive requests of one client go to different
         // servers; a request that cannot reach a server is sent to another, and a server
         // that stops answering is taken out until it answers again.
+        // With no server up, the proxy's own 503 says so in hoard's error format.
+        let unavailable = dir.file("503.http", UNAVAILABLE.as_bytes());
         let mut config = format!(
             "defaults\n  mode http\n  timeout connect 2s\n  timeout client 120s\n  \
              timeout server 120s\n  option http-server-close\n  retries 3\n  \
-             option redispatch\n\
+             option redispatch\n  errorfile 503 {}\n\
              frontend in\n  bind 127.0.0.1:{port}\n  default_backend hoard\n\
-             backend hoard\n  balance roundrobin\n  option httpchk GET /healthz\n"
+             backend hoard\n  balance roundrobin\n  option httpchk GET /healthz\n",
+            unavailable.display()
         );
         for (i, s) in servers.iter().enumerate() {
             let addr = s.url.trim_start_matches("http://");
@@ -112,6 +115,21 @@ impl Cluster {
         self.servers.insert(i, new);
     }
 
+    /// Stops server `i` as an upgrade would (SIGTERM: it drains its requests), then starts
+    /// another on the same address and waits until it answers `/healthz`.
+    pub fn terminate_and_restart(&mut self, i: usize) {
+        let old = self.servers.remove(i);
+        let addr = old.url.trim_start_matches("http://").to_owned();
+        assert!(
+            old.terminate(),
+            "server {i} did not exit cleanly after SIGTERM"
+        );
+        let new = ChildServer::start_at(remote(&self.bucket, &self.index), &addr, &self.args);
+        let api = Api::from_url(&new.url);
+        assert_eq!(api.call(api.req(M::GET, "/healthz")).0, StatusCode::OK);
+        self.servers.insert(i, new);
+    }
+
     /// The sum of the values of the `/metrics` series named `name` (any labels), per server.
     fn per_server(&self, name: &str) -> Vec<u64> {
         self.servers
@@ -142,6 +160,15 @@ impl Cluster {
         self.per_server("hoard_http_requests_total")
     }
 }
+
+/// The proxy's answer when no server is up: hoard's error body, so clients say what it says.
+const UNAVAILABLE: &str = "HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: application/json\r\n\
+Retry-After: 5\r\n\
+Cache-Control: no-cache\r\n\
+Connection: close\r\n\
+\r\n\
+{\"error\":\"unavailable\",\"message\":\"no hoard server behind the load balancer is up: try again shortly\"}\n";
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -526,4 +553,317 @@ fn cluster_server_killed_mid_gc_loses_nothing_and_another_gc_runs() {
         remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
     ));
     assert_eq!(r["clean"], true, "{r}");
+}
+
+/// Uploads `data` as `name` over tus through `api` the way the protocol's clients do: create,
+/// send `piece` bytes at a time, and after any failed request ask where the upload stands
+/// (`HEAD`: its durable offset) and send on from there. `acked` follows the offset the
+/// server acknowledged. Returns how many requests failed; panics past two minutes.
+fn tus_resuming(
+    api: &Api,
+    data: &[u8],
+    name: &str,
+    piece: usize,
+    acked: &std::sync::atomic::AtomicUsize,
+) -> usize {
+    use base64::Engine as _;
+    use std::sync::atomic::Ordering;
+
+    let tus = |m: M, path: &str| api.req(m, path).header("Tus-Resumable", "1.0.0");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut failures = 0;
+    let mut failed = |what: String| {
+        failures += 1;
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the upload is stuck: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let offset_of = |h: &reqwest::header::HeaderMap| -> usize {
+        h["upload-offset"].to_str().unwrap().parse().unwrap()
+    };
+    let meta = format!(
+        "filename {}",
+        base64::engine::general_purpose::STANDARD.encode(name)
+    );
+    let location = loop {
+        let create = tus(M::POST, "/v1/tus/")
+            .header("Upload-Length", data.len().to_string())
+            .header("Upload-Metadata", &meta);
+        match api.try_call(create) {
+            Ok((StatusCode::CREATED, h, _)) => break h["location"].to_str().unwrap().to_owned(),
+            other => failed(format!("create: {other:?}")),
+        }
+    };
+    let mut offset = 0;
+    while offset < data.len() {
+        let to = (offset + piece).min(data.len());
+        let patch = tus(M::PATCH, &location)
+            .header("Upload-Offset", offset.to_string())
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(data[offset..to].to_vec());
+        match api.try_call(patch) {
+            Ok((StatusCode::NO_CONTENT, h, _)) => offset = offset_of(&h),
+            other => {
+                failed(format!("PATCH at {offset}: {other:?}"));
+                offset = loop {
+                    match api.try_call(tus(M::HEAD, &location)) {
+                        Ok((StatusCode::OK, h, _)) => break offset_of(&h),
+                        other => failed(format!("HEAD: {other:?}")),
+                    }
+                };
+            }
+        }
+        acked.store(offset, Ordering::SeqCst);
+    }
+    failures
+}
+
+#[test]
+fn cluster_server_killed_mid_tus_upload_loses_nothing_and_the_upload_completes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let Some(mut cluster) = Cluster::start("cluster_kill_tus", 3) else {
+        return;
+    };
+    let api = Api::from_url(&cluster.url);
+    let mut failed_requests = 0;
+    for trial in 0..10u64 {
+        let data = mixed(24 << 20, 210 + trial);
+        let name = format!("t{trial}.bin");
+        let acked = AtomicUsize::new(0);
+        let victim = trial as usize % cluster.servers.len();
+        // One server dies (kill -9) once the upload is under way, a little later each
+        // trial, and is started again; the client resumes through the proxy.
+        let (failures, done_at, killed_at) = std::thread::scope(|scope| {
+            let uploading = scope.spawn(|| {
+                let f = tus_resuming(&api, &data, &name, 1 << 20, &acked);
+                (f, Instant::now())
+            });
+            let t = Instant::now();
+            while acked.load(Ordering::SeqCst) < (1 + trial as usize % 4) << 20
+                && t.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let killed_at = Instant::now();
+            cluster.kill_and_restart(victim);
+            let (f, at) = uploading.join().unwrap();
+            (f, at, killed_at)
+        });
+        assert!(
+            killed_at < done_at,
+            "trial {trial}: the upload ended before the kill; the trial tests nothing"
+        );
+        failed_requests += failures;
+        let (st, _, got) = api.call(api.req(M::GET, &format!("/v1/files/{name}")));
+        assert_eq!(st, StatusCode::OK, "trial {trial}");
+        assert!(got == data, "trial {trial}: reads back byte-identical");
+    }
+    eprintln!("tus kill trials: {failed_requests} requests failed and were resumed");
+    let r = crate::integration::remote_store::json(&ok(
+        remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
+    ));
+    assert_eq!(r["clean"], true, "{r}");
+}
+
+#[test]
+fn cluster_rolling_restart_keeps_serving() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Some(mut cluster) = Cluster::start("cluster_rolling", 3) else {
+        return;
+    };
+    let s = Scratch::new();
+    let stop = AtomicBool::new(false);
+    let url = cluster.url.clone();
+    // A client pushes one file after another while each server in turn is stopped (SIGTERM:
+    // it drains) and started again, as an upgrade across compatible versions does.
+    let pushed = std::thread::scope(|scope| {
+        let pushing = scope.spawn(|| {
+            let c = Client::new(&url, None).unwrap();
+            let mut pushed = Vec::new();
+            for n in 0..200u64 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let data = mixed(6 << 20, 300 + n);
+                let name = format!("r{n}");
+                let f = s.file(&name, &data);
+                let r = push(&c, &f, &name)
+                    .unwrap_or_else(|e| panic!("push {n} during the rolling restart: {e}"));
+                assert_eq!(r.id.to_hex(), b3(&data));
+                pushed.push((name, data));
+            }
+            pushed
+        });
+        for i in 0..cluster.servers.len() {
+            std::thread::sleep(Duration::from_millis(300));
+            cluster.terminate_and_restart(i);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        pushing.join().unwrap()
+    });
+    assert!(pushed.len() >= 3, "pushes ran across the restarts");
+    let c = Client::new(&cluster.url, None).unwrap();
+    for (name, data) in &pushed {
+        let out = s.path(&format!("{name}.out"));
+        pull(&c, name, &out, PullOptions::default()).unwrap();
+        assert!(std::fs::read(&out).unwrap() == *data, "{name}");
+    }
+}
+
+#[test]
+fn cluster_server_of_another_schema_version_is_refused_and_taken_out() {
+    let Some(cluster) = Cluster::start("cluster_schema", 2) else {
+        return;
+    };
+    let s = Scratch::new();
+    let c = Client::new(&cluster.url, None).unwrap();
+    let data = mixed(2 << 20, 401);
+    push(&c, &s.file("v", &data), "v").unwrap();
+    let version: u32 = engines::sql_value(&cluster.index, "SELECT version FROM hoard_schema")
+        .parse()
+        .unwrap();
+    // A newer hoard has migrated the database: this binary is the older one now.
+    engines::sql(
+        &cluster.index,
+        "UPDATE hoard_schema SET version = version + 1",
+    );
+    let says = format!(
+        "has format version {}, this hoard understands {version}; upgrade hoard",
+        version + 1
+    );
+    // A server of the older version does not start ...
+    let out = remote(&cluster.bucket, &cluster.index)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&says), "{err}");
+    // ... the running ones answer /healthz 503 saying why (so the proxy takes them out) ...
+    for server in &cluster.servers {
+        let api = Api::from_url(&server.url);
+        let t = Instant::now();
+        let body = loop {
+            let (st, _, body) = api.call_json(api.req(M::GET, "/healthz"));
+            if st == StatusCode::SERVICE_UNAVAILABLE {
+                break body;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "/healthz stayed {st}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(body["error"], "other_version", "{body}");
+        assert!(body["message"].as_str().unwrap().contains(&says), "{body}");
+        // ... and run no gc on a schema they do not know.
+        let (st, body) = api.json(M::POST, "/v1/gc");
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+    let api = Api::from_url(&cluster.url);
+    let t = Instant::now();
+    loop {
+        let (st, body) = api.json(M::GET, "/v1/files");
+        if st == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(
+                body["error"], "unavailable",
+                "the proxy's own answer: {body}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the proxy still served: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A schema upgrade waits until no process of another version uses the database: a
+    // connection of an older hoard (by its application_name) blocks this binary's migration.
+    let older = format!(
+        "{}?application_name=hoard/schema{}",
+        cluster.index,
+        version - 1
+    );
+    let rt = crate::integration::net::rt();
+    let (held, conn) = rt
+        .block_on(tokio_postgres::connect(&older, tokio_postgres::NoTls))
+        .unwrap();
+    let conn = rt.spawn(conn);
+    engines::sql(
+        &cluster.index,
+        &format!("UPDATE hoard_schema SET version = {}", version - 1),
+    );
+    let out = remote(&cluster.bucket, &cluster.index)
+        .arg("ls")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "has schema version {} and this hoard writes {version}",
+                version - 1
+            ))
+            && err.contains("a schema upgrade is not a rolling restart"),
+        "{err}"
+    );
+    drop(held);
+    let _ = rt.block_on(conn);
+    // Back at this binary's version, the servers answer again and lost nothing.
+    engines::sql(
+        &cluster.index,
+        &format!("UPDATE hoard_schema SET version = {version}"),
+    );
+    for server in &cluster.servers {
+        let api = Api::from_url(&server.url);
+        let t = Instant::now();
+        while api.call(api.req(M::GET, "/healthz")).0 != StatusCode::OK {
+            assert!(t.elapsed() < Duration::from_secs(10), "/healthz stayed 503");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let out = s.path("v.out");
+    pull(&c, "v", &out, PullOptions::default()).unwrap();
+    assert!(std::fs::read(&out).unwrap() == data);
+}
+
+#[test]
+fn cluster_periodic_gc_on_every_server_runs_about_once_an_interval_between_them() {
+    let started = Instant::now();
+    let Some(cluster) = Cluster::start_with(
+        "cluster_periodic_gc",
+        3,
+        &["--gc-interval", "1s", "--gc-grace", "0s"],
+    ) else {
+        return;
+    };
+    // Some garbage, so each gc has work to do.
+    let s = Scratch::new();
+    let c = Client::new(&cluster.url, None).unwrap();
+    push(&c, &s.file("junk", &mixed(4 << 20, 501)), "junk").unwrap();
+    let api = Api::from_url(&cluster.url);
+    assert!(
+        api.call(api.req(M::DELETE, "/v1/files/junk"))
+            .0
+            .is_success()
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let (runs, skipped) = (
+        cluster.metric("hoard_gc_runs_total"),
+        cluster.metric("hoard_gc_skipped_total"),
+    );
+    let secs = started.elapsed().as_secs();
+    eprintln!("{secs} s, three servers each with a 1 s timer: {runs} gc runs, {skipped} skipped");
+    // Every server's timer fires each second (about 3 ticks a second between them), but a
+    // gc starts only once the last one in any process finished at least a second ago.
+    assert!(runs >= 2, "gc ran: {runs}");
+    assert!(
+        runs <= secs + 1,
+        "{runs} runs in {secs} s: the servers each ran their own"
+    );
+    assert!(skipped >= runs, "{skipped} skipped, {runs} ran");
 }

@@ -43,6 +43,22 @@ pub fn index(test: &str) -> Option<String> {
 
 /// Runs `statements` on the database at `url`, as a test's own client (not hoard's).
 pub fn sql(url: &str, statements: &str) {
+    on_db(url, async |c| c.batch_execute(statements).await.unwrap());
+}
+
+/// The first column of the first row `query` answers on the database at `url`, as text.
+pub fn sql_value(url: &str, query: &str) -> String {
+    let rows = on_db(url, async |c| c.simple_query(query).await.unwrap());
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// Runs `f` with a connection of its own to the database at `url`, then closes it.
+fn on_db<T>(url: &str, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -52,8 +68,9 @@ pub fn sql(url: &str, statements: &str) {
             .await
             .unwrap();
         let conn = tokio::spawn(conn);
-        client.batch_execute(statements).await.unwrap();
+        let out = f(&client).await;
         drop(client);
         let _ = conn.await;
-    });
+        out
+    })
 }

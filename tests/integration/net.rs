@@ -148,6 +148,18 @@ impl Api {
         })
     }
 
+    /// As [`Api::call`], a failure to connect or to read the answer returned, not a panic.
+    pub fn try_call(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> reqwest::Result<(StatusCode, HeaderMap, Vec<u8>)> {
+        self.rt.block_on(async {
+            let r = rb.send().await?;
+            let (s, h) = (r.status(), r.headers().clone());
+            Ok((s, h, r.bytes().await?.to_vec()))
+        })
+    }
+
     pub fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(m, format!("{}{path}", self.url))
     }
@@ -271,6 +283,14 @@ impl ChildServer {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
         ChildServer { url, child }
+    }
+
+    /// SIGTERM, then waits for it to drain and exit; returns whether it exited cleanly.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        self.child.wait().is_ok_and(|s| s.success())
     }
 
     /// SIGKILL: no shutdown, no flush.

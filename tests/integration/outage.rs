@@ -1,11 +1,13 @@
-//! An engine stopped in the middle of a push to a server on a bucket store, then started
-//! again: the push fails with one clear line (or had finished), nothing committed is lost, and
-//! the same push run again completes. These stop the shared PostgreSQL and SeaweedFS, so
+//! An engine stopped in the middle of a push to a server on a bucket store (or to three
+//! behind the proxy), then started again: every server says 503 meanwhile, the push fails with
+//! one clear line (or had finished, or bridged the outage with its retries), nothing committed
+//! is lost, and the same push run again completes. These stop the shared PostgreSQL and SeaweedFS, so
 //! `.ci/remote.sh` runs them alone, after the other remote tests, with `HOARD_TEST_OUTAGES=1`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::integration::cluster::Cluster;
 use crate::integration::data::{edit, mixed};
 use crate::integration::engines;
 use crate::integration::net::{Api, ChildServer};
@@ -32,47 +34,69 @@ impl Drop for Restart {
     }
 }
 
-fn push(server: &ChildServer, name: &str, file: &std::path::Path) -> Command {
+fn push(url: &str, name: &str, file: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hoard"));
-    c.args(["push", "--name", name, "--server", &server.url])
-        .arg(file);
+    c.args(["push", "--name", name, "--server", url]).arg(file);
     c
 }
 
-fn outage_mid_push(test: &str, stop: &str, start: &'static str) {
+/// One server, or three behind the proxy (`cluster`); the engine `stop` stopped mid-push.
+fn outage_mid_push(test: &str, stop: &str, start: &'static str, cluster: bool) {
     if std::env::var_os("HOARD_TEST_OUTAGES").is_none() {
         eprintln!("HOARD_TEST_OUTAGES not set: skipping {test} (.ci/remote.sh runs it alone)");
         return;
     }
-    let (Some(bucket), Some(index)) = (engines::bucket(test), engines::index(test)) else {
-        return;
+    // The servers, where pushes go (the proxy's URL or the one server's), the store.
+    let (servers, front, bucket, index, _cluster) = if cluster {
+        let Some(mut c) = Cluster::start(test, 3) else {
+            return;
+        };
+        let servers = std::mem::take(&mut c.servers);
+        let (front, bucket, index) = (c.url.clone(), c.bucket.clone(), c.index.clone());
+        (servers, front, bucket, index, Some(c))
+    } else {
+        let (Some(bucket), Some(index)) = (engines::bucket(test), engines::index(test)) else {
+            return;
+        };
+        let server = ChildServer::start_from(remote(&bucket, &index));
+        let front = server.url.clone();
+        (vec![server], front, bucket, index, None)
     };
     let s = Scratch::new();
     let before = mixed(4 << 20, 71);
     let big = edit(&mixed(64 << 20, 72), 50, 73);
     let (f_before, f_big) = (s.file("before", &before), s.file("big", &big));
-    let server = ChildServer::start_from(remote(&bucket, &index));
-    ok(&mut push(&server, "before", &f_before));
+    ok(&mut push(&front, "before", &f_before));
 
-    let mut cut = push(&server, "big", &f_big)
+    let mut cut = push(&front, "big", &f_big)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(150));
+    // What every server's /healthz answers once it answers `want`.
     let health = |want: u16, limit: Duration| {
-        let api = Api::from_url(&server.url);
         let t = Instant::now();
-        loop {
-            let (st, _, body) = api.call(api.req(reqwest::Method::GET, "/healthz"));
-            if st.as_u16() == want {
-                return String::from_utf8_lossy(&body).into_owned();
-            }
-            assert!(t.elapsed() < limit, "/healthz stayed {st}, not {want}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let answers: Vec<String> = servers
+            .iter()
+            .map(|server| {
+                let api = Api::from_url(&server.url);
+                loop {
+                    let (st, _, body) = api.call(api.req(reqwest::Method::GET, "/healthz"));
+                    if st.as_u16() == want {
+                        return String::from_utf8_lossy(&body).into_owned();
+                    }
+                    assert!(t.elapsed() < limit, "/healthz stayed {st}, not {want}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+            .collect();
+        answers.concat()
     };
-    assert_eq!(health(200, Duration::from_secs(10)), "ok\n");
+    assert_eq!(
+        health(200, Duration::from_secs(10)),
+        "ok\n".repeat(servers.len())
+    );
     engines_sh(stop);
     // Started again whatever happens below, so later tests find it up.
     let _restart = Restart(start);
@@ -80,6 +104,23 @@ fn outage_mid_push(test: &str, stop: &str, start: &'static str) {
     // out), within a health check's timeout.
     let down = health(503, Duration::from_secs(15));
     assert!(down.contains("unavailable"), "{down}");
+    if cluster {
+        // With every server out, the proxy answers for them, in their format.
+        let api = Api::from_url(&front);
+        let t = Instant::now();
+        loop {
+            let (st, body) = api.json(reqwest::Method::GET, "/v1/files");
+            if st == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(body["error"], "unavailable", "{body}");
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the proxy answered {st}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     // The push ends by itself (the client's and the server's timeouts are bounded).
     let started = Instant::now();
     let status = loop {
@@ -102,10 +143,17 @@ fn outage_mid_push(test: &str, stop: &str, start: &'static str) {
         );
     }
     drop(_restart);
-    assert_eq!(health(200, Duration::from_secs(60)), "ok\n");
-    let r = json(&ok(push(&server, "big", &f_big).arg("--json")));
+    assert_eq!(
+        health(200, Duration::from_secs(60)),
+        "ok\n".repeat(servers.len())
+    );
+    // A push that said it succeeded recorded the file (one whose connection broke with a
+    // broken pipe once exited 0 having recorded nothing).
+    let listed = ok(remote(&bucket, &index).arg("ls"));
+    assert_eq!(status.success(), listed.contains(" big\n"), "{listed}");
+    let r = json(&ok(push(&front, "big", &f_big).arg("--json")));
     eprintln!("{test}: the push again: {r}");
-    server.kill();
+    drop(servers);
 
     for (name, data) in [("before", &before), ("big", &big)] {
         let dest = s.path(&format!("out-{name}"));
@@ -121,10 +169,25 @@ fn outage_mid_push(test: &str, stop: &str, start: &'static str) {
 
 #[test]
 fn outage_of_the_database_mid_push() {
-    outage_mid_push("outage_database", "stop-pg", "start-pg");
+    outage_mid_push("outage_database", "stop-pg", "start-pg", false);
 }
 
 #[test]
 fn outage_of_the_object_store_mid_push() {
-    outage_mid_push("outage_object_store", "stop-weed", "start-weed");
+    outage_mid_push("outage_object_store", "stop-weed", "start-weed", false);
+}
+
+#[test]
+fn outage_of_the_database_mid_push_through_three_servers() {
+    outage_mid_push("outage_cluster_database", "stop-pg", "start-pg", true);
+}
+
+#[test]
+fn outage_of_the_object_store_mid_push_through_three_servers() {
+    outage_mid_push(
+        "outage_cluster_object_store",
+        "stop-weed",
+        "start-weed",
+        true,
+    );
 }

@@ -9,7 +9,7 @@ use hoard::Hash;
 use hoard::store::{ChunkStore, RemoteStore};
 use serde_json::Value;
 
-use crate::integration::data::mixed;
+use crate::integration::data::{edit, mixed};
 use crate::integration::engines;
 use crate::integration::remote_store::{json, remote};
 use crate::integration::support::{Scratch, ok};
@@ -348,4 +348,69 @@ fn remote_session_completed_on_two_servers_at_once_records_one_version() {
         let versions = a.get_name(&name).unwrap().unwrap().versions.len();
         assert_eq!(versions, 1, "round {round}: one completion, one version");
     }
+}
+
+#[test]
+fn remote_chunk_totals_are_kept_as_the_index_changes_and_read_without_a_scan() {
+    let Some((s, bucket, index, _)) = store_with_garbage("remote_totals", 61) else {
+        return;
+    };
+    // What a scan of the chunk table says, beside the kept totals and `stats`.
+    let scanned = || {
+        engines::sql_value(
+            &index,
+            "SELECT count(*) || ' ' || coalesce(sum(raw_len::int8), 0) || ' ' || \
+             coalesce(sum(stored_len::int8), 0) FROM chunks",
+        )
+    };
+    let kept = || {
+        engines::sql_value(
+            &index,
+            "SELECT sum(chunks) || ' ' || sum(raw_bytes) || ' ' || sum(stored_bytes) \
+             FROM chunk_totals",
+        )
+    };
+    let stats = || {
+        let v = json(&ok(remote(&bucket, &index).args(["stats", "--json"])));
+        format!("{} {}", v["chunks"], v["unique_bytes"])
+    };
+    let same = |step: &str| {
+        let (scan, totals) = (scanned(), kept());
+        assert_eq!(scan, totals, "after {step}");
+        eprintln!("after {step}: {scan}");
+        scan
+    };
+    // Inserts (and the same chunks again: conflicts), deletes and moves (gc, compaction) ...
+    let a = mixed(3 << 20, 62);
+    let b = edit(&a, 20, 63);
+    ok(remote(&bucket, &index).arg("import").arg(s.file("a", &a)));
+    ok(remote(&bucket, &index).arg("import").arg(s.file("b", &b)));
+    same("two imports");
+    ok(remote(&bucket, &index).args(["rm", "a"]));
+    gc(&bucket, &index, "0s");
+    let after_gc = same("rm and gc");
+    ok(remote(&bucket, &index).args(["gc", "--grace", "0s", "--min-dead", "0"]));
+    assert_eq!(
+        same("compaction"),
+        after_gc,
+        "compaction moves, changes no total"
+    );
+    // ... `stats` reads them, and folds them into one row when there are many.
+    engines::sql(
+        &index,
+        "INSERT INTO chunk_totals SELECT 0, 0, 0 FROM generate_series(1, 300)",
+    );
+    let st = stats();
+    assert!(
+        after_gc.starts_with(&format!("{st} ")),
+        "stats {st}, the table {after_gc}"
+    );
+    assert_eq!(
+        engines::sql_value(&index, "SELECT count(*) FROM chunk_totals"),
+        "1"
+    );
+    same("a fold");
+    // A rebuild of the index from the bucket empties the table (TRUNCATE) and re-indexes.
+    ok(remote(&bucket, &index).args(["fsck", "--repair", "--rebuild-index"]));
+    same("a rebuild");
 }

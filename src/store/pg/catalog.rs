@@ -16,7 +16,10 @@ use crate::store::catalog::{Catalog, Hold};
 use crate::store::engine::wait;
 use crate::store::pack::ChunkLoc;
 use crate::store::pg::PgCatalog;
-use crate::store::{JournalCheck, NameRecord, NameVersion, Shared, TailRun, UploadKind};
+use crate::store::pg::schema;
+use crate::store::{
+    ChunkTotals, JournalCheck, NameRecord, NameVersion, Shared, TailRun, UploadKind,
+};
 
 /// Ids sent in one statement at most (larger batches are split; each part one round trip).
 pub(super) const BATCH: usize = 100_000;
@@ -192,10 +195,7 @@ impl Catalog for PgCatalog {
                 .get()
                 .await
                 .map_err(|e| self.pool_error(ACTION, e))?;
-            c.simple_query("SELECT 1")
-                .await
-                .map(|_| ())
-                .map_err(|e| self.error(ACTION, &e))
+            self.same_schema(&c, ACTION).await
         };
         wait(tokio::time::timeout(limit, asked))?
             .unwrap_or_else(|_| Err(Error::no_answer(ACTION, self.at.clone(), limit)))
@@ -362,6 +362,25 @@ impl Catalog for PgCatalog {
             WALK,
             &mut |r| f(&hash_of(r.get(0))?, Ok(loc_of(r, 1))),
         )
+    }
+
+    fn totals(&self) -> Result<Option<ChunkTotals>> {
+        let (chunks, raw, stored): (i64, i64, i64) = self.run(
+            true,
+            "cannot read the chunk totals in the index at",
+            async |c| {
+                let r = c.query_one(schema::READ_TOTALS, &[]).await?;
+                if r.get::<_, i64>(3) > schema::FOLD_PAST {
+                    c.execute(schema::FOLD_TOTALS, &[]).await?;
+                }
+                Ok((r.get(0), r.get(1), r.get(2)))
+            },
+        )?;
+        Ok(Some(ChunkTotals {
+            chunks: chunks.max(0) as u64,
+            raw_bytes: raw.max(0) as u64,
+            encoded_bytes: stored.max(0) as u64,
+        }))
     }
 
     fn put_page(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {

@@ -43,7 +43,11 @@ const LIVE: &str = "SELECT objid::int8 AS lease FROM pg_locks \
 /// does not matter, since the crash ended every lease too (what the lease held is void).
 const ASYNC: &str = "set_config('synchronous_commit', 'off', true)";
 /// The database's clock in ms.
-const NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
+/// The database's clock in ms, as an expression.
+const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::int8";
+
+/// `hoard_state` key of when a gc last finished (ms, the database's clock, 8 bytes big-endian).
+const GC_DONE: &str = "gc_done";
 
 /// This process's lease, taken on first use and again after its connection broke.
 pub(super) struct Lease {
@@ -235,16 +239,59 @@ impl Shared for PgCatalog {
         Ok(out)
     }
 
-    fn exclusive(&self) -> Result<Box<dyn Send>> {
-        let client = self
-            .hold_lock(
-                "cannot take gc's lock in the index at",
-                &[&GC_LOCK],
-                None,
-                || tracing::info!("another process runs gc or fsck on this store: waiting for it"),
-            )?
-            .expect("waited for");
-        Ok(Box::new(client))
+    fn exclusive(&self, wait_for_it: bool) -> Result<Option<Box<dyn Send>>> {
+        const ACTION: &str = "cannot take gc's lock in the index at";
+        let limit = if wait_for_it {
+            None
+        } else {
+            Some(Duration::ZERO)
+        };
+        let Some(client) = self.hold_lock(ACTION, &[&GC_LOCK], limit, || {
+            tracing::info!("another process runs gc or fsck on this store: waiting for it")
+        })?
+        else {
+            return Ok(None);
+        };
+        // A gc of this binary must not run on a schema another version has changed since
+        // this process opened the store (it would not know what the change keeps alive).
+        wait(self.same_schema(&client, ACTION))??;
+        Ok(Some(Box::new(client)))
+    }
+
+    fn gc_finished_ago(&self) -> Result<Option<Duration>> {
+        let ms: Option<i64> =
+            self.run(true, "cannot read gc's state in the index at", async |c| {
+                let r = c
+                    .query_opt(
+                        &format!(
+                            "SELECT ({NOW_MS}) - ('x' || encode(value, 'hex'))::bit(64)::int8 \
+                         FROM hoard_state WHERE key = $1 AND length(value) = 8"
+                        ),
+                        &[&GC_DONE],
+                    )
+                    .await?;
+                Ok(r.map(|r| r.get(0)))
+            })?;
+        Ok(ms.map(|ms| Duration::from_millis(ms.max(0) as u64)))
+    }
+
+    fn gc_finished(&self) -> Result<()> {
+        self.run(
+            true,
+            "cannot record gc's state in the index at",
+            async |c| {
+                c.execute(
+                    &format!(
+                        "INSERT INTO hoard_state (key, value) \
+                     VALUES ($1, int8send(({NOW_MS}))) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                    ),
+                    &[&GC_DONE],
+                )
+                .await
+                .map(drop)
+            },
+        )
     }
 
     fn condemn(&self, kind: PinKind, ids: &[Hash], grace: Duration) -> Result<HashSet<Hash>> {
@@ -267,7 +314,7 @@ impl Shared for PgCatalog {
                 )
                 .await?;
                 }
-                let now: i64 = tx.query_one(NOW, &[]).await?.get(0);
+                let now: i64 = tx.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0);
                 // Marks of what is no longer a candidate go; new candidates are marked now.
                 tx.execute(
                     "DELETE FROM condemned d WHERE kind = $1 \

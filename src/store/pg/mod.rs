@@ -111,6 +111,15 @@ fn detail(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Why [`PgCatalog::open`] does not use a database's schema.
+enum Refusal {
+    /// It is newer than this binary's.
+    Newer(i32),
+    /// It is older, and this many connections of hoard processes of other versions are open
+    /// on it (the upgrade would pull the schema from under them).
+    InUse(i32, i64),
+}
+
 impl PgCatalog {
     /// Opens the catalog at `url` of the store whose packs are at `bucket`, migrating its
     /// schema to this binary's version. With `create`, a database with no store in it gets one
@@ -137,7 +146,7 @@ impl PgCatalog {
             cfg.connect_timeout(CONNECT_TIMEOUT);
         }
         if cfg.get_application_name().is_none() {
-            cfg.application_name("hoard");
+            cfg.application_name(schema::application_name());
         }
         let at = describe(&cfg);
         let lease = lease::Lease::new(&cfg, tls.clone());
@@ -193,11 +202,21 @@ impl PgCatalog {
                 (true, _) => {}
             }
             let version: i32 = tx
-                .query_opt("SELECT version FROM hoard_schema", &[])
+                .query_opt(schema::READ_VERSION, &[])
                 .await?
                 .map_or(0, |r| r.get(0));
             if version > schema::VERSION {
-                return Ok((Some(Err(version)), false));
+                return Ok((Some(Err(Refusal::Newer(version))), false));
+            }
+            // A server of the older version would go on writing as that version did (and
+            // its gc would not know the new tables): an upgrade of the schema waits until
+            // every process of another version has let go of the database.
+            if version < schema::VERSION && exists {
+                let me = schema::application_name();
+                let others: i64 = tx.query_one(schema::OTHER_VERSIONS, &[&me]).await?.get(0);
+                if others > 0 {
+                    return Ok((Some(Err(Refusal::InUse(version, others))), false));
+                }
             }
             for step in &schema::MIGRATIONS[version as usize..] {
                 tx.batch_execute(step).await?;
@@ -251,11 +270,19 @@ impl PgCatalog {
         })?;
         let (owner, chunker, level) = match found {
             None => return Err(Error::NoStore(PathBuf::from(bucket))),
-            Some(Err(found)) => {
+            Some(Err(Refusal::Newer(found))) => {
                 return Err(Error::Version {
                     what: "the index database's schema",
                     found: found as u32,
                     expected: schema::VERSION as u32,
+                });
+            }
+            Some(Err(Refusal::InUse(found, others))) => {
+                return Err(Error::UpgradeBlocked {
+                    at: self.at.clone(),
+                    found: found as u32,
+                    expected: schema::VERSION as u32,
+                    others: others as u64,
                 });
             }
             Some(Ok(row)) => row,
@@ -360,6 +387,24 @@ impl PgCatalog {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Checks on `c` that the schema is still this binary's version: [`Error::Version`] if
+    /// another version has changed it since this process opened the store.
+    async fn same_schema(&self, c: &tokio_postgres::Client, action: &'static str) -> Result<()> {
+        let found: i32 = c
+            .query_one(schema::READ_VERSION, &[])
+            .await
+            .map_err(|e| self.error(action, &e))?
+            .get(0);
+        if found != schema::VERSION {
+            return Err(Error::Version {
+                what: "the index database's schema",
+                found: found as u32,
+                expected: schema::VERSION as u32,
+            });
+        }
+        Ok(())
     }
 
     /// The store's error for a connection the pool could not give.

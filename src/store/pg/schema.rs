@@ -42,9 +42,35 @@
 //! row's commit number from the `chunk_seq` sequence (a new one when a chunk is stored
 //! again), and the `chunk_removals` sequence, from which every statement that deletes chunk
 //! rows takes a number first.
+//!
+//! Version 5 keeps the chunk totals as the table changes, so `/metrics` and `stats` read them
+//! without a scan: `chunk_totals (chunks, raw_bytes, stored_bytes)` rows whose sum is the
+//! count and byte sums of `chunks`. Statement triggers on `chunks` (insert, delete, update,
+//! truncate) append each statement's change as a row (insert-only: writers on many servers
+//! never wait for one another on it); a reader folds the rows into one when there are many.
 
 /// The schema version this binary writes and understands.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// The `application_name` of this binary's connections (unless the URL sets one): a
+/// migration counts the connections of hoard processes of other versions by it.
+pub fn application_name() -> String {
+    format!("{APPLICATION_PREFIX}{VERSION}")
+}
+
+/// What every hoard connection's `application_name` starts with; the schema version follows.
+/// (Processes of hoard 0.1 said just `hoard`.)
+pub const APPLICATION_PREFIX: &str = "hoard/schema";
+
+/// Counts the connections to this database, other than the asking one, of hoard processes
+/// whose schema version is not `$1` (`application_name` `hoard` or `hoard/schemaN`).
+pub const OTHER_VERSIONS: &str = "SELECT count(*) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+     AND (application_name = 'hoard' \
+          OR (application_name LIKE 'hoard/schema%' AND application_name <> $1))";
+
+/// Reads the schema version.
+pub const READ_VERSION: &str = "SELECT version FROM hoard_schema";
 
 /// Any key the migrating transaction holds as `pg_advisory_xact_lock`.
 pub const MIGRATION_LOCK: i64 = 0x686f_6172_6400_0001;
@@ -122,4 +148,68 @@ ALTER TABLE chunks ALTER COLUMN seq SET DEFAULT nextval('chunk_seq'),
                    ALTER COLUMN seq SET NOT NULL;
 CREATE INDEX chunks_by_seq ON chunks (seq);
 "#,
+    r#"
+CREATE TABLE chunk_totals (
+    chunks int8 NOT NULL,
+    raw_bytes int8 NOT NULL,
+    stored_bytes int8 NOT NULL
+);
+INSERT INTO chunk_totals
+    SELECT count(*), coalesce(sum(raw_len::int8), 0), coalesce(sum(stored_len::int8), 0)
+    FROM chunks;
+CREATE FUNCTION hoard_chunks_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO chunk_totals
+        SELECT count(*), coalesce(sum(raw_len::int8), 0), coalesce(sum(stored_len::int8), 0)
+        FROM added HAVING count(*) > 0;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION hoard_chunks_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO chunk_totals
+        SELECT -count(*), -coalesce(sum(raw_len::int8), 0), -coalesce(sum(stored_len::int8), 0)
+        FROM removed HAVING count(*) > 0;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION hoard_chunks_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO chunk_totals
+        SELECT 0, n.r - o.r, n.s - o.s
+        FROM (SELECT coalesce(sum(raw_len::int8), 0) r, coalesce(sum(stored_len::int8), 0) s
+              FROM old_rows) o,
+             (SELECT coalesce(sum(raw_len::int8), 0) r, coalesce(sum(stored_len::int8), 0) s
+              FROM new_rows) n
+        WHERE n.r <> o.r OR n.s <> o.s;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION hoard_chunks_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM chunk_totals;
+    INSERT INTO chunk_totals VALUES (0, 0, 0);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER chunks_added AFTER INSERT ON chunks REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION hoard_chunks_added();
+CREATE TRIGGER chunks_removed AFTER DELETE ON chunks REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION hoard_chunks_removed();
+CREATE TRIGGER chunks_changed AFTER UPDATE ON chunks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION hoard_chunks_changed();
+CREATE TRIGGER chunks_emptied AFTER TRUNCATE ON chunks
+    FOR EACH STATEMENT EXECUTE FUNCTION hoard_chunks_emptied();
+"#,
 ];
+
+/// The chunk totals: the sum of `chunk_totals`' rows, and how many rows there are.
+pub const READ_TOTALS: &str = "SELECT coalesce(sum(chunks), 0)::int8, \
+     coalesce(sum(raw_bytes), 0)::int8, coalesce(sum(stored_bytes), 0)::int8, count(*) \
+     FROM chunk_totals";
+
+/// Folds `chunk_totals`' rows into one. Two at once fold disjoint rows (a row the other
+/// deleted is skipped), so the sum stays right.
+pub const FOLD_TOTALS: &str = "WITH gone AS (DELETE FROM chunk_totals RETURNING *) \
+     INSERT INTO chunk_totals SELECT coalesce(sum(chunks), 0), coalesce(sum(raw_bytes), 0), \
+     coalesce(sum(stored_bytes), 0) FROM gone";
+
+/// Rows past which a reading of the totals folds them.
+pub const FOLD_PAST: i64 = 256;
