@@ -3,8 +3,8 @@
 # playwright-core; tus-js-client as a third-party client (both from npm, versions pinned in
 # tests/browser/package-lock.json). First the page's own JavaScript (FastCDC, BLAKE3) against
 # the test vectors the Rust tests use, then tests/browser/page.test.mjs against a live server,
-# on a directory store and then on a bucket store. Screenshots and figures land in
-# target/browser/ (and target/browser/remote/).
+# on a directory store, on a bucket store, and through HAProxy in front of three servers on a
+# bucket store. Screenshots and figures land in target/browser/ (and remote/, cluster/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x /usr/bin/chromium ]; then
@@ -31,4 +31,13 @@ trap '.ci/engines.sh stop "$dir"; rm -rf "$dir"' EXIT
 . "$dir/engines.env"
 HOARD_BROWSER_STORE="$HOARD_TEST_BUCKET/browser" HOARD_BROWSER_INDEX="$HOARD_TEST_INDEX" \
     timeout 900 node --test --test-timeout=600000 tests/browser/page.test.mjs
-ls -l target/browser/ target/browser/remote/
+echo "== the same, through HAProxy in front of three servers on another bucket store"
+if ! command -v haproxy >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
+fi
+"$(find /usr/lib/postgresql -path '*/bin/psql' | sort | tail -1)" "$HOARD_TEST_INDEX" -qc \
+    "CREATE DATABASE browser_cluster"
+HOARD_BROWSER_STORE="$HOARD_TEST_BUCKET/browser-cluster" \
+    HOARD_BROWSER_INDEX="${HOARD_TEST_INDEX%/*}/browser_cluster" HOARD_BROWSER_SERVERS=3 \
+    timeout 900 node --test --test-timeout=600000 tests/browser/page.test.mjs
+ls -l target/browser/ target/browser/remote/ target/browser/cluster/

@@ -320,11 +320,14 @@ async fn store_frames(
 }
 
 /// Counts a chunk upload's body toward its session's bytes sent (for the hooks).
-fn count_sent(st: &AppState, session: Option<SessionId>, body: &Bytes) {
+async fn count_sent(st: &AppState, session: Option<SessionId>, body: &Bytes) {
     if let Some(sid) = session {
-        // The session was checked when the request began; one that ended meanwhile only
-        // misses this count.
-        let _ = st.0.sessions.touch(sid, body.len() as u64);
+        // The session was checked when the request began; one that ended meanwhile (or an
+        // index that did not answer) only misses this count.
+        let (state, n) = (st.clone(), body.len() as u64);
+        if let Err(e) = blocking(move || state.0.sessions.touch(sid, n)).await {
+            tracing::warn!(session = %sid, error = ?e, "a session's bytes went uncounted");
+        }
     }
 }
 
@@ -362,7 +365,7 @@ pub async fn upload_one(
     let max = st.limits().max_chunk as usize;
     let _slot = st.upload_slot().await?;
     let (body, _held) = read_body(&st, body, "chunk", max, 2).await?;
-    count_sent(&st, session, &body);
+    count_sent(&st, session, &body).await;
     let zstd = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
@@ -409,7 +412,7 @@ pub async fn upload_batch(
     let limit = st.limits().max_body;
     let _slot = st.upload_slot().await?;
     let (body, _held) = read_body(&st, body, "chunk batch", limit, 2).await?;
-    count_sent(&st, session, &body);
+    count_sent(&st, session, &body).await;
     let (n, report) = store_frames(&st, body, None, session).await?;
     Ok(Json(json!({
         "chunks": n, "new_chunks": report.new_chunks, "new_bytes": report.new_bytes

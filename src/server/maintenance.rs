@@ -23,10 +23,7 @@ pub(super) async fn sweep_sessions(state: AppState) {
             Ok(expired) => {
                 for p in expired {
                     tracing::info!(session = %p.id, "upload session expired");
-                    state
-                        .0
-                        .hooks
-                        .emit(uploads::event(&state, "upload.expiry", &p));
+                    state.0.hooks.emit(uploads::event("upload.expiry", &p));
                 }
             }
             Err(e) => tracing::warn!(error = ?e, "session sweep failed"),

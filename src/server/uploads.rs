@@ -62,7 +62,7 @@ pub async fn open(
         })
         .await?
     };
-    st.0.hooks.emit(event(&st, "upload.start", &progress));
+    st.0.hooks.emit(event("upload.start", &progress));
     let location = format!("/v1/uploads/{}", progress.id);
     let mut resp = if binary {
         let mut r = ids_response(true, &missing);
@@ -207,15 +207,14 @@ async fn open_streamed(
 }
 
 /// A hook event about a session.
-pub(super) fn event(st: &AppState, kind: &'static str, p: &Progress) -> Event {
-    let sent = p.id.parse().map_or(0, |sid| st.0.sessions.bytes_sent(sid));
+pub(super) fn event(kind: &'static str, p: &Progress) -> Event {
     Event {
         upload: Some(p.id.clone()),
         name: p.name.clone(),
         file_id: Some(p.file_id),
         size: Some(p.size),
         new_bytes: Some(p.missing_bytes_at_open),
-        bytes_sent: Some(sent),
+        bytes_sent: Some(p.bytes_sent),
         ..Event::new(kind, "session", p.state)
     }
 }
@@ -248,7 +247,7 @@ pub async fn complete(
         Err(ApiError::Lib(e @ Error::Rejected(_))) => {
             let state = st.clone();
             if let Ok(p) = blocking(move || state.0.sessions.progress(id)).await {
-                let mut ev = event(&st, "upload.failure", &p);
+                let mut ev = event("upload.failure", &p);
                 ev.error = Some(e.to_string());
                 st.0.hooks.emit(ev);
             }
@@ -258,7 +257,7 @@ pub async fn complete(
     };
     // Completing again answers the same, and is neither a new event nor counted again.
     if now_complete {
-        st.0.hooks.emit(event(&st, "upload.complete", &p));
+        st.0.hooks.emit(event("upload.complete", &p));
         st.0.metrics.upload_completed();
     }
     Ok(Json(p).into_response())
@@ -277,7 +276,7 @@ pub async fn abort(
         Ok(p)
     })
     .await?;
-    let mut ev = event(&st, "upload.failure", &before);
+    let mut ev = event("upload.failure", &before);
     ev.state = "aborted";
     ev.error = Some("aborted by the client".into());
     st.0.hooks.emit(ev);

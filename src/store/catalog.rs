@@ -60,6 +60,23 @@ pub trait Catalog: Send + Sync + 'static {
         Ok(Hold::Held(None))
     }
 
+    /// Adds `n` to the bytes upload session `id` received, where every process sees them;
+    /// `false`: this catalog keeps no such count (one process: its memory has them).
+    ///
+    /// # Errors
+    /// The engine's error.
+    fn add_session_bytes(&self, _id: &[u8; 16], _n: u64) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// The bytes [`Catalog::add_session_bytes`] counted for session `id`, if it keeps them.
+    ///
+    /// # Errors
+    /// The engine's error.
+    fn session_bytes(&self, _id: &[u8; 16]) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// The part of gc's guard that other processes see, for a catalog several processes
     /// open at once (`guard.rs`); none for one only this process opens.
     fn shared(self: Arc<Self>) -> Option<Arc<dyn Shared>> {

@@ -291,6 +291,22 @@ pub trait ChunkStore: Send + Sync {
         Ok(Hold::Held(None))
     }
 
+    /// See [`Catalog::add_session_bytes`].
+    ///
+    /// # Errors
+    /// The engine's error.
+    fn add_session_bytes(&self, _id: &[u8; 16], _n: u64) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// See [`Catalog::session_bytes`].
+    ///
+    /// # Errors
+    /// The engine's error.
+    fn session_bytes(&self, _id: &[u8; 16]) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// What keeps gc from removing chunks callers count on (see `guard.rs` and `gc.rs`).
     fn guard(&self) -> &Guard;
 

@@ -384,6 +384,14 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         self.catalog.lock_upload(id, wait)
     }
 
+    fn add_session_bytes(&self, id: &[u8; 16], n: u64) -> Result<bool> {
+        self.catalog.add_session_bytes(id, n)
+    }
+
+    fn session_bytes(&self, id: &[u8; 16]) -> Result<Option<u64>> {
+        self.catalog.session_bytes(id)
+    }
+
     fn for_each_chunk(&self, f: &mut dyn FnMut(&Hash) -> Result<()>) -> Result<()> {
         self.catalog.for_each_loc(&mut |id, loc| {
             loc?;

@@ -29,7 +29,11 @@ const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 // store in a bucket (.ci/browser.sh does, on engines of its own); figures then go to
 // target/browser/remote/.
 const REMOTE = process.env.HOARD_BROWSER_STORE;
-const OUT = path.join(ROOT, 'target', 'browser', ...(REMOTE ? ['remote'] : []));
+// With HOARD_BROWSER_SERVERS=N (and a bucket store), N servers on it behind HAProxy, every
+// request balanced on its own; figures then go to target/browser/cluster/.
+const SERVERS = Number(process.env.HOARD_BROWSER_SERVERS ?? 1);
+const OUT = path.join(ROOT, 'target', 'browser',
+  ...(SERVERS > 1 ? ['cluster'] : REMOTE ? ['remote'] : []));
 const TOKEN = 'browser-test-token';
 const MIB = 1 << 20;
 const SIZE = 100 * MIB;
@@ -132,7 +136,35 @@ async function hookEvent(want, ms = 60000) {
   }
 }
 
+/** The server the tests talk to: one, or SERVERS behind HAProxy ({ url, proc, ports }). */
 async function startServer(corsOrigin) {
+  if (SERVERS <= 1) return startOne(corsOrigin);
+  const servers = [];
+  for (let i = 0; i < SERVERS; i++) servers.push(await startOne(corsOrigin));
+  const free = await listen(() => {});
+  const port = free.server.address().port;
+  free.server.close();
+  const backends = servers.map((s, i) =>
+    `  server s${i} ${s.url.replace('http://', '')} check inter 300ms fall 1 rise 1\n`).join('');
+  const cfg = path.join(work, 'haproxy.cfg');
+  fs.writeFileSync(cfg, 'defaults\n  mode http\n  timeout connect 2s\n  timeout client 120s\n'
+    + '  timeout server 120s\n  option http-server-close\n  retries 3\n  option redispatch\n'
+    + `frontend in\n  bind 127.0.0.1:${port}\n  default_backend hoard\n`
+    + `backend hoard\n  balance roundrobin\n  option httpchk GET /healthz\n${backends}`);
+  const proxy = spawn('haproxy', ['-db', '-f', cfg], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    const up = await fetch(`${url}/healthz`).then((r) => r.ok, () => false);
+    if (up) break;
+    if (Date.now() > deadline) throw new Error('the proxy did not answer');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const proc = { kill: (sig) => [proxy, ...servers.map((s) => s.proc)].forEach((p) => p.kill(sig)) };
+  return { url, proc, servers };
+}
+
+async function startOne(corsOrigin) {
   const store = REMOTE
     ? ['--store', REMOTE, '--index', process.env.HOARD_BROWSER_INDEX]
     : ['--store', path.join(work, 'store')];
@@ -405,4 +437,19 @@ test('the page works at phone width', async () => {
   assert.ok(overflow <= 0, `the page is ${overflow}px wider than the screen`);
   report.phone_screenshot_colours = await screenshot(page, 'page-phone.png');
   await page.context().close();
+});
+
+test('behind the proxy, every server answered part of it', { skip: SERVERS <= 1 }, async () => {
+  // Requests each server answered, health checks aside (from its own /metrics).
+  const each = [];
+  for (const s of server.servers) {
+    const text = await (await fetch(`${s.url}/metrics`, {
+      headers: { Authorization: `Bearer ${TOKEN}` },
+    })).text();
+    each.push(text.split('\n')
+      .filter((l) => l.startsWith('hoard_http_requests_total{') && !l.includes('route="/healthz"'))
+      .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0));
+  }
+  report.requests_per_server = each;
+  assert.ok(each.every((n) => n > 0), `requests per server: ${each}`);
 });

@@ -326,9 +326,9 @@ fn cluster_hooks_fire_once_per_upload_not_once_per_server() {
     let s = Scratch::new();
     // A push (a session opened, fed and completed by whichever servers the proxy picks),
     // a whole-file PUT, and a tus upload created on one server and finished on another.
-    let data = mixed(6 << 20, 131);
+    let data = mixed(24 << 20, 131);
     let c = Client::new(&cluster.url, None).unwrap();
-    push(&c, &s.file("p.bin", &data), "p.bin").unwrap();
+    let pushed = push(&c, &s.file("p.bin", &data), "p.bin").unwrap();
     let api = Api::from_url(&cluster.url);
     let (st, _, _) = api.call(
         api.req(M::PUT, "/v1/files/c.bin")
@@ -369,6 +369,19 @@ fn cluster_hooks_fire_once_per_upload_not_once_per_server() {
         }
     }
     assert_eq!(all.len(), 6, "{all:#?}");
+    // The push's chunk batches went to every server; the one that completed it reports all
+    // their bytes (the push's bytes less its manifest), not only its own.
+    let done = all
+        .iter()
+        .find(|e| e["source"] == "session" && e["event"] == "upload.complete")
+        .unwrap();
+    let sent = done["bytes_sent"].as_u64().unwrap();
+    let manifest = pushed.chunks * 64 + 4096;
+    assert!(
+        sent <= pushed.bytes_sent && sent + manifest >= pushed.bytes_sent,
+        "the hook says {sent} bytes, the client sent {} with its manifest",
+        pushed.bytes_sent
+    );
 }
 
 #[test]

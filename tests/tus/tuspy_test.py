@@ -4,6 +4,11 @@ Uploads a 100 MiB file, then an edited copy (sha1 checksums on every PATCH), and
 server's webhook how many bytes crossed the wire and how many were new; then resumes an upload
 after the server is killed with SIGKILL and started again. Every file is downloaded and compared.
 Writes the figures to target/tus-report.json. Run by .ci/tus.sh; exits non-zero on any failure.
+
+With HOARD_TUS_STORE (s3://BUCKET/PREFIX), HOARD_TUS_INDEX (postgres://...) and
+HOARD_TUS_SERVERS=N, the same runs against N servers on that store behind HAProxy (round robin,
+each request on its own), and the kill -9 is of one of them; figures go to
+target/tus-report-cluster.json. .ci/remote.sh runs it so, on its engines.
 """
 
 import hashlib
@@ -25,6 +30,9 @@ from tusclient import client as tus
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOARD = os.environ.get("HOARD_BIN", os.path.join(ROOT, "target", "debug", "hoard"))
 TOKEN = "tus-test-token"
+REMOTE = os.environ.get("HOARD_TUS_STORE")
+SERVERS = int(os.environ.get("HOARD_TUS_SERVERS", "1"))
+STARTED = []  # every process started, each stopped by its PID at the end whatever happens
 SIZE = 100 << 20
 MIB = 1 << 20
 
@@ -99,11 +107,15 @@ class Server:
     """`hoard serve` as a child process on a fixed loopback port."""
 
     def __init__(self, store, port, hook_url):
+        where = ["--store", store]
+        if REMOTE:
+            where = ["--store", REMOTE, "--index", os.environ["HOARD_TUS_INDEX"]]
         self.proc = subprocess.Popen(
-            [HOARD, "--store", store, "serve", "--listen", "127.0.0.1:%d" % port,
+            [HOARD, *where, "serve", "--listen", "127.0.0.1:%d" % port,
              "--token", TOKEN, "--hook-url", hook_url],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=dict(os.environ, RUST_LOG="warn"))
+        STARTED.append(self.proc)
         line = self.proc.stdout.readline().decode().strip()
         assert line.startswith("listening on "), line
         self.url = line[len("listening on "):]
@@ -115,6 +127,66 @@ class Server:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+class Cluster:
+    """SERVERS `hoard serve` processes on one store behind HAProxy; `url` is the proxy's.
+    `kill` kills one server (SIGKILL) and starts it again on its port."""
+
+    def __init__(self, store, port, hook_url):
+        self.ports = [free_port() for _ in range(SERVERS)]
+        self.hook_url, self.store = hook_url, store
+        self.servers = [Server(store, p, hook_url) for p in self.ports]
+        backends = "".join("  server s%d 127.0.0.1:%d check inter 300ms fall 1 rise 1\n" % (i, p)
+                           for i, p in enumerate(self.ports))
+        self.cfg = os.path.join(os.path.dirname(store), "haproxy.cfg")
+        with open(self.cfg, "w") as f:
+            f.write("defaults\n  mode http\n  timeout connect 2s\n  timeout client 120s\n"
+                    "  timeout server 120s\n  option http-server-close\n  retries 3\n"
+                    "  option redispatch\n"
+                    "frontend in\n  bind 127.0.0.1:%d\n  default_backend hoard\n"
+                    "backend hoard\n  balance roundrobin\n  option httpchk GET /healthz\n%s"
+                    % (port, backends))
+        self.proxy = subprocess.Popen(["haproxy", "-db", "-f", self.cfg],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        STARTED.append(self.proxy)
+        self.url = "http://127.0.0.1:%d" % port
+        deadline = time.time() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the proxy did not answer"
+            time.sleep(0.1)
+        self.killed = 0
+
+    def kill(self):
+        victim = self.killed % len(self.servers)
+        self.servers[victim].kill()
+        self.servers[victim] = Server(self.store, self.ports[victim], self.hook_url)
+        self.killed += 1
+
+    def stop(self):
+        for s in self.servers:
+            s.stop()
+        self.proxy.terminate()
+        self.proxy.wait(timeout=30)
+
+    def requests_each(self):
+        """Requests each server has answered (from its /metrics), health checks aside."""
+        out = []
+        for p in self.ports:
+            req = urllib.request.Request("http://127.0.0.1:%d/metrics" % p,
+                                         headers={"Authorization": "Bearer " + TOKEN})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                text = r.read().decode()
+            out.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("hoard_http_requests_total{")
+                           and 'route="/healthz"' not in line))
+        return out
 
 
 def download(url, name):
@@ -142,7 +214,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="hoard-tuspy-") as tmp:
         store = os.path.join(tmp, "store")
         port = free_port()
-        server = Server(store, port, hooks.url)
+        front = Cluster if SERVERS > 1 else Server
+        server = front(store, port, hooks.url)
         client = tus.TusClient(server.url + "/v1/tus/",
                                headers={"Authorization": "Bearer " + TOKEN})
 
@@ -185,7 +258,8 @@ def main():
             u.upload_chunk()
         assert u.offset == 12 * MIB, u.offset
         server.kill()
-        server = Server(store, port, hooks.url)
+        if SERVERS == 1:
+            server = Server(store, port, hooks.url)
         client = tus.TusClient(server.url + "/v1/tus/",
                                headers={"Authorization": "Bearer " + TOKEN})
         resumed = client.uploader(p3, url=u.url, chunk_size=32 * MIB)
@@ -198,9 +272,14 @@ def main():
         assert download(server.url, "disk.img") == v3, "v3 came back different"
         assert hashlib.sha256(download(server.url, "disk.img@2")).digest() == \
             hashlib.sha256(v2).digest()
+        if SERVERS > 1:
+            each = server.requests_each()
+            report["requests_per_server"] = each
+            assert all(n > 0 for n in each), each
         server.stop()
 
-    out = os.path.join(ROOT, "target", "tus-report.json")
+    name = "tus-report-cluster.json" if SERVERS > 1 else "tus-report.json"
+    out = os.path.join(ROOT, "target", name)
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
     print("tuspy: all checks passed;", json.dumps(report))
@@ -213,3 +292,8 @@ if __name__ == "__main__":
         import traceback
         traceback.print_exc()
         sys.exit(1)
+    finally:
+        for proc in STARTED:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

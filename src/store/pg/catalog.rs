@@ -580,6 +580,37 @@ impl Catalog for PgCatalog {
         .map(drop)
     }
 
+    fn add_session_bytes(&self, id: &[u8; 16], n: u64) -> Result<bool> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        // Not run twice on a broken connection: a count may be lost, never doubled.
+        self.run(
+            false,
+            "cannot count an upload's bytes in the index at",
+            async |c| {
+                c.execute(
+                    "UPDATE uploads SET sent = sent + $3 WHERE kind = $1 AND id = $2",
+                    &[&kind_code(UploadKind::Session), &&id[..], &n],
+                )
+                .await
+            },
+        )?;
+        Ok(true)
+    }
+
+    fn session_bytes(&self, id: &[u8; 16]) -> Result<Option<u64>> {
+        let sent: Option<i64> =
+            self.run(true, "cannot read an upload from the index at", async |c| {
+                let row = c
+                    .query_opt(
+                        "SELECT sent FROM uploads WHERE kind = $1 AND id = $2",
+                        &[&kind_code(UploadKind::Session), &&id[..]],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })?;
+        Ok(Some(sent.unwrap_or(0).max(0) as u64))
+    }
+
     fn get_upload(&self, kind: UploadKind, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
         self.run(true, "cannot read an upload from the index at", async |c| {
             let row = c

@@ -48,6 +48,8 @@
 //! count and byte sums of `chunks`. Statement triggers on `chunks` (insert, delete, update,
 //! truncate) append each statement's change as a row (insert-only: writers on many servers
 //! never wait for one another on it); a reader folds the rows into one when there are many.
+//! It also adds `uploads.sent int8`: the chunk-upload body bytes an upload session received,
+//! added to by whichever server received them (a hook reports the sum).
 
 /// The schema version this binary writes and understands.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -197,6 +199,7 @@ CREATE TRIGGER chunks_changed AFTER UPDATE ON chunks
     FOR EACH STATEMENT EXECUTE FUNCTION hoard_chunks_changed();
 CREATE TRIGGER chunks_emptied AFTER TRUNCATE ON chunks
     FOR EACH STATEMENT EXECUTE FUNCTION hoard_chunks_emptied();
+ALTER TABLE uploads ADD COLUMN sent int8 NOT NULL DEFAULT 0;
 "#,
 ];
 

@@ -121,6 +121,9 @@ pub struct Progress {
     pub missing_bytes_at_open: u64,
     /// Unix seconds after which an idle session expires.
     pub expires: u64,
+    /// Body bytes of the chunk uploads tagged with the session (for the hooks).
+    #[serde(skip)]
+    pub bytes_sent: u64,
 }
 
 /// The open sessions of one store, and the rules they follow.
@@ -203,17 +206,32 @@ impl Sessions {
                 });
             }
         }
-        let mut activity = crate::lock(&self.activity);
-        let a = activity.entry(id).or_default();
-        a.0 = now();
-        a.1 += bytes;
+        {
+            let mut activity = crate::lock(&self.activity);
+            let a = activity.entry(id).or_default();
+            a.0 = now();
+            a.1 += bytes;
+        }
+        // Where every server sees it, if the store keeps such counts (a server other than
+        // this one may complete the session and report them).
+        if bytes > 0 {
+            self.store.add_session_bytes(&id.0, bytes)?;
+        }
         Ok(())
     }
 
-    /// Body bytes of the chunk uploads tagged with session `id` that this process received.
-    pub fn bytes_sent(&self, id: SessionId) -> u64 {
-        let activity = crate::lock(&self.activity);
-        activity.get(&id).map_or(0, |a| a.1)
+    /// Body bytes of the chunk uploads tagged with session `id`: every server's, if the store
+    /// counts them, else those this process received.
+    fn bytes_sent(&self, id: SessionId) -> u64 {
+        let here = || crate::lock(&self.activity).get(&id).map_or(0, |a| a.1);
+        match self.store.session_bytes(&id.0) {
+            Ok(Some(n)) => n,
+            Ok(None) => here(),
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "cannot read the bytes a session received");
+                here()
+            }
+        }
     }
 
     /// Opens a session for `flat`, to be recorded under `name`.
@@ -288,6 +306,7 @@ impl Sessions {
             missing_at_open: s.missing_at_open,
             missing_bytes_at_open: s.missing_bytes_at_open,
             expires: self.last_use(s) + self.ttl.as_secs(),
+            bytes_sent: self.bytes_sent(s.id),
         }
     }
 
