@@ -57,6 +57,21 @@
 //! grace period instead of the filter: a chunk condemned less than `grace` ago is spared, and
 //! a chunk is condemned only after every answer that said present (or revived it then).
 //!
+//! ## Many servers
+//!
+//! Servers behind a load balancer are such processes, and nothing above depends on which of
+//! them a client's requests land on: a pin is a row under the lease of the server that
+//! answered, a session's or tus upload's record is in the database (every change to it holds
+//! it there first, `Catalog::lock_upload`), and the grace counts by the database's clock. One
+//! gc at a time: `Guard::maintenance` takes an advisory lock on a connection of its own, so a
+//! gc whose server dies lets go with its connection and the next gc starts over from the
+//! mark (it deleted only rows still condemned, each statement whole). A periodic gc
+//! ([`gc_periodic`]) does not queue behind another: it skips while one runs, and when one
+//! finished within its interval (recorded in the database at the end of every gc), so servers
+//! that all run gc every hour run about one an hour between them. A gc also checks, with its
+//! lock held, that the schema is still this binary's: a server left running after another
+//! version migrated the database would not know what the new schema keeps alive.
+//!
 //! ## Compaction
 //! Afterwards packs with no live entry are deleted and packs whose dead share is at least
 //! `min_dead` are rewritten: live entries are copied into a new pack, synced, the index is

@@ -14,7 +14,8 @@ use crate::restore;
 use crate::upload::session::{SessionId, Sessions};
 
 /// Most sessions hashed in the background at once; later ones are hashed when they complete.
-pub(super) const MAX_VERIFIERS: usize = 4;
+/// Two keep both cores of a small server busy; each holds a 4 MiB step of decoded bytes.
+pub(super) const MAX_VERIFIERS: usize = 2;
 
 /// Wakes the background hashers when chunks land in the store.
 #[derive(Default)]
@@ -50,31 +51,48 @@ pub(super) struct Verifier {
 }
 
 /// Chunks of a session just uploaded, decoded, until its background hash takes them.
-#[derive(Default)]
 pub(super) struct UploadCache {
     chunks: Mutex<HashMap<Hash, bytes::Bytes>>,
-    bytes: AtomicUsize,
+    /// What every session's cache holds together (the server's, shared).
+    total: Arc<AtomicUsize>,
 }
 
-/// Decoded bytes one session's background hash may hold = 16 MiB: a few batches ahead of it.
+/// Decoded bytes the background hashes' caches may hold together = 16 MiB: a few batches
+/// ahead of them, however many sessions upload at once (per session, eight concurrent
+/// pushes took the server past 250 MiB).
 pub(super) const CACHE_BYTES: usize = 16 << 20;
 
 impl UploadCache {
+    fn new(total: Arc<AtomicUsize>) -> Self {
+        UploadCache {
+            chunks: Mutex::default(),
+            total,
+        }
+    }
+
     pub(super) fn offer(&self, id: Hash, raw: bytes::Bytes) {
-        if self.bytes.load(Ordering::Relaxed) + raw.len() > CACHE_BYTES {
+        let n = raw.len();
+        if self.total.fetch_add(n, Ordering::Relaxed) + n > CACHE_BYTES {
+            self.total.fetch_sub(n, Ordering::Relaxed);
             return; // the hash reads this one from the store instead
         }
-        let n = raw.len();
         let mut chunks = crate::lock(&self.chunks);
-        if chunks.insert(id, raw).is_none() {
-            self.bytes.fetch_add(n, Ordering::Relaxed);
+        if chunks.insert(id, raw).is_some() {
+            self.total.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
     pub(super) fn take(&self, id: &Hash) -> Option<bytes::Bytes> {
         let b = crate::lock(&self.chunks).remove(id)?;
-        self.bytes.fetch_sub(b.len(), Ordering::Relaxed);
+        self.total.fetch_sub(b.len(), Ordering::Relaxed);
         Some(b)
+    }
+}
+
+impl Drop for UploadCache {
+    fn drop(&mut self) {
+        let left: usize = crate::lock(&self.chunks).values().map(|b| b.len()).sum();
+        self.total.fetch_sub(left, Ordering::Relaxed);
     }
 }
 
@@ -83,9 +101,7 @@ impl Sessions {
     /// chunks (so an upload should keep them).
     pub fn wants_chunks(&self, sid: SessionId) -> bool {
         let verifiers = crate::lock(&self.verifiers);
-        verifiers
-            .get(&sid)
-            .is_some_and(|v| v.cache.bytes.load(Ordering::Relaxed) < CACHE_BYTES)
+        verifiers.contains_key(&sid) && self.cached.load(Ordering::Relaxed) < CACHE_BYTES
     }
 
     /// Tells the background hashers that chunks were stored; `session`'s hash may take the
@@ -113,7 +129,7 @@ impl Sessions {
         }
         let (tx, rx) = mpsc::channel::<Hash>();
         let cancel = Arc::new(AtomicBool::new(false));
-        let cache = Arc::new(UploadCache::default());
+        let cache = Arc::new(UploadCache::new(self.cached.clone()));
         let (store, arrivals, stop, c) = (
             self.store.clone(),
             self.arrivals.clone(),
