@@ -729,7 +729,7 @@ fn cluster_rolling_restart_keeps_serving() {
 }
 
 #[test]
-fn cluster_server_of_another_schema_version_is_refused_and_taken_out() {
+fn cluster_server_of_another_schema_version_or_params_is_refused_and_taken_out() {
     let Some(cluster) = Cluster::start("cluster_schema", 2) else {
         return;
     };
@@ -737,6 +737,17 @@ fn cluster_server_of_another_schema_version_is_refused_and_taken_out() {
     let c = Client::new(&cluster.url, None).unwrap();
     let data = mixed(2 << 20, 401);
     push(&c, &s.file("v", &data), "v").unwrap();
+    // Chunker params are the store's, read by every server from it: a command asking for
+    // others is refused, and nothing changes for the servers.
+    let out = remote(&cluster.bucket, &cluster.index)
+        .args(["init", "--min", "8K", "--avg", "32K", "--max", "128K"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("chunker params are fixed per store"),
+        "{err}"
+    );
     let version: u32 = engines::sql_value(&cluster.index, "SELECT version FROM hoard_schema")
         .parse()
         .unwrap();
