@@ -24,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub mod copy;
 pub mod error;
+pub mod features;
 pub mod fsck;
 pub mod gc;
 pub mod hash;
