@@ -96,6 +96,63 @@ pub fn decode_into(id: &Hash, codec: Codec, payload: &[u8], out: &mut [u8]) -> R
     }
 }
 
+/// Compresses `data` as one zstd frame that may refer to `base` (zstd's reference prefix: its
+/// matches can point into the base), for a chunk stored as a delta against a similar one.
+/// `None` unless the frame is shorter than `limit` bytes (the caller passes what plain
+/// compression gave, less the margin a delta must win by). Toward delta chunks: not used by
+/// the pipeline yet.
+pub fn compress_against(data: &[u8], base: &[u8], level: i32, limit: usize) -> Option<Vec<u8>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    if limit == 0 {
+        return None;
+    }
+    let mut c = CCtx::create();
+    c.set_parameter(CParameter::CompressionLevel(level)).ok()?;
+    // The window must reach from the end of the chunk back over the whole base.
+    c.set_parameter(CParameter::WindowLog(window_log(base.len() + data.len())))
+        .ok()?;
+    c.ref_prefix(base).ok()?;
+    // A buffer one byte short of the limit: zstd fails rather than produce a longer frame.
+    let mut out = Vec::with_capacity(limit - 1);
+    c.compress2(&mut out, data).ok()?;
+    Some(out)
+}
+
+/// Decodes a frame [`compress_against`] made with `base` into `out`, which must be exactly
+/// the chunk's length (the output caps what a hostile frame can make).
+///
+/// # Errors
+/// [`Error::Corrupt`] when the payload does not decode to exactly `out.len()` bytes with this
+/// base. A frame decoded against another base of the right length may give other bytes: the
+/// caller's hash check catches that, as for every chunk.
+pub fn decode_against_into(id: &Hash, payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<()> {
+    use zstd::zstd_safe::{DCtx, DParameter};
+    let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
+    let mut d = DCtx::create();
+    d.set_parameter(DParameter::WindowLogMax(window_log(base.len() + out.len())))
+        .map_err(|e| corrupt(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))?;
+    d.ref_prefix(base)
+        .map_err(|e| corrupt(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))?;
+    let want = out.len();
+    let mut buf = zstd::zstd_safe::OutBuffer::around(out);
+    let mut input = zstd::zstd_safe::InBuffer::around(payload);
+    match d.decompress_stream(&mut buf, &mut input) {
+        Ok(0) if buf.pos() == want && input.pos() == payload.len() => Ok(()),
+        Ok(_) => Err(corrupt(format!(
+            "delta payload did not decode to exactly {want} bytes"
+        ))),
+        Err(e) => Err(corrupt(format!(
+            "delta payload does not decode: {}",
+            zstd::zstd_safe::get_error_name(e)
+        ))),
+    }
+}
+
+/// The smallest zstd window log (10..=27) that covers `n` bytes.
+fn window_log(n: usize) -> u32 {
+    (usize::BITS - n.max(1).leading_zeros()).clamp(10, 27)
+}
+
 /// Decodes a stored payload of chunk `id` whose uncompressed length is `raw_len`.
 ///
 /// # Errors
@@ -109,6 +166,88 @@ pub fn decode(id: &Hash, codec: Codec, payload: &[u8], raw_len: usize) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `n` bytes of noise from `seed` (xorshift).
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn round_trip(data: &[u8], base: &[u8]) -> Option<usize> {
+        let frame = compress_against(data, base, 1, data.len() + 64)?;
+        let mut out = vec![0u8; data.len()];
+        decode_against_into(&Hash::of(data), &frame, base, &mut out).unwrap();
+        assert!(
+            out == data,
+            "{} bytes against a {}-byte base",
+            data.len(),
+            base.len()
+        );
+        Some(frame.len())
+    }
+
+    #[test]
+    fn deltas_round_trip_over_the_size_table() {
+        let max = 256 << 10;
+        for n in [0, 1, 63, 64, 4096, 16 << 10, 64 << 10, max] {
+            let data = noise(n, 7);
+            for base in [
+                Vec::new(),
+                data.clone(),
+                noise(n, 8),
+                noise(max, 9),
+                vec![0u8; 1000],
+            ] {
+                round_trip(&data, &base);
+            }
+        }
+        // Similar chunks: a base that differs by a few edits gives a delta a tiny fraction of
+        // the chunk; an identical base, a few bytes; an unrelated one, no gain on noise.
+        let base = noise(64 << 10, 11);
+        let mut edited = base.clone();
+        for at in [100, 20_000, 50_000] {
+            edited[at] ^= 0xff;
+        }
+        edited.splice(30_000..30_000, noise(40, 12));
+        let similar = round_trip(&edited, &base).unwrap();
+        assert!(
+            similar < 300,
+            "a delta of a lightly edited chunk took {similar} bytes"
+        );
+        // (Another buffer: zstd drops a prefix that the input overlaps in memory.)
+        let same = round_trip(&base.clone(), &base).unwrap();
+        assert!(same < 64, "a delta against itself took {same} bytes");
+        let unrelated = compress_against(&edited, &noise(64 << 10, 13), 1, edited.len());
+        assert!(
+            unrelated.is_none(),
+            "noise against an unrelated base cannot shrink"
+        );
+    }
+
+    #[test]
+    fn a_delta_against_the_wrong_base_is_refused_or_gives_other_bytes() {
+        let base = noise(64 << 10, 21);
+        let mut data = base.clone();
+        data[5] ^= 1;
+        let frame = compress_against(&data, &base, 1, data.len()).unwrap();
+        let id = Hash::of(&data);
+        let mut out = vec![0u8; data.len()];
+        let other = noise(64 << 10, 22);
+        let wrong = decode_against_into(&id, &frame, &other, &mut out);
+        assert!(wrong.is_err() || out != data);
+        // A frame that decodes past the chunk's length, or garbage, is an error, not a panic
+        // or an allocation.
+        let mut short = vec![0u8; 100];
+        assert!(decode_against_into(&id, &frame, &base, &mut short).is_err());
+        assert!(decode_against_into(&id, b"garbage", &base, &mut out).is_err());
+    }
 
     #[test]
     fn compressible_shrinks_and_random_stays_raw() {
