@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hoard::Hash;
-use support::engines::{Engines, engine_env};
+use support::engines::{Engines, engine_env, timed_hoard};
 use support::{env_num, have, mbps, median, prime, warm};
 
 /// N servers on one store and HAProxy in front of them.
@@ -99,23 +99,6 @@ impl Front {
         let _ = self.proxy.wait();
         self.servers.drain(..).map(support::stop_server).collect()
     }
-}
-
-/// Wall seconds of `hoard ARGS` (its output checked for success).
-fn run(hoard: &str, args: &[&str]) -> f64 {
-    let t = Instant::now();
-    let o = Command::new(hoard)
-        .args(args)
-        .envs(engine_env())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run hoard");
-    assert!(
-        o.status.success(),
-        "hoard {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    t.elapsed().as_secs_f64()
 }
 
 /// A blocking HTTP client for the probes.
@@ -287,7 +270,7 @@ fn measure(
     many: &[String],
 ) -> Measured {
     let (bucket, index) = engines.store(&format!("cluster{n}r{run_no}"));
-    run(hoard, &["--store", &bucket, "--index", &index, "init"]);
+    timed_hoard(hoard, &["--store", &bucket, "--index", &index, "init"], dir);
     let front = Front::start(hoard, &bucket, &index, n, dir);
     let url = front.url.clone();
     let http = Http::new();
@@ -296,16 +279,23 @@ fn measure(
 
     prime(dir);
     warm(Path::new(v.0));
-    m.push_v1 = run(hoard, &["push", v.0, "--server", &url, "--name", "v"]);
+    m.push_v1 = timed_hoard(hoard, &["push", v.0, "--server", &url, "--name", "v"], dir)
+        .0
+        .secs;
     prime(dir);
     warm(Path::new(v.1));
-    m.push_v2 = run(hoard, &["push", v.1, "--server", &url, "--name", "v"]);
+    m.push_v2 = timed_hoard(hoard, &["push", v.1, "--server", &url, "--name", "v"], dir)
+        .0
+        .secs;
     prime(dir);
     let _ = std::fs::remove_file(&out);
-    m.pull_v2 = run(
+    m.pull_v2 = timed_hoard(
         hoard,
         &["pull", "v", out.to_str().unwrap(), "--server", &url],
-    );
+        dir,
+    )
+    .0
+    .secs;
     assert_eq!(
         std::fs::metadata(&out).unwrap().len(),
         std::fs::metadata(v.1).unwrap().len()

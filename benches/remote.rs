@@ -27,68 +27,18 @@ mod generate;
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Instant;
 
 use hoard::Hash;
 use hoard::store::pack::ChunkLoc;
 use hoard::store::{Catalog, ChunkStore, LocalStore};
-use support::engines::{Engines, engine_cpu, engine_env, sql};
-use support::{Step, env_num, mbps, median, prime, read_time, warm};
+use support::engines::{Cpu, Engines, engine_env, sql, timed_hoard, timed_hoard_cpu};
+use support::{env_num, mbps, median, prime, warm};
 
 /// Synthetic chunks added to the indexes for the second missing query (`HOARD_BENCH_MANY`;
 /// 0 leaves that query out).
 const MANY: usize = 10_000_000;
-
-/// CPU seconds of one step: hoard's (user + sys) and the engines' meanwhile.
-#[derive(Clone, Copy, Default)]
-struct Cpu {
-    hoard: f64,
-    engines: f64,
-}
-
-/// Runs `hoard ARGS` under GNU time; returns the step and its stdout.
-fn timed_hoard(hoard: &str, args: &[&str], tmp: &Path) -> (Step, String) {
-    let (step, _, out) = timed_hoard_cpu(hoard, args, tmp);
-    (step, out)
-}
-
-/// As [`timed_hoard`], with the CPU seconds of hoard and of the engines during the step.
-fn timed_hoard_cpu(hoard: &str, args: &[&str], tmp: &Path) -> (Step, Cpu, String) {
-    let out = tmp.join("time.txt");
-    let engines_before = engine_cpu();
-    let o = Command::new("/usr/bin/time")
-        .args(["-f", "%e %M %U %S", "-o"])
-        .arg(&out)
-        .arg(hoard)
-        .args(args)
-        .envs(engine_env())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run /usr/bin/time");
-    assert!(
-        o.status.success(),
-        "hoard {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    // PostgreSQL reaps the step's backends as they notice their client is gone.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let engines = engine_cpu() - engines_before;
-    let text = std::fs::read_to_string(&out).expect("time output");
-    let hoard_cpu = text
-        .split_whitespace()
-        .skip(2)
-        .filter_map(|x| x.parse::<f64>().ok())
-        .sum();
-    (
-        read_time(&out),
-        Cpu {
-            hoard: hoard_cpu,
-            engines,
-        },
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-    )
-}
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))

@@ -3,10 +3,12 @@
 //! when dropped), and the CPU seconds they use.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hoard::Hash;
+
+use super::{Step, read_time};
 
 /// The engines' variables (endpoint, credentials) for every child, when this bench started
 /// them.
@@ -135,4 +137,54 @@ pub fn engine_cpu() -> f64 {
             f.iter().sum::<f64>() / 100.0
         })
         .sum()
+}
+
+/// CPU seconds of one step: hoard's (user + sys) and the engines' meanwhile.
+#[derive(Clone, Copy, Default)]
+pub struct Cpu {
+    pub hoard: f64,
+    pub engines: f64,
+}
+
+/// Runs `hoard ARGS` under GNU time; returns the step and its stdout.
+pub fn timed_hoard(hoard: &str, args: &[&str], tmp: &Path) -> (Step, String) {
+    let (step, _, out) = timed_hoard_cpu(hoard, args, tmp);
+    (step, out)
+}
+
+/// As [`timed_hoard`], with the CPU seconds of hoard and of the engines during the step.
+pub fn timed_hoard_cpu(hoard: &str, args: &[&str], tmp: &Path) -> (Step, Cpu, String) {
+    let out = tmp.join("time.txt");
+    let engines_before = engine_cpu();
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "%e %M %U %S", "-o"])
+        .arg(&out)
+        .arg(hoard)
+        .args(args)
+        .envs(engine_env())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run /usr/bin/time");
+    assert!(
+        o.status.success(),
+        "hoard {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // PostgreSQL reaps the step's backends as they notice their client is gone.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let engines = engine_cpu() - engines_before;
+    let text = std::fs::read_to_string(&out).expect("time output");
+    let hoard_cpu = text
+        .split_whitespace()
+        .skip(2)
+        .filter_map(|x| x.parse::<f64>().ok())
+        .sum();
+    (
+        read_time(&out),
+        Cpu {
+            hoard: hoard_cpu,
+            engines,
+        },
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }

@@ -60,13 +60,13 @@ pub trait Catalog: Send + Sync + 'static {
         Ok(Hold::Held(None))
     }
 
-    /// Adds `n` to the bytes upload session `id` received, where every process sees them;
-    /// `false`: this catalog keeps no such count (one process: its memory has them).
+    /// Adds `n` to the bytes upload session `id` received, where every process sees them
+    /// (a catalog only this process opens keeps no such count: its memory has them).
     ///
     /// # Errors
     /// The engine's error.
-    fn add_session_bytes(&self, _id: &[u8; 16], _n: u64) -> Result<bool> {
-        Ok(false)
+    fn add_session_bytes(&self, _id: &[u8; 16], _n: u64) -> Result<()> {
+        Ok(())
     }
 
     /// The bytes [`Catalog::add_session_bytes`] counted for session `id`, if it keeps them.

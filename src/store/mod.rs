@@ -295,8 +295,8 @@ pub trait ChunkStore: Send + Sync {
     ///
     /// # Errors
     /// The engine's error.
-    fn add_session_bytes(&self, _id: &[u8; 16], _n: u64) -> Result<bool> {
-        Ok(false)
+    fn add_session_bytes(&self, _id: &[u8; 16], _n: u64) -> Result<()> {
+        Ok(())
     }
 
     /// See [`Catalog::session_bytes`].

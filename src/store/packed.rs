@@ -384,7 +384,7 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         self.catalog.lock_upload(id, wait)
     }
 
-    fn add_session_bytes(&self, id: &[u8; 16], n: u64) -> Result<bool> {
+    fn add_session_bytes(&self, id: &[u8; 16], n: u64) -> Result<()> {
         self.catalog.add_session_bytes(id, n)
     }
 

@@ -130,6 +130,45 @@ impl Cluster {
         self.servers.insert(i, new);
     }
 
+    /// Runs `work` on a thread and kills server `victim` (kill -9, then started again on its
+    /// address) once `started` says the work is under way (waiting at most a minute), and
+    /// `delay` later. Returns what `work` returned; panics if it had ended before the kill
+    /// (the trial would test nothing).
+    pub fn kill_during<T: Send>(
+        &mut self,
+        victim: usize,
+        delay: Duration,
+        started: impl Fn(&Cluster) -> bool,
+        work: impl FnOnce() -> T + Send,
+    ) -> T {
+        let (out, done_at, killed_at) = std::thread::scope(|scope| {
+            let working = scope.spawn(|| (work(), Instant::now()));
+            let t = Instant::now();
+            while !started(self) && t.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(delay);
+            let killed_at = Instant::now();
+            self.kill_and_restart(victim);
+            let (out, at) = working.join().unwrap();
+            (out, at, killed_at)
+        });
+        assert!(
+            killed_at < done_at,
+            "the work ended before the kill; the trial tests nothing"
+        );
+        out
+    }
+
+    /// `fsck --json` of the store, asserted clean; returns the report.
+    pub fn fsck_clean(&self) -> serde_json::Value {
+        let r = crate::integration::remote_store::json(&ok(
+            remote(&self.bucket, &self.index).args(["fsck", "--json"])
+        ));
+        assert_eq!(r["clean"], true, "{r}");
+        r
+    }
+
     /// The sum of the values of the `/metrics` series named `name` (any labels), per server.
     fn per_server(&self, name: &str) -> Vec<u64> {
         self.servers
@@ -285,24 +324,12 @@ fn cluster_server_killed_mid_push_loses_nothing_and_the_push_completes() {
         // again; the client's retries land on the others meanwhile.
         let victim = trial as usize % cluster.servers.len();
         let received = cluster.metric("hoard_chunks_received_total");
-        let (pushed, pushed_at, killed_at) = std::thread::scope(|scope| {
-            let pushing = scope.spawn(|| (push(&c, &f, &name), Instant::now()));
-            // Once chunks arrive (the push is under way), a little later each trial.
-            let t = Instant::now();
-            while cluster.metric("hoard_chunks_received_total") <= received
-                && t.elapsed() < Duration::from_secs(20)
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            std::thread::sleep(Duration::from_millis(20 * (trial % 3)));
-            let killed_at = Instant::now();
-            cluster.kill_and_restart(victim);
-            let (pushed, at) = pushing.join().unwrap();
-            (pushed, at, killed_at)
-        });
-        assert!(
-            killed_at < pushed_at,
-            "trial {trial}: the push ended before the kill; the trial tests nothing"
+        // Once chunks arrive (the push is under way), a little later each trial.
+        let pushed = cluster.kill_during(
+            victim,
+            Duration::from_millis(20 * (trial % 3)),
+            |cl| cl.metric("hoard_chunks_received_total") > received,
+            || push(&c, &f, &name),
         );
         let r = pushed.unwrap_or_else(|e| panic!("trial {trial}: the push failed: {e}"));
         assert_eq!(r.id.to_hex(), b3(&data), "trial {trial}");
@@ -311,10 +338,7 @@ fn cluster_server_killed_mid_push_loses_nothing_and_the_push_completes() {
         assert!(std::fs::read(&out).unwrap() == data, "trial {trial}");
     }
     // Nothing acknowledged is lost and nothing is damaged.
-    let r = crate::integration::remote_store::json(&ok(
-        remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
-    ));
-    assert_eq!(r["clean"], true, "{r}");
+    cluster.fsck_clean();
 }
 
 #[test]
@@ -497,10 +521,7 @@ fn cluster_eight_clients_push_overlapping_files_while_gc_runs_with_no_grace() {
     // After a compaction of every pack with dead bytes in it, each distinct chunk is stored
     // once: the packs hold exactly the indexed entries.
     ok(remote(&cluster.bucket, &cluster.index).args(["gc", "--min-dead", "0"]));
-    let r = crate::integration::remote_store::json(&ok(
-        remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
-    ));
-    assert_eq!(r["clean"], true, "{r}");
+    let r = cluster.fsck_clean();
     assert_eq!(r["unreferenced_entries"], 0, "{r}");
     assert_eq!(r["entries"], r["chunks_ok"], "{r}");
 }
@@ -562,10 +583,7 @@ fn cluster_server_killed_mid_gc_loses_nothing_and_another_gc_runs() {
         "cluster_kill_gc: {} of 10 gcs cut off by the kill",
         cut.load(std::sync::atomic::Ordering::SeqCst)
     );
-    let r = crate::integration::remote_store::json(&ok(
-        remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
-    ));
-    assert_eq!(r["clean"], true, "{r}");
+    cluster.fsck_clean();
 }
 
 /// Uploads `data` as `name` over tus through `api` the way the protocol's clients do: create,
@@ -649,25 +667,11 @@ fn cluster_server_killed_mid_tus_upload_loses_nothing_and_the_upload_completes()
         let victim = trial as usize % cluster.servers.len();
         // One server dies (kill -9) once the upload is under way, a little later each
         // trial, and is started again; the client resumes through the proxy.
-        let (failures, done_at, killed_at) = std::thread::scope(|scope| {
-            let uploading = scope.spawn(|| {
-                let f = tus_resuming(&api, &data, &name, 1 << 20, &acked);
-                (f, Instant::now())
-            });
-            let t = Instant::now();
-            while acked.load(Ordering::SeqCst) < (1 + trial as usize % 4) << 20
-                && t.elapsed() < Duration::from_secs(60)
-            {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            let killed_at = Instant::now();
-            cluster.kill_and_restart(victim);
-            let (f, at) = uploading.join().unwrap();
-            (f, at, killed_at)
-        });
-        assert!(
-            killed_at < done_at,
-            "trial {trial}: the upload ended before the kill; the trial tests nothing"
+        let failures = cluster.kill_during(
+            victim,
+            Duration::ZERO,
+            |_| acked.load(Ordering::SeqCst) >= (1 + trial as usize % 4) << 20,
+            || tus_resuming(&api, &data, &name, 1 << 20, &acked),
         );
         failed_requests += failures;
         let (st, _, got) = api.call(api.req(M::GET, &format!("/v1/files/{name}")));
@@ -675,10 +679,7 @@ fn cluster_server_killed_mid_tus_upload_loses_nothing_and_the_upload_completes()
         assert!(got == data, "trial {trial}: reads back byte-identical");
     }
     eprintln!("tus kill trials: {failed_requests} requests failed and were resumed");
-    let r = crate::integration::remote_store::json(&ok(
-        remote(&cluster.bucket, &cluster.index).args(["fsck", "--json"])
-    ));
-    assert_eq!(r["clean"], true, "{r}");
+    cluster.fsck_clean();
 }
 
 #[test]

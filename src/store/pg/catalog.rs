@@ -580,7 +580,7 @@ impl Catalog for PgCatalog {
         .map(drop)
     }
 
-    fn add_session_bytes(&self, id: &[u8; 16], n: u64) -> Result<bool> {
+    fn add_session_bytes(&self, id: &[u8; 16], n: u64) -> Result<()> {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         // Not run twice on a broken connection: a count may be lost, never doubled.
         self.run(
@@ -592,9 +592,9 @@ impl Catalog for PgCatalog {
                     &[&kind_code(UploadKind::Session), &&id[..], &n],
                 )
                 .await
+                .map(drop)
             },
-        )?;
-        Ok(true)
+        )
     }
 
     fn session_bytes(&self, id: &[u8; 16]) -> Result<Option<u64>> {

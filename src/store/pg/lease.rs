@@ -42,7 +42,6 @@ const LIVE: &str = "SELECT objid::int8 AS lease FROM pg_locks \
 /// pin is visible to other sessions at commit all the same, and one lost in a database crash
 /// does not matter, since the crash ended every lease too (what the lease held is void).
 const ASYNC: &str = "set_config('synchronous_commit', 'off', true)";
-/// The database's clock in ms.
 /// The database's clock in ms, as an expression.
 const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::int8";
 

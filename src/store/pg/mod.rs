@@ -111,6 +111,15 @@ fn detail(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The error for a database whose schema is at version `found`, not this binary's.
+fn other_schema(found: i32) -> Error {
+    Error::Version {
+        what: "the index database's schema",
+        found: found as u32,
+        expected: schema::VERSION as u32,
+    }
+}
+
 /// Why [`PgCatalog::open`] does not use a database's schema.
 enum Refusal {
     /// It is newer than this binary's.
@@ -270,13 +279,7 @@ impl PgCatalog {
         })?;
         let (owner, chunker, level) = match found {
             None => return Err(Error::NoStore(PathBuf::from(bucket))),
-            Some(Err(Refusal::Newer(found))) => {
-                return Err(Error::Version {
-                    what: "the index database's schema",
-                    found: found as u32,
-                    expected: schema::VERSION as u32,
-                });
-            }
+            Some(Err(Refusal::Newer(found))) => return Err(other_schema(found)),
             Some(Err(Refusal::InUse(found, others))) => {
                 return Err(Error::UpgradeBlocked {
                     at: self.at.clone(),
@@ -398,11 +401,7 @@ impl PgCatalog {
             .map_err(|e| self.error(action, &e))?
             .get(0);
         if found != schema::VERSION {
-            return Err(Error::Version {
-                what: "the index database's schema",
-                found: found as u32,
-                expected: schema::VERSION as u32,
-            });
+            return Err(other_schema(found));
         }
         Ok(())
     }

@@ -141,9 +141,10 @@ pub struct Sessions {
     running: AtomicUsize,
     /// Decoded bytes every background hash's cache holds together (see `verify.rs`).
     cached: Arc<AtomicUsize>,
-    /// Completions hashing their whole file out of the store right now (at most
-    /// [`VERIFY_AT_ONCE`]; each holds some 25 MB of batches read ahead).
-    verifying: (Mutex<usize>, std::sync::Condvar),
+    /// Held by a completion while it hashes its whole file out of the store: one at a time
+    /// (each holds some 25 MB of batches read ahead; eight at once took a server past
+    /// 250 MiB).
+    verifying: Mutex<()>,
     /// What each open session lacked when last looked at (see [`Sessions::lacking`]).
     lacking: Mutex<HashMap<SessionId, Lacking>>,
 }
@@ -151,10 +152,6 @@ pub struct Sessions {
 fn now() -> u64 {
     crate::unix_now()
 }
-
-/// Most completions that hash their file out of the store at once; more wait their turn (eight
-/// at once took a server past 250 MiB; two keep both cores busy).
-const VERIFY_AT_ONCE: usize = 1;
 
 impl Sessions {
     /// Sessions of `store` that expire after `ttl` without use.
@@ -168,7 +165,7 @@ impl Sessions {
             verifiers: Mutex::default(),
             running: AtomicUsize::new(0),
             cached: Arc::default(),
-            verifying: Default::default(),
+            verifying: Mutex::default(),
             lacking: Mutex::default(),
         }
     }
@@ -300,24 +297,6 @@ impl Sessions {
         })
     }
 
-    /// Waits until fewer than [`VERIFY_AT_ONCE`] completions hash their file; held until
-    /// dropped.
-    fn verify_turn(&self) -> impl Drop + '_ {
-        struct Turn<'a>(&'a (Mutex<usize>, std::sync::Condvar));
-        impl Drop for Turn<'_> {
-            fn drop(&mut self) {
-                *crate::lock(&self.0.0) -= 1;
-                self.0.1.notify_one();
-            }
-        }
-        let (count, cv) = &self.verifying;
-        let mut n = cv
-            .wait_while(crate::lock(count), |n| *n >= VERIFY_AT_ONCE)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *n += 1;
-        Turn(&self.verifying)
-    }
-
     fn new_id(&self, file_id: &Hash) -> SessionId {
         SessionId::generate(file_id.as_bytes())
     }
@@ -431,7 +410,7 @@ impl Sessions {
             let checked = match background {
                 Some(Ok(actual)) if actual == s.manifest.file_id => Ok(()),
                 _ => {
-                    let _turn = self.verify_turn();
+                    let _turn = crate::lock(&self.verifying);
                     restore::verify_file(&*self.store, &s.manifest)
                 }
             };
