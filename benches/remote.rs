@@ -478,6 +478,7 @@ fn local_lookups(store: &Path, many: u64) -> (f64, f64) {
         stored_len: 100,
         raw_len: 100,
         codec: 0,
+        base: None,
     };
     let mut i = 0u64;
     while i < many {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use hoard::config::{DEFAULT_AVG, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
+use hoard::config::{DEFAULT_AVG, DEFAULT_DELTA, DEFAULT_LEVEL, DEFAULT_MAX, DEFAULT_MIN};
 use hoard::store::{ChunkStore, LocalStore, RemoteStore};
 use hoard::{ChunkerParams, StoreConfig, ingest, listing, names, restore};
 use serde_json::json;
@@ -70,6 +70,19 @@ enum Command {
     Copy(crate::copying::CopyArgs),
 }
 
+/// A switch given as `on` or `off`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+impl From<bool> for OnOff {
+    fn from(on: bool) -> Self {
+        if on { OnOff::On } else { OnOff::Off }
+    }
+}
+
 #[derive(Args)]
 struct InitArgs {
     /// Minimum chunk size in bytes (K and M suffixes allowed).
@@ -84,6 +97,10 @@ struct InitArgs {
     /// zstd level for stored chunks, 1..=19.
     #[arg(long, default_value_t = DEFAULT_LEVEL, allow_negative_numbers = true)]
     level: i32,
+    /// Store a new chunk as a delta against a similar stored chunk when that is much
+    /// smaller (see the README, "Delta chunks").
+    #[arg(long, value_enum, default_value_t = OnOff::from(DEFAULT_DELTA))]
+    delta: OnOff,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -206,14 +223,15 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn init(at: &Location, a: &InitArgs) -> Result<()> {
-    let config = StoreConfig::new(ChunkerParams::new(a.min, a.avg, a.max)?, a.level)?;
+    let config = StoreConfig::new(ChunkerParams::new(a.min, a.avg, a.max)?, a.level)?
+        .with_delta(a.delta == OnOff::On);
     let (store, created) = at.open_with(true, Some(config))?;
     if a.json {
         let c = config.chunker;
         emit(&format!(
             "{}\n",
             json!({ "store": at.to_string(), "created": created, "min": c.min, "avg": c.avg,
-                    "max": c.max, "level": config.level })
+                    "max": c.max, "level": config.level, "delta": config.delta })
         ))
     } else {
         let verb = if created {
@@ -585,6 +603,14 @@ fn stats(store: &dyn ChunkStore, at: &Location, as_json: bool) -> Result<()> {
         st.compression_ratio,
         st.overall_ratio,
     ))?;
+    if st.delta_chunks > 0 {
+        emit(&format!(
+            "deltas    {} chunks, {} stored in {}\n",
+            output::count(st.delta_chunks),
+            output::bytes(st.delta_bytes),
+            output::bytes(st.delta_stored_bytes),
+        ))?;
+    }
     if st.per_file.is_empty() {
         return Ok(());
     }

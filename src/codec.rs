@@ -3,6 +3,10 @@
 //! A chunk is stored compressed only when zstd makes it smaller; otherwise raw. Decoding is
 //! capped at the chunk's recorded length, so a hostile or damaged payload cannot make us
 //! allocate more than one chunk. Compressor and decompressor contexts are reused per thread.
+//!
+//! A chunk may also be stored as a *delta* ([`Codec::Delta`], chosen in `delta.rs`): its
+//! payload is the id of a base chunk (32 bytes), then one zstd frame that decodes to the
+//! chunk with the base's bytes as zstd's reference prefix. A base is never itself a delta.
 
 use std::cell::RefCell;
 
@@ -17,6 +21,9 @@ pub enum Codec {
     Raw = 0,
     /// One zstd frame holding the chunk's bytes.
     Zstd = 1,
+    /// The base chunk's id (32 bytes), then one zstd frame made against the base's bytes
+    /// ([`compress_against`]). Only in packs: never on the wire.
+    Delta = 2,
 }
 
 impl Codec {
@@ -25,8 +32,37 @@ impl Codec {
         match tag {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
+            2 => Some(Codec::Delta),
             _ => None,
         }
+    }
+}
+
+/// Bytes of a delta payload before its frame: the base chunk's id.
+pub const DELTA_BASE_LEN: usize = 32;
+
+/// A delta payload: `base`'s id, then `frame`.
+pub fn delta_payload(base: &Hash, frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DELTA_BASE_LEN + frame.len());
+    out.extend_from_slice(base.as_bytes());
+    out.extend_from_slice(frame);
+    out
+}
+
+/// Splits a delta payload of chunk `id` into its base's id and its frame.
+///
+/// # Errors
+/// [`Error::Corrupt`] when the payload is too short to name a base.
+pub fn split_delta<'p>(id: &Hash, payload: &'p [u8]) -> Result<(Hash, &'p [u8])> {
+    match payload.split_first_chunk::<DELTA_BASE_LEN>() {
+        Some((base, frame)) => Ok((Hash::from_bytes(*base), frame)),
+        None => Err(Error::Corrupt {
+            id: *id,
+            detail: format!(
+                "delta payload is {} bytes, too short to name its base",
+                payload.len()
+            ),
+        }),
     }
 }
 
@@ -78,6 +114,9 @@ pub fn decode_into(id: &Hash, codec: Codec, payload: &[u8], out: &mut [u8]) -> R
             "raw payload is {} bytes, expected {want}",
             payload.len()
         ))),
+        // The store resolves deltas (it reads the base); a delta here is a caller's mistake
+        // or a damaged record, and is reported as damage rather than a panic.
+        Codec::Delta => Err(corrupt("a delta cannot be decoded without its base".into())),
         Codec::Zstd => DECOMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
@@ -99,8 +138,7 @@ pub fn decode_into(id: &Hash, codec: Codec, payload: &[u8], out: &mut [u8]) -> R
 /// Compresses `data` as one zstd frame that may refer to `base` (zstd's reference prefix: its
 /// matches can point into the base), for a chunk stored as a delta against a similar one.
 /// `None` unless the frame is shorter than `limit` bytes (the caller passes what plain
-/// compression gave, less the margin a delta must win by). Toward delta chunks: not used by
-/// the pipeline yet.
+/// compression gave, less the margin a delta must win by).
 pub fn compress_against(data: &[u8], base: &[u8], level: i32, limit: usize) -> Option<Vec<u8>> {
     use zstd::zstd_safe::{CCtx, CParameter};
     if limit == 0 {

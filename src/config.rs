@@ -19,6 +19,8 @@ pub const DEFAULT_MAX: u32 = 256 * 1024;
 /// Default zstd level: level 1 compresses mixed data almost as well as 3 at 1.5x the speed
 /// (see the README's benchmark section).
 pub const DEFAULT_LEVEL: i32 = 1;
+/// Whether a new store keeps delta chunks unless told otherwise.
+pub const DEFAULT_DELTA: bool = false;
 
 /// FastCDC 2020 parameters, in bytes. They define where chunks are cut, so they are fixed per
 /// store at creation and recorded in every manifest.
@@ -93,6 +95,8 @@ pub struct StoreConfig {
     pub chunker: ChunkerParams,
     /// zstd level for new chunks; changing it never changes ids.
     pub level: i32,
+    /// New chunks may be stored as deltas against similar stored chunks (`delta.rs`).
+    pub delta: bool,
 }
 
 impl StoreConfig {
@@ -106,7 +110,17 @@ impl StoreConfig {
                 "zstd level {level} is outside 1..=19"
             )));
         }
-        Ok(StoreConfig { chunker, level })
+        Ok(StoreConfig {
+            chunker,
+            level,
+            delta: DEFAULT_DELTA,
+        })
+    }
+
+    /// The same config with delta chunks on or off.
+    #[must_use]
+    pub fn with_delta(self, delta: bool) -> Self {
+        StoreConfig { delta, ..self }
     }
 }
 
@@ -115,13 +129,20 @@ impl Default for StoreConfig {
         StoreConfig {
             chunker: ChunkerParams::DEFAULT,
             level: DEFAULT_LEVEL,
+            delta: DEFAULT_DELTA,
         }
     }
 }
 
 impl fmt::Display for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}, zstd level {}", self.chunker, self.level)
+        write!(
+            f,
+            "{}, zstd level {}, delta chunks {}",
+            self.chunker,
+            self.level,
+            if self.delta { "on" } else { "off" }
+        )
     }
 }
 

@@ -14,11 +14,12 @@ use std::collections::HashSet;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest};
 use crate::restore::{verify_payload, walk_pages};
-use crate::store::{ChunkStore, NameRecord, PendingCommit};
+use crate::store::{ChunkStore, NameRecord, PendingCommit, StoredChunk};
 
 /// Decoded bytes read from the source per batch = 8 MiB.
 const BATCH_BYTES: u64 = 8 << 20;
@@ -182,6 +183,24 @@ fn copy_file(
                 .par_iter()
                 .zip(batch)
                 .try_for_each(|(c, r)| verify_payload(r, c.codec, c.raw_len, &c.payload))?;
+            // A delta comes out of its store as the chunk's bytes (its base is that store's):
+            // from a store that keeps deltas, a raw chunk is compressed again at the target's
+            // level, as an import would.
+            let (level, recompress) = (to.config().level, from.config().delta);
+            let stored: Vec<StoredChunk> = stored
+                .into_par_iter()
+                .map(|c| match c.codec {
+                    Codec::Raw if recompress => match codec::compress(&c.payload, level) {
+                        Some(z) => StoredChunk {
+                            codec: Codec::Zstd,
+                            payload: z.into(),
+                            ..c
+                        },
+                        None => c,
+                    },
+                    _ => c,
+                })
+                .collect();
             for c in &stored {
                 writer.append(&c.id, c.codec, c.raw_len, &c.payload)?;
                 report.chunks += 1;

@@ -171,6 +171,22 @@ pub fn fsck(
             .entry(b.id)
             .or_insert_with(|| ("bad_chunk", b.detail.clone(), Vec::new()));
     }
+    // A damaged base also breaks every file behind the deltas stored against it: its report
+    // names those files too.
+    for b in &check.bad {
+        let Some(base) = b.base else { continue };
+        let through: Vec<String> = affected
+            .get(&b.id)
+            .map(|(_, _, files)| files.clone())
+            .unwrap_or_default();
+        if let Some((_, _, files)) = affected.get_mut(&base) {
+            for f in through {
+                if !files.contains(&f) {
+                    files.push(f);
+                }
+            }
+        }
+    }
     let mut chunk_problems: Vec<Problem> = affected
         .into_iter()
         .map(|(id, (kind, detail, files))| Problem {

@@ -72,6 +72,18 @@
 //! lock held, that the schema is still this binary's: a server left running after another
 //! version migrated the database would not know what the new schema keeps alive.
 //!
+//! ## Delta chunks
+//!
+//! A chunk stored as a delta (`delta.rs`) needs its base to be read. Its base is kept while
+//! any recorded delta names it, whatever the manifests say: the sweep frees no chunk that
+//! [`ChunkStore::bases_in_use`] reports, and asks again, after the first round, about the
+//! bases it kept (their last deltas may have gone in that round). A writer that makes a new
+//! delta pins its base and looks it up first (`missing_pinned`), as for any chunk it counts
+//! on, and holds the pin until the delta is recorded; from then on the record keeps the
+//! base. In a shared store the sweep's statement itself skips every chunk a delta names,
+//! so a delta revived by another process's lookup after the sweep chose its victims still
+//! has its base.
+//!
 //! ## Compaction
 //! Afterwards packs with no live entry are deleted and packs whose dead share is at least
 //! `min_dead` are rewritten: live entries are copied into a new pack, synced, the index is
@@ -301,10 +313,30 @@ fn collect(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
             .filter(|id| !late_ids.contains(id) && !spared(id))
             .copied()
             .collect();
-        let (n, bytes) = match shared {
-            Some(s) => s.sweep_chunks(&doomed)?,
-            None => store.remove_chunks(&doomed)?,
+        let free = |ids: &[Hash]| match shared {
+            Some(s) => s.sweep_chunks(ids),
+            None => store.remove_chunks(ids),
         };
+        // A base stays while a recorded delta names it (see "Delta chunks" above): first
+        // what no delta needs, then the bases whose last deltas went just now.
+        let in_use = store.bases_in_use(&doomed)?;
+        let (mut bases, mut first) = (Vec::new(), Vec::new());
+        for (id, base) in doomed.into_iter().zip(in_use) {
+            if base { &mut bases } else { &mut first }.push(id);
+        }
+        let (mut n, mut bytes) = free(&first)?;
+        if !bases.is_empty() {
+            let still = store.bases_in_use(&bases)?;
+            let unused: Vec<Hash> = bases
+                .into_iter()
+                .zip(still)
+                .filter(|(_, s)| !s)
+                .map(|(id, _)| id)
+                .collect();
+            let (n2, bytes2) = free(&unused)?;
+            n += n2;
+            bytes += bytes2;
+        }
         report.chunks_freed = n;
         report.chunk_bytes_freed = bytes;
         report.chunks_spared = (candidates.len() as u64).saturating_sub(n);
@@ -321,6 +353,11 @@ fn collect(store: &dyn ChunkStore, opts: &GcOptions) -> Result<GcReport> {
                 pages.len() as u64
             }
         };
+    }
+
+    // Super-features that name freed chunks find nothing any more.
+    if report.chunks_freed > 0 {
+        store.prune_features()?;
     }
 
     // 3. Compact.

@@ -11,9 +11,11 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::codec;
+use crate::codec::{self, Codec};
 use crate::config::ChunkerParams;
+use crate::delta;
 use crate::error::Result;
+use crate::features::SuperFeatures;
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest, ManifestBuilder};
 use crate::store::{ChunkStore, Pin};
@@ -24,20 +26,31 @@ pub struct NewChunk {
     pub id: Hash,
     /// Where it is in the step's data.
     pub span: Range<usize>,
-    /// Its zstd form, if that is smaller than the chunk.
-    pub compressed: Option<Vec<u8>>,
+    /// How it is stored: raw (the span's bytes), zstd or a delta (`delta.rs`).
+    pub codec: Codec,
+    /// Its payload when it is not stored raw.
+    pub encoded: Option<Vec<u8>>,
+    /// Its super-features, to record with it (a store that keeps deltas; never for a delta).
+    pub features: Option<SuperFeatures>,
 }
 
 impl NewChunk {
     /// Bytes it takes in a pack.
     pub fn stored_len(&self) -> usize {
-        self.compressed.as_ref().map_or(self.span.len(), Vec::len)
+        self.encoded.as_ref().map_or(self.span.len(), Vec::len)
+    }
+
+    /// Its payload: the encoded bytes, or the chunk itself from `data` when stored raw.
+    pub fn payload<'a>(&'a self, data: &'a [u8]) -> &'a [u8] {
+        self.encoded.as_deref().unwrap_or(&data[self.span.clone()])
     }
 }
 
 /// Hashes the chunks `spans` of `data`, asks the store in one call which it lacks (pinning every
 /// id with `pin`, so what is present stays), and compresses the lacking chunks that `take`
-/// accepts. `take` is called in order, once for each lacking chunk: a caller skips ids it
+/// accepts — in a store that keeps deltas, as deltas against similar stored chunks where
+/// that pays (`delta.rs`; the bases are pinned with `bases`, to hold until the chunks are
+/// committed). `take` is called in order, once for each lacking chunk: a caller skips ids it
 /// already holds (appended, not yet visible to the store). Returns every chunk's id, in order,
 /// and the new chunks, in order.
 ///
@@ -48,6 +61,7 @@ pub fn new_chunks(
     data: &[u8],
     spans: &[Range<usize>],
     pin: &Pin,
+    bases: &Pin,
     mut take: impl FnMut(&Hash) -> bool,
 ) -> Result<(Vec<Hash>, Vec<NewChunk>)> {
     let ids: Vec<Hash> = spans
@@ -58,13 +72,38 @@ pub fn new_chunks(
     let wanted: Vec<usize> = (0..ids.len())
         .filter(|&i| missing[i] && take(&ids[i]))
         .collect();
-    let level = store.config().level;
-    let new = wanted
+    let config = store.config();
+    let plain: Vec<Option<Vec<u8>>> = wanted
         .par_iter()
-        .map(|&i| NewChunk {
-            id: ids[i],
-            span: spans[i].clone(),
-            compressed: codec::compress(&data[spans[i].clone()], level),
+        .map(|&i| codec::compress(&data[spans[i].clone()], config.level))
+        .collect();
+    let mut decisions: Vec<delta::Decision> = if config.delta && !wanted.is_empty() {
+        let candidates: Vec<delta::Candidate<'_>> = wanted
+            .iter()
+            .zip(&plain)
+            .map(|(&i, z)| delta::Candidate {
+                id: ids[i],
+                data: &data[spans[i].clone()],
+                plain_len: z.as_ref().map_or(spans[i].len(), Vec::len),
+            })
+            .collect();
+        delta::decide(store, bases, &candidates)?
+    } else {
+        wanted.iter().map(|_| delta::Decision::default()).collect()
+    };
+    let new = wanted
+        .iter()
+        .zip(plain)
+        .zip(&mut decisions)
+        .map(|((&i, z), d)| {
+            let (codec, encoded) = delta::choose(d, z);
+            NewChunk {
+                id: ids[i],
+                span: spans[i].clone(),
+                codec,
+                encoded,
+                features: d.features,
+            }
         })
         .collect();
     Ok((ids, new))

@@ -21,7 +21,6 @@ use std::sync::mpsc;
 use serde::Serialize;
 
 use crate::chunker::{Block, Chunker, DEFAULT_BLOCK_SIZE};
-use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::import::{self, NewChunk};
@@ -111,12 +110,11 @@ pub fn ingest<R: Read + Send>(
                     Job::Append { data, items } => {
                         hasher.update(&data);
                         for it in &items {
-                            let raw = &data[it.span.clone()];
-                            let (codec, payload) = match &it.compressed {
-                                Some(z) => (Codec::Zstd, z.as_slice()),
-                                None => (Codec::Raw, raw),
-                            };
-                            chunk_writer.append(&it.id, codec, raw.len() as u32, payload)?;
+                            let raw_len = it.span.len() as u32;
+                            chunk_writer.append(&it.id, it.codec, raw_len, it.payload(&data))?;
+                            if let Some(f) = &it.features {
+                                chunk_writer.note_features(&it.id, f);
+                            }
                         }
                         let _ = recycle_tx.send(data);
                     }
@@ -188,6 +186,8 @@ struct StoreStage<'a> {
     report: IngestReport,
     /// Keeps gc off every chunk and page of this file until its manifest is stored.
     pin: Pin,
+    /// Keeps gc off the bases of this file's deltas until they are recorded.
+    bases: Pin,
 }
 
 impl<'a> StoreStage<'a> {
@@ -205,6 +205,7 @@ impl<'a> StoreStage<'a> {
             committing: None,
             since_commit: 0,
             pin: store.guard().pin(),
+            bases: store.guard().pin(),
             report: IngestReport {
                 id: Hash::of(b""),
                 size: 0,
@@ -230,9 +231,14 @@ impl<'a> StoreStage<'a> {
         // Chunks appended earlier in this file are stored but may not be visible to the
         // store's lookup yet: they are not sent again.
         let (committing, current) = (&self.committing, &mut self.current);
-        let (ids, items) = import::new_chunks(self.store, &block.data, &spans, &self.pin, |id| {
-            !committing.as_ref().is_some_and(|c| c.contains(id)) && current.insert(*id)
-        })?;
+        let (ids, items) = import::new_chunks(
+            self.store,
+            &block.data,
+            &spans,
+            &self.pin,
+            &self.bases,
+            |id| !committing.as_ref().is_some_and(|c| c.contains(id)) && current.insert(*id),
+        )?;
         for it in &items {
             let stored = it.stored_len() as u64;
             self.report.new_chunks += 1;

@@ -23,6 +23,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod copy;
+pub mod delta;
 pub mod error;
 pub mod features;
 pub mod fsck;

@@ -61,6 +61,13 @@ pub struct Stats {
     pub compression_ratio: f64,
     /// `logical_bytes / stored_bytes`.
     pub overall_ratio: f64,
+    /// Chunks stored as deltas against similar chunks (`delta.rs`).
+    pub delta_chunks: u64,
+    /// Their uncompressed bytes.
+    pub delta_bytes: u64,
+    /// What they take in packs: `delta_bytes - delta_stored_bytes` is what storing them as
+    /// deltas saved over storing them raw (plain zstd would have saved part of it).
+    pub delta_stored_bytes: u64,
     /// Every file with the bytes only it holds, largest first.
     pub per_file: Vec<FileUsage>,
 }
@@ -154,6 +161,9 @@ pub fn stats(store: &dyn ChunkStore) -> Result<Stats> {
         dedup_ratio: ratio(logical, totals.raw_bytes),
         compression_ratio: ratio(totals.raw_bytes, stored),
         overall_ratio: ratio(logical, stored),
+        delta_chunks: totals.deltas,
+        delta_bytes: totals.delta_raw_bytes,
+        delta_stored_bytes: totals.delta_encoded_bytes,
         per_file,
     })
 }

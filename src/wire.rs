@@ -109,7 +109,9 @@ pub fn parse_frame(buf: &[u8], max_chunk: u32) -> Result<Option<(Frame<'_>, usiz
         return Ok(None);
     }
     let id = Hash::from_slice(&buf[..HASH_LEN]).expect("32 bytes");
+    // A delta is how a store keeps a chunk, never what a client sends.
     let codec = Codec::from_tag(buf[HASH_LEN])
+        .filter(|c| *c != Codec::Delta)
         .ok_or_else(|| malformed("chunk frame", format!("unknown codec {}", buf[HASH_LEN])))?;
     let u32_at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
     let raw_len = u32_at(HASH_LEN + 1);
@@ -350,6 +352,13 @@ mod tests {
         assert!(matches!(
             parse_frames(&body, 50),
             Err(Error::TooLarge { size: 100, .. })
+        ));
+        // A delta is how a store keeps a chunk: a client cannot send one.
+        let mut delta = Vec::new();
+        put_frame(&mut delta, &Hash::of(b"d"), Codec::Delta, 100, &[7u8; 40]);
+        assert!(matches!(
+            parse_frames(&delta, 1000),
+            Err(Error::Malformed { .. })
         ));
     }
 

@@ -8,6 +8,7 @@ mod integration {
     pub mod crash;
     pub mod data;
     pub mod dedup;
+    pub mod delta;
     pub mod diskfull;
     pub mod engines;
     pub mod faults;

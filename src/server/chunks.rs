@@ -17,6 +17,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::{HASH_LEN, Hash};
 use crate::manifest::ChunkRef;
+use crate::store::Pin;
 use crate::upload::session::SessionId;
 use crate::upload::sink::{SinkReport, Verified, verify};
 use crate::wire::{self, BINARY, Frame};
@@ -216,71 +217,111 @@ async fn store_frames(
     let level = st.store().config().level;
     let max_chunk = st.limits().max_chunk;
     let keep_raw = session.is_some_and(|sid| st.0.sessions.wants_chunks(sid));
+    let store = st.store().clone();
     // Decoding is bounded by what the chunks claim to be: at most 4 bytes of chunk per byte
     // of body limit, so a body of tiny frames that each claim a big chunk is refused before
     // anything is decompressed.
     let max_raw = (st.limits().max_body as u64).saturating_mul(4);
     // The frames up to the first bad one are verified and stored; the bad one (if any) is
     // reported after, naming its place, so a resuming client sends from there.
-    let (verified, refused) = blocking(move || -> Result<(Vec<Verified>, Option<Error>)> {
-        let (frames, parse_error): (Vec<Frame<'_>>, Option<Error>) = match single {
-            Some(id) => (
-                vec![Frame {
-                    id,
-                    codec: Codec::Raw,
-                    raw_len: body.len() as u32,
-                    payload: &body,
-                }],
-                None,
-            ),
-            None => wire::parse_frames_until_bad(&body, max_chunk),
-        };
-        let claimed: u64 = frames.iter().map(|f| u64::from(f.raw_len)).sum();
-        if claimed > max_raw {
-            return Err(Error::TooLarge {
-                what: "uncompressed chunk batch",
-                size: claimed,
-                limit: max_raw,
-            });
-        }
-        // Decoded chunks kept for the session's hash: at most its cache's worth.
-        let budget = std::sync::atomic::AtomicU64::new(if keep_raw { 16 << 20 } else { 0 });
-        let results: Vec<Result<Verified>> = frames
-            .par_iter()
-            .map(|f| {
-                let want = u64::from(f.raw_len);
-                let keep = budget
-                    .fetch_update(
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                        |left| left.checked_sub(want),
-                    )
-                    .is_ok();
-                verify(f, &body, level, keep)
-            })
-            .collect();
-        let mut good = Vec::with_capacity(results.len());
-        let mut refused = None;
-        for (index, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(v) => good.push(v),
-                Err(e) => {
-                    refused = Some((index, e));
-                    break;
+    let (verified, refused, bases) = blocking(
+        move || -> Result<(Vec<Verified>, Option<Error>, Option<Pin>)> {
+            let delta = store.config().delta;
+            let (frames, parse_error): (Vec<Frame<'_>>, Option<Error>) = match single {
+                Some(id) => (
+                    vec![Frame {
+                        id,
+                        codec: Codec::Raw,
+                        raw_len: body.len() as u32,
+                        payload: &body,
+                    }],
+                    None,
+                ),
+                None => wire::parse_frames_until_bad(&body, max_chunk),
+            };
+            let claimed: u64 = frames.iter().map(|f| u64::from(f.raw_len)).sum();
+            if claimed > max_raw {
+                return Err(Error::TooLarge {
+                    what: "uncompressed chunk batch",
+                    size: claimed,
+                    limit: max_raw,
+                });
+            }
+            // Decoded chunks kept for the session's hash: at most its cache's worth.
+            let budget = std::sync::atomic::AtomicU64::new(if keep_raw { 16 << 20 } else { 0 });
+            let results: Vec<Result<(Verified, bool)>> = frames
+                .par_iter()
+                .map(|f| {
+                    let want = u64::from(f.raw_len);
+                    let keep = budget
+                        .fetch_update(
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                            |left| left.checked_sub(want),
+                        )
+                        .is_ok();
+                    // The delta stage needs every chunk's bytes; what the session does not keep
+                    // is let go after it.
+                    verify(f, &body, level, keep || delta).map(|v| (v, keep))
+                })
+                .collect();
+            let mut good = Vec::with_capacity(results.len());
+            let mut refused = None;
+            for (index, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(v) => good.push(v),
+                    Err(e) => {
+                        refused = Some((index, e));
+                        break;
+                    }
                 }
             }
-        }
-        let refused = refused.or_else(|| parse_error.map(|e| (good.len(), e)));
-        let refused = refused.map(|(index, e)| match single {
-            Some(_) => e,
-            None => Error::BadFrame {
-                index,
-                kept: index,
-                source: Box::new(e),
-            },
-        });
-        Ok((good, refused))
-    })
+            let refused = refused.or_else(|| parse_error.map(|e| (good.len(), e)));
+            // Deltas against similar stored chunks (`delta.rs`), their bases pinned until the
+            // sink has recorded them.
+            let bases = if delta && !good.is_empty() {
+                let pin = store.guard().pin();
+                let candidates: Vec<crate::delta::Candidate<'_>> = good
+                    .iter()
+                    .map(|(v, _)| crate::delta::Candidate {
+                        id: v.id,
+                        data: &v.raw,
+                        plain_len: v.payload.len(),
+                    })
+                    .collect();
+                let decisions = crate::delta::decide(&*store, &pin, &candidates)?;
+                for ((v, _), mut d) in good.iter_mut().zip(decisions) {
+                    if let Some(payload) = d.delta.take() {
+                        v.codec = Codec::Delta;
+                        v.payload = Bytes::from(payload);
+                    } else {
+                        v.features = d.features;
+                    }
+                }
+                Some(pin)
+            } else {
+                None
+            };
+            let good: Vec<Verified> = good
+                .into_iter()
+                .map(|(mut v, keep)| {
+                    if !keep {
+                        v.raw = Bytes::new();
+                    }
+                    v
+                })
+                .collect();
+            let refused = refused.map(|(index, e)| match single {
+                Some(_) => e,
+                None => Error::BadFrame {
+                    index,
+                    kept: index,
+                    source: Box::new(e),
+                },
+            });
+            Ok((good, refused, bases))
+        },
+    )
     .await?;
     if verified.is_empty()
         && let Some(e) = refused
@@ -300,6 +341,7 @@ async fn store_frames(
         sink_st.0.sink.submit(
             verified,
             Box::new(move |r| {
+                drop(bases); // the deltas are recorded (or failed): their bases need no pin
                 let _ = tx.send(r);
             }),
         );

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::config::StoreConfig;
 use crate::error::Result;
+use crate::features::SuperFeatures;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::pack::ChunkLoc;
@@ -147,6 +148,40 @@ pub trait Catalog: Send + Sync + 'static {
     fn totals(&self) -> Result<Option<crate::store::ChunkTotals>> {
         Ok(None)
     }
+
+    /// For each set of super-features, a stored chunk that is not a delta and shares one of
+    /// them, if the catalog knows one (see [`Catalog::add_features`]); `None` for every one
+    /// by default (a catalog that keeps no features).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn similar(&self, features: &[SuperFeatures]) -> Result<Vec<Option<Hash>>> {
+        Ok(vec![None; features.len()])
+    }
+
+    /// Records the super-features of stored plain chunks, for [`Catalog::similar`]. Advisory:
+    /// what a crash loses only loses chances to store a delta.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn add_features(&self, features: &[(SuperFeatures, Hash)]) -> Result<()> {
+        let _ = features;
+        Ok(())
+    }
+
+    /// Forgets super-features of chunks no longer recorded; returns how many.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn prune_features(&self) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// For each id, whether a recorded delta names it as its base (gc keeps those).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn bases_in_use(&self, ids: &[Hash]) -> Result<Vec<bool>>;
 
     /// See [`ChunkStore::put_page`](crate::store::ChunkStore::put_page).
     ///

@@ -58,24 +58,77 @@ impl Entry {
             stored_len: self.payload.len() as u32,
             raw_len: self.raw_len,
             codec: self.tag,
+            base: delta_base(self.tag, &self.payload),
         }
     }
 }
 
-/// Decodes and hashes one payload; `None` if it is the chunk `id`, else what is wrong.
-pub(super) fn verify(id: &Hash, tag: u8, raw_len: u32, payload: &[u8]) -> Option<String> {
+/// The base a delta entry's payload names, if it is a delta and names one.
+fn delta_base(tag: u8, payload: &[u8]) -> Option<Hash> {
+    (tag == Codec::Delta as u8)
+        .then(|| payload.first_chunk().map(|b| Hash::from_bytes(*b)))
+        .flatten()
+}
+
+/// Decoded bases of the deltas being checked, each read once (and checked against its id):
+/// the bytes, or why the base is unusable.
+pub(super) type Bases = HashMap<Hash, std::result::Result<Vec<u8>, String>>;
+
+/// What is wrong with an entry.
+pub(super) struct Fault {
+    /// The reason.
+    pub(super) why: String,
+    /// Set when the entry is a sound delta whose base is damaged or gone: mending the base
+    /// mends it.
+    pub(super) base: Option<Hash>,
+}
+
+/// Decodes and hashes one payload (a delta against its base from `bases`); `None` if it is
+/// the chunk `id`, else what is wrong.
+pub(super) fn verify(
+    id: &Hash,
+    tag: u8,
+    raw_len: u32,
+    payload: &[u8],
+    bases: &Bases,
+) -> Option<Fault> {
+    let fault = |why: String| Some(Fault { why, base: None });
     let Some(codec) = Codec::from_tag(tag) else {
-        return Some(format!("unknown codec tag {tag}"));
+        return fault(format!("unknown codec tag {tag}"));
     };
     if raw_len == 0 || raw_len > MAX_ENTRY {
-        return Some(format!("implausible length {raw_len}"));
+        return fault(format!("implausible length {raw_len}"));
     }
     let mut raw = vec![0; raw_len as usize];
-    if let Err(e) = codec::decode_into(id, codec, payload, &mut raw) {
-        return Some(e.to_string());
+    let decoded = match codec {
+        Codec::Delta => match codec::split_delta(id, payload) {
+            Err(e) => Err(e),
+            Ok((base, frame)) => match bases.get(&base) {
+                Some(Ok(b)) => codec::decode_against_into(id, frame, b, &mut raw),
+                Some(Err(why)) => {
+                    return Some(Fault {
+                        why: format!("its base {base} {why}"),
+                        base: Some(base),
+                    });
+                }
+                None => {
+                    return Some(Fault {
+                        why: format!("its base {base} was not read"),
+                        base: Some(base),
+                    });
+                }
+            },
+        },
+        _ => codec::decode_into(id, codec, payload, &mut raw),
+    };
+    if let Err(e) = decoded {
+        return fault(e.to_string());
     }
     let actual = Hash::of(&raw);
-    (actual != *id).then(|| format!("content hashes to {actual}"))
+    (actual != *id).then(|| Fault {
+        why: format!("content hashes to {actual}"),
+        base: None,
+    })
 }
 
 fn read_state(catalog: &dyn Catalog) -> Option<State> {
@@ -100,10 +153,10 @@ struct PackWalk<'a> {
 
 impl PackWalk<'_> {
     /// Hashes a batch on all cores, then sorts each entry into good, bad or unreferenced.
-    fn judge(&mut self, batch: &mut Vec<Entry>) {
-        let verdicts: Vec<Option<String>> = batch
+    fn judge(&mut self, batch: &mut Vec<Entry>, bases: &Bases) {
+        let verdicts: Vec<Option<Fault>> = batch
             .par_iter()
-            .map(|e| verify(&e.id, e.tag, e.raw_len, &e.payload))
+            .map(|e| verify(&e.id, e.tag, e.raw_len, &e.payload, bases))
             .collect();
         for (e, verdict) in batch.drain(..).zip(verdicts) {
             let c = &mut self.st.check;
@@ -115,13 +168,14 @@ impl PackWalk<'_> {
                     self.judged.insert(e.offset);
                     match verdict {
                         None => c.chunks_ok += 1,
-                        Some(why) => c.bad.push(BadChunk {
+                        Some(f) => c.bad.push(BadChunk {
                             id: e.id,
                             detail: format!(
-                                "entry at pack {:016x} offset {}: {why}",
-                                self.pack, e.offset
+                                "entry at pack {:016x} offset {}: {}",
+                                self.pack, e.offset, f.why
                             ),
                             loc: Some(loc),
+                            base: f.base,
                         }),
                     }
                 }
@@ -136,6 +190,26 @@ impl PackWalk<'_> {
 }
 
 impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
+    /// The bases the deltas of `batch` name, each read once.
+    fn bases_of(&self, batch: &[Entry]) -> Bases {
+        self.read_bases(batch.iter().filter_map(|e| delta_base(e.tag, &e.payload)))
+    }
+
+    /// Reads and checks each of `ids` as a base.
+    fn read_bases(&self, ids: impl IntoIterator<Item = Hash>) -> Bases {
+        let mut bases = Bases::new();
+        for id in ids {
+            bases.entry(id).or_insert_with(|| {
+                self.base_bytes(&id).map_err(|e| match e {
+                    Error::ChunkNotFound(_) => "is not stored".to_owned(),
+                    Error::Corrupt { detail, .. } => format!("is damaged: {detail}"),
+                    other => format!("cannot be read: {other}"),
+                })
+            });
+        }
+        bases
+    }
+
     /// See [`ChunkStore::check_chunks`](crate::store::ChunkStore::check_chunks).
     pub(super) fn check_packs(
         &self,
@@ -164,6 +238,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                     id: *id,
                     detail: format!("its index record is damaged: {e}"),
                     loc: None,
+                    base: None,
                 }),
             }
             Ok(())
@@ -204,6 +279,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                     id,
                     detail: format!("its pack {pack:016x} does not exist"),
                     loc: Some(loc),
+                    base: None,
                 });
             }
         }
@@ -246,6 +322,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                     id,
                     detail: format!("its pack {pack:016x} does not exist"),
                     loc: Some(loc),
+                    base: None,
                 });
             }
             return Ok(());
@@ -315,7 +392,8 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             pos += entry_len;
             progress(entry_len);
             if batch_bytes >= BATCH_BYTES {
-                walk.judge(&mut batch);
+                let bases = self.bases_of(&batch);
+                walk.judge(&mut batch, &bases);
                 batch_bytes = 0;
             }
         }
@@ -330,7 +408,8 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                 Error::io("cannot read pack", format!("{pack:016x}"))(e)
             });
         }
-        walk.judge(&mut batch);
+        let bases = self.bases_of(&batch);
+        walk.judge(&mut batch, &bases);
         progress(len.saturating_sub(pos));
         // Indexed entries the walk did not reach (or found no match for): read each where
         // the index says it is.
@@ -346,17 +425,22 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             let c = &mut walk.st.check;
             let read = loc.stored_len <= MAX_ENTRY
                 && read_entry(&self.packs, &id, &loc, &mut payload).is_ok();
-            let why = if read {
-                verify(&id, loc.codec, loc.raw_len, &payload)
+            let fault = if read {
+                let bases = self.read_bases(delta_base(loc.codec, &payload));
+                verify(&id, loc.codec, loc.raw_len, &payload, &bases)
             } else {
-                Some("no matching entry there (damaged or cut off)".to_owned())
+                Some(Fault {
+                    why: "no matching entry there (damaged or cut off)".to_owned(),
+                    base: None,
+                })
             };
-            match why {
+            match fault {
                 None => c.chunks_ok += 1,
-                Some(why) => c.bad.push(BadChunk {
+                Some(f) => c.bad.push(BadChunk {
                     id,
-                    detail: format!("entry at pack {pack:016x} offset {}: {why}", loc.offset),
+                    detail: format!("entry at pack {pack:016x} offset {}: {}", loc.offset, f.why),
                     loc: Some(loc),
+                    base: f.base,
                 }),
             }
         }
@@ -377,8 +461,10 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             if spare.contains_key(id) {
                 continue;
             }
-            let intact = read_entry(&self.packs, id, loc, &mut payload)
-                .is_ok_and(|_| verify(id, loc.codec, loc.raw_len, &payload).is_none());
+            let intact = read_entry(&self.packs, id, loc, &mut payload).is_ok_and(|_| {
+                let bases = self.read_bases(delta_base(loc.codec, &payload));
+                verify(id, loc.codec, loc.raw_len, &payload, &bases).is_none()
+            });
             if intact {
                 spare.insert(*id, *loc);
             }
@@ -387,7 +473,20 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
         let mut moves = Vec::new();
         let mut drops = Vec::new();
         let mut inserts = Vec::new();
+        // A sound delta whose base is bad is mended by mending the base: kept when the base
+        // has an intact copy to point at, else dropped like any unreadable chunk.
+        let mut bases_wanted = HashSet::new();
         for b in &check.bad {
+            if let Some(base) = b.base {
+                if spare.contains_key(&base) {
+                    bases_wanted.insert(base);
+                    out.repointed += 1;
+                } else {
+                    drops.push(b.id);
+                    out.dropped += 1;
+                }
+                continue;
+            }
             match (b.loc, spare.get(&b.id)) {
                 (Some(old), Some(alt)) => {
                     moves.push((b.id, old, *alt));
@@ -419,7 +518,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
         {
             let ids: Vec<Hash> = spare
                 .keys()
-                .filter(|id| wanted.is_none_or(|w| w.contains(id)))
+                .filter(|id| wanted.is_none_or(|w| w.contains(id)) || bases_wanted.contains(id))
                 .copied()
                 .collect();
             let absent = self.catalog.missing(&ids)?;

@@ -151,12 +151,15 @@ impl ChunkStore for MemoryStore {
             check.entries += 1;
             check.bytes += c.payload.len() as u64;
             progress(c.payload.len() as u64);
-            match super::check::verify(&c.id, c.codec as u8, c.raw_len, &c.payload) {
+            // This store keeps no deltas, so no bases.
+            let no_bases = super::check::Bases::new();
+            match super::check::verify(&c.id, c.codec as u8, c.raw_len, &c.payload, &no_bases) {
                 None => check.chunks_ok += 1,
-                Some(detail) => check.bad.push(BadChunk {
+                Some(f) => check.bad.push(BadChunk {
                     id: c.id,
-                    detail,
+                    detail: f.why,
                     loc: None,
+                    base: None,
                 }),
             }
         }

@@ -43,6 +43,7 @@ pub use remote::RemoteStore;
 use crate::codec::Codec;
 use crate::config::StoreConfig;
 use crate::error::Result;
+use crate::features::SuperFeatures;
 use crate::hash::Hash;
 use crate::manifest::{Manifest, SealedPage};
 
@@ -87,6 +88,12 @@ pub struct ChunkTotals {
     pub raw_bytes: u64,
     /// Sum of their encoded lengths.
     pub encoded_bytes: u64,
+    /// How many of them are stored as deltas (`delta.rs`).
+    pub deltas: u64,
+    /// Sum of the deltas' uncompressed lengths.
+    pub delta_raw_bytes: u64,
+    /// Sum of the deltas' encoded lengths.
+    pub delta_encoded_bytes: u64,
 }
 
 /// What [`ChunkStore::compact`] did.
@@ -112,6 +119,10 @@ pub struct BadChunk {
     /// Where the index said it was (none for an in-memory store, or an unreadable record).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loc: Option<ChunkLoc>,
+    /// For a sound delta that cannot be read because its base is damaged or gone: the base.
+    /// Mending the base (a repair re-points it at an intact copy) mends the delta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Hash>,
 }
 
 /// What [`ChunkStore::check_chunks`] found: every stored entry re-read and re-hashed.
@@ -257,6 +268,13 @@ pub trait ChunkWriter: Send {
     /// later calls do (an append error has the same effect).
     fn start_commit(&mut self) -> Result<Box<dyn PendingCommit>>;
 
+    /// Notes the super-features of a plain chunk appended (or about to be), recorded with
+    /// the commit that records the chunk, so later chunks can be stored as deltas against
+    /// it. A store that keeps no deltas ignores them.
+    fn note_features(&mut self, id: &Hash, features: &SuperFeatures) {
+        let _ = (id, features);
+    }
+
     /// Makes everything appended so far durable, then visible, before returning.
     ///
     /// # Errors
@@ -377,6 +395,31 @@ pub trait ChunkStore: Send + Sync {
     /// # Errors
     /// Index errors.
     fn remove_chunks(&self, ids: &[Hash]) -> Result<(u64, u64)>;
+
+    /// For each set of super-features, a stored plain chunk similar to the chunk they came
+    /// from, if the store knows one (`delta.rs`); a store that keeps no deltas knows none.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn similar(&self, features: &[SuperFeatures]) -> Result<Vec<Option<Hash>>> {
+        Ok(vec![None; features.len()])
+    }
+
+    /// For each id, whether a stored delta names it as its base: gc keeps those.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn bases_in_use(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        Ok(vec![false; ids.len()])
+    }
+
+    /// Forgets the super-features of chunks no longer stored (gc's tidy-up); returns how many.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn prune_features(&self) -> Result<u64> {
+        Ok(0)
+    }
 
     /// Rewrites or deletes pack files whose share of bytes no chunk uses is at least
     /// `min_dead` (0.0..=1.0); files with nothing live in them always go.

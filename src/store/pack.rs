@@ -7,8 +7,8 @@
 //! entry  = "hCk1" | codec u8 | 3 zero bytes | raw_len u32 | stored_len u32 | chunk id [32] | payload
 //! ```
 //!
-//! Every entry names its chunk, codec and lengths, so the chunk table can be rebuilt from the
-//! packs alone. Durability: a pack's bytes are synced (see [`PackSink`](crate::store::packs::PackSink))
+//! Every entry names its chunk, codec and lengths (and a delta's payload starts with its
+//! base's id, see `codec.rs`), so the chunk table can be rebuilt from the packs alone. Durability: a pack's bytes are synced (see [`PackSink`](crate::store::packs::PackSink))
 //! before the catalog records locations that point at them.
 
 use std::path::{Path, PathBuf};
@@ -43,6 +43,10 @@ pub struct ChunkLoc {
     pub raw_len: u32,
     /// Codec tag of the payload.
     pub codec: u8,
+    /// For a delta ([`Codec::Delta`]): the chunk it is stored against, which gc keeps while
+    /// this chunk is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Hash>,
 }
 
 /// Encodes an entry header.
@@ -91,12 +95,21 @@ pub fn new_entry(
 ) -> std::io::Result<([u8; ENTRY_HEADER_LEN], ChunkLoc)> {
     let stored_len =
         u32::try_from(payload.len()).map_err(|_| std::io::Error::other("entry over 4 GiB"))?;
+    let base = match codec {
+        Codec::Delta => Some(
+            crate::codec::split_delta(id, payload)
+                .map_err(std::io::Error::other)?
+                .0,
+        ),
+        _ => None,
+    };
     let loc = ChunkLoc {
         pack,
         offset,
         stored_len,
         raw_len,
         codec: codec as u8,
+        base,
     };
     Ok((entry_header(id, codec, raw_len, stored_len), loc))
 }

@@ -13,9 +13,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::codec::Codec;
+use crate::codec::{self, Codec};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
+use crate::features::SuperFeatures;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::cache::{CACHE_BYTES, EntryCache};
@@ -139,144 +140,9 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     pub(super) fn is_busy(&self, pack: u64) -> bool {
         crate::lock(&self.busy).contains_key(&pack)
     }
-}
 
-/// Writes chunks into a pack of its own; records them in the catalog at commit.
-struct PackedWriter<'a, P, C> {
-    store: &'a PackedStore<P, C>,
-    sink: Option<(Box<dyn PackSink>, Busy)>,
-    /// Full packs with entries not yet recorded: busy until the next commit is finished.
-    retired: Vec<Busy>,
-    pending: Vec<(Hash, ChunkLoc)>,
-}
-
-impl<P: PackStorage, C: Catalog> PackedWriter<'_, P, C> {
-    fn try_append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
-        if self.sink.as_ref().is_some_and(|(s, _)| s.full()) {
-            // The full pack is synced now so the pending entries in it are durable at commit.
-            let (mut full, busy) = self.sink.take().expect("checked");
-            full.sync()?;
-            self.retired.push(busy);
-        }
-        let (sink, _) = match &mut self.sink {
-            Some(s) => s,
-            None => self.sink.insert(self.store.new_pack()?),
-        };
-        let loc = sink.append(id, codec, raw_len, payload)?;
-        self.pending.push((*id, loc));
-        Ok(())
-    }
-
-    fn try_start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
-        let mut busy = std::mem::take(&mut self.retired);
-        let sync = match (&mut self.sink, self.pending.is_empty()) {
-            (Some((sink, _)), false) => {
-                // The commit keeps the pack busy too: the writer may be dropped before the
-                // entries are recorded.
-                busy.push(self.store.mark_busy(sink.pack())?);
-                Some(sink.start_sync()?)
-            }
-            _ => None,
-        };
-        if self.sink.as_ref().is_some_and(|(s, _)| s.full()) {
-            // A pack that takes nothing more (a bucket's object is written at its sync) is
-            // let go once this commit is done, not when the next append starts another: a
-            // server's writer may sit idle for long, and gc must be able to compact it.
-            let (_, held) = self.sink.take().expect("checked");
-            busy.push(held);
-        }
-        Ok(Box::new(PackedCommit {
-            catalog: self.store.catalog.clone(),
-            guard: self.store.guard.clone(),
-            sync,
-            pending: std::mem::take(&mut self.pending),
-            _busy: busy,
-        }))
-    }
-
-    /// After any failure, nothing appended since the last commit can be trusted to be durable
-    /// (a short write also leaves the pack's length unknown): forget it, and start the next
-    /// append in a fresh pack. The abandoned bytes are unreferenced garbage for gc.
-    fn on_error<T>(&mut self, r: Result<T>) -> Result<T> {
-        if r.is_err() {
-            self.pending.clear();
-            if let Some((sink, _busy)) = self.sink.take() {
-                sink.abandon();
-            }
-            self.retired.clear();
-        }
-        r
-    }
-}
-
-impl<P: PackStorage, C: Catalog> ChunkWriter for PackedWriter<'_, P, C> {
-    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
-        let r = self.try_append(id, codec, raw_len, payload);
-        self.on_error(r)
-    }
-
-    fn start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
-        let r = self.try_start_commit();
-        self.on_error(r)
-    }
-}
-
-/// Pack bytes to sync, then the locations that point at them.
-struct PackedCommit<C> {
-    catalog: Arc<C>,
-    guard: Guard,
-    sync: Option<Box<dyn PackSync>>,
-    pending: Vec<(Hash, ChunkLoc)>,
-    /// Busy markers of the packs this commit records, released when it is done.
-    _busy: Vec<Busy>,
-}
-
-impl<C: Catalog> PendingCommit for PackedCommit<C> {
-    fn finish(self: Box<Self>) -> Result<()> {
-        if let Some(sync) = self.sync {
-            // Durability order: the bytes first, then the locations that point at them.
-            sync.wait()?;
-        }
-        if !self.pending.is_empty() {
-            self.guard
-                .note_stored(self.pending.iter().map(|(id, _)| *id));
-            self.catalog.insert_locs(&self.pending)?;
-        }
-        Ok(())
-    }
-}
-
-impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
-    fn config(&self) -> StoreConfig {
-        self.catalog.config()
-    }
-
-    fn guard(&self) -> &Guard {
-        &self.guard
-    }
-
-    fn for_server(&self) {
-        self.catalog.clone().for_server();
-    }
-
-    fn id_replica_len(&self) -> Option<usize> {
-        self.catalog.id_replica_len()
-    }
-
-    fn lookup(&self, ids: &[Hash]) -> Result<Vec<bool>> {
-        self.catalog.missing(ids)
-    }
-
-    fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
-        Ok(Box::new(PackedWriter {
-            store: self,
-            sink: None,
-            retired: Vec::new(),
-            pending: Vec::new(),
-        }))
-    }
-
-    fn read_chunk_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
+    /// Reads the entry of chunk `id` as it is stored (a delta stays a delta).
+    fn read_stored_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
         let loc = self.catalog.loc(id)?.ok_or(Error::ChunkNotFound(*id))?;
         if let Some((codec, bytes)) = self.cache.as_ref().and_then(|c| c.get(id, &loc)) {
             payload.clear();
@@ -304,21 +170,9 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         }
     }
 
-    fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
-        let mut payload = Vec::new();
-        let (codec, raw_len) = self.read_chunk_into(id, &mut payload)?;
-        Ok(StoredChunk {
-            id: *id,
-            codec,
-            raw_len,
-            payload: payload.into(),
-        })
-    }
-
-    fn read_chunks(&self, ids: &[Hash]) -> Result<Vec<StoredChunk>> {
-        if !self.packs.batches_reads() {
-            return ids.iter().map(|id| self.read_chunk(id)).collect();
-        }
+    /// A batch of entries as stored (deltas stay deltas, except those read again one by
+    /// one after a failed batch, which come resolved), in few requests to the pack storage.
+    fn read_stored_batch(&self, ids: &[Hash]) -> Result<Vec<StoredChunk>> {
         // One catalog call, then few requests: see `read_entries`.
         let wanted = ids
             .iter()
@@ -371,6 +225,281 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
             .collect()
     }
 
+    /// Turns the deltas among `chunks` into their chunks' bytes: each base read once for
+    /// the batch, checked against its id, and each delta decoded against it.
+    fn resolve_deltas(&self, chunks: &mut [StoredChunk]) -> Result<()> {
+        let mut bases: Vec<Hash> = Vec::new();
+        for c in chunks.iter().filter(|c| c.codec == Codec::Delta) {
+            bases.push(codec::split_delta(&c.id, &c.payload)?.0);
+        }
+        if bases.is_empty() {
+            return Ok(());
+        }
+        bases.sort_unstable();
+        bases.dedup();
+        let stored = match self.read_stored_batch(&bases) {
+            Ok(stored) => stored,
+            // A base that cannot be had: each delta on its own says which and why.
+            Err(_) => {
+                for c in chunks.iter_mut().filter(|c| c.codec == Codec::Delta) {
+                    *c = self.read_chunk(&c.id)?;
+                }
+                return Ok(());
+            }
+        };
+        let mut decoded: HashMap<Hash, Result<Vec<u8>>> = HashMap::new();
+        for b in stored {
+            let raw =
+                match b.codec {
+                    Codec::Delta => Err(Error::Corrupt {
+                        id: b.id,
+                        detail: "a base chunk is stored as a delta itself".into(),
+                    }),
+                    codec => codec::decode(&b.id, codec, &b.payload, b.raw_len as usize).and_then(
+                        |raw| match Hash::of(&raw) {
+                            h if h == b.id => Ok(raw),
+                            h => Err(Error::Corrupt {
+                                id: b.id,
+                                detail: format!("content hashes to {h}"),
+                            }),
+                        },
+                    ),
+                };
+            decoded.insert(b.id, raw);
+        }
+        for c in chunks.iter_mut().filter(|c| c.codec == Codec::Delta) {
+            let (base, frame) = codec::split_delta(&c.id, &c.payload)?;
+            let base_raw = match decoded.get(&base) {
+                Some(Ok(raw)) => raw,
+                Some(Err(_)) | None => {
+                    let e = self
+                        .base_bytes(&base)
+                        .err()
+                        .unwrap_or(Error::ChunkNotFound(base));
+                    return Err(base_error(&c.id, &base, e));
+                }
+            };
+            let mut raw = vec![0u8; c.raw_len as usize];
+            codec::decode_against_into(&c.id, frame, base_raw, &mut raw)?;
+            c.codec = Codec::Raw;
+            c.payload = raw.into();
+        }
+        Ok(())
+    }
+
+    /// The bytes of `base`, a chunk some delta is stored against: read, decoded and checked
+    /// against its id. A base is never a delta itself.
+    ///
+    /// # Errors
+    /// [`Error::ChunkNotFound`] if it is not stored, [`Error::Corrupt`] if it is damaged (or
+    /// recorded as a delta), read errors.
+    pub(super) fn base_bytes(&self, base: &Hash) -> Result<Vec<u8>> {
+        let mut payload = Vec::new();
+        let (codec, raw_len) = self.read_stored_into(base, &mut payload)?;
+        if codec == Codec::Delta {
+            return Err(Error::Corrupt {
+                id: *base,
+                detail: "a base chunk is stored as a delta itself".into(),
+            });
+        }
+        let raw = codec::decode(base, codec, &payload, raw_len as usize)?;
+        let actual = Hash::of(&raw);
+        if actual != *base {
+            return Err(Error::Corrupt {
+                id: *base,
+                detail: format!("content hashes to {actual}"),
+            });
+        }
+        Ok(raw)
+    }
+}
+
+/// Writes chunks into a pack of its own; records them in the catalog at commit.
+struct PackedWriter<'a, P, C> {
+    store: &'a PackedStore<P, C>,
+    sink: Option<(Box<dyn PackSink>, Busy)>,
+    /// Full packs with entries not yet recorded: busy until the next commit is finished.
+    retired: Vec<Busy>,
+    pending: Vec<(Hash, ChunkLoc)>,
+    /// Super-features of pending plain chunks.
+    features: Vec<(SuperFeatures, Hash)>,
+}
+
+impl<P: PackStorage, C: Catalog> PackedWriter<'_, P, C> {
+    fn try_append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        if self.sink.as_ref().is_some_and(|(s, _)| s.full()) {
+            // The full pack is synced now so the pending entries in it are durable at commit.
+            let (mut full, busy) = self.sink.take().expect("checked");
+            full.sync()?;
+            self.retired.push(busy);
+        }
+        let (sink, _) = match &mut self.sink {
+            Some(s) => s,
+            None => self.sink.insert(self.store.new_pack()?),
+        };
+        let loc = sink.append(id, codec, raw_len, payload)?;
+        self.pending.push((*id, loc));
+        Ok(())
+    }
+
+    fn try_start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
+        let mut busy = std::mem::take(&mut self.retired);
+        let sync = match (&mut self.sink, self.pending.is_empty()) {
+            (Some((sink, _)), false) => {
+                // The commit keeps the pack busy too: the writer may be dropped before the
+                // entries are recorded.
+                busy.push(self.store.mark_busy(sink.pack())?);
+                Some(sink.start_sync()?)
+            }
+            _ => None,
+        };
+        if self.sink.as_ref().is_some_and(|(s, _)| s.full()) {
+            // A pack that takes nothing more (a bucket's object is written at its sync) is
+            // let go once this commit is done, not when the next append starts another: a
+            // server's writer may sit idle for long, and gc must be able to compact it.
+            let (_, held) = self.sink.take().expect("checked");
+            busy.push(held);
+        }
+        Ok(Box::new(PackedCommit {
+            catalog: self.store.catalog.clone(),
+            guard: self.store.guard.clone(),
+            sync,
+            pending: std::mem::take(&mut self.pending),
+            features: std::mem::take(&mut self.features),
+            _busy: busy,
+        }))
+    }
+
+    /// After any failure, nothing appended since the last commit can be trusted to be durable
+    /// (a short write also leaves the pack's length unknown): forget it, and start the next
+    /// append in a fresh pack. The abandoned bytes are unreferenced garbage for gc.
+    fn on_error<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.pending.clear();
+            self.features.clear();
+            if let Some((sink, _busy)) = self.sink.take() {
+                sink.abandon();
+            }
+            self.retired.clear();
+        }
+        r
+    }
+}
+
+impl<P: PackStorage, C: Catalog> ChunkWriter for PackedWriter<'_, P, C> {
+    fn append(&mut self, id: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        let r = self.try_append(id, codec, raw_len, payload);
+        self.on_error(r)
+    }
+
+    fn start_commit(&mut self) -> Result<Box<dyn PendingCommit>> {
+        let r = self.try_start_commit();
+        self.on_error(r)
+    }
+
+    fn note_features(&mut self, id: &Hash, features: &SuperFeatures) {
+        if self.store.catalog.config().delta {
+            self.features.push((*features, *id));
+        }
+    }
+}
+
+/// Pack bytes to sync, then the locations that point at them.
+struct PackedCommit<C> {
+    catalog: Arc<C>,
+    guard: Guard,
+    sync: Option<Box<dyn PackSync>>,
+    pending: Vec<(Hash, ChunkLoc)>,
+    features: Vec<(SuperFeatures, Hash)>,
+    /// Busy markers of the packs this commit records, released when it is done.
+    _busy: Vec<Busy>,
+}
+
+impl<C: Catalog> PendingCommit for PackedCommit<C> {
+    fn finish(self: Box<Self>) -> Result<()> {
+        if let Some(sync) = self.sync {
+            // Durability order: the bytes first, then the locations that point at them.
+            sync.wait()?;
+        }
+        if !self.pending.is_empty() {
+            self.guard
+                .note_stored(self.pending.iter().map(|(id, _)| *id));
+            // Features first: one that names a chunk not recorded yet finds nothing.
+            if !self.features.is_empty() {
+                self.catalog.add_features(&self.features)?;
+            }
+            self.catalog.insert_locs(&self.pending)?;
+        }
+        Ok(())
+    }
+}
+
+impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
+    fn config(&self) -> StoreConfig {
+        self.catalog.config()
+    }
+
+    fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    fn for_server(&self) {
+        self.catalog.clone().for_server();
+    }
+
+    fn id_replica_len(&self) -> Option<usize> {
+        self.catalog.id_replica_len()
+    }
+
+    fn lookup(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        self.catalog.missing(ids)
+    }
+
+    fn writer(&self) -> Result<Box<dyn ChunkWriter + '_>> {
+        Ok(Box::new(PackedWriter {
+            store: self,
+            sink: None,
+            retired: Vec::new(),
+            pending: Vec::new(),
+            features: Vec::new(),
+        }))
+    }
+
+    fn read_chunk_into(&self, id: &Hash, payload: &mut Vec<u8>) -> Result<(Codec, u32)> {
+        let (codec, raw_len) = self.read_stored_into(id, payload)?;
+        if codec != Codec::Delta {
+            return Ok((codec, raw_len));
+        }
+        let (base, frame) = codec::split_delta(id, payload)?;
+        let base = self
+            .base_bytes(&base)
+            .map_err(|e| base_error(id, &base, e))?;
+        let mut raw = vec![0u8; raw_len as usize];
+        codec::decode_against_into(id, frame, &base, &mut raw)?;
+        *payload = raw;
+        Ok((Codec::Raw, raw_len))
+    }
+
+    fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
+        let mut payload = Vec::new();
+        let (codec, raw_len) = self.read_chunk_into(id, &mut payload)?;
+        Ok(StoredChunk {
+            id: *id,
+            codec,
+            raw_len,
+            payload: payload.into(),
+        })
+    }
+
+    fn read_chunks(&self, ids: &[Hash]) -> Result<Vec<StoredChunk>> {
+        if !self.packs.batches_reads() {
+            return ids.iter().map(|id| self.read_chunk(id)).collect();
+        }
+        let mut got = self.read_stored_batch(ids)?;
+        self.resolve_deltas(&mut got)?;
+        Ok(got)
+    }
+
     fn batches_reads(&self) -> bool {
         self.packs.batches_reads()
     }
@@ -403,6 +532,18 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         self.catalog.remove_locs(ids)
     }
 
+    fn similar(&self, features: &[SuperFeatures]) -> Result<Vec<Option<Hash>>> {
+        self.catalog.similar(features)
+    }
+
+    fn bases_in_use(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        self.catalog.bases_in_use(ids)
+    }
+
+    fn prune_features(&self) -> Result<u64> {
+        self.catalog.prune_features()
+    }
+
     fn compact(&self, min_dead: f64) -> Result<CompactReport> {
         self.compact_packs(min_dead)
     }
@@ -433,6 +574,11 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
             t.chunks += 1;
             t.raw_bytes += u64::from(loc.raw_len);
             t.encoded_bytes += u64::from(loc.stored_len);
+            if loc.base.is_some() {
+                t.deltas += 1;
+                t.delta_raw_bytes += u64::from(loc.raw_len);
+                t.delta_encoded_bytes += u64::from(loc.stored_len);
+            }
             Ok(())
         })?;
         Ok(t)
@@ -514,5 +660,21 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
     }
     fn forget_tail(&self, id: &[u8; 16]) -> Result<()> {
         self.catalog.forget_tail(id)
+    }
+}
+
+/// A delta's read error when its base could not be used: damage to the delta, naming the
+/// base (so that fsck and the reader say where to look), or the read error as it came.
+fn base_error(id: &Hash, base: &Hash, e: Error) -> Error {
+    match e {
+        Error::ChunkNotFound(_) => Error::Corrupt {
+            id: *id,
+            detail: format!("its base {base} is not stored"),
+        },
+        Error::Corrupt { detail, .. } => Error::Corrupt {
+            id: *id,
+            detail: format!("its base {base} is damaged: {detail}"),
+        },
+        other => other,
     }
 }

@@ -14,7 +14,8 @@
 //! loads the metadata, and fsck's repair re-indexes the packs (each entry names its chunk).
 //!
 //! `hoard-store.json` (version 1) is written once, when the store is made, and never replaced:
-//! `{"hoard_store": 1, "min": …, "avg": …, "max": …, "level": …, "created": SECONDS}`. Every
+//! `{"hoard_store": 1, "min": …, "avg": …, "max": …, "level": …, "created": SECONDS}`, and
+//! `"delta": true` for a store that keeps delta chunks (absent: false). Every
 //! open reads it (one request, which also shows at once whether the endpoint answers and
 //! takes the credentials) and checks it against the catalog, so an index is never used with
 //! another store's bucket.
@@ -44,6 +45,8 @@ struct Marker {
     max: u32,
     level: i32,
     created: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    delta: bool,
 }
 
 impl Marker {
@@ -55,6 +58,7 @@ impl Marker {
                 max: self.max,
             },
             level: self.level,
+            delta: self.delta,
         }
     }
 }
@@ -122,6 +126,7 @@ impl PackedStore<BucketPacks, PgCatalog> {
                     max: config.chunker.max,
                     level: config.level,
                     created: crate::unix_now(),
+                    delta: config.delta,
                 };
                 let bytes = serde_json::to_vec(&m).expect("a marker serializes");
                 packs.put_new(MARKER, bytes)?;

@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
+use crate::features::SuperFeatures;
 use crate::hash::Hash;
 use crate::store::{ChunkStore, ChunkWriter, PendingCommit};
 use crate::wire::Frame;
@@ -43,6 +44,8 @@ pub struct Verified {
     /// The chunk itself, decoded, when asked for (an upload session's background hash uses
     /// it); empty otherwise.
     pub raw: Bytes,
+    /// Its super-features, to record with it (a store that keeps deltas, a plain chunk).
+    pub features: Option<SuperFeatures>,
 }
 
 /// Checks that `frame` decodes to bytes that hash to its id, and readies it for the pack.
@@ -74,6 +77,15 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32, keep_raw: bool) -> Re
                 None => (Codec::Raw, raw.clone(), raw),
             }
         }
+        Codec::Delta => {
+            return Err(Error::Malformed {
+                what: "chunk frame",
+                detail: format!(
+                    "chunk {} is sent as a delta, which only a store keeps",
+                    frame.id
+                ),
+            });
+        }
         Codec::Zstd => {
             let raw = codec::decode(
                 &frame.id,
@@ -101,6 +113,7 @@ pub fn verify(frame: &Frame<'_>, body: &Bytes, level: i32, keep_raw: bool) -> Re
         raw_len: frame.raw_len,
         payload,
         raw: if keep_raw { raw } else { Bytes::new() },
+        features: None,
     })
 }
 
@@ -329,6 +342,9 @@ fn append_round<'s>(
             let is_missing = missing.next().unwrap_or(false);
             if is_missing && !unindexed.iter().any(|u| u.contains(&c.id)) && seen.insert(c.id) {
                 w.append(&c.id, c.codec, c.raw_len, &c.payload)?;
+                if let Some(f) = &c.features {
+                    w.note_features(&c.id, f);
+                }
                 rep.new_chunks += 1;
                 rep.new_bytes += u64::from(c.raw_len);
             }

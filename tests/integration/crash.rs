@@ -93,22 +93,60 @@ fn init_small(t: &Target) {
         .args(["init", "--min", "4K", "--avg", "16K", "--max", "64K"]));
 }
 
+fn init_small_with_deltas(t: &Target) {
+    ok(t.hoard().args([
+        "init", "--min", "4K", "--avg", "16K", "--max", "64K", "--delta", "on",
+    ]));
+}
+
 #[test]
 fn import_killed_at_random_moments_loses_nothing() {
     let s = Scratch::new();
-    import_kills(&Target::dir(&s), &s);
+    let t = Target::dir(&s);
+    init_small(&t);
+    import_kills(&t, &s);
 }
 
 #[test]
 fn remote_import_killed_at_random_moments_loses_nothing() {
     let s = Scratch::new();
     if let Some(t) = Target::remote("remote_import_kills") {
+        init_small(&t);
         import_kills(&t, &s);
     }
 }
 
+/// The same trials on a store that writes delta chunks (every edited copy stores its
+/// changed chunks as deltas against the base's).
+#[test]
+fn import_writing_deltas_killed_at_random_moments_loses_nothing() {
+    let s = Scratch::new();
+    let t = Target::dir(&s);
+    init_small_with_deltas(&t);
+    import_kills(&t, &s);
+    assert_deltas_written(&t);
+}
+
+#[test]
+fn remote_import_writing_deltas_killed_at_random_moments_loses_nothing() {
+    let s = Scratch::new();
+    if let Some(t) = Target::remote("remote_delta_import_kills") {
+        init_small_with_deltas(&t);
+        import_kills(&t, &s);
+        assert_deltas_written(&t);
+    }
+}
+
+fn assert_deltas_written(t: &Target) {
+    let out = ok(t.hoard().args(["stats", "--json"]));
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        st["delta_chunks"].as_u64().unwrap() > 0,
+        "no chunk was stored as a delta: {st}"
+    );
+}
+
 fn import_kills(t: &Target, s: &Scratch) {
-    init_small(t);
     let base = data::mixed(12 << 20, 40);
     let mut rng = StdRng::seed_from_u64(40);
     let mut stored: Vec<(String, Vec<u8>)> = Vec::new();

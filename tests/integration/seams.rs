@@ -195,6 +195,7 @@ fn loc(pack: u64, offset: u64) -> ChunkLoc {
         stored_len: 10,
         raw_len: 20,
         codec: Codec::Zstd as u8,
+        base: None,
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
+use crate::features::SuperFeatures;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::catalog::Catalog;
@@ -115,6 +116,22 @@ impl Catalog for LocalCatalog {
 
     fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
         self.index.insert_locs(locs)
+    }
+
+    fn similar(&self, features: &[SuperFeatures]) -> Result<Vec<Option<Hash>>> {
+        self.index.similar(features)
+    }
+
+    fn add_features(&self, features: &[(SuperFeatures, Hash)]) -> Result<()> {
+        self.index.add_features(features)
+    }
+
+    fn prune_features(&self) -> Result<u64> {
+        self.index.prune_features()
+    }
+
+    fn bases_in_use(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        self.index.bases_in_use(ids)
     }
 
     fn remove_locs(&self, ids: &[Hash]) -> Result<(u64, u64)> {

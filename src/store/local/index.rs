@@ -4,7 +4,9 @@
 //!
 //! | where                    | key             | value                                   |
 //! |--------------------------|-----------------|-----------------------------------------|
-//! | `chunks.redb`, `chunks`  | chunk id (32 B) | [`ChunkLoc`] (pack, offset, lengths)    |
+//! | `chunks.redb`, `chunks`  | chunk id (32 B) | [`ChunkLoc`] (pack, offset, lengths; a delta's base) |
+//! | `chunks.redb`, `deltas`  | base id ‖ delta id (64 B) | nothing: which deltas name a base |
+//! | `chunks.redb`, `features`| super-feature (u64) | id of a stored chunk that has it (the latest) |
 //! | sled tree `files`        | file id (32 B)  | [`Manifest`](crate::manifest::Manifest) header |
 //! | sled tree `pages`        | page hash (32B) | encoded manifest page                   |
 //! | sled tree `names`        | name (UTF-8)    | [`NameRecord`] (versions, oldest first) |
@@ -36,12 +38,57 @@ use crate::store::pack::ChunkLoc;
 pub const STORE_FORMAT: u8 = 1;
 /// Version byte of `chunks`, `names` and `meta` records.
 const RECORD_VERSION: u8 = 1;
+/// Version byte of a `chunks` record of a delta (one that names its base) and of the
+/// `config` of a store that may hold deltas; a build that does not know deltas refuses both.
+const DELTA_RECORD_VERSION: u8 = 2;
 /// sled page cache = 8 MiB.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// redb page cache for the chunk table = 16 MiB.
 const CHUNK_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// The chunk table: id -> [`ChunkLoc`] record.
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
+/// Which recorded deltas name which base: base id ‖ delta id, kept with `chunks` in one
+/// transaction (gc asks it whether a chunk it would free is some delta's base).
+const DELTAS: TableDefinition<&[u8; 64], ()> = TableDefinition::new("deltas");
+/// Resemblance lookup for delta chunks: super-feature -> the last plain chunk stored with it.
+/// Advisory: an entry may name a chunk gc has freed since (the lookup checks `chunks`).
+const FEATURES: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("features");
+
+/// A chunk location as version 1 records it (no base).
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct LocV1 {
+    pack: u64,
+    offset: u64,
+    stored_len: u32,
+    raw_len: u32,
+    codec: u8,
+}
+
+/// A delta's location (version 2): version 1's fields, then the base.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct LocV2 {
+    pack: u64,
+    offset: u64,
+    stored_len: u32,
+    raw_len: u32,
+    codec: u8,
+    base: Hash,
+}
+
+/// The store config as version 1 records it (before delta chunks).
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct ConfigV1 {
+    chunker: crate::config::ChunkerParams,
+    level: i32,
+}
+
+/// The `deltas` key of `delta` stored against `base`.
+fn delta_key(base: &Hash, delta: &Hash) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(base.as_bytes());
+    k[32..].copy_from_slice(delta.as_bytes());
+    k
+}
 
 /// Opens sled at `path`. sled locks its file and lets go only when its background flusher
 /// notices the database was dropped: reopening in the same process right after a close can
@@ -99,6 +146,8 @@ impl Index {
         let chunks = ChunkTable::open(chunks_path, store_root)?;
         chunks.write(|tx| {
             tx.open_table(CHUNKS)?;
+            tx.open_table(DELTAS)?;
+            tx.open_table(FEATURES)?;
             Ok(())
         })?;
         Self::from_parts(db, chunks)
@@ -170,8 +219,40 @@ impl Index {
         }
         self.meta
             .get("config")?
-            .map(|v| record::decode("store config", RECORD_VERSION, &v))
+            .map(|v| Self::decode_config(&v))
             .transpose()
+    }
+
+    /// Decodes a `config` value: version 1 (no delta chunks) or 2.
+    ///
+    /// # Errors
+    /// On damage, or a version this build does not know.
+    pub fn decode_config(bytes: &[u8]) -> Result<StoreConfig> {
+        if bytes.first() == Some(&DELTA_RECORD_VERSION) {
+            return record::decode("store config", DELTA_RECORD_VERSION, bytes);
+        }
+        let v1: ConfigV1 = record::decode("store config", RECORD_VERSION, bytes)?;
+        Ok(StoreConfig {
+            chunker: v1.chunker,
+            level: v1.level,
+            delta: false,
+        })
+    }
+
+    /// Encodes a `config` value: as version 1 unless the store keeps delta chunks, so that
+    /// a build from before delta chunks still opens a store without them.
+    pub fn encode_config(config: &StoreConfig) -> Vec<u8> {
+        if config.delta {
+            record::encode(DELTA_RECORD_VERSION, config)
+        } else {
+            record::encode(
+                RECORD_VERSION,
+                &ConfigV1 {
+                    chunker: config.chunker,
+                    level: config.level,
+                },
+            )
+        }
     }
 
     /// Records the config at creation; durable on return.
@@ -182,7 +263,7 @@ impl Index {
         let created = crate::unix_now();
         let mut b = sled::Batch::default();
         b.insert("format", &[STORE_FORMAT]);
-        b.insert("config", record::encode(RECORD_VERSION, config));
+        b.insert("config", Self::encode_config(config));
         b.insert("created", record::encode(RECORD_VERSION, &created));
         self.meta.apply_batch(b)?;
         self.db.flush()?;
@@ -194,12 +275,53 @@ impl Index {
     /// # Errors
     /// On damage.
     pub fn decode_loc(bytes: &[u8]) -> Result<ChunkLoc> {
-        record::decode("chunk location", RECORD_VERSION, bytes)
+        if bytes.first() == Some(&DELTA_RECORD_VERSION) {
+            let v: LocV2 = record::decode("chunk location", DELTA_RECORD_VERSION, bytes)?;
+            return Ok(ChunkLoc {
+                pack: v.pack,
+                offset: v.offset,
+                stored_len: v.stored_len,
+                raw_len: v.raw_len,
+                codec: v.codec,
+                base: Some(v.base),
+            });
+        }
+        let v: LocV1 = record::decode("chunk location", RECORD_VERSION, bytes)?;
+        Ok(ChunkLoc {
+            pack: v.pack,
+            offset: v.offset,
+            stored_len: v.stored_len,
+            raw_len: v.raw_len,
+            codec: v.codec,
+            base: None,
+        })
     }
 
-    /// Encodes a `chunks` value.
+    /// Encodes a `chunks` value (version 1 unless it names a base).
     pub fn encode_loc(loc: &ChunkLoc) -> Vec<u8> {
-        record::encode(RECORD_VERSION, loc)
+        match loc.base {
+            None => record::encode(
+                RECORD_VERSION,
+                &LocV1 {
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    stored_len: loc.stored_len,
+                    raw_len: loc.raw_len,
+                    codec: loc.codec,
+                },
+            ),
+            Some(base) => record::encode(
+                DELTA_RECORD_VERSION,
+                &LocV2 {
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    stored_len: loc.stored_len,
+                    raw_len: loc.raw_len,
+                    codec: loc.codec,
+                    base,
+                },
+            ),
+        }
     }
 
     /// Where chunk `id` is, if indexed.
@@ -239,11 +361,109 @@ impl Index {
     pub fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
         self.chunks.write(|tx| {
             let mut table = tx.open_table(CHUNKS)?;
+            let mut deltas = tx.open_table(DELTAS)?;
             for (id, loc) in locs {
                 let v = Self::encode_loc(loc);
-                table.insert(id.as_bytes(), v.as_slice())?;
+                let old = table.insert(id.as_bytes(), v.as_slice())?;
+                if let Some(base) = old.and_then(|o| Self::decode_loc(o.value()).ok()?.base) {
+                    deltas.remove(&delta_key(&base, id))?;
+                }
+                if let Some(base) = &loc.base {
+                    deltas.insert(&delta_key(base, id), ())?;
+                }
             }
             Ok(())
+        })
+    }
+
+    /// For each id, whether a recorded delta names it as its base.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn bases_in_use(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        self.chunks.read(|tx| {
+            let deltas = tx.open_table(DELTAS)?;
+            ids.iter()
+                .map(|id| {
+                    let from = delta_key(id, &Hash::from_bytes([0; 32]));
+                    let to = delta_key(id, &Hash::from_bytes([0xff; 32]));
+                    Ok(deltas.range::<&[u8; 64]>(&from..=&to)?.next().is_some())
+                })
+                .collect()
+        })
+    }
+
+    /// Records super-features of stored chunks (the latest chunk with a feature wins).
+    /// Advisory, so not forced to disk: durable with the next durable write.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn add_features(&self, features: &[(crate::features::SuperFeatures, Hash)]) -> Result<()> {
+        self.chunks.write_lazily(|tx| {
+            let mut table = tx.open_table(FEATURES)?;
+            for (f, id) in features {
+                for sf in f.0 {
+                    table.insert(sf, id.as_bytes())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// For each set of super-features, a stored chunk that is not a delta and shares one of
+    /// them (the first super-feature that names one wins).
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn similar(
+        &self,
+        features: &[crate::features::SuperFeatures],
+    ) -> Result<Vec<Option<Hash>>> {
+        self.chunks.read(|tx| {
+            let table = tx.open_table(FEATURES)?;
+            let chunks = tx.open_table(CHUNKS)?;
+            let mut out = Vec::with_capacity(features.len());
+            for f in features {
+                let mut found = None;
+                for sf in f.0 {
+                    let Some(id) = table.get(sf)?.map(|v| Hash::from_bytes(*v.value())) else {
+                        continue;
+                    };
+                    let plain = chunks
+                        .get(id.as_bytes())?
+                        .and_then(|v| Self::decode_loc(v.value()).ok())
+                        .is_some_and(|l| l.base.is_none());
+                    if plain {
+                        found = Some(id);
+                        break;
+                    }
+                }
+                out.push(found);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Forgets super-features that name chunks no longer stored (gc's tidy-up); returns how
+    /// many went.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn prune_features(&self) -> Result<u64> {
+        self.chunks.write_lazily(|tx| {
+            let mut table = tx.open_table(FEATURES)?;
+            let chunks = tx.open_table(CHUNKS)?;
+            let mut stale = Vec::new();
+            for kv in table.iter()? {
+                let (k, v) = kv?;
+                if chunks.get(v.value())?.is_none() {
+                    stale.push(k.value());
+                }
+            }
+            for k in &stale {
+                table.remove(k)?;
+            }
+            Ok(stale.len() as u64)
         })
     }
 
@@ -255,10 +475,18 @@ impl Index {
         self.chunks.write(|tx| {
             let (mut n, mut bytes) = (0, 0);
             let mut table = tx.open_table(CHUNKS)?;
+            let mut deltas = tx.open_table(DELTAS)?;
             for id in ids {
                 if let Some(v) = table.remove(id.as_bytes())? {
                     n += 1;
-                    bytes += Self::decode_loc(v.value()).map_or(0, |l| u64::from(l.stored_len));
+                    let loc = Self::decode_loc(v.value());
+                    bytes += loc.as_ref().map_or(0, |l| u64::from(l.stored_len));
+                    if let Ok(ChunkLoc {
+                        base: Some(base), ..
+                    }) = loc
+                    {
+                        deltas.remove(&delta_key(&base, id))?;
+                    }
                 }
             }
             Ok((n, bytes))
@@ -432,6 +660,20 @@ impl ChunkTable {
 
     /// Runs `f` in a write transaction and commits it (durable on return).
     fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// Runs `f` in a write transaction committed without forcing it to disk: durable with the
+    /// next [`ChunkTable::write`] (for what may be lost in a crash).
+    fn write_lazily<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
+        self.write_with(redb::Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
         let db = self.get()?;
         let ChunkDb::Write(d) = &*db else {
             let why = self
@@ -441,11 +683,66 @@ impl ChunkTable {
                 why.into(),
             ));
         };
-        let r = d.begin_write().map_err(Error::from).and_then(|tx| {
+        let r = d.begin_write().map_err(Error::from).and_then(|mut tx| {
+            tx.set_durability(durability)
+                .map_err(|e| Error::ChunkIndex(redb::Error::from(e)))?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
         });
         self.after(db, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_locations_keep_version_1_and_deltas_are_version_2() {
+        let plain = ChunkLoc {
+            pack: 3,
+            offset: 1 << 40,
+            stored_len: 1000,
+            raw_len: 65536,
+            codec: 1,
+            base: None,
+        };
+        let bytes = Index::encode_loc(&plain);
+        assert_eq!(bytes[0], RECORD_VERSION);
+        // Exactly what a build from before delta chunks wrote for the same location.
+        let old = record::encode(
+            RECORD_VERSION,
+            &LocV1 {
+                pack: 3,
+                offset: 1 << 40,
+                stored_len: 1000,
+                raw_len: 65536,
+                codec: 1,
+            },
+        );
+        assert_eq!(bytes, old);
+        assert_eq!(Index::decode_loc(&bytes).unwrap(), plain);
+        let delta = ChunkLoc {
+            codec: 2,
+            base: Some(Hash::of(b"base")),
+            ..plain
+        };
+        let bytes = Index::encode_loc(&delta);
+        assert_eq!(bytes[0], DELTA_RECORD_VERSION);
+        assert_eq!(Index::decode_loc(&bytes).unwrap(), delta);
+        assert!(Index::decode_loc(&[9, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn a_config_without_deltas_is_written_as_before() {
+        let off = StoreConfig::default().with_delta(false);
+        let bytes = Index::encode_config(&off);
+        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(Index::decode_config(&bytes).unwrap(), off);
+        let on = off.with_delta(true);
+        let bytes = Index::encode_config(&on);
+        assert_eq!(bytes[0], DELTA_RECORD_VERSION);
+        assert_eq!(Index::decode_config(&bytes).unwrap(), on);
     }
 }

@@ -10,6 +10,7 @@ use tokio_postgres::Row;
 
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
+use crate::features::SuperFeatures;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::catalog::{Catalog, Hold};
@@ -45,15 +46,23 @@ pub(super) fn hash_of(bytes: &[u8]) -> Result<Hash> {
     })
 }
 
-/// A location from columns `at..at + 5` of `row`: pack, offset, stored_len, raw_len, codec.
-fn loc_of(row: &Row, at: usize) -> ChunkLoc {
-    ChunkLoc {
+/// The columns [`loc_of`] reads, in its order.
+const LOC_COLUMNS: &str = "c.pack, c.pack_offset, c.stored_len, c.raw_len, c.codec, c.base";
+
+/// A location from columns `at..at + 6` of `row`: pack, offset, stored_len, raw_len, codec,
+/// base.
+fn loc_of(row: &Row, at: usize) -> Result<ChunkLoc> {
+    Ok(ChunkLoc {
         pack: row.get::<_, i64>(at) as u64,
         offset: row.get::<_, i64>(at + 1) as u64,
         stored_len: row.get::<_, i32>(at + 2) as u32,
         raw_len: row.get::<_, i32>(at + 3) as u32,
         codec: row.get::<_, i16>(at + 4) as u8,
-    }
+        base: row
+            .get::<_, Option<&[u8]>>(at + 5)
+            .map(hash_of)
+            .transpose()?,
+    })
 }
 
 /// The five columns of locations, as arrays.
@@ -64,6 +73,7 @@ struct LocColumns {
     stored_len: Vec<i32>,
     raw_len: Vec<i32>,
     codec: Vec<i16>,
+    base: Vec<Option<Vec<u8>>>,
 }
 
 impl LocColumns {
@@ -73,6 +83,7 @@ impl LocColumns {
         self.stored_len.push(l.stored_len as i32);
         self.raw_len.push(l.raw_len as i32);
         self.codec.push(i16::from(l.codec));
+        self.base.push(l.base.map(|b| b.as_bytes().to_vec()));
     }
 }
 
@@ -257,16 +268,18 @@ impl Catalog for PgCatalog {
             let arr = id_array(part);
             let rows = self.run(true, "cannot look chunks up in the index at", async |c| {
                 c.query(
-                    "SELECT q.n, c.pack, c.pack_offset, c.stored_len, c.raw_len, c.codec \
-                     FROM unnest($1::bytea[]) WITH ORDINALITY AS q(id, n) \
-                     JOIN chunks c ON c.id = q.id",
+                    &format!(
+                        "SELECT q.n, {LOC_COLUMNS} \
+                         FROM unnest($1::bytea[]) WITH ORDINALITY AS q(id, n) \
+                         JOIN chunks c ON c.id = q.id"
+                    ),
                     &[&arr],
                 )
                 .await
             })?;
             for r in &rows {
                 let n = r.get::<_, i64>(0) as usize - 1;
-                out[p * BATCH + n] = Some(loc_of(r, 1));
+                out[p * BATCH + n] = Some(loc_of(r, 1)?);
             }
         }
         Ok(out)
@@ -287,12 +300,13 @@ impl Catalog for PgCatalog {
             part.iter().for_each(|(_, l)| cols.push(l));
             self.run(true, "cannot record chunks in the index at", async |c| {
                 c.execute(
-                    "INSERT INTO chunks (id, pack, pack_offset, stored_len, raw_len, codec) \
+                    "INSERT INTO chunks (id, pack, pack_offset, stored_len, raw_len, codec, base) \
                      SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int4[], \
-                                          $5::int4[], $6::int2[]) \
+                                          $5::int4[], $6::int2[], $7::bytea[]) \
                      ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, \
                        pack_offset = excluded.pack_offset, stored_len = excluded.stored_len, \
-                       raw_len = excluded.raw_len, codec = excluded.codec, seq = excluded.seq",
+                       raw_len = excluded.raw_len, codec = excluded.codec, base = excluded.base, \
+                       seq = excluded.seq",
                     &[
                         &ids,
                         &cols.pack,
@@ -300,12 +314,94 @@ impl Catalog for PgCatalog {
                         &cols.stored_len,
                         &cols.raw_len,
                         &cols.codec,
+                        &cols.base,
                     ],
                 )
                 .await
             })?;
         }
         Ok(())
+    }
+
+    fn similar(&self, features: &[SuperFeatures]) -> Result<Vec<Option<Hash>>> {
+        const K: usize = crate::features::SUPER_FEATURES;
+        let mut out = vec![None; features.len()];
+        for (p, part) in features.chunks(BATCH / K).enumerate() {
+            // Bit for bit in the signed column.
+            let sfs: Vec<i64> = part.iter().flat_map(|f| f.0.map(|v| v as i64)).collect();
+            let rows = self.run(true, "cannot look features up in the index at", async |c| {
+                c.query(
+                    "SELECT q.n, c.id FROM unnest($1::int8[]) WITH ORDINALITY AS q(sf, n) \
+                     JOIN features f ON f.sf = q.sf \
+                     JOIN chunks c ON c.id = f.id AND c.base IS NULL \
+                     ORDER BY q.n",
+                    &[&sfs],
+                )
+                .await
+            })?;
+            for r in &rows {
+                let n = r.get::<_, i64>(0) as usize - 1;
+                let slot = &mut out[p * (BATCH / K) + n / K];
+                if slot.is_none() {
+                    *slot = Some(hash_of(r.get(1))?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn add_features(&self, features: &[(SuperFeatures, Hash)]) -> Result<()> {
+        // One statement may not change a row twice: of a feature given twice, the last wins.
+        let mut by_sf = std::collections::HashMap::new();
+        for (f, id) in features {
+            for sf in f.0 {
+                by_sf.insert(sf as i64, *id);
+            }
+        }
+        let all: Vec<(i64, Hash)> = by_sf.into_iter().collect();
+        for part in all.chunks(BATCH) {
+            let sfs: Vec<i64> = part.iter().map(|(sf, _)| *sf).collect();
+            let ids = id_array(part.iter().map(|(_, id)| id));
+            self.run(true, "cannot record features in the index at", async |c| {
+                c.execute(
+                    "INSERT INTO features (sf, id) SELECT * FROM unnest($1::int8[], $2::bytea[]) \
+                     ON CONFLICT (sf) DO UPDATE SET id = excluded.id",
+                    &[&sfs, &ids],
+                )
+                .await
+            })?;
+        }
+        Ok(())
+    }
+
+    fn prune_features(&self) -> Result<u64> {
+        self.run(true, "cannot prune features in the index at", async |c| {
+            c.execute(
+                "DELETE FROM features f WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = f.id)",
+                &[],
+            )
+            .await
+        })
+    }
+
+    fn bases_in_use(&self, ids: &[Hash]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(BATCH) {
+            let arr = id_array(part);
+            let got: Vec<bool> = self.run(true, "cannot look bases up in the index at", async |c| {
+                let row = c
+                    .query_one(
+                        "SELECT coalesce(array_agg(EXISTS (SELECT 1 FROM chunks c \
+                                                           WHERE c.base = q.id) ORDER BY q.n), '{}') \
+                         FROM unnest($1::bytea[]) WITH ORDINALITY AS q(id, n)",
+                        &[&arr],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            })?;
+            out.extend(got);
+        }
+        Ok(out)
     }
 
     fn remove_locs(&self, ids: &[Hash]) -> Result<(u64, u64)> {
@@ -358,14 +454,14 @@ impl Catalog for PgCatalog {
     fn for_each_loc(&self, f: &mut dyn FnMut(&Hash, Result<ChunkLoc>) -> Result<()>) -> Result<()> {
         self.walk(
             "cannot walk the chunk table of the index at",
-            "SELECT id, pack, pack_offset, stored_len, raw_len, codec FROM chunks ORDER BY id",
+            &format!("SELECT c.id, {LOC_COLUMNS} FROM chunks c ORDER BY c.id"),
             WALK,
-            &mut |r| f(&hash_of(r.get(0))?, Ok(loc_of(r, 1))),
+            &mut |r| f(&hash_of(r.get(0))?, loc_of(r, 1)),
         )
     }
 
     fn totals(&self) -> Result<Option<ChunkTotals>> {
-        let (chunks, raw, stored): (i64, i64, i64) = self.run(
+        let ((chunks, raw, stored), (deltas, delta_raw, delta_stored)) = self.run(
             true,
             "cannot read the chunk totals in the index at",
             async |c| {
@@ -373,13 +469,21 @@ impl Catalog for PgCatalog {
                 if r.get::<_, i64>(3) > schema::FOLD_PAST {
                     c.execute(schema::FOLD_TOTALS, &[]).await?;
                 }
-                Ok((r.get(0), r.get(1), r.get(2)))
+                // Deltas are few; the partial index on `base` finds them without a scan.
+                let d = c.query_one(schema::READ_DELTA_TOTALS, &[]).await?;
+                Ok((
+                    (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)),
+                    (d.get::<_, i64>(0), d.get::<_, i64>(1), d.get::<_, i64>(2)),
+                ))
             },
         )?;
         Ok(Some(ChunkTotals {
             chunks: chunks.max(0) as u64,
             raw_bytes: raw.max(0) as u64,
             encoded_bytes: stored.max(0) as u64,
+            deltas: deltas.max(0) as u64,
+            delta_raw_bytes: delta_raw.max(0) as u64,
+            delta_encoded_bytes: delta_stored.max(0) as u64,
         }))
     }
 

@@ -342,9 +342,12 @@ impl Shared for PgCatalog {
 
     fn sweep_chunks(&self, ids: &[Hash]) -> Result<(u64, u64)> {
         // One statement: a lookup's revive either removed a mark first (the chunk stays) or
-        // waits for this and then finds the chunk gone.
+        // waits for this and then finds the chunk gone. A chunk some recorded delta names as
+        // its base stays (a writer that makes a new delta pins and revives the base first).
         self.delete_chunks(
-            "WITH m AS (DELETE FROM condemned WHERE kind = 0 AND id = ANY($1) RETURNING id), \
+            "WITH m AS (DELETE FROM condemned WHERE kind = 0 AND id = ANY($1) \
+                          AND NOT EXISTS (SELECT 1 FROM chunks x WHERE x.base = condemned.id) \
+                          RETURNING id), \
                   d AS (DELETE FROM chunks WHERE id IN (SELECT id FROM m) RETURNING stored_len) \
              SELECT count(*), coalesce(sum(stored_len::int8), 0)::int8 FROM d",
             ids,

@@ -238,16 +238,16 @@ impl PgCatalog {
                 )
                 .await?;
             }
-            const READ: &str = "SELECT bucket, chunk_min, chunk_avg, chunk_max, zstd_level \
-                                FROM hoard_store";
+            const READ: &str = "SELECT bucket, chunk_min, chunk_avg, chunk_max, zstd_level, \
+                                delta FROM hoard_store";
             let mut row = tx.query_opt(READ, &[]).await?;
             let mut created = false;
             if row.is_none() && create {
                 let c = requested.unwrap_or_default();
                 tx.execute(
                     "INSERT INTO hoard_store \
-                     (bucket, chunk_min, chunk_avg, chunk_max, zstd_level, created) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                     (bucket, chunk_min, chunk_avg, chunk_max, zstd_level, created, delta) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     &[
                         &bucket,
                         &(c.chunker.min as i32),
@@ -255,6 +255,7 @@ impl PgCatalog {
                         &(c.chunker.max as i32),
                         &c.level,
                         &(crate::unix_now() as i64),
+                        &c.delta,
                     ],
                 )
                 .await?;
@@ -272,12 +273,13 @@ impl PgCatalog {
                             max: r.get::<_, i32>(3) as u32,
                         },
                         r.get::<_, i32>(4),
+                        r.get::<_, bool>(5),
                     ))
                 }),
                 created,
             ))
         })?;
-        let (owner, chunker, level) = match found {
+        let (owner, chunker, level, delta) = match found {
             None => return Err(Error::NoStore(PathBuf::from(bucket))),
             Some(Err(Refusal::Newer(found))) => return Err(other_schema(found)),
             Some(Err(Refusal::InUse(found, others))) => {
@@ -296,7 +298,11 @@ impl PgCatalog {
                 self.at
             )));
         }
-        let existing = StoreConfig { chunker, level };
+        let existing = StoreConfig {
+            chunker,
+            level,
+            delta,
+        };
         if let Some(req) = requested
             && req != existing
         {

@@ -50,6 +50,12 @@
 //! never wait for one another on it); a reader folds the rows into one when there are many.
 //! It also adds `uploads.sent int8`: the chunk-upload body bytes an upload session received,
 //! added to by whichever server received them (a hook reports the sum).
+//!
+//! Version 6 is for delta chunks (`delta.rs`): `hoard_store.delta bool` (the store keeps
+//! them), `chunks.base bytea` (a delta's base; NULL for every other chunk, with a partial
+//! index so gc finds whether a chunk is some delta's base), and
+//! `features (sf int8 PK -> id bytea)`: the last plain chunk stored with each super-feature
+//! (advisory: the lookup checks `chunks`; gc prunes entries whose chunk is gone).
 
 /// The schema version this binary writes and understands.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -201,12 +207,22 @@ CREATE TRIGGER chunks_emptied AFTER TRUNCATE ON chunks
     FOR EACH STATEMENT EXECUTE FUNCTION hoard_chunks_emptied();
 ALTER TABLE uploads ADD COLUMN sent int8 NOT NULL DEFAULT 0;
 "#,
+    r#"
+ALTER TABLE hoard_store ADD COLUMN delta bool NOT NULL DEFAULT false;
+ALTER TABLE chunks ADD COLUMN base bytea;
+CREATE INDEX chunks_by_base ON chunks (base) WHERE base IS NOT NULL;
+CREATE TABLE features (sf int8 PRIMARY KEY, id bytea NOT NULL);
+"#,
 ];
 
 /// The chunk totals: the sum of `chunk_totals`' rows, and how many rows there are.
 pub const READ_TOTALS: &str = "SELECT coalesce(sum(chunks), 0)::int8, \
      coalesce(sum(raw_bytes), 0)::int8, coalesce(sum(stored_bytes), 0)::int8, count(*) \
      FROM chunk_totals";
+
+/// Count and byte sums of the deltas (through the partial index on `chunks.base`).
+pub const READ_DELTA_TOTALS: &str = "SELECT count(*), coalesce(sum(raw_len::int8), 0)::int8, \
+     coalesce(sum(stored_len::int8), 0)::int8 FROM chunks WHERE base IS NOT NULL";
 
 /// Folds `chunk_totals`' rows into one. Two at once fold disjoint rows (a row the other
 /// deleted is skipped), so the sum stays right.

@@ -9,7 +9,6 @@ use std::sync::mpsc;
 use bytes::Bytes;
 
 use crate::chunker::Cutter;
-use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::import;
@@ -283,25 +282,29 @@ impl Run<'_> {
             h.update(&self.buf[..pos]);
         }
         let mut seen = HashSet::new();
-        let (ids, new) = import::new_chunks(self.store, &self.buf, &spans, &self.pin, |id| {
-            seen.insert(*id)
-        })?;
+        // Held until the sink has recorded this step's chunks (deltas name their bases then).
+        let bases = self.store.guard().pin();
+        let (ids, new) =
+            import::new_chunks(self.store, &self.buf, &spans, &self.pin, &bases, |id| {
+                seen.insert(*id)
+            })?;
         if !new.is_empty() {
             let buf = &self.buf;
             let verified: Vec<Verified> = new
                 .into_iter()
                 .map(|c| {
                     let raw = &buf[c.span.clone()];
-                    let (codec, payload) = match c.compressed {
-                        Some(z) => (Codec::Zstd, Bytes::from(z)),
-                        None => (Codec::Raw, Bytes::copy_from_slice(raw)),
+                    let payload = match c.encoded {
+                        Some(e) => Bytes::from(e),
+                        None => Bytes::copy_from_slice(raw),
                     };
                     Verified {
                         id: c.id,
-                        codec,
+                        codec: c.codec,
                         raw_len: raw.len() as u32,
                         payload,
                         raw: Bytes::new(),
+                        features: c.features,
                     }
                 })
                 .collect();
