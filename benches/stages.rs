@@ -59,12 +59,21 @@ fn stages(c: &mut Criterion) {
                 .fold(0u8, |acc, h| acc ^ h.as_bytes()[0])
         })
     });
-    // Resemblance features (toward delta chunks): one thread, every chunk.
+    // Resemblance features (delta chunks): one thread, every chunk; in lanes (what the
+    // pipeline runs) and in one walk (the definition).
     g.bench_function("super_features_chunks_64MiB", |b| {
         b.iter(|| {
             chunks
                 .iter()
                 .filter_map(|&(o, l)| hoard::features::super_features(&input[o..o + l]))
+                .fold(0u64, |acc, f| acc ^ f.0[0])
+        })
+    });
+    g.bench_function("super_features_serial_chunks_64MiB", |b| {
+        b.iter(|| {
+            chunks
+                .iter()
+                .filter_map(|&(o, l)| hoard::features::super_features_serial(&input[o..o + l]))
                 .fold(0u64, |acc, f| acc ^ f.0[0])
         })
     });

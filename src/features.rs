@@ -74,24 +74,103 @@ const TRANSFORMS: [(u64, u64); FEATURES] = {
     t
 };
 
-/// The super-features of `data`, or `None` when no position was sampled (a chunk of a few
-/// hundred bytes or less may have none; it is then similar to nothing).
-pub fn super_features(data: &[u8]) -> Option<SuperFeatures> {
-    let mut features = [0u32; FEATURES];
+/// Bytes after which the rolling hash depends on nothing before them: each step shifts the
+/// old value left by one, so a byte's contribution is gone 64 steps later.
+const WINDOW: usize = 64;
+/// Independent walks a chunk is split into, run side by side (see [`super_features`]).
+const LANES: usize = 4;
+
+/// Adds the sample `fp` to `features`.
+#[inline(always)]
+fn sample(features: &mut [u32; FEATURES], fp: u64) {
+    for (f, (m, a)) in features.iter_mut().zip(TRANSFORMS) {
+        *f = (*f).max((m.wrapping_mul(fp).wrapping_add(a) >> 32) as u32);
+    }
+}
+
+/// Walks `data` from rolling hash `fp`, sampling into `features`; returns whether it
+/// sampled and the last hash.
+fn walk(data: &[u8], mut fp: u64, features: &mut [u32; FEATURES]) -> (bool, u64) {
     let mut sampled = false;
-    let mut fp = 0u64;
     for &b in data {
         fp = (fp << 1).wrapping_add(GEAR[b as usize]);
         if fp >> (64 - SAMPLE_BITS) == 0 {
             sampled = true;
-            for (f, (m, a)) in features.iter_mut().zip(TRANSFORMS) {
-                *f = (*f).max((m.wrapping_mul(fp).wrapping_add(a) >> 32) as u32);
+            sample(features, fp);
+        }
+    }
+    (sampled, fp)
+}
+
+/// The rolling hash after `bytes` (at most [`WINDOW`] of them matter).
+fn warm(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0u64, |fp, &b| (fp << 1).wrapping_add(GEAR[b as usize]))
+}
+
+/// The super-features of `data`, or `None` when no position was sampled (a chunk of a few
+/// hundred bytes or less may have none; it is then similar to nothing).
+///
+/// The walk is one chain of dependent steps, so the chunk is cut into [`LANES`] parts walked
+/// side by side (the CPU overlaps their steps). Each part after the first starts from the
+/// hash of the [`WINDOW`] bytes before it, which is exactly what the one walk over the whole
+/// chunk has there: the result is the same (a test checks it against [`super_features_serial`]).
+pub fn super_features(data: &[u8]) -> Option<SuperFeatures> {
+    let part = data.len() / LANES;
+    if part < 4 * WINDOW {
+        return super_features_serial(data);
+    }
+    let (p0, rest) = data.split_at(part);
+    let (p1, rest) = rest.split_at(part);
+    let (p2, p3) = rest.split_at(part);
+    let (mut f0, mut f1, mut f2, mut f3) = (
+        0u64,
+        warm(&p0[part - WINDOW..]),
+        warm(&p1[part - WINDOW..]),
+        warm(&p2[part - WINDOW..]),
+    );
+    let mut features = [[0u32; FEATURES]; LANES];
+    let mut sampled = false;
+    const SHIFT: u32 = 64 - SAMPLE_BITS;
+    for (((&b0, &b1), &b2), &b3) in p0.iter().zip(p1).zip(p2).zip(p3) {
+        f0 = (f0 << 1).wrapping_add(GEAR[b0 as usize]);
+        f1 = (f1 << 1).wrapping_add(GEAR[b1 as usize]);
+        f2 = (f2 << 1).wrapping_add(GEAR[b2 as usize]);
+        f3 = (f3 << 1).wrapping_add(GEAR[b3 as usize]);
+        // One rarely taken branch for the four lanes (each samples 1 position in 128).
+        if (f0 >> SHIFT == 0) | (f1 >> SHIFT == 0) | (f2 >> SHIFT == 0) | (f3 >> SHIFT == 0) {
+            sampled = true;
+            for (k, fp) in [f0, f1, f2, f3].into_iter().enumerate() {
+                if fp >> SHIFT == 0 {
+                    sample(&mut features[k], fp);
+                }
             }
         }
     }
-    if !sampled {
+    // The last part is longer by the remainder of the division.
+    let (tail_sampled, _) = walk(&p3[part..], f3, &mut features[3]);
+    if !(sampled || tail_sampled) {
         return None;
     }
+    let mut merged = [0u32; FEATURES];
+    for lane in &features {
+        for (m, f) in merged.iter_mut().zip(lane) {
+            *m = (*m).max(*f);
+        }
+    }
+    Some(group(&merged))
+}
+
+/// [`super_features`] in one walk: the definition.
+pub fn super_features_serial(data: &[u8]) -> Option<SuperFeatures> {
+    let mut features = [0u32; FEATURES];
+    let (sampled, _) = walk(data, 0, &mut features);
+    sampled.then(|| group(&features))
+}
+
+/// Hashes the features [`PER_GROUP`] at a time into the super-features.
+fn group(features: &[u32; FEATURES]) -> SuperFeatures {
     let mut out = [0u64; SUPER_FEATURES];
     for (sf, group) in out.iter_mut().zip(features.chunks_exact(PER_GROUP)) {
         let mut bytes = [0u8; PER_GROUP * 4];
@@ -101,12 +180,26 @@ pub fn super_features(data: &[u8]) -> Option<SuperFeatures> {
         let h = blake3::hash(&bytes);
         *sf = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
     }
-    Some(SuperFeatures(out))
+    SuperFeatures(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_walk_in_lanes_gives_what_one_walk_gives() {
+        for n in [
+            0, 1, 63, 64, 1000, 1023, 1024, 1025, 4096, 16_384, 65_536, 65_539, 262_144,
+        ] {
+            for seed in 0..4 {
+                let r = random(n, seed);
+                assert_eq!(super_features(&r), super_features_serial(&r), "random {n}");
+                let t = text(n, seed);
+                assert_eq!(super_features(&t), super_features_serial(&t), "text {n}");
+            }
+        }
+    }
 
     /// `n` bytes from splitmix64 seeded with `seed`.
     fn random(n: usize, seed: u64) -> Vec<u8> {

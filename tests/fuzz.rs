@@ -254,6 +254,61 @@ fn fuzz_journal_replay() {
 
 /// The seeds decode as they are (so the corpus keeps up with the formats). Run with
 /// `--ignored write_seed_corpus` to write it anew after a format change.
+/// Hostile delta payloads (a store's codec 2: base id, then a zstd frame made against the
+/// base): mutations of a real one and random bytes, decoded against the right base, an empty
+/// one and a 16 MiB one, into outputs of several lengths. No panic, memory under the cap
+/// (the output slice caps what a frame can make; the window is capped by base + output).
+#[test]
+fn fuzz_delta_payloads() {
+    use hoard::codec;
+    ALLOC
+        .set_limit(MEMORY_CAP)
+        .expect("the cap is above what the binary holds");
+    let base: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let mut data = base.clone();
+    data[100] ^= 1;
+    data.splice(3000..3000, *b"inserted");
+    let id = Hash::of(&data);
+    let frame = codec::compress_against(&data, &base, 1, data.len()).expect("a delta");
+    let seed = codec::delta_payload(&Hash::of(&base), &frame);
+    // The real one decodes.
+    let mut out = vec![0u8; data.len()];
+    let (_, f) = codec::split_delta(&id, &seed).unwrap();
+    codec::decode_against_into(&id, f, &base, &mut out).unwrap();
+    assert_eq!(out, data);
+    let huge = vec![0x5au8; 16 << 20];
+    let strategy = prop_oneof![
+        4 => prop::collection::vec(edit(), 0..6).prop_map(move |e| apply(seed.clone(), &e)),
+        1 => prop::collection::vec(any::<u8>(), 0..600),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |bytes| {
+            let Ok((_, frame)) = codec::split_delta(&id, &bytes) else {
+                assert!(bytes.len() < codec::DELTA_BASE_LEN);
+                return Ok(());
+            };
+            for b in [&base[..], &[][..], &huge[..]] {
+                for len in [1usize, 4096, data.len(), 1 << 20] {
+                    let mut out = vec![0u8; len];
+                    let _ = codec::decode_against_into(&id, frame, b, &mut out);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    eprintln!(
+        "fuzz delta: {} executions, no panic, memory under the cap",
+        cases()
+    );
+}
+
 #[test]
 fn seed_corpus_is_valid() {
     for m in seeds("manifest") {

@@ -6,7 +6,7 @@
 //! |--------------------------|-----------------|-----------------------------------------|
 //! | `chunks.redb`, `chunks`  | chunk id (32 B) | [`ChunkLoc`] (pack, offset, lengths; a delta's base) |
 //! | `chunks.redb`, `deltas`  | base id ‖ delta id (64 B) | nothing: which deltas name a base |
-//! | `chunks.redb`, `features`| super-feature (u64) | id of a stored chunk that has it (the latest) |
+//! | `chunks.redb`, `features`| super-feature (u64) | first 8 bytes of the id of the last plain chunk stored with it |
 //! | sled tree `files`        | file id (32 B)  | [`Manifest`](crate::manifest::Manifest) header |
 //! | sled tree `pages`        | page hash (32B) | encoded manifest page                   |
 //! | sled tree `names`        | name (UTF-8)    | [`NameRecord`] (versions, oldest first) |
@@ -50,9 +50,24 @@ const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks")
 /// Which recorded deltas name which base: base id ‖ delta id, kept with `chunks` in one
 /// transaction (gc asks it whether a chunk it would free is some delta's base).
 const DELTAS: TableDefinition<&[u8; 64], ()> = TableDefinition::new("deltas");
-/// Resemblance lookup for delta chunks: super-feature -> the last plain chunk stored with it.
-/// Advisory: an entry may name a chunk gc has freed since (the lookup checks `chunks`).
-const FEATURES: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("features");
+/// Resemblance lookup for delta chunks: super-feature -> the first 8 bytes of the id of the
+/// last plain chunk stored with it (the lookup finds the chunk by that prefix in `chunks`;
+/// two stored ids sharing 8 bytes would at worst give a worse base). Advisory: an entry may
+/// name a chunk gc has freed since.
+const FEATURES: TableDefinition<u64, u64> = TableDefinition::new("features");
+
+/// The first 8 bytes of `id`, as the `features` table keeps them.
+fn id_prefix(id: &Hash) -> u64 {
+    u64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// The first and last possible ids with `prefix`.
+fn prefix_range(prefix: u64) -> ([u8; 32], [u8; 32]) {
+    let (mut from, mut to) = ([0u8; 32], [0xffu8; 32]);
+    from[..8].copy_from_slice(&prefix.to_be_bytes());
+    to[..8].copy_from_slice(&prefix.to_be_bytes());
+    (from, to)
+}
 
 /// A chunk location as version 1 records it (no base).
 #[derive(serde::Serialize, serde::Deserialize, PartialEq)]
@@ -403,7 +418,7 @@ impl Index {
             let mut table = tx.open_table(FEATURES)?;
             for (f, id) in features {
                 for sf in f.0 {
-                    table.insert(sf, id.as_bytes())?;
+                    table.insert(sf, id_prefix(id))?;
                 }
             }
             Ok(())
@@ -426,15 +441,16 @@ impl Index {
             for f in features {
                 let mut found = None;
                 for sf in f.0 {
-                    let Some(id) = table.get(sf)?.map(|v| Hash::from_bytes(*v.value())) else {
+                    let Some(prefix) = table.get(sf)?.map(|v| v.value()) else {
                         continue;
                     };
-                    let plain = chunks
-                        .get(id.as_bytes())?
-                        .and_then(|v| Self::decode_loc(v.value()).ok())
-                        .is_some_and(|l| l.base.is_none());
-                    if plain {
-                        found = Some(id);
+                    let (from, to) = prefix_range(prefix);
+                    let Some(kv) = chunks.range::<&[u8; 32]>(&from..=&to)?.next() else {
+                        continue;
+                    };
+                    let (k, v) = kv?;
+                    if Self::decode_loc(v.value()).is_ok_and(|l| l.base.is_none()) {
+                        found = Some(Hash::from_bytes(*k.value()));
                         break;
                     }
                 }
@@ -456,7 +472,8 @@ impl Index {
             let mut stale = Vec::new();
             for kv in table.iter()? {
                 let (k, v) = kv?;
-                if chunks.get(v.value())?.is_none() {
+                let (from, to) = prefix_range(v.value());
+                if chunks.range::<&[u8; 32]>(&from..=&to)?.next().is_none() {
                     stale.push(k.value());
                 }
             }

@@ -330,14 +330,7 @@ impl Catalog for PgCatalog {
             // Bit for bit in the signed column.
             let sfs: Vec<i64> = part.iter().flat_map(|f| f.0.map(|v| v as i64)).collect();
             let rows = self.run(true, "cannot look features up in the index at", async |c| {
-                c.query(
-                    "SELECT q.n, c.id FROM unnest($1::int8[]) WITH ORDINALITY AS q(sf, n) \
-                     JOIN features f ON f.sf = q.sf \
-                     JOIN chunks c ON c.id = f.id AND c.base IS NULL \
-                     ORDER BY q.n",
-                    &[&sfs],
-                )
-                .await
+                c.query(schema::SIMILAR, &[&sfs]).await
             })?;
             for r in &rows {
                 let n = r.get::<_, i64>(0) as usize - 1;
@@ -352,21 +345,25 @@ impl Catalog for PgCatalog {
 
     fn add_features(&self, features: &[(SuperFeatures, Hash)]) -> Result<()> {
         // One statement may not change a row twice: of a feature given twice, the last wins.
+        // Values bit for bit in the signed columns; the prefix big-endian (`int8send` gives
+        // its bytes back in the lookup).
         let mut by_sf = std::collections::HashMap::new();
         for (f, id) in features {
+            let prefix = i64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"));
             for sf in f.0 {
-                by_sf.insert(sf as i64, *id);
+                by_sf.insert(sf as i64, prefix);
             }
         }
-        let all: Vec<(i64, Hash)> = by_sf.into_iter().collect();
+        let all: Vec<(i64, i64)> = by_sf.into_iter().collect();
         for part in all.chunks(BATCH) {
             let sfs: Vec<i64> = part.iter().map(|(sf, _)| *sf).collect();
-            let ids = id_array(part.iter().map(|(_, id)| id));
+            let prefixes: Vec<i64> = part.iter().map(|(_, p)| *p).collect();
             self.run(true, "cannot record features in the index at", async |c| {
                 c.execute(
-                    "INSERT INTO features (sf, id) SELECT * FROM unnest($1::int8[], $2::bytea[]) \
-                     ON CONFLICT (sf) DO UPDATE SET id = excluded.id",
-                    &[&sfs, &ids],
+                    "INSERT INTO features (sf, id_prefix) \
+                     SELECT * FROM unnest($1::int8[], $2::int8[]) \
+                     ON CONFLICT (sf) DO UPDATE SET id_prefix = excluded.id_prefix",
+                    &[&sfs, &prefixes],
                 )
                 .await
             })?;
@@ -376,11 +373,7 @@ impl Catalog for PgCatalog {
 
     fn prune_features(&self) -> Result<u64> {
         self.run(true, "cannot prune features in the index at", async |c| {
-            c.execute(
-                "DELETE FROM features f WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = f.id)",
-                &[],
-            )
-            .await
+            c.execute(schema::PRUNE_FEATURES, &[]).await
         })
     }
 
