@@ -7,8 +7,8 @@
 //!   binary files, and one made the same way after ~2% of the files changed;
 //! - `ext4-in-place`: the first image with the same changes written into it by `debugfs`;
 //! - `tar`: two consecutive releases of one project's sdist from PyPI, unpacked to `.tar`
-//!   (`HOARD_BENCH_SDIST`, default `requests` 2.31.0 and 2.32.0; skipped without network to
-//!   the registry);
+//!   (`HOARD_BENCH_SDIST`, default `Django 5.0.1 5.0.2`; skipped without network to the
+//!   registry);
 //! - `mixed`: the generated mixed file (`HOARD_BENCH_MIB`, default 256) and its 200-edit copy;
 //! - `sqlite-dump`: `sqlite3 .dump` of a generated table before and after updating 1% of rows.
 //!
@@ -117,18 +117,21 @@ fn ext4_pairs(tmp: &Path) -> Vec<(String, PathBuf, PathBuf)> {
 }
 
 fn tar_pair(tmp: &Path) -> Vec<(String, PathBuf, PathBuf)> {
-    let spec =
-        std::env::var("HOARD_BENCH_SDIST").unwrap_or_else(|_| "requests 2.31.0 2.32.0".into());
+    let spec = std::env::var("HOARD_BENCH_SDIST").unwrap_or_else(|_| "Django 5.0.1 5.0.2".into());
     let parts: Vec<&str> = spec.split_whitespace().collect();
     let [project, a, b] = parts[..] else {
         panic!("HOARD_BENCH_SDIST is PROJECT V1 V2")
     };
-    let (v1, v2) = (tmp.join("tar-v1.tar"), tmp.join("tar-v2.tar"));
+    let (v1, v2) = (
+        tmp.join(format!("tar-{project}-{a}.tar")),
+        tmp.join(format!("tar-{project}-{b}.tar")),
+    );
     for (v, out) in [(a, &v1), (b, &v2)] {
         if out.exists() {
             continue;
         }
-        let dl = tmp.join(format!("sdist-{v}"));
+        // The release's sdist from PyPI (a package registry), unpacked to .tar.
+        let dl = tmp.join(format!("sdist-{project}-{v}"));
         let ok = sh(&format!(
             "python3 -m pip download -q --no-deps --no-binary :all: {project}=={v} -d {} \
              && gunzip -c {}/*.tar.gz > {}",
@@ -137,6 +140,7 @@ fn tar_pair(tmp: &Path) -> Vec<(String, PathBuf, PathBuf)> {
             out.display()
         ));
         if !ok {
+            let _ = std::fs::remove_file(out);
             eprintln!("cannot fetch {project} {v} from PyPI: skipping the tar pair");
             return Vec::new();
         }
@@ -168,7 +172,7 @@ fn sqlite_pair(tmp: &Path) -> Vec<(String, PathBuf, PathBuf)> {
         let db = tmp.join("bench.db");
         let _ = std::fs::remove_file(&db);
         let script = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, note TEXT);\n\
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400000) \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000000) \
              INSERT INTO t SELECT i, 'item-' || (i * 7919 % 100003), i % 97, \
              hex(randomblob(12)) FROM n;\n";
         let sql = tmp.join("make.sql");
@@ -254,12 +258,17 @@ fn hoard_run(hoard: &str, tmp: &Path, delta: bool, v1: &Path, v2: &Path) -> Run 
             .unwrap()
             .success()
     );
+    // Wall time measured here (GNU time's is in hundredths: too coarse for the small
+    // pairs); peak RSS from GNU time.
     let step = |args: &[&str], input: &Path| -> Step {
         prime(tmp);
         warm(input);
         let mut cmd = vec![hoard, "--store", st];
         cmd.extend_from_slice(args);
-        timed(&cmd, &[], tmp)
+        let started = std::time::Instant::now();
+        let mut s = timed(&cmd, &[], tmp);
+        s.secs = started.elapsed().as_secs_f64();
+        s
     };
     let a = step(&["import", v1.to_str().unwrap(), "--name", "v"], v1);
     let stored1 = stats(hoard, &store)["stored_bytes"].as_u64().unwrap();

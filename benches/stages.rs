@@ -87,6 +87,41 @@ fn stages(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    // Delta chunks: every chunk against an edited copy of itself (one byte changed in every
+    // 4 KiB), compressed and decoded; throughput counts the chunks' bytes.
+    let edited: Vec<u8> = input
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if i % 4096 == 7 { b ^ 0x5a } else { b })
+        .collect();
+    g.bench_function(format!("delta_level{DEFAULT_LEVEL}_chunks_64MiB"), |b| {
+        b.iter(|| {
+            chunks
+                .iter()
+                .map(|&(o, l)| {
+                    let (data, base) = (&edited[o..o + l], &input[o..o + l]);
+                    codec::compress_against(data, base, DEFAULT_LEVEL, l).map_or(l, |z| z.len())
+                })
+                .sum::<usize>()
+        })
+    });
+    let deltas: Vec<(Hash, Vec<u8>, usize, usize)> = chunks
+        .iter()
+        .filter_map(|&(o, l)| {
+            let (data, base) = (&edited[o..o + l], &input[o..o + l]);
+            let z = codec::compress_against(data, base, DEFAULT_LEVEL, l)?;
+            Some((Hash::of(data), z, o, l))
+        })
+        .collect();
+    g.bench_function("delta_decode_chunks_64MiB", |b| {
+        let mut out = vec![0u8; 1 << 20];
+        b.iter(|| {
+            for (id, z, o, l) in &deltas {
+                codec::decode_against_into(id, z, &input[*o..*o + *l], &mut out[..*l])
+                    .expect("decodes");
+            }
+        })
+    });
     let encoded: Vec<(Hash, Option<Vec<u8>>, usize, usize)> = chunks
         .iter()
         .map(|&(o, l)| {

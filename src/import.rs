@@ -73,30 +73,40 @@ pub fn new_chunks(
         .filter(|&i| missing[i] && take(&ids[i]))
         .collect();
     let config = store.config();
-    let plain: Vec<Option<Vec<u8>>> = wanted
-        .par_iter()
-        .map(|&i| codec::compress(&data[spans[i].clone()], config.level))
-        .collect();
-    let mut decisions: Vec<delta::Decision> = if config.delta && !wanted.is_empty() {
-        let candidates: Vec<delta::Candidate<'_>> = wanted
-            .iter()
-            .zip(&plain)
-            .map(|(&i, z)| delta::Candidate {
-                id: ids[i],
-                data: &data[spans[i].clone()],
-                plain_len: z.as_ref().map_or(spans[i].len(), Vec::len),
+    if !config.delta || wanted.is_empty() {
+        let new = wanted
+            .par_iter()
+            .map(|&i| {
+                let z = codec::compress(&data[spans[i].clone()], config.level);
+                NewChunk {
+                    id: ids[i],
+                    span: spans[i].clone(),
+                    codec: if z.is_some() { Codec::Zstd } else { Codec::Raw },
+                    encoded: z,
+                    features: None,
+                }
             })
             .collect();
-        delta::decide(store, bases, &candidates)?
-    } else {
-        wanted.iter().map(|_| delta::Decision::default()).collect()
-    };
+        return Ok((ids, new));
+    }
+    let candidates: Vec<delta::Candidate<'_>> = wanted
+        .iter()
+        .map(|&i| delta::Candidate {
+            id: ids[i],
+            data: &data[spans[i].clone()],
+            plain_len: None,
+        })
+        .collect();
+    let decisions = delta::decide(store, bases, config.level, &candidates)?;
     let new = wanted
         .iter()
-        .zip(plain)
-        .zip(&mut decisions)
-        .map(|((&i, z), d)| {
-            let (codec, encoded) = delta::choose(d, z);
+        .zip(decisions)
+        .map(|(&i, d)| {
+            let (codec, encoded) = match d.encoding {
+                delta::Encoding::Delta(p) => (Codec::Delta, Some(p)),
+                delta::Encoding::Plain(Some(z)) => (Codec::Zstd, Some(z)),
+                delta::Encoding::Plain(None) | delta::Encoding::Given => (Codec::Raw, None),
+            };
             NewChunk {
                 id: ids[i],
                 span: spans[i].clone(),

@@ -286,16 +286,15 @@ async fn store_frames(
                     .map(|(v, _)| crate::delta::Candidate {
                         id: v.id,
                         data: &v.raw,
-                        plain_len: v.payload.len(),
+                        plain_len: Some(v.payload.len()),
                     })
                     .collect();
-                let decisions = crate::delta::decide(&*store, &pin, &candidates)?;
-                for ((v, _), mut d) in good.iter_mut().zip(decisions) {
-                    if let Some(payload) = d.delta.take() {
+                let decisions = crate::delta::decide(&*store, &pin, level, &candidates)?;
+                for ((v, _), d) in good.iter_mut().zip(decisions) {
+                    v.features = d.features;
+                    if let crate::delta::Encoding::Delta(payload) = d.encoding {
                         v.codec = Codec::Delta;
                         v.payload = Bytes::from(payload);
-                    } else {
-                        v.features = d.features;
                     }
                 }
                 Some(pin)

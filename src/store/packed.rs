@@ -226,7 +226,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     }
 
     /// Turns the deltas among `chunks` into their chunks' bytes: each base read once for
-    /// the batch, checked against its id, and each delta decoded against it.
+    /// the batch, and each delta decoded against it (the caller checks the bytes).
     fn resolve_deltas(&self, chunks: &mut [StoredChunk]) -> Result<()> {
         let mut bases: Vec<Hash> = Vec::new();
         for c in chunks.iter().filter(|c| c.codec == Codec::Delta) {
@@ -249,22 +249,14 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
         };
         let mut decoded: HashMap<Hash, Result<Vec<u8>>> = HashMap::new();
         for b in stored {
-            let raw =
-                match b.codec {
-                    Codec::Delta => Err(Error::Corrupt {
-                        id: b.id,
-                        detail: "a base chunk is stored as a delta itself".into(),
-                    }),
-                    codec => codec::decode(&b.id, codec, &b.payload, b.raw_len as usize).and_then(
-                        |raw| match Hash::of(&raw) {
-                            h if h == b.id => Ok(raw),
-                            h => Err(Error::Corrupt {
-                                id: b.id,
-                                detail: format!("content hashes to {h}"),
-                            }),
-                        },
-                    ),
-                };
+            let raw = match b.codec {
+                Codec::Delta => Err(Error::Corrupt {
+                    id: b.id,
+                    detail: "a base chunk is stored as a delta itself".into(),
+                }),
+                // Not checked against its id: see `read_chunk_into`.
+                codec => codec::decode(&b.id, codec, &b.payload, b.raw_len as usize),
+            };
             decoded.insert(b.id, raw);
         }
         for c in chunks.iter_mut().filter(|c| c.codec == Codec::Delta) {
@@ -280,11 +272,47 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                 }
             };
             let mut raw = vec![0u8; c.raw_len as usize];
-            codec::decode_against_into(&c.id, frame, base_raw, &mut raw)?;
+            self.decode_delta(&c.id, &base, frame, base_raw, &mut raw)?;
             c.codec = Codec::Raw;
             c.payload = raw.into();
         }
         Ok(())
+    }
+
+    /// The bytes of `base` as [`PackedStore::base_bytes`] reads them, not checked against its
+    /// id: the read path's, where the delta's own bytes are checked against the delta's id
+    /// (a damaged base cannot give them), and the base is checked only to explain a failure.
+    ///
+    /// # Errors
+    /// As [`PackedStore::base_bytes`], except a damaged base that still decodes.
+    fn base_bytes_unchecked(&self, base: &Hash) -> Result<Vec<u8>> {
+        let mut payload = Vec::new();
+        let (codec, raw_len) = self.read_stored_into(base, &mut payload)?;
+        if codec == Codec::Delta {
+            return Err(Error::Corrupt {
+                id: *base,
+                detail: "a base chunk is stored as a delta itself".into(),
+            });
+        }
+        codec::decode(base, codec, &payload, raw_len as usize)
+    }
+
+    /// Decodes delta `id` (its `frame`, against `base`'s bytes `base_raw`) into `out`; when
+    /// that fails, the error says whether the base is why.
+    fn decode_delta(
+        &self,
+        id: &Hash,
+        base: &Hash,
+        frame: &[u8],
+        base_raw: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        codec::decode_against_into(id, frame, base_raw, out).map_err(|e| {
+            match self.base_bytes(base) {
+                Err(why) => base_error(id, base, why),
+                Ok(_) => e,
+            }
+        })
     }
 
     /// The bytes of `base`, a chunk some delta is stored against: read, decoded and checked
@@ -294,15 +322,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     /// [`Error::ChunkNotFound`] if it is not stored, [`Error::Corrupt`] if it is damaged (or
     /// recorded as a delta), read errors.
     pub(super) fn base_bytes(&self, base: &Hash) -> Result<Vec<u8>> {
-        let mut payload = Vec::new();
-        let (codec, raw_len) = self.read_stored_into(base, &mut payload)?;
-        if codec == Codec::Delta {
-            return Err(Error::Corrupt {
-                id: *base,
-                detail: "a base chunk is stored as a delta itself".into(),
-            });
-        }
-        let raw = codec::decode(base, codec, &payload, raw_len as usize)?;
+        let raw = self.base_bytes_unchecked(base)?;
         let actual = Hash::of(&raw);
         if actual != *base {
             return Err(Error::Corrupt {
@@ -470,12 +490,14 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         if codec != Codec::Delta {
             return Ok((codec, raw_len));
         }
+        // The caller checks the chunk's bytes against its id, as for every chunk: a damaged
+        // base cannot pass that, so the base itself is checked only to explain a failure.
         let (base, frame) = codec::split_delta(id, payload)?;
-        let base = self
-            .base_bytes(&base)
+        let base_raw = self
+            .base_bytes_unchecked(&base)
             .map_err(|e| base_error(id, &base, e))?;
         let mut raw = vec![0u8; raw_len as usize];
-        codec::decode_against_into(id, frame, &base, &mut raw)?;
+        self.decode_delta(id, &base, frame, &base_raw, &mut raw)?;
         *payload = raw;
         Ok((Codec::Raw, raw_len))
     }
