@@ -3,8 +3,9 @@
 //!
 //! For each file: its pages → which chunks does the target lack? → read those from the source
 //! (a batch at a time, in few requests where the source is remote) → decode and BLAKE3 == id
-//! (over the rayon pool) → append them to the target as stored (no second compression) →
-//! commit every 64 MiB → the pages → the manifest once every chunk is committed. Names come
+//! (over the rayon pool) → append them to the target as stored (no second compression; a
+//! source's delta comes out as the chunk's bytes and is compressed again, and a target that
+//! keeps deltas runs its delta stage on them, `delta.rs`) → commit every 64 MiB → the pages → the manifest once every chunk is committed. Names come
 //! last: each source version the target's history lacks is appended, oldest first, with its
 //! original time. A copy cut short leaves committed chunks and whole files in the target and
 //! nothing pointing at a part; running it again sends only what is still missing.
@@ -15,6 +16,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::codec::{self, Codec};
+use crate::delta;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest};
@@ -159,6 +161,8 @@ fn copy_file(
 ) -> Result<()> {
     // Keeps gc off the chunks found present, and the pages, until the manifest is stored.
     let pin = to.guard().pin();
+    // Keeps gc off the bases of the deltas written until they are recorded.
+    let bases = to.guard().pin();
     let mut writer = to.writer()?;
     let mut pending: Option<Box<dyn PendingCommit>> = None;
     // Appended but perhaps not yet visible to `missing`: not sent again.
@@ -201,12 +205,50 @@ fn copy_file(
                     _ => c,
                 })
                 .collect();
-            for c in &stored {
-                writer.append(&c.id, c.codec, c.raw_len, &c.payload)?;
+            // Into a store that keeps deltas, chunks go through its delta stage as an
+            // import's would (their plain form is what came, or was compressed, above).
+            let decisions: Vec<Option<delta::Decision>> = if to.config().delta {
+                let raws: Vec<Vec<u8>> = stored
+                    .par_iter()
+                    .map(|c| codec::decode(&c.id, c.codec, &c.payload, c.raw_len as usize))
+                    .collect::<Result<_>>()?;
+                let candidates: Vec<delta::Candidate<'_>> = stored
+                    .iter()
+                    .zip(&raws)
+                    .map(|(c, raw)| delta::Candidate {
+                        id: c.id,
+                        data: raw,
+                        plain_len: Some(c.payload.len()),
+                    })
+                    .collect();
+                delta::decide(to, &bases, level, &candidates)?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            } else {
+                stored.iter().map(|_| None).collect()
+            };
+            for (c, d) in stored.iter().zip(decisions) {
+                let (codec, payload, features) = match d {
+                    Some(delta::Decision {
+                        encoding: delta::Encoding::Delta(p),
+                        ..
+                    }) => (Codec::Delta, std::borrow::Cow::Owned(p), None),
+                    Some(d) => (
+                        c.codec,
+                        std::borrow::Cow::Borrowed(&c.payload[..]),
+                        d.features,
+                    ),
+                    None => (c.codec, std::borrow::Cow::Borrowed(&c.payload[..]), None),
+                };
+                writer.append(&c.id, codec, c.raw_len, &payload)?;
+                if let Some(f) = &features {
+                    writer.note_features(&c.id, f);
+                }
                 report.chunks += 1;
-                report.bytes += c.payload.len() as u64;
+                report.bytes += payload.len() as u64;
                 report.raw_bytes += u64::from(c.raw_len);
-                since_commit += c.payload.len() as u64;
+                since_commit += payload.len() as u64;
             }
             if since_commit >= COMMIT_BYTES {
                 // One commit in flight while appends go on; the one before is finished first.

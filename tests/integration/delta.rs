@@ -453,3 +453,48 @@ fn a_delta_naming_a_missing_base_is_reported_not_served() {
         "{r:?}"
     );
 }
+
+/// `hoard copy` into a store that keeps deltas runs its delta stage: a source without
+/// deltas, copied, takes far less room in the target.
+#[test]
+fn a_copy_into_a_delta_store_stores_deltas() {
+    let s = Scratch::new();
+    let (v1, v2) = pair(3 << 20, 9);
+    let small = ["--min", "4K", "--avg", "16K", "--max", "64K"];
+    ok(hoard(&s.store())
+        .arg("init")
+        .args(small)
+        .args(["--delta", "off"]));
+    ok(hoard(&s.store())
+        .args(["import", "--name", "v"])
+        .arg(s.file("v1", &v1)));
+    ok(hoard(&s.store())
+        .args(["import", "--name", "v"])
+        .arg(s.file("v2", &v2)));
+    let target = s.path("target");
+    ok(hoard(&target)
+        .arg("init")
+        .args(small)
+        .args(["--delta", "on"]));
+    ok(hoard(&target)
+        .arg("copy")
+        .arg("--from")
+        .arg(s.store())
+        .arg("--to")
+        .arg(&target));
+    let st = |store: &Path| -> serde_json::Value {
+        serde_json::from_str(&ok(hoard(store).args(["stats", "--json"]))).unwrap()
+    };
+    let (from, to) = (st(&s.store()), st(&target));
+    assert_eq!(from["delta_chunks"], 0);
+    assert!(to["delta_chunks"].as_u64().unwrap() > 0, "{to}");
+    assert!(
+        to["stored_bytes"].as_u64().unwrap() < from["stored_bytes"].as_u64().unwrap() * 6 / 10,
+        "{from} {to}"
+    );
+    for (spec, want) in [("v@1", &v1), ("v", &v2)] {
+        let out = s.path("out");
+        ok(hoard(&target).args(["export", spec]).arg(&out));
+        assert_eq!(&std::fs::read(&out).unwrap(), want, "{spec}");
+    }
+}
