@@ -39,6 +39,10 @@ struct State {
     done: Vec<u64>,
     check: ChunkCheck,
     spare: Vec<(Hash, ChunkLoc)>,
+    /// Unreferenced deltas whose base the catalog lacks, judged at the end against the
+    /// intact unreferenced entries (a chunk table being rebuilt from the packs knows none).
+    #[serde(default)]
+    deferred: Vec<(Hash, ChunkLoc)>,
 }
 
 /// One entry read from a pack.
@@ -183,6 +187,9 @@ impl PackWalk<'_> {
                     c.unreferenced += 1;
                     self.st.spare.push((e.id, loc));
                 }
+                _ if verdict.as_ref().is_some_and(|f| f.base.is_some()) => {
+                    self.st.deferred.push((e.id, loc));
+                }
                 _ => c.damaged_unreferenced += 1,
             }
         }
@@ -197,10 +204,24 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
 
     /// Reads and checks each of `ids` as a base.
     fn read_bases(&self, ids: impl IntoIterator<Item = Hash>) -> Bases {
+        self.read_bases_with(ids, &HashMap::new())
+    }
+
+    /// Reads and checks each of `ids` as a base: where the catalog says it is, or else from
+    /// the intact copy `spare` names (a chunk table being rebuilt knows no base yet).
+    fn read_bases_with(
+        &self,
+        ids: impl IntoIterator<Item = Hash>,
+        spare: &HashMap<Hash, ChunkLoc>,
+    ) -> Bases {
         let mut bases = Bases::new();
         for id in ids {
             bases.entry(id).or_insert_with(|| {
-                self.base_bytes(&id).map_err(|e| match e {
+                let read = match (self.base_bytes(&id), spare.get(&id)) {
+                    (Err(Error::ChunkNotFound(_)), Some(loc)) => self.spare_base(&id, loc),
+                    (r, _) => r,
+                };
+                read.map_err(|e| match e {
                     Error::ChunkNotFound(_) => "is not stored".to_owned(),
                     Error::Corrupt { detail, .. } => format!("is damaged: {detail}"),
                     other => format!("cannot be read: {other}"),
@@ -208,6 +229,26 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             });
         }
         bases
+    }
+
+    /// The bytes of the plain entry at `loc`, checked against `id`.
+    fn spare_base(&self, id: &Hash, loc: &ChunkLoc) -> Result<Vec<u8>> {
+        let mut payload = Vec::new();
+        let codec = read_entry(&self.packs, id, loc, &mut payload)?;
+        if codec == Codec::Delta {
+            return Err(Error::Corrupt {
+                id: *id,
+                detail: "a base chunk is stored as a delta itself".into(),
+            });
+        }
+        let raw = codec::decode(id, codec, &payload, loc.raw_len as usize)?;
+        match Hash::of(&raw) {
+            h if h == *id => Ok(raw),
+            h => Err(Error::Corrupt {
+                id: *id,
+                detail: format!("content hashes to {h}"),
+            }),
+        }
     }
 
     /// See [`ChunkStore::check_chunks`](crate::store::ChunkStore::check_chunks).
@@ -264,6 +305,21 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
             // Progress is a convenience: a full disk must not stop the check itself.
             if let Err(e) = write_state(catalog, &st) {
                 tracing::warn!(error = %e, "cannot save fsck progress; an interrupted check will start over");
+            }
+        }
+        // Deferred deltas, against the intact copies the walk found.
+        let spare: HashMap<Hash, ChunkLoc> = st.spare.iter().copied().collect();
+        let mut payload = Vec::new();
+        for (id, loc) in std::mem::take(&mut st.deferred) {
+            let intact = read_entry(&self.packs, &id, &loc, &mut payload).is_ok_and(|_| {
+                let bases = self.read_bases_with(delta_base(loc.codec, &payload), &spare);
+                verify(&id, loc.codec, loc.raw_len, &payload, &bases).is_none()
+            });
+            if intact {
+                st.check.unreferenced += 1;
+                st.spare.push((id, loc));
+            } else {
+                st.check.damaged_unreferenced += 1;
             }
         }
         let mut check = std::mem::take(&mut st.check);
@@ -457,12 +513,15 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
         // compacted since the check found them.
         let mut spare: HashMap<Hash, ChunkLoc> = HashMap::new();
         let mut payload = Vec::new();
+        // Where a delta's base is, if the catalog does not know: its intact copies (checked
+        // again as it is read).
+        let copies: HashMap<Hash, ChunkLoc> = check.spare.iter().copied().collect();
         for (id, loc) in &check.spare {
             if spare.contains_key(id) {
                 continue;
             }
             let intact = read_entry(&self.packs, id, loc, &mut payload).is_ok_and(|_| {
-                let bases = self.read_bases(delta_base(loc.codec, &payload));
+                let bases = self.read_bases_with(delta_base(loc.codec, &payload), &copies);
                 verify(id, loc.codec, loc.raw_len, &payload, &bases).is_none()
             });
             if intact {
@@ -516,11 +575,20 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
         self.catalog.remove_locs(&drops)?;
         self.catalog.insert_locs(&inserts)?;
         {
-            let ids: Vec<Hash> = spare
+            let mut ids: Vec<Hash> = spare
                 .keys()
                 .filter(|id| wanted.is_none_or(|w| w.contains(id)) || bases_wanted.contains(id))
                 .copied()
                 .collect();
+            // A delta indexed again needs its base: that too, if a copy is at hand.
+            let bases: Vec<Hash> = ids
+                .iter()
+                .filter_map(|id| spare[id].base)
+                .filter(|b| spare.contains_key(b) && !ids.contains(b))
+                .collect();
+            ids.extend(bases);
+            ids.sort_unstable();
+            ids.dedup();
             let absent = self.catalog.missing(&ids)?;
             let add: Vec<(Hash, ChunkLoc)> = ids
                 .iter()

@@ -346,7 +346,7 @@ fn a_damaged_base_without_a_copy_is_dropped_with_its_deltas_and_reimport_heals()
 }
 
 #[test]
-fn the_delta_switch_is_the_stores_and_an_old_store_opens_without_it() {
+fn the_delta_switch_is_the_stores_and_off_keeps_the_old_config() {
     let s = Scratch::new();
     ok(hoard(&s.store()).args(["init", "--delta", "on"]));
     let out = ok(hoard(&s.store()).args(["stats"]));
@@ -356,11 +356,21 @@ fn the_delta_switch_is_the_stores_and_an_old_store_opens_without_it() {
     assert!(err.contains("delta chunks on"), "{err}");
     let bad = super::support::fails(hoard(&s.store()).args(["init", "--delta", "maybe"]), 2);
     assert!(bad.contains("maybe"), "{bad}");
-    // A store made without the switch (as before delta chunks) keeps its old config record.
-    let old = s.path("old");
-    ok(hoard(&old).args(["init"]));
-    let out = ok(hoard(&old).args(["stats"]));
+    // Off, as every store before delta chunks: its config record is the old one (a unit test
+    // in `store/local/index.rs` checks the bytes). The default is the build's.
+    let off = s.path("off");
+    ok(hoard(&off).args(["init", "--delta", "off"]));
+    let out = ok(hoard(&off).args(["stats"]));
     assert!(out.contains("delta chunks off"), "{out}");
+    let default = s.path("default");
+    ok(hoard(&default).args(["init"]));
+    let out = ok(hoard(&default).args(["stats"]));
+    let want = if hoard::config::DEFAULT_DELTA {
+        "on"
+    } else {
+        "off"
+    };
+    assert!(out.contains(&format!("delta chunks {want}")), "{out}");
 }
 
 /// The same on a bucket + PostgreSQL store (real SeaweedFS and PostgreSQL, `.ci/remote.sh`):

@@ -15,7 +15,11 @@ use super::data;
 use super::support::{Scratch, b3, fails, hoard, ok};
 
 pub fn small_chunks() -> StoreConfig {
-    StoreConfig::new(ChunkerParams::new(4096, 16384, 65536).unwrap(), 1).unwrap()
+    // Plain chunks: these tests (and the fault tests) count chunks, bytes and damage exactly
+    // as exact dedup keeps them; delta chunks have their own (`delta.rs`).
+    StoreConfig::new(ChunkerParams::new(4096, 16384, 65536).unwrap(), 1)
+        .unwrap()
+        .with_delta(false)
 }
 
 /// Imports `data` as `name`.

@@ -256,9 +256,18 @@ impl ChildServer {
 
     /// As [`ChildServer::start_from`], listening at `addr` (`127.0.0.1:PORT`, or port 0),
     /// with `serve_args` given to `serve`.
+    /// Its log goes to the file `HOARD_TEST_SERVER_LOG` names (appended to), if set.
     pub fn start_at(mut hoard: Command, addr: &str, serve_args: &[String]) -> Self {
         hoard.args(["serve", "--listen", addr]).args(serve_args);
-        Self::spawn_serving(hoard, Stdio::null())
+        let log = std::env::var_os("HOARD_TEST_SERVER_LOG").map_or_else(Stdio::null, |p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .expect("server log file")
+                .into()
+        });
+        Self::spawn_serving(hoard, log)
     }
 
     fn spawn_from(mut hoard: Command, stderr: Stdio) -> Self {
