@@ -112,9 +112,9 @@ fn warm(bytes: &[u8]) -> u64 {
 /// The super-features of `data`, or `None` when no position was sampled (a chunk of a few
 /// hundred bytes or less may have none; it is then similar to nothing).
 ///
-/// The walk is one chain of dependent steps, so the chunk is cut into [`LANES`] parts walked
+/// The walk is one chain of dependent steps, so the chunk is cut into four parts walked
 /// side by side (the CPU overlaps their steps). Each part after the first starts from the
-/// hash of the [`WINDOW`] bytes before it, which is exactly what the one walk over the whole
+/// hash of the 64 bytes before it, which is exactly what the one walk over the whole
 /// chunk has there: the result is the same (a test checks it against [`super_features_serial`]).
 pub fn super_features(data: &[u8]) -> Option<SuperFeatures> {
     let part = data.len() / LANES;
