@@ -115,6 +115,8 @@ pub trait Catalog: Send + Sync + 'static {
     }
 
     /// Records where chunks are; their pack bytes must be durable already. Durable on return.
+    /// A chunk recorded plain is never replaced by a delta (deltas may name it as their
+    /// base; a base is never a delta); any other record is replaced.
     ///
     /// # Errors
     /// Catalog errors.

@@ -444,9 +444,13 @@ impl<C: Catalog> PendingCommit for PackedCommit<C> {
         if !self.pending.is_empty() {
             self.guard
                 .note_stored(self.pending.iter().map(|(id, _)| *id));
-            // Features first: one that names a chunk not recorded yet finds nothing.
-            if !self.features.is_empty() {
-                self.catalog.add_features(&self.features)?;
+            // Features first: one that names a chunk not recorded yet finds nothing. They
+            // are advisory: failing to record them costs later chunks a delta, not this
+            // commit.
+            if !self.features.is_empty()
+                && let Err(e) = self.catalog.add_features(&self.features)
+            {
+                tracing::warn!(error = %e, "cannot record super-features; later chunks may be stored plain");
             }
             self.catalog.insert_locs(&self.pending)?;
         }

@@ -237,6 +237,28 @@ fn catalog_contract(c: &(dyn Catalog + 'static)) {
     // Removing counts what was there and its stored bytes.
     assert_eq!(c.remove_locs(&[ids[0], ids[1]]).unwrap(), (1, 10));
     assert_eq!(c.missing(&ids[..3]).unwrap(), vec![true, true, false]);
+    // Deltas: a base is known to be one while a delta names it; a chunk recorded plain is
+    // never replaced by a delta (another writer's deltas may name it), the reverse is fine.
+    let delta = |pack: u64, base: Hash| ChunkLoc {
+        codec: Codec::Delta as u8,
+        base: Some(base),
+        ..loc(pack, 0)
+    };
+    c.insert_locs(&[(ids[3], delta(5, ids[2]))]).unwrap();
+    assert_eq!(
+        c.bases_in_use(&ids[..4]).unwrap(),
+        vec![false, false, true, false]
+    );
+    c.insert_locs(&[(ids[2], delta(6, ids[4]))]).unwrap();
+    assert_eq!(
+        c.loc(&ids[2]).unwrap(),
+        Some(loc(1, 100)),
+        "a plain chunk became a delta"
+    );
+    c.insert_locs(&[(ids[3], loc(7, 0))]).unwrap();
+    assert_eq!(c.loc(&ids[3]).unwrap(), Some(loc(7, 0)));
+    assert_eq!(c.bases_in_use(&ids[..4]).unwrap(), vec![false; 4]);
+    c.remove_locs(&[ids[3]]).unwrap();
 
     // Pages and manifests.
     let chunk = b"the only chunk".to_vec();

@@ -369,7 +369,8 @@ impl Index {
         })
     }
 
-    /// Indexes chunks whose pack bytes are already durable; durable on return.
+    /// Indexes chunks whose pack bytes are already durable; durable on return. A chunk
+    /// recorded plain is not replaced by a delta (see the loop).
     ///
     /// # Errors
     /// Index errors.
@@ -378,9 +379,21 @@ impl Index {
             let mut table = tx.open_table(CHUNKS)?;
             let mut deltas = tx.open_table(DELTAS)?;
             for (id, loc) in locs {
+                let old = table
+                    .get(id.as_bytes())?
+                    .map(|o| Self::decode_loc(o.value()));
+                // A plain chunk stays plain: deltas may be stored against it already (two
+                // writers that stored one chunk at once, one as a delta), and a base is
+                // never a delta.
+                if loc.base.is_some() && matches!(old, Some(Ok(ChunkLoc { base: None, .. }))) {
+                    continue;
+                }
                 let v = Self::encode_loc(loc);
-                let old = table.insert(id.as_bytes(), v.as_slice())?;
-                if let Some(base) = old.and_then(|o| Self::decode_loc(o.value()).ok()?.base) {
+                table.insert(id.as_bytes(), v.as_slice())?;
+                if let Some(Ok(ChunkLoc {
+                    base: Some(base), ..
+                })) = old
+                {
                     deltas.remove(&delta_key(&base, id))?;
                 }
                 if let Some(base) = &loc.base {

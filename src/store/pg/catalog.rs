@@ -287,6 +287,9 @@ impl Catalog for PgCatalog {
 
     fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
         // One statement may not change a row twice: of an id given twice, the last wins.
+        // A chunk recorded plain is not replaced by a delta: two servers may store one chunk
+        // at once, one as a delta, and others' deltas may name the plain one as their base
+        // already (a base is never a delta).
         let mut seen = HashSet::with_capacity(locs.len());
         let mut last: Vec<&(Hash, ChunkLoc)> = locs
             .iter()
@@ -306,7 +309,8 @@ impl Catalog for PgCatalog {
                      ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, \
                        pack_offset = excluded.pack_offset, stored_len = excluded.stored_len, \
                        raw_len = excluded.raw_len, codec = excluded.codec, base = excluded.base, \
-                       seq = excluded.seq",
+                       seq = excluded.seq \
+                     WHERE chunks.base IS NOT NULL OR excluded.base IS NULL",
                     &[
                         &ids,
                         &cols.pack,
@@ -354,7 +358,10 @@ impl Catalog for PgCatalog {
                 by_sf.insert(sf as i64, prefix);
             }
         }
-        let all: Vec<(i64, i64)> = by_sf.into_iter().collect();
+        // In key order, so that servers recording at once take the rows' locks in one order
+        // (in any order, two upserts deadlock: seen with three servers).
+        let mut all: Vec<(i64, i64)> = by_sf.into_iter().collect();
+        all.sort_unstable();
         for part in all.chunks(BATCH) {
             let sfs: Vec<i64> = part.iter().map(|(sf, _)| *sf).collect();
             let prefixes: Vec<i64> = part.iter().map(|(_, p)| *p).collect();

@@ -256,7 +256,51 @@ impl PgCatalog {
     /// differs gets a new one from the catalog — unless the bucket holds versions the catalog
     /// lacks: then the catalog is the side that may be behind, and only
     /// `--rebuild-index` settles it.
+    ///
+    /// A file or name written or removed while the check runs (between its listing of the
+    /// bucket and its reads of the catalog) shows on one side only: without `repair`, when
+    /// files or names differ, the check looks once more and counts only what differed both
+    /// times (gc would otherwise refuse to run beside busy writers).
     pub(super) fn check_bucket(&self, meta: &BucketMeta, repair: bool) -> Result<JournalCheck> {
+        let (first, seen) = self.check_bucket_once(meta, repair)?;
+        if repair || seen.is_empty() {
+            return Ok(first);
+        }
+        let (mut c, again) = self.check_bucket_once(meta, false)?;
+        let both = |want: fn(&Differ) -> bool| {
+            again
+                .iter()
+                .filter(|(k, d)| want(d) && seen.get(*k).is_some_and(want))
+                .count() as u64
+        };
+        c.files_differ = both(|d| matches!(d, Differ::File { .. }));
+        c.index_lacks_files = both(|d| {
+            matches!(
+                d,
+                Differ::File {
+                    catalog_lacks: true
+                }
+            )
+        });
+        c.names_differ = both(|d| matches!(d, Differ::Name { .. }));
+        c.index_lacks_names = again
+            .iter()
+            .filter(|(k, _)| seen.contains_key(*k))
+            .map(|(_, d)| match d {
+                Differ::Name { lacks } => *lacks,
+                Differ::File { .. } => 0,
+            })
+            .sum();
+        Ok(c)
+    }
+
+    /// One look of [`PgCatalog::check_bucket`]; also returns each file and name that differed.
+    fn check_bucket_once(
+        &self,
+        meta: &BucketMeta,
+        repair: bool,
+    ) -> Result<(JournalCheck, Differences)> {
+        let mut differ = Differences::new();
         let now = crate::unix_now();
         let settled = |l: &&Listed| l.modified + IN_FLIGHT < now;
         let listing = meta.list()?;
@@ -297,6 +341,22 @@ impl PgCatalog {
             .collect();
         let db_only: Vec<Hash> = db_files.difference(&in_bucket).copied().collect();
         c.files_differ = (bucket_only.len() + db_only.len()) as u64;
+        for l in &bucket_only {
+            differ.insert(
+                (false, l.id),
+                Differ::File {
+                    catalog_lacks: true,
+                },
+            );
+        }
+        for id in &db_only {
+            differ.insert(
+                (false, *id),
+                Differ::File {
+                    catalog_lacks: false,
+                },
+            );
+        }
         c.records += listing.files.len() as u64;
         if repair {
             let mut loaded = Default::default();
@@ -341,6 +401,7 @@ impl PgCatalog {
                     .iter()
                     .filter(|v| !here.versions.contains(v))
                     .count() as u64;
+                differ.insert((true, l.id), Differ::Name { lacks });
                 if lacks > 0 {
                     c.index_lacks_names += lacks;
                 } else {
@@ -349,8 +410,10 @@ impl PgCatalog {
             }
         }
         for name in db_names.keys() {
-            if !seen.contains(&Hash::of(name.as_bytes())) {
+            let h = Hash::of(name.as_bytes());
+            if !seen.contains(&h) {
                 c.names_differ += 1;
+                differ.insert((true, h), Differ::Name { lacks: 0 });
                 rewrite.push(name.clone());
             }
         }
@@ -363,8 +426,21 @@ impl PgCatalog {
                 c.repaired = c.pages_differ + c.files_differ + c.names_differ;
             }
         }
-        Ok(c)
+        Ok((c, differ))
     }
+}
+
+/// The files (`false`, file id) and names (`true`, BLAKE3 of the name) that differed.
+type Differences = HashMap<(bool, Hash), Differ>;
+
+/// How a file or name differed between the bucket's copy and the catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Differ {
+    /// On one side only: the catalog's lacking it is the side that may be behind.
+    File { catalog_lacks: bool },
+    /// Its newest object and the catalog's history differ; `lacks`: versions the catalog
+    /// does not have.
+    Name { lacks: u64 },
 }
 
 /// The pages of `listed` that hash to their keys (the others counted as damaged).
