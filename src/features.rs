@@ -1,4 +1,4 @@
-//! Resemblance features of a chunk (toward delta chunks): super-features that two chunks
+//! Resemblance features of a chunk (for delta chunks, `delta.rs`): super-features that two chunks
 //! which differ by a small edit very likely share, and unrelated chunks very likely do not.
 //!
 //! The method is Odess's (Zhang et al., 2021), which made Finesse's and N-transform's
