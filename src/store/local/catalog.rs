@@ -49,6 +49,9 @@ pub struct LocalCatalog {
     /// behind the journal, so the store is left marked open and the next open replays it.
     /// (Set from the start for a store opened read-only: there is nothing to mark.)
     pub(super) behind: AtomicBool,
+    /// Super-features given by [`Catalog::add_features`], written with the next
+    /// [`Catalog::insert_locs`] in its transaction (one commit, one sync).
+    pub(super) features: std::sync::Mutex<Vec<(SuperFeatures, Hash)>>,
 }
 
 impl Drop for LocalCatalog {
@@ -115,7 +118,8 @@ impl Catalog for LocalCatalog {
     }
 
     fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
-        self.index.insert_locs(locs)
+        let features = std::mem::take(&mut *crate::lock(&self.features));
+        self.index.insert_locs(locs, &features)
     }
 
     fn similar(&self, features: &[SuperFeatures]) -> Result<Vec<Option<Hash>>> {
@@ -123,7 +127,8 @@ impl Catalog for LocalCatalog {
     }
 
     fn add_features(&self, features: &[(SuperFeatures, Hash)]) -> Result<()> {
-        self.index.add_features(features)
+        crate::lock(&self.features).extend_from_slice(features);
+        Ok(())
     }
 
     fn prune_features(&self) -> Result<u64> {

@@ -369,13 +369,26 @@ impl Index {
         })
     }
 
-    /// Indexes chunks whose pack bytes are already durable; durable on return. A chunk
+    /// Indexes chunks whose pack bytes are already durable, and records `features` (of plain
+    /// chunks, for the delta stage's lookup), in one transaction; durable on return. A chunk
     /// recorded plain is not replaced by a delta (see the loop).
     ///
     /// # Errors
     /// Index errors.
-    pub fn insert_locs(&self, locs: &[(Hash, ChunkLoc)]) -> Result<()> {
+    pub fn insert_locs(
+        &self,
+        locs: &[(Hash, ChunkLoc)],
+        features: &[(crate::features::SuperFeatures, Hash)],
+    ) -> Result<()> {
         self.chunks.write(|tx| {
+            if !features.is_empty() {
+                let mut table = tx.open_table(FEATURES)?;
+                for (f, id) in features {
+                    for sf in f.0 {
+                        table.insert(sf, id_prefix(id))?;
+                    }
+                }
+            }
             let mut table = tx.open_table(CHUNKS)?;
             let mut deltas = tx.open_table(DELTAS)?;
             for (id, loc) in locs {
@@ -418,23 +431,6 @@ impl Index {
                     Ok(deltas.range::<&[u8; 64]>(&from..=&to)?.next().is_some())
                 })
                 .collect()
-        })
-    }
-
-    /// Records super-features of stored chunks (the latest chunk with a feature wins).
-    /// Advisory, so not forced to disk: durable with the next durable write.
-    ///
-    /// # Errors
-    /// Index errors.
-    pub fn add_features(&self, features: &[(crate::features::SuperFeatures, Hash)]) -> Result<()> {
-        self.chunks.write_lazily(|tx| {
-            let mut table = tx.open_table(FEATURES)?;
-            for (f, id) in features {
-                for sf in f.0 {
-                    table.insert(sf, id_prefix(id))?;
-                }
-            }
-            Ok(())
         })
     }
 

@@ -174,6 +174,7 @@ impl PackedStore<LocalPacks, LocalCatalog> {
             journal,
             tails,
             behind: AtomicBool::new(false),
+            features: std::sync::Mutex::default(),
         };
         Ok((compose(catalog), created))
     }
@@ -221,6 +222,7 @@ impl PackedStore<LocalPacks, LocalCatalog> {
             tails,
             // Nothing to mark on close: the index is in memory.
             behind: AtomicBool::new(true),
+            features: std::sync::Mutex::default(),
         }))
     }
 
