@@ -20,7 +20,7 @@ pub const DEFAULT_MAX: u32 = 256 * 1024;
 /// (see the README's benchmark section).
 pub const DEFAULT_LEVEL: i32 = 1;
 /// Whether a new store keeps delta chunks unless told otherwise: yes, chosen by
-/// `benches/delta.rs` (the README's table: 5 to 30 times less growth for a second version,
+/// `benches/delta.rs` (the README's table: 5 to 34 times less growth for a second version,
 /// a first import 7–10% slower).
 pub const DEFAULT_DELTA: bool = true;
 
