@@ -114,9 +114,12 @@ pub fn decode_into(id: &Hash, codec: Codec, payload: &[u8], out: &mut [u8]) -> R
             "raw payload is {} bytes, expected {want}",
             payload.len()
         ))),
-        // The store resolves deltas (it reads the base); a delta here is a caller's mistake
-        // or a damaged record, and is reported as damage rather than a panic.
-        Codec::Delta => Err(corrupt("a delta cannot be decoded without its base".into())),
+        // The store resolves deltas (it reads the base); a delta here is a caller's mistake,
+        // a damaged record, or a base stored as a delta itself (one level only), and is
+        // reported as damage rather than a panic.
+        Codec::Delta => Err(corrupt(
+            "stored as a delta, which is never decoded on its own nor used as a base".into(),
+        )),
         Codec::Zstd => DECOMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {

@@ -10,6 +10,7 @@
 //! original time. A copy cut short leaves committed chunks and whole files in the target and
 //! nothing pointing at a part; running it again sends only what is still missing.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use rayon::prelude::*;
@@ -189,28 +190,18 @@ fn copy_file(
                 .try_for_each(|(c, r)| verify_payload(r, c.codec, c.raw_len, &c.payload))?;
             // A delta comes out of its store as the chunk's bytes (its base is that store's):
             // from a store that keeps deltas, a raw chunk is compressed again at the target's
-            // level, as an import would.
+            // level, as an import would. Into a store that keeps deltas, every chunk goes
+            // through its delta stage, which does that compression where it needs it.
             let (level, recompress) = (to.config().level, from.config().delta);
-            let stored: Vec<StoredChunk> = stored
-                .into_par_iter()
-                .map(|c| match c.codec {
-                    Codec::Raw if recompress => match codec::compress(&c.payload, level) {
-                        Some(z) => StoredChunk {
-                            codec: Codec::Zstd,
-                            payload: z.into(),
-                            ..c
-                        },
-                        None => c,
-                    },
-                    _ => c,
-                })
-                .collect();
-            // Into a store that keeps deltas, chunks go through its delta stage as an
-            // import's would (their plain form is what came, or was compressed, above).
-            let decisions: Vec<Option<delta::Decision>> = if to.config().delta {
-                let raws: Vec<Vec<u8>> = stored
+            let again = |c: &StoredChunk| recompress && c.codec == Codec::Raw;
+            let decisions: Vec<delta::Decision> = if to.config().delta {
+                let raws: Vec<Cow<'_, [u8]>> = stored
                     .par_iter()
-                    .map(|c| codec::decode(&c.id, c.codec, &c.payload, c.raw_len as usize))
+                    .map(|c| match c.codec {
+                        Codec::Raw => Ok(Cow::Borrowed(&c.payload[..])),
+                        codec => codec::decode(&c.id, codec, &c.payload, c.raw_len as usize)
+                            .map(Cow::Owned),
+                    })
                     .collect::<Result<_>>()?;
                 let candidates: Vec<delta::Candidate<'_>> = stored
                     .iter()
@@ -218,29 +209,32 @@ fn copy_file(
                     .map(|(c, raw)| delta::Candidate {
                         id: c.id,
                         data: raw,
-                        plain_len: Some(c.payload.len()),
+                        plain_len: (!again(c)).then_some(c.payload.len()),
                     })
                     .collect();
                 delta::decide(to, &bases, level, &candidates)?
-                    .into_iter()
-                    .map(Some)
-                    .collect()
             } else {
-                stored.iter().map(|_| None).collect()
+                stored
+                    .par_iter()
+                    .map(|c| delta::Decision {
+                        features: None,
+                        encoding: if again(c) {
+                            delta::Encoding::Plain(codec::compress(&c.payload, level))
+                        } else {
+                            delta::Encoding::Given
+                        },
+                    })
+                    .collect()
             };
             for (c, d) in stored.iter().zip(decisions) {
-                let (codec, payload, features) = match d {
-                    Some(delta::Decision {
-                        encoding: delta::Encoding::Delta(p),
-                        ..
-                    }) => (Codec::Delta, std::borrow::Cow::Owned(p), None),
-                    Some(d) => (
-                        c.codec,
-                        std::borrow::Cow::Borrowed(&c.payload[..]),
-                        d.features,
-                    ),
-                    None => (c.codec, std::borrow::Cow::Borrowed(&c.payload[..]), None),
+                let (codec, payload) = match d.encoding {
+                    delta::Encoding::Delta(p) => (Codec::Delta, Cow::Owned(p)),
+                    delta::Encoding::Plain(Some(z)) => (Codec::Zstd, Cow::Owned(z)),
+                    delta::Encoding::Plain(None) | delta::Encoding::Given => {
+                        (c.codec, Cow::Borrowed(&c.payload[..]))
+                    }
                 };
+                let features = d.features;
                 writer.append(&c.id, codec, c.raw_len, &payload)?;
                 if let Some(f) = &features {
                     writer.note_features(&c.id, f);

@@ -88,7 +88,10 @@ pub fn verify_payload(r: &ChunkRef, codec: Codec, raw_len: u32, payload: &[u8]) 
 }
 
 /// Checks that `out`, just decoded, hashes to `id`.
-fn check_hash(id: &Hash, out: &[u8]) -> Result<()> {
+///
+/// # Errors
+/// [`Error::Corrupt`] naming what it hashes to.
+pub(crate) fn check_hash(id: &Hash, out: &[u8]) -> Result<()> {
     let actual = Hash::of(out);
     if actual != *id {
         return Err(Error::Corrupt {

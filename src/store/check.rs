@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::store::catalog::Catalog;
 use crate::store::pack::{ChunkLoc, ENTRY_HEADER_LEN, MAX_ENTRY, PACK_MAGIC, parse_entry_header};
-use crate::store::packed::PackedStore;
+use crate::store::packed::{PackedStore, base_fault};
 use crate::store::packs::{PackStorage, read_entry};
 use crate::store::{BadChunk, ChunkCheck, ChunkRepair};
 
@@ -111,7 +111,7 @@ pub(super) fn verify(
                 Some(Ok(b)) => codec::decode_against_into(id, frame, b, &mut raw),
                 Some(Err(why)) => {
                     return Some(Fault {
-                        why: format!("its base {base} {why}"),
+                        why: why.clone(),
                         base: Some(base),
                     });
                 }
@@ -221,10 +221,9 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                     (Err(Error::ChunkNotFound(_)), Some(loc)) => self.spare_base(&id, loc),
                     (r, _) => r,
                 };
-                read.map_err(|e| match e {
-                    Error::ChunkNotFound(_) => "is not stored".to_owned(),
-                    Error::Corrupt { detail, .. } => format!("is damaged: {detail}"),
-                    other => format!("cannot be read: {other}"),
+                read.map_err(|e| {
+                    base_fault(&id, &e)
+                        .unwrap_or_else(|| format!("its base {id} cannot be read: {e}"))
                 })
             });
         }
@@ -235,20 +234,10 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     fn spare_base(&self, id: &Hash, loc: &ChunkLoc) -> Result<Vec<u8>> {
         let mut payload = Vec::new();
         let codec = read_entry(&self.packs, id, loc, &mut payload)?;
-        if codec == Codec::Delta {
-            return Err(Error::Corrupt {
-                id: *id,
-                detail: "a base chunk is stored as a delta itself".into(),
-            });
-        }
+        // A base stored as a delta does not decode on its own (one level only).
         let raw = codec::decode(id, codec, &payload, loc.raw_len as usize)?;
-        match Hash::of(&raw) {
-            h if h == *id => Ok(raw),
-            h => Err(Error::Corrupt {
-                id: *id,
-                detail: format!("content hashes to {h}"),
-            }),
-        }
+        crate::restore::check_hash(id, &raw)?;
+        Ok(raw)
     }
 
     /// See [`ChunkStore::check_chunks`](crate::store::ChunkStore::check_chunks).
@@ -580,11 +569,12 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                 .filter(|id| wanted.is_none_or(|w| w.contains(id)) || bases_wanted.contains(id))
                 .copied()
                 .collect();
-            // A delta indexed again needs its base: that too, if a copy is at hand.
+            // A delta indexed again needs its base: that too, if a copy is at hand (twice
+            // listed is once after the dedup).
             let bases: Vec<Hash> = ids
                 .iter()
                 .filter_map(|id| spare[id].base)
-                .filter(|b| spare.contains_key(b) && !ids.contains(b))
+                .filter(|b| spare.contains_key(b))
                 .collect();
             ids.extend(bases);
             ids.sort_unstable();

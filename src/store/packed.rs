@@ -247,18 +247,15 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
                 return Ok(());
             }
         };
-        let mut decoded: HashMap<Hash, Result<Vec<u8>>> = HashMap::new();
-        for b in stored {
-            let raw = match b.codec {
-                Codec::Delta => Err(Error::Corrupt {
-                    id: b.id,
-                    detail: "a base chunk is stored as a delta itself".into(),
-                }),
-                // Not checked against its id: see `read_chunk_into`.
-                codec => codec::decode(&b.id, codec, &b.payload, b.raw_len as usize),
-            };
-            decoded.insert(b.id, raw);
-        }
+        // Not checked against their ids: see `read_chunk_into`. (A base stored as a delta
+        // does not decode on its own.)
+        let decoded: HashMap<Hash, Result<Vec<u8>>> = stored
+            .into_iter()
+            .map(|b| {
+                let raw = codec::decode(&b.id, b.codec, &b.payload, b.raw_len as usize);
+                (b.id, raw)
+            })
+            .collect();
         for c in chunks.iter_mut().filter(|c| c.codec == Codec::Delta) {
             let (base, frame) = codec::split_delta(&c.id, &c.payload)?;
             let base_raw = match decoded.get(&base) {
@@ -288,12 +285,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     fn base_bytes_unchecked(&self, base: &Hash) -> Result<Vec<u8>> {
         let mut payload = Vec::new();
         let (codec, raw_len) = self.read_stored_into(base, &mut payload)?;
-        if codec == Codec::Delta {
-            return Err(Error::Corrupt {
-                id: *base,
-                detail: "a base chunk is stored as a delta itself".into(),
-            });
-        }
+        // A base stored as a delta does not decode on its own (one level only).
         codec::decode(base, codec, &payload, raw_len as usize)
     }
 
@@ -323,13 +315,7 @@ impl<P: PackStorage, C: Catalog> PackedStore<P, C> {
     /// recorded as a delta), read errors.
     pub(super) fn base_bytes(&self, base: &Hash) -> Result<Vec<u8>> {
         let raw = self.base_bytes_unchecked(base)?;
-        let actual = Hash::of(&raw);
-        if actual != *base {
-            return Err(Error::Corrupt {
-                id: *base,
-                detail: format!("content hashes to {actual}"),
-            });
-        }
+        crate::restore::check_hash(base, &raw)?;
         Ok(raw)
     }
 }
@@ -692,15 +678,18 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
 /// A delta's read error when its base could not be used: damage to the delta, naming the
 /// base (so that fsck and the reader say where to look), or the read error as it came.
 fn base_error(id: &Hash, base: &Hash, e: Error) -> Error {
+    match base_fault(base, &e) {
+        Some(detail) => Error::Corrupt { id: *id, detail },
+        None => e,
+    }
+}
+
+/// What a delta's reader says when reading its `base` failed with `e`: that it is not
+/// stored, or damaged and how; `None` for a failure that is not the base's (a read error).
+pub(super) fn base_fault(base: &Hash, e: &Error) -> Option<String> {
     match e {
-        Error::ChunkNotFound(_) => Error::Corrupt {
-            id: *id,
-            detail: format!("its base {base} is not stored"),
-        },
-        Error::Corrupt { detail, .. } => Error::Corrupt {
-            id: *id,
-            detail: format!("its base {base} is damaged: {detail}"),
-        },
-        other => other,
+        Error::ChunkNotFound(_) => Some(format!("its base {base} is not stored")),
+        Error::Corrupt { detail, .. } => Some(format!("its base {base} is damaged: {detail}")),
+        _ => None,
     }
 }

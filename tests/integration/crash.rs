@@ -89,14 +89,14 @@ fn assert_all_export(t: &Target, s: &Scratch, stored: &[(String, Vec<u8>)]) {
 }
 
 fn init_small(t: &Target) {
-    ok(t.hoard()
-        .args(["init", "--min", "4K", "--avg", "16K", "--max", "64K"]));
+    init_small_with(t, &[]);
 }
 
-fn init_small_with_deltas(t: &Target) {
-    ok(t.hoard().args([
-        "init", "--min", "4K", "--avg", "16K", "--max", "64K", "--delta", "on",
-    ]));
+/// A store with small chunks, made with `more` flags to `init`.
+fn init_small_with(t: &Target, more: &[&str]) {
+    ok(t.hoard()
+        .args(["init", "--min", "4K", "--avg", "16K", "--max", "64K"])
+        .args(more));
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn remote_import_killed_at_random_moments_loses_nothing() {
 fn import_writing_deltas_killed_at_random_moments_loses_nothing() {
     let s = Scratch::new();
     let t = Target::dir(&s);
-    init_small_with_deltas(&t);
+    init_small_with(&t, &["--delta", "on"]);
     import_kills(&t, &s);
     assert_deltas_written(&t);
 }
@@ -131,7 +131,7 @@ fn import_writing_deltas_killed_at_random_moments_loses_nothing() {
 fn remote_import_writing_deltas_killed_at_random_moments_loses_nothing() {
     let s = Scratch::new();
     if let Some(t) = Target::remote("remote_delta_import_kills") {
-        init_small_with_deltas(&t);
+        init_small_with(&t, &["--delta", "on"]);
         import_kills(&t, &s);
         assert_deltas_written(&t);
     }
