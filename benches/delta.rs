@@ -208,6 +208,7 @@ struct Figures {
     deltas: u64,
     chunks: u64,
     index_bytes: u64,
+    index_live: u64,
 }
 
 fn stats(hoard: &str, store: &Path) -> serde_json::Value {
@@ -243,6 +244,18 @@ struct Run {
     rss_kib: u64,
     last: serde_json::Value,
     index_bytes: u64,
+    index_live: u64,
+}
+
+/// Bytes of live data in a store's `chunks.redb`: its tables' stored bytes and B-tree
+/// metadata, without the pages copy-on-write freed for reuse that the file also holds.
+fn index_live_bytes(path: &Path) -> u64 {
+    let db = redb::Database::open(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    let s = tx.stats().unwrap();
+    let live = s.stored_bytes() + s.metadata_bytes();
+    tx.abort().unwrap();
+    live
 }
 
 fn hoard_run(hoard: &str, tmp: &Path, delta: bool, v1: &Path, v2: &Path) -> Run {
@@ -282,6 +295,7 @@ fn hoard_run(hoard: &str, tmp: &Path, delta: bool, v1: &Path, v2: &Path) -> Run 
     );
     let _ = std::fs::remove_file(&out);
     let index_bytes = std::fs::metadata(store.join("chunks.redb")).map_or(0, |m| m.len());
+    let index_live = index_live_bytes(&store.join("chunks.redb"));
     let _ = std::fs::remove_dir_all(&store);
     Run {
         import1: a.secs,
@@ -292,6 +306,7 @@ fn hoard_run(hoard: &str, tmp: &Path, delta: bool, v1: &Path, v2: &Path) -> Run 
         rss_kib: a.rss_kib.max(b.rss_kib).max(c.rss_kib),
         last,
         index_bytes,
+        index_live,
     }
 }
 
@@ -309,6 +324,7 @@ fn figures(runs: Vec<Run>) -> Figures {
         deltas: last.last["delta_chunks"].as_u64().unwrap_or(0),
         chunks: last.last["chunks"].as_u64().unwrap_or(0),
         index_bytes: last.index_bytes,
+        index_live: last.index_live,
     }
 }
 
@@ -360,7 +376,7 @@ fn main() {
     pairs.extend(mixed_pair(&tmp));
     pairs.extend(sqlite_pair(&tmp));
     println!(
-        "| pair | v2 size | growth: delta on | off | casync | on/casync | import v1 on/off | import v2 on/off | export on/off | deltas | peak RSS on | index B/chunk on/off |"
+        "| pair | v2 size | growth: delta on | off | casync | on/casync | import v1 on/off | import v2 on/off | export on/off | deltas | peak RSS on | index B/chunk on/off: live (file) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, v1, v2) in &pairs {
@@ -377,9 +393,9 @@ fn main() {
         let cas = casync_growth(&tmp, v1, v2);
         let mib = |b: u64| format!("{:.2} MiB", b as f64 / (1 << 20) as f64);
         let pct = |b: u64| format!("{} ({:.2}%)", mib(b), 100.0 * b as f64 / size as f64);
-        let per_chunk = |f: &Figures| f.index_bytes / f.chunks.max(1);
+        let per_chunk = |f: &Figures, b: u64| b / f.chunks.max(1);
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% | {:.0}% | {} of {} | {:.1} MiB | {} / {} |",
+            "| {name} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% | {:.0}% | {} of {} | {:.1} MiB | {} / {} ({} / {}) |",
             mib(size),
             pct(on.grown),
             pct(off.grown),
@@ -394,8 +410,10 @@ fn main() {
             on.deltas,
             on.chunks,
             on.rss_kib as f64 / 1024.0,
-            per_chunk(&on),
-            per_chunk(&off),
+            per_chunk(&on, on.index_live),
+            per_chunk(&off, off.index_live),
+            per_chunk(&on, on.index_bytes),
+            per_chunk(&off, off.index_bytes),
         );
         eprintln!(
             "{name}: v1 stored {} (on) / {} (off); seconds import1 {:.2}/{:.2} import2 {:.2}/{:.2} export {:.2}/{:.2}",

@@ -66,7 +66,7 @@ fn stages(c: &mut Criterion) {
             chunks
                 .iter()
                 .filter_map(|&(o, l)| hoard::features::super_features(&input[o..o + l]))
-                .fold(0u64, |acc, f| acc ^ f.0[0])
+                .fold(0u32, |acc, f| acc ^ f.0[0])
         })
     });
     g.bench_function("super_features_serial_chunks_64MiB", |b| {
@@ -74,7 +74,7 @@ fn stages(c: &mut Criterion) {
             chunks
                 .iter()
                 .filter_map(|&(o, l)| hoard::features::super_features_serial(&input[o..o + l]))
-                .fold(0u64, |acc, f| acc ^ f.0[0])
+                .fold(0u32, |acc, f| acc ^ f.0[0])
         })
     });
     g.bench_function(format!("zstd_level{DEFAULT_LEVEL}_chunks_64MiB"), |b| {

@@ -141,46 +141,94 @@ pub fn decode_into(id: &Hash, codec: Codec, payload: &[u8], out: &mut [u8]) -> R
 /// Compresses `data` as one zstd frame that may refer to `base` (zstd's reference prefix: its
 /// matches can point into the base), for a chunk stored as a delta against a similar one.
 /// `None` unless the frame is shorter than `limit` bytes (the caller passes what plain
-/// compression gave, less the margin a delta must win by).
+/// compression gave, less the margin a delta must win by). For many chunks, reuse one
+/// [`DeltaEncoder`] per thread instead: a context costs about as much to make as a small
+/// chunk to compress.
 pub fn compress_against(data: &[u8], base: &[u8], level: i32, limit: usize) -> Option<Vec<u8>> {
-    use zstd::zstd_safe::{CCtx, CParameter};
-    if limit == 0 {
-        return None;
+    DeltaEncoder::new().compress(data, base, level, limit)
+}
+
+/// A zstd compression context for [`compress_against`]'s frames, reused chunk after chunk.
+/// It may hold a reference to the last base it was given, hence the lifetime: make one per
+/// thread for a batch whose bases outlive it (e.g. rayon's `map_init`). The context itself is
+/// made at the first frame, so an encoder that is never used costs nothing.
+pub struct DeltaEncoder<'b>(Option<zstd::zstd_safe::CCtx<'b>>);
+
+impl Default for DeltaEncoder<'_> {
+    fn default() -> Self {
+        Self::new()
     }
-    let mut c = CCtx::create();
-    c.set_parameter(CParameter::CompressionLevel(level)).ok()?;
-    // The window must reach from the end of the chunk back over the whole base.
-    c.set_parameter(CParameter::WindowLog(window_log(base.len() + data.len())))
-        .ok()?;
-    c.ref_prefix(base).ok()?;
-    // A buffer one byte short of the limit: zstd fails rather than produce a longer frame.
-    let mut out = Vec::with_capacity(limit - 1);
-    c.compress2(&mut out, data).ok()?;
-    Some(out)
+}
+
+impl<'b> DeltaEncoder<'b> {
+    /// A new encoder.
+    pub fn new() -> Self {
+        DeltaEncoder(None)
+    }
+
+    /// As [`compress_against`].
+    pub fn compress(
+        &mut self,
+        data: &[u8],
+        base: &'b [u8],
+        level: i32,
+        limit: usize,
+    ) -> Option<Vec<u8>> {
+        use zstd::zstd_safe::CParameter;
+        if limit == 0 {
+            return None;
+        }
+        let c = self.0.get_or_insert_with(zstd::zstd_safe::CCtx::create);
+        // A frame that failed (too long for its limit) leaves the context mid-frame, where
+        // it takes no parameters: start afresh.
+        c.reset(zstd::zstd_safe::ResetDirective::SessionOnly).ok()?;
+        c.set_parameter(CParameter::CompressionLevel(level)).ok()?;
+        // The window must reach from the end of the chunk back over the whole base.
+        c.set_parameter(CParameter::WindowLog(window_log(base.len() + data.len())))
+            .ok()?;
+        // Replaces whatever prefix a failed call may have left; used by this frame only.
+        c.ref_prefix(base).ok()?;
+        // A buffer one byte short of the limit: zstd fails rather than produce a longer frame.
+        let mut out = Vec::with_capacity(limit - 1);
+        c.compress2(&mut out, data).ok()?;
+        Some(out)
+    }
+}
+
+/// The first bytes of a zstd dictionary. zstd's one-shot dictionary calls take a base that
+/// starts with them for a dictionary rather than raw content, so such a base is decoded
+/// through the reference prefix, which is always raw content, as it was encoded.
+const ZSTD_DICT_MAGIC: [u8; 4] = 0xEC30_A437u32.to_le_bytes();
+
+thread_local! {
+    /// The decompression context for deltas, reused per thread: making one costs more than
+    /// decoding a small delta.
+    static DELTA_DECODER: RefCell<zstd::zstd_safe::DCtx<'static>> =
+        RefCell::new(zstd::zstd_safe::DCtx::create());
 }
 
 /// Decodes a frame [`compress_against`] made with `base` into `out`, which must be exactly
-/// the chunk's length (the output caps what a hostile frame can make).
+/// the chunk's length (the output caps what a hostile frame can make: the frame is decoded
+/// in one call straight into it, with no window buffer of its own).
 ///
 /// # Errors
 /// [`Error::Corrupt`] when the payload does not decode to exactly `out.len()` bytes with this
 /// base. A frame decoded against another base of the right length may give other bytes: the
 /// caller's hash check catches that, as for every chunk.
 pub fn decode_against_into(id: &Hash, payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<()> {
-    use zstd::zstd_safe::{DCtx, DParameter};
     let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
-    let mut d = DCtx::create();
-    d.set_parameter(DParameter::WindowLogMax(window_log(base.len() + out.len())))
-        .map_err(|e| corrupt(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))?;
-    d.ref_prefix(base)
-        .map_err(|e| corrupt(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))?;
     let want = out.len();
-    let mut buf = zstd::zstd_safe::OutBuffer::around(out);
-    let mut input = zstd::zstd_safe::InBuffer::around(payload);
-    match d.decompress_stream(&mut buf, &mut input) {
-        Ok(0) if buf.pos() == want && input.pos() == payload.len() => Ok(()),
-        Ok(_) => Err(corrupt(format!(
-            "delta payload did not decode to exactly {want} bytes"
+    let got = if base.starts_with(&ZSTD_DICT_MAGIC) {
+        let mut d = zstd::zstd_safe::DCtx::create();
+        d.ref_prefix(base).and_then(|_| d.decompress(out, payload))
+    } else {
+        // Raw content placed before the frame, exactly as a reference prefix is.
+        DELTA_DECODER.with(|d| d.borrow_mut().decompress_using_dict(out, payload, base))
+    };
+    match got {
+        Ok(n) if n == want => Ok(()),
+        Ok(n) => Err(corrupt(format!(
+            "delta payload decoded to {n} bytes, expected {want}"
         ))),
         Err(e) => Err(corrupt(format!(
             "delta payload does not decode: {}",
@@ -199,9 +247,44 @@ fn window_log(n: usize) -> u32 {
 /// # Errors
 /// As [`decode_into`].
 pub fn decode(id: &Hash, codec: Codec, payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
-    let mut out = vec![0; raw_len];
-    decode_into(id, codec, payload, &mut out)?;
-    Ok(out)
+    if codec != Codec::Zstd {
+        let mut out = vec![0; raw_len];
+        decode_into(id, codec, payload, &mut out)?;
+        return Ok(out);
+    }
+    // Decoded into the vector's spare room: no zeroing first.
+    let mut out = Vec::with_capacity(raw_len);
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(Error::Zstd)?);
+        }
+        let d = slot.as_mut().expect("just set");
+        let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
+        match d.decompress_to_buffer(payload, &mut out) {
+            Ok(n) if n == raw_len => Ok(out),
+            Ok(n) => Err(corrupt(format!(
+                "decompressed to {n} bytes, expected {raw_len}"
+            ))),
+            Err(e) => Err(corrupt(format!("zstd payload does not decode: {e}"))),
+        }
+    })
+}
+
+/// Checks that chunk `id`, recorded as `raw_len` bytes long, is the `want` bytes a caller
+/// has room for.
+///
+/// # Errors
+/// [`Error::LengthMismatch`].
+pub fn check_len(id: &Hash, raw_len: u32, want: usize) -> Result<()> {
+    if raw_len as usize != want {
+        return Err(Error::LengthMismatch {
+            id: *id,
+            stored: raw_len,
+            claimed: u32::try_from(want).unwrap_or(u32::MAX),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -288,6 +371,32 @@ mod tests {
         let mut short = vec![0u8; 100];
         assert!(decode_against_into(&id, &frame, &base, &mut short).is_err());
         assert!(decode_against_into(&id, b"garbage", &base, &mut out).is_err());
+    }
+
+    #[test]
+    fn one_encoder_and_decoder_serve_many_bases_even_one_that_looks_like_a_zstd_dictionary() {
+        // zstd's one-shot dictionary calls would take this base for a dictionary.
+        let mut dict_like = ZSTD_DICT_MAGIC.to_vec();
+        dict_like.extend(noise(64 << 10, 32));
+        let bases = [noise(64 << 10, 31), dict_like, noise(100, 33)];
+        let mut enc = DeltaEncoder::new();
+        for base in &bases {
+            let mut data = base.clone();
+            data[50] ^= 1;
+            data.extend_from_slice(b"and a tail");
+            // A limit it cannot meet fails and leaves the encoder fit for the next frame.
+            assert!(enc.compress(&data, base, 1, 8).is_none());
+            let frame = enc
+                .compress(&data, base, 1, data.len())
+                .unwrap_or_else(|| panic!("no delta against a base of {} bytes", base.len()));
+            assert!(frame.len() < 200, "{} bytes", frame.len());
+            let id = Hash::of(&data);
+            let mut out = vec![0u8; data.len()];
+            // Garbage first: the thread's decoder is fit for the next frame after it too.
+            assert!(decode_against_into(&id, b"garbage", base, &mut out).is_err());
+            decode_against_into(&id, &frame, base, &mut out).unwrap();
+            assert!(out == data, "against a base of {} bytes", base.len());
+        }
     }
 
     #[test]

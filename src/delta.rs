@@ -84,9 +84,10 @@ pub fn decide(
         .par_iter()
         .zip(features)
         .zip(base_of)
-        .map(|((c, features), base)| {
-            let base = base.and_then(|b| read.get(&b).map(|raw| (b, raw)));
-            let encoding = encode(c, base, level);
+        // One compression context per worker, reused for its chunks.
+        .map_init(codec::DeltaEncoder::new, |enc, ((c, features), base)| {
+            let base = base.and_then(|b| read.get(&b).map(|raw| (b, raw.as_slice())));
+            let encoding = encode(enc, c, base, level);
             Decision {
                 features: features.filter(|_| !matches!(encoding, Encoding::Delta(_))),
                 encoding,
@@ -96,7 +97,12 @@ pub fn decide(
 }
 
 /// A chunk's encoding given its base (id and bytes), if it has one.
-fn encode(c: &Candidate<'_>, base: Option<(Hash, &Vec<u8>)>, level: i32) -> Encoding {
+fn encode<'b>(
+    enc: &mut codec::DeltaEncoder<'b>,
+    c: &Candidate<'_>,
+    base: Option<(Hash, &'b [u8])>,
+    level: i32,
+) -> Encoding {
     let plain = |c: &Candidate<'_>| match c.plain_len {
         Some(_) => Encoding::Given,
         None => Encoding::Plain(codec::compress(c.data, level)),
@@ -104,10 +110,10 @@ fn encode(c: &Candidate<'_>, base: Option<(Hash, &Vec<u8>)>, level: i32) -> Enco
     let Some((base_id, base_raw)) = base else {
         return plain(c);
     };
-    let against = |limit: usize| {
+    let mut against = |limit: usize| {
         // The frame must leave room for the base id within `limit`.
         let room = limit.checked_sub(codec::DELTA_BASE_LEN)?;
-        codec::compress_against(c.data, base_raw, level, room)
+        enc.compress(c.data, base_raw, level, room)
     };
     match c.plain_len {
         Some(n) => match against(n * KEEP_NUM / KEEP_DEN) {

@@ -504,6 +504,18 @@ pub trait ChunkStore: Send + Sync {
         Ok((c.codec, c.raw_len))
     }
 
+    /// Reads chunk `id` and decodes it into `out`, which must be exactly its length, with
+    /// `payload` as room for its stored form (reused by hot loops). Not checked against the id.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::read_chunk`]; [`Error::LengthMismatch`](crate::Error::LengthMismatch)
+    /// when the chunk is not `out.len()` bytes long.
+    fn read_decoded_into(&self, id: &Hash, payload: &mut Vec<u8>, out: &mut [u8]) -> Result<()> {
+        let (codec, raw_len) = self.read_chunk_into(id, payload)?;
+        crate::codec::check_len(id, raw_len, out.len())?;
+        crate::codec::decode_into(id, codec, payload, out)
+    }
+
     /// Reads many chunks, in the order of `ids`, as [`ChunkStore::read_chunk`] would.
     ///
     /// # Errors

@@ -492,6 +492,20 @@ impl<P: PackStorage, C: Catalog> ChunkStore for PackedStore<P, C> {
         Ok((Codec::Raw, raw_len))
     }
 
+    fn read_decoded_into(&self, id: &Hash, payload: &mut Vec<u8>, out: &mut [u8]) -> Result<()> {
+        let (codec, raw_len) = self.read_stored_into(id, payload)?;
+        codec::check_len(id, raw_len, out.len())?;
+        if codec != Codec::Delta {
+            return codec::decode_into(id, codec, payload, out);
+        }
+        // Decoded straight into `out`; the base as in `read_chunk_into`.
+        let (base, frame) = codec::split_delta(id, payload)?;
+        let base_raw = self
+            .base_bytes_unchecked(&base)
+            .map_err(|e| base_error(id, &base, e))?;
+        self.decode_delta(id, &base, frame, &base_raw, out)
+    }
+
     fn read_chunk(&self, id: &Hash) -> Result<StoredChunk> {
         let mut payload = Vec::new();
         let (codec, raw_len) = self.read_chunk_into(id, &mut payload)?;

@@ -6,7 +6,7 @@
 //! |--------------------------|-----------------|-----------------------------------------|
 //! | `chunks.redb`, `chunks`  | chunk id (32 B) | [`ChunkLoc`] (pack, offset, lengths; a delta's base) |
 //! | `chunks.redb`, `deltas`  | base id ‖ delta id (64 B) | nothing: which deltas name a base |
-//! | `chunks.redb`, `features`| super-feature (u64) | first 8 bytes of the id of the last plain chunk stored with it |
+//! | `chunks.redb`, `features`| super-feature (u32) | first 4 bytes (u32, big-endian) of the id of the last plain chunk stored with it |
 //! | sled tree `files`        | file id (32 B)  | [`Manifest`](crate::manifest::Manifest) header |
 //! | sled tree `pages`        | page hash (32B) | encoded manifest page                   |
 //! | sled tree `names`        | name (UTF-8)    | [`NameRecord`] (versions, oldest first) |
@@ -50,22 +50,23 @@ const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks")
 /// Which recorded deltas name which base: base id ‖ delta id, kept with `chunks` in one
 /// transaction (gc asks it whether a chunk it would free is some delta's base).
 const DELTAS: TableDefinition<&[u8; 64], ()> = TableDefinition::new("deltas");
-/// Resemblance lookup for delta chunks: super-feature -> the first 8 bytes of the id of the
-/// last plain chunk stored with it (the lookup finds the chunk by that prefix in `chunks`;
-/// two stored ids sharing 8 bytes would at worst give a worse base). Advisory: an entry may
-/// name a chunk gc has freed since.
-const FEATURES: TableDefinition<u64, u64> = TableDefinition::new("features");
+/// Resemblance lookup for delta chunks: super-feature -> the first 4 bytes of the id of the
+/// last plain chunk stored with it, 8 bytes a record (the lookup finds the chunk by that
+/// prefix in `chunks`; the first id with it is taken, which among millions of chunks is now
+/// and then another one, and at worst gives a worse base: the delta stage keeps a delta only
+/// when it is small). Advisory: an entry may name a chunk gc has freed since.
+const FEATURES: TableDefinition<u32, u32> = TableDefinition::new("features");
 
-/// The first 8 bytes of `id`, as the `features` table keeps them.
-fn id_prefix(id: &Hash) -> u64 {
-    u64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"))
+/// The first 4 bytes of `id`, as the `features` table keeps them.
+fn id_prefix(id: &Hash) -> u32 {
+    u32::from_be_bytes(id.as_bytes()[..4].try_into().expect("4 bytes"))
 }
 
 /// The first and last possible ids with `prefix`.
-fn prefix_range(prefix: u64) -> ([u8; 32], [u8; 32]) {
+fn prefix_range(prefix: u32) -> ([u8; 32], [u8; 32]) {
     let (mut from, mut to) = ([0u8; 32], [0xffu8; 32]);
-    from[..8].copy_from_slice(&prefix.to_be_bytes());
-    to[..8].copy_from_slice(&prefix.to_be_bytes());
+    from[..4].copy_from_slice(&prefix.to_be_bytes());
+    to[..4].copy_from_slice(&prefix.to_be_bytes());
     (from, to)
 }
 

@@ -332,7 +332,7 @@ impl Catalog for PgCatalog {
         let mut out = vec![None; features.len()];
         for (p, part) in features.chunks(BATCH / K).enumerate() {
             // Bit for bit in the signed column.
-            let sfs: Vec<i64> = part.iter().flat_map(|f| f.0.map(|v| v as i64)).collect();
+            let sfs: Vec<i32> = part.iter().flat_map(|f| f.0.map(|v| v as i32)).collect();
             let rows = self.run(true, "cannot look features up in the index at", async |c| {
                 c.query(schema::SIMILAR, &[&sfs]).await
             })?;
@@ -349,26 +349,26 @@ impl Catalog for PgCatalog {
 
     fn add_features(&self, features: &[(SuperFeatures, Hash)]) -> Result<()> {
         // One statement may not change a row twice: of a feature given twice, the last wins.
-        // Values bit for bit in the signed columns; the prefix big-endian (`int8send` gives
+        // Values bit for bit in the signed columns; the prefix big-endian (`int4send` gives
         // its bytes back in the lookup).
         let mut by_sf = std::collections::HashMap::new();
         for (f, id) in features {
-            let prefix = i64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"));
+            let prefix = i32::from_be_bytes(id.as_bytes()[..4].try_into().expect("4 bytes"));
             for sf in f.0 {
-                by_sf.insert(sf as i64, prefix);
+                by_sf.insert(sf as i32, prefix);
             }
         }
         // In key order, so that servers recording at once take the rows' locks in one order
         // (in any order, two upserts deadlock: seen with three servers).
-        let mut all: Vec<(i64, i64)> = by_sf.into_iter().collect();
+        let mut all: Vec<(i32, i32)> = by_sf.into_iter().collect();
         all.sort_unstable();
         for part in all.chunks(BATCH) {
-            let sfs: Vec<i64> = part.iter().map(|(sf, _)| *sf).collect();
-            let prefixes: Vec<i64> = part.iter().map(|(_, p)| *p).collect();
+            let sfs: Vec<i32> = part.iter().map(|(sf, _)| *sf).collect();
+            let prefixes: Vec<i32> = part.iter().map(|(_, p)| *p).collect();
             self.run(true, "cannot record features in the index at", async |c| {
                 c.execute(
                     "INSERT INTO features (sf, id_prefix) \
-                     SELECT * FROM unnest($1::int8[], $2::int8[]) \
+                     SELECT * FROM unnest($1::int4[], $2::int4[]) \
                      ON CONFLICT (sf) DO UPDATE SET id_prefix = excluded.id_prefix",
                     &[&sfs, &prefixes],
                 )

@@ -54,9 +54,9 @@
 //! Version 6 is for delta chunks (`delta.rs`): `hoard_store.delta bool` (the store keeps
 //! them), `chunks.base bytea` (a delta's base; NULL for every other chunk, with a partial
 //! index so gc finds whether a chunk is some delta's base), and
-//! `features (sf int8 PK -> id_prefix int8)`: the first 8 bytes (big-endian) of the id of the
+//! `features (sf int4 PK -> id_prefix int4)`: the first 4 bytes (big-endian) of the id of the
 //! last plain chunk stored with each super-feature; the lookup finds the chunk by that prefix
-//! (`int8send`) in `chunks` (advisory: gc prunes entries whose chunk is gone).
+//! (`int4send`) in `chunks` (advisory: gc prunes entries whose chunk is gone).
 
 /// The schema version this binary writes and understands.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
@@ -212,7 +212,7 @@ ALTER TABLE uploads ADD COLUMN sent int8 NOT NULL DEFAULT 0;
 ALTER TABLE hoard_store ADD COLUMN delta bool NOT NULL DEFAULT false;
 ALTER TABLE chunks ADD COLUMN base bytea;
 CREATE INDEX chunks_by_base ON chunks (base) WHERE base IS NOT NULL;
-CREATE TABLE features (sf int8 PRIMARY KEY, id_prefix int8 NOT NULL);
+CREATE TABLE features (sf int4 PRIMARY KEY, id_prefix int4 NOT NULL);
 "#,
 ];
 
@@ -221,23 +221,23 @@ pub const READ_TOTALS: &str = "SELECT coalesce(sum(chunks), 0)::int8, \
      coalesce(sum(raw_bytes), 0)::int8, coalesce(sum(stored_bytes), 0)::int8, count(*) \
      FROM chunk_totals";
 
-/// The ids that start with the 8 bytes of `int8` column or value `P`: a `WHERE` condition
+/// The ids that start with the 4 bytes of `int4` column or value `P`: a `WHERE` condition
 /// on `c.id`, through the primary key.
 macro_rules! with_prefix {
     ($p:literal) => {
         concat!(
-            "c.id >= int8send(",
+            "c.id >= int4send(",
             $p,
-            ") AND c.id <= int8send(",
+            ") AND c.id <= int4send(",
             $p,
-            ") || '\\xffffffffffffffffffffffffffffffffffffffffffffffff'::bytea"
+            ") || '\\xffffffffffffffffffffffffffffffffffffffffffffffffffffffff'::bytea"
         )
     };
 }
 
 /// For each super-feature of `$1` (with its place), a stored plain chunk with it.
 pub const SIMILAR: &str = concat!(
-    "SELECT q.n, c.id FROM unnest($1::int8[]) WITH ORDINALITY AS q(sf, n) \
+    "SELECT q.n, c.id FROM unnest($1::int4[]) WITH ORDINALITY AS q(sf, n) \
      JOIN features f ON f.sf = q.sf \
      CROSS JOIN LATERAL (SELECT c.id, c.base FROM chunks c WHERE ",
     with_prefix!("f.id_prefix"),
