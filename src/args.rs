@@ -1,5 +1,5 @@
-//! Parsers for the values people type on the command line (sizes, shares), shared by the
-//! store commands (`cli.rs`) and the network ones (`remote.rs`).
+//! Parsers for the values people type (sizes, shares): on the command line (`cli.rs`,
+//! `remote.rs`) and in a server's tokens file (`server/auth.rs`).
 
 /// Accepts `65536`, `64K`, `64KiB`, `1M`, `1MiB`.
 pub fn parse_size(s: &str) -> Result<u32, String> {

@@ -13,10 +13,10 @@ use hoard::store::{ChunkStore, LocalStore, RemoteStore};
 use hoard::{ChunkerParams, StoreConfig, ingest, listing, names, restore};
 use serde_json::json;
 
-use crate::args::{parse_share, parse_size};
 use crate::location::{self, Location};
 use crate::output::emit;
 use crate::{output, remote};
+use hoard::args::{parse_share, parse_size};
 
 /// Content-defined dedup store for large files that change a little between versions.
 #[derive(Parser)]

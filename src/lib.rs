@@ -18,6 +18,7 @@
 //! [`store::LocalStore`] (redb chunk table, sled for manifests and names, pack files) and
 //! [`store::MemoryStore`].
 
+pub mod args;
 pub mod chunker;
 pub mod client;
 pub mod codec;
@@ -34,6 +35,7 @@ pub mod ingest;
 pub mod listing;
 pub mod manifest;
 pub mod names;
+pub mod namespace;
 pub mod record;
 pub mod restore;
 pub mod scan;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
+use crate::names::View;
 use crate::restore;
 use crate::store::ChunkStore;
 
@@ -91,26 +92,40 @@ pub fn date(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
-/// Every name with its versions, then the files stored without a name.
+/// Every name of the default namespace with its versions, then the files stored without a
+/// name (see [`list_in`]).
 ///
 /// # Errors
 /// Index errors.
 pub fn list(store: &dyn ChunkStore) -> Result<Vec<Listed>> {
+    list_in(store, &View::whole())
+}
+
+/// Every name `view` sees with its versions, then, if it reaches every file, the files no
+/// name of any namespace refers to.
+///
+/// # Errors
+/// Index errors.
+pub fn list_in(store: &dyn ChunkStore, view: &View) -> Result<Vec<Listed>> {
     let mut referenced = HashSet::new();
     let mut files = Vec::new();
-    for (name, rec) in store.names()? {
+    let all = store.names()?;
+    for (_, rec) in &all {
+        referenced.extend(rec.versions.iter().map(|v| v.file_id));
+    }
+    for (name, rec) in all
+        .into_iter()
+        .filter_map(|(key, rec)| view.ns.name_of(&key).map(|n| (n.to_owned(), rec)))
+    {
         let versions: Vec<ListedVersion> = rec
             .versions
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                referenced.insert(v.file_id);
-                ListedVersion {
-                    version: i + 1,
-                    id: v.file_id,
-                    size: v.size,
-                    added: date(v.added),
-                }
+            .map(|(i, v)| ListedVersion {
+                version: i + 1,
+                id: v.file_id,
+                size: v.size,
+                added: date(v.added),
             })
             .collect();
         // A name is only ever written with a version, so `last` exists; skip it if not.
@@ -124,6 +139,9 @@ pub fn list(store: &dyn ChunkStore) -> Result<Vec<Listed>> {
             name: Some(name),
             versions,
         });
+    }
+    if !view.every_file {
+        return Ok(files);
     }
     for m in store.manifests()? {
         if !referenced.contains(&m.file_id) {

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-mod args;
 mod cli;
 mod copying;
 mod location;

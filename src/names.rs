@@ -3,10 +3,17 @@
 //! Resolution order: an exact name (its newest version); then `NAME@N`, the N-th version
 //! (1 = oldest); then a file id or an unambiguous id prefix of at least [`MIN_PREFIX`] hex
 //! characters. Names that could be read as `NAME@N` are refused, so the order never matters.
+//!
+//! Every name lives in a namespace (`namespace.rs`), and a caller sees through a [`View`]:
+//! the names of one namespace, and by id either every file or only the files those names
+//! refer to (another namespace's file then answers exactly as an unknown one).
+
+use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
+use crate::namespace::Namespace;
 use crate::store::{ChunkStore, NameRecord, NameVersion};
 
 /// Shortest id prefix accepted, in hex characters.
@@ -79,6 +86,52 @@ fn split_version(spec: &str) -> Option<(&str, usize)> {
     Some((name, v.parse().ok()?))
 }
 
+/// What a caller sees of the store's names and files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// Whose names.
+    pub ns: Namespace,
+    /// Every stored file by id (the store's owner, an admin, a server with one namespace);
+    /// else only the files a name of `ns` refers to.
+    pub every_file: bool,
+}
+
+impl View {
+    /// The default namespace's names and every file: the command line's view, and a
+    /// server's with one namespace.
+    pub fn whole() -> Self {
+        View {
+            ns: Namespace::default_one(),
+            every_file: true,
+        }
+    }
+
+    /// The names of this view's namespace (names as given, not keys) with their records.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn names(&self, store: &dyn ChunkStore) -> Result<Vec<(String, NameRecord)>> {
+        Ok(store
+            .names()?
+            .into_iter()
+            .filter_map(|(key, rec)| self.ns.name_of(&key).map(|n| (n.to_owned(), rec)))
+            .collect())
+    }
+
+    /// The ids this view may reach by id: `None` for every file; else those a name of its
+    /// namespace refers to.
+    fn reachable(&self, store: &dyn ChunkStore) -> Result<Option<HashSet<Hash>>> {
+        if self.every_file {
+            return Ok(None);
+        }
+        let mut ids = HashSet::new();
+        for (_, rec) in self.names(store)? {
+            ids.extend(rec.versions.iter().map(|v| v.file_id));
+        }
+        Ok(Some(ids))
+    }
+}
+
 /// A resolved file: its manifest and how the user named it.
 pub struct Resolved {
     /// The file's manifest.
@@ -87,11 +140,19 @@ pub struct Resolved {
     pub label: String,
 }
 
-/// Resolves `NAME`, `NAME@N`, an id or an id prefix.
+/// Resolves `NAME`, `NAME@N`, an id or an id prefix, as [`View::whole`] sees them.
 ///
 /// # Errors
 /// [`Error::NotFound`], [`Error::Ambiguous`], or store errors.
 pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
+    resolve_in(store, &View::whole(), spec)
+}
+
+/// Resolves `NAME`, `NAME@N`, an id or an id prefix, as `view` sees them.
+///
+/// # Errors
+/// [`Error::NotFound`], [`Error::Ambiguous`], or store errors.
+pub fn resolve_in(store: &dyn ChunkStore, view: &View, spec: &str) -> Result<Resolved> {
     let by_id = |id: Hash, label: String| -> Result<Resolved> {
         let manifest = store
             .get_manifest(&id)?
@@ -101,18 +162,18 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
     // What reads as an id is an id: a name never shadows one (such names are refused; one
     // stored before that rule is still found, but only when no file id matches).
     if looks_like_id(spec) {
-        match resolve_id(store, spec, &by_id) {
+        match resolve_id(store, view, spec, &by_id) {
             Err(Error::NotFound(_)) => {}
             other => return other,
         }
     }
-    if let Some(rec) = store.get_name(spec)?
+    if let Some(rec) = store.get_name(&view.ns.key(spec))?
         && let Some(v) = rec.versions.last()
     {
         return by_id(v.file_id, spec.to_owned());
     }
     if let Some((name, n)) = split_version(spec)
-        && let Some(rec) = store.get_name(name)?
+        && let Some(rec) = store.get_name(&view.ns.key(name))?
     {
         let v = n
             .checked_sub(1)
@@ -128,12 +189,15 @@ pub fn resolve(store: &dyn ChunkStore, spec: &str) -> Result<Resolved> {
 }
 
 /// Resolves a file id or an unambiguous id prefix (`spec` is 8–64 hex digits). The file
-/// found has an id that starts with `spec`, whatever names exist.
+/// found has an id that starts with `spec`, whatever names exist, among the files `view`
+/// reaches (so neither an answer nor an ambiguity tells of a file it does not).
 fn resolve_id(
     store: &dyn ChunkStore,
+    view: &View,
     spec: &str,
     by_id: &dyn Fn(Hash, String) -> Result<Resolved>,
 ) -> Result<Resolved> {
+    let reachable = view.reachable(store)?;
     let hex = spec.to_ascii_lowercase();
     let even = &hex[..hex.len() / 2 * 2];
     let raw: Vec<u8> = (0..even.len())
@@ -144,6 +208,7 @@ fn resolve_id(
         .file_ids_with_prefix(&raw)?
         .into_iter()
         .filter(|id| id.to_hex().starts_with(&hex))
+        .filter(|id| reachable.as_ref().is_none_or(|r| r.contains(id)))
         .collect();
     match matches.as_slice() {
         [id] => by_id(*id, id.to_hex()),
@@ -155,13 +220,29 @@ fn resolve_id(
     }
 }
 
-/// Points `name` at `manifest`'s file as its newest version (unless it already is).
+/// Points `name` (of the default namespace) at `manifest`'s file as its newest version
+/// (unless it already is).
+///
+/// # Errors
+/// As [`record_in`].
+pub fn record(store: &dyn ChunkStore, name: &str, manifest: &Manifest) -> Result<NameRecord> {
+    record_in(store, &Namespace::default_one(), name, manifest)
+}
+
+/// Points `name` of namespace `ns` at `manifest`'s file as its newest version (unless it
+/// already is).
 ///
 /// # Errors
 /// [`Error::InvalidName`]; [`Error::NotFound`] if the file is not stored (removed meanwhile);
 /// store errors.
-pub fn record(store: &dyn ChunkStore, name: &str, manifest: &Manifest) -> Result<NameRecord> {
+pub fn record_in(
+    store: &dyn ChunkStore,
+    ns: &Namespace,
+    name: &str,
+    manifest: &Manifest,
+) -> Result<NameRecord> {
     validate(name)?;
+    let name = &*ns.key(name);
     let _one_at_a_time = store.guard().naming();
     // A concurrent `rm` of this file may have won: then the name must not point at it.
     if store.get_manifest(&manifest.file_id)?.is_none() {
@@ -197,25 +278,36 @@ pub struct Removed {
     pub files: Vec<Hash>,
 }
 
-/// Removes what `spec` names; the chunks stay until gc finds nothing else uses them.
+/// Removes what `spec` names as [`View::whole`] sees it (see [`remove_in`]).
+///
+/// # Errors
+/// As [`remove_in`].
+pub fn remove(store: &dyn ChunkStore, spec: &str) -> Result<Removed> {
+    remove_in(store, &View::whole(), spec)
+}
+
+/// Removes what `spec` names as `view` sees it; the chunks stay until gc finds nothing else
+/// uses them.
 ///
 /// - `NAME`: the name and its history; the files of its versions that no other name refers to.
 /// - `NAME@N`: that version (later versions move down one); its file if nothing else refers to it.
-/// - an id or id prefix: the file, and every version of every name that points at it (a
-///   name left with no version goes). A name never points at a removed file.
+/// - an id or id prefix: every version of every name of the view's namespace that points at
+///   the file (a name left with no version goes), and the file if no name of any namespace
+///   still points at it. A name never points at a removed file.
 ///
 /// # Errors
 /// [`Error::NotFound`], [`Error::NoSuchVersion`], [`Error::Ambiguous`], or store errors.
-pub fn remove(store: &dyn ChunkStore, spec: &str) -> Result<Removed> {
+pub fn remove_in(store: &dyn ChunkStore, view: &View, spec: &str) -> Result<Removed> {
     let _one_at_a_time = store.guard().naming();
     let mut out = Removed::default();
     let mut dropped: Vec<Hash> = Vec::new();
-    if let Some(rec) = store.get_name(spec)? {
-        store.remove_name(spec)?;
+    let key = |name: &str| view.ns.key(name).into_owned();
+    if let Some(rec) = store.get_name(&key(spec))? {
+        store.remove_name(&key(spec))?;
         out.names.push(spec.to_owned());
         dropped.extend(rec.versions.iter().map(|v| v.file_id));
     } else if let Some((name, n)) = split_version(spec)
-        && let Some(mut rec) = store.get_name(name)?
+        && let Some(mut rec) = store.get_name(&key(name))?
     {
         if n == 0 || n > rec.versions.len() {
             return Err(Error::NoSuchVersion {
@@ -226,29 +318,30 @@ pub fn remove(store: &dyn ChunkStore, spec: &str) -> Result<Removed> {
         }
         dropped.push(rec.versions.remove(n - 1).file_id);
         if rec.versions.is_empty() {
-            store.remove_name(name)?;
+            store.remove_name(&key(name))?;
             out.names.push(name.to_owned());
         } else {
-            store.put_name(name, &rec)?;
+            store.put_name(&key(name), &rec)?;
             out.versions += 1;
         }
     } else {
-        let id = resolve(store, spec)?.manifest.file_id;
-        for (name, mut rec) in store.names()? {
+        let id = resolve_in(store, view, spec)?.manifest.file_id;
+        for (name, mut rec) in view.names(store)? {
             let before = rec.versions.len();
             rec.versions.retain(|v| v.file_id != id);
             if rec.versions.is_empty() {
-                store.remove_name(&name)?;
+                store.remove_name(&key(&name))?;
                 out.names.push(name);
             } else if rec.versions.len() < before {
-                store.put_name(&name, &rec)?;
+                store.put_name(&key(&name), &rec)?;
                 out.versions += (before - rec.versions.len()) as u64;
             }
         }
         dropped.push(id);
     }
-    // A file goes once no name refers to it (files stored without a name go only by id).
-    let mut still: std::collections::HashSet<Hash> = std::collections::HashSet::new();
+    // A file goes once no name of any namespace refers to it (files stored without a name
+    // go only by id).
+    let mut still: HashSet<Hash> = HashSet::new();
     for (_, rec) in store.names()? {
         still.extend(rec.versions.iter().map(|v| v.file_id));
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use hoard::client::{self, Client, PullOptions};
-use hoard::server::{self, AppState, Auth, Limits};
+use hoard::server::{self, AppState, Limits, TokensSource};
 use hoard::store::{ChunkStore, LocalStore};
 
 use crate::location::Location;
@@ -43,10 +43,10 @@ pub struct ServeArgs {
     #[arg(long)]
     insecure_no_auth: bool,
     /// Largest chunk accepted, at most 16M (K and M suffixes allowed).
-    #[arg(long, value_parser = crate::args::parse_size, default_value = "1M")]
+    #[arg(long, value_parser = hoard::args::parse_size, default_value = "1M")]
     max_chunk: u32,
     /// Largest body of a chunk batch, manifest or id list.
-    #[arg(long, value_parser = crate::args::parse_size, default_value = "64M")]
+    #[arg(long, value_parser = hoard::args::parse_size, default_value = "64M")]
     max_body: u32,
     /// Most ids in one missing query or fetch.
     #[arg(long, default_value_t = 1 << 20)]
@@ -70,7 +70,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
     gc_grace: Duration,
     /// gc rewrites a pack once this share of it (0.0..=1.0) is dead.
-    #[arg(long, value_parser = crate::args::parse_share, default_value_t = hoard::gc::DEFAULT_MIN_DEAD)]
+    #[arg(long, value_parser = hoard::args::parse_share, default_value_t = hoard::gc::DEFAULT_MIN_DEAD)]
     gc_min_dead: f64,
     /// Longest a client may take to send a request's headers, and longest a kept-alive
     /// connection may sit idle.
@@ -81,7 +81,7 @@ pub struct ServeArgs {
     max_connections: usize,
     /// Least bytes a second a streamed body must bring, averaged over each --idle-timeout
     /// (K and M suffixes; 0: no minimum).
-    #[arg(long, value_parser = crate::args::parse_size_u64, default_value = "1K")]
+    #[arg(long, value_parser = hoard::args::parse_size_u64, default_value = "1K")]
     min_body_rate: u64,
     /// After SIGTERM or Ctrl-C, how long requests in flight may go on.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
@@ -91,7 +91,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1000)]
     max_uploads: usize,
     /// Largest upload the tus endpoint accepts (`Tus-Max-Size`; K, M, G, T suffixes).
-    #[arg(long, value_parser = crate::args::parse_size_u64, default_value = "1T")]
+    #[arg(long, value_parser = hoard::args::parse_size_u64, default_value = "1T")]
     tus_max_size: u64,
     /// An origin whose web pages may call this server (CORS), e.g. `https://app.example.com`;
     /// repeatable. None by default: only the server's own page at `/`.
@@ -191,10 +191,12 @@ pub fn limit_malloc_arenas() {
 
 pub fn serve(store: Box<dyn ChunkStore>, at: &Location, a: &ServeArgs) -> Result<()> {
     init_logs("info");
-    let auth = match &a.tokens_file {
-        Some(f) => Auth::with_file(&a.tokens, f, a.public_read)?,
-        None => Auth::new(&a.tokens, a.public_read)?,
+    let tokens = TokensSource {
+        specs: a.tokens.clone(),
+        file: a.tokens_file.clone(),
+        public_read: a.public_read,
     };
+    let auth = tokens.load()?;
     // FastCDC 2020 never cuts past 16 MiB; fsck takes longer entries for damage.
     anyhow::ensure!(
         a.max_chunk <= 16 << 20,
@@ -229,6 +231,7 @@ pub fn serve(store: Box<dyn ChunkStore>, at: &Location, a: &ServeArgs) -> Result
             timeout: a.hook_timeout,
             retries: a.hook_retries,
         },
+        tokens: Some(tokens),
     };
     let store: Arc<dyn ChunkStore> = Arc::from(store);
     let state = AppState::with_options(store, limits, auth, options)?;

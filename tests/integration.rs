@@ -27,5 +27,6 @@ mod integration {
     pub mod server;
     pub mod store_contract;
     pub mod support;
+    pub mod tenants;
     pub mod tus;
 }

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::body::{DRAIN_AFTER_ERROR, drain, is_binary};
 use super::error::ApiError;
-use super::{AppState, blocking};
+use super::{AppState, Principal, blocking};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::hash::{HASH_LEN, Hash};
@@ -361,12 +361,12 @@ async fn store_frames(
 }
 
 /// Counts a chunk upload's body toward its session's bytes sent (for the hooks).
-async fn count_sent(st: &AppState, session: Option<SessionId>, body: &Bytes) {
+async fn count_sent(st: &AppState, who: &Principal, session: Option<SessionId>, body: &Bytes) {
     if let Some(sid) = session {
         // The session was checked when the request began; one that ended meanwhile (or an
         // index that did not answer) only misses this count.
-        let (state, n) = (st.clone(), body.len() as u64);
-        if let Err(e) = blocking(move || state.0.sessions.touch(sid, n)).await {
+        let (state, n, ns) = (st.clone(), body.len() as u64, who.ns.clone());
+        if let Err(e) = blocking(move || state.0.sessions.touch(sid, &ns, n)).await {
             tracing::warn!(session = %sid, error = ?e, "a session's bytes went uncounted");
         }
     }
@@ -374,13 +374,17 @@ async fn count_sent(st: &AppState, session: Option<SessionId>, body: &Bytes) {
 
 /// Keeps the session the chunks are tagged with alive; returns it. A `?session=` that is
 /// not a session id, or names no open session, is an error (400, 404 or 410), not ignored.
-async fn touch(st: &AppState, q: &SessionQuery) -> Result<Option<SessionId>, ApiError> {
+async fn touch(
+    st: &AppState,
+    who: &Principal,
+    q: &SessionQuery,
+) -> Result<Option<SessionId>, ApiError> {
     let Some(text) = q.session.as_deref() else {
         return Ok(None);
     };
     let sid = text.parse::<SessionId>().map_err(Error::from)?;
-    let state = st.clone();
-    blocking(move || state.0.sessions.touch(sid, 0)).await?;
+    let (state, ns) = (st.clone(), who.ns.clone());
+    blocking(move || state.0.sessions.touch(sid, &ns, 0)).await?;
     Ok(Some(sid))
 }
 
@@ -396,17 +400,18 @@ fn parse_id(s: &str) -> Result<Hash, ApiError> {
 /// `PUT /v1/chunks/{id}`: one chunk, raw or `Content-Encoding: zstd`.
 pub async fn upload_one(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<SessionQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let session = touch(&st, &q).await?;
+    let session = touch(&st, &who, &q).await?;
     let max = st.limits().max_chunk as usize;
     let _slot = st.upload_slot().await?;
     let (body, _held) = read_body(&st, body, "chunk", max, 2).await?;
-    count_sent(&st, session, &body).await;
+    count_sent(&st, &who, session, &body).await;
     let zstd = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
@@ -446,14 +451,15 @@ pub async fn upload_one(
 /// `POST /v1/chunks`: many chunks as length-prefixed frames (see `wire.rs`).
 pub async fn upload_batch(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<SessionQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let session = touch(&st, &q).await?;
+    let session = touch(&st, &who, &q).await?;
     let limit = st.limits().max_body;
     let _slot = st.upload_slot().await?;
     let (body, _held) = read_body(&st, body, "chunk batch", limit, 2).await?;
-    count_sent(&st, session, &body).await;
+    count_sent(&st, &who, session, &body).await;
     let (n, report) = store_frames(&st, body, None, session).await?;
     Ok(Json(json!({
         "chunks": n, "new_chunks": report.new_chunks, "new_bytes": report.new_bytes

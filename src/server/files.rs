@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
@@ -18,7 +18,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use super::body::{drain_read, is_binary, send_within};
 use super::error::ApiError;
 use super::hooks::Event;
-use super::{AppState, OPENAPI, blocking};
+use super::{AppState, OPENAPI, Principal, blocking};
 use crate::error::Error;
 use crate::manifest::ChunkRef;
 use crate::names;
@@ -30,6 +30,7 @@ use crate::{ingest, listing};
 /// chunks are stored. Memory stays at a few blocks whatever the size.
 pub async fn upload(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -60,7 +61,7 @@ pub async fn upload(
         let store = state.store();
         let stored =
             ingest::ingest(&*store, &mut reader, &|_| {}).and_then(|(manifest, report)| {
-                let rec = names::record(&*store, &name, &manifest)?;
+                let rec = names::record_in(&*store, &who.ns, &name, &manifest)?;
                 Ok((report, rec.versions.len()))
             });
         if stored.is_err() {
@@ -125,14 +126,16 @@ impl Write for ChannelWriter {
 /// a mismatch the stream is cut short, so the client never takes wrong bytes for whole.
 pub async fn download(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     method: Method,
     Path(spec): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let store = st.store();
+    let view = st.view(&who);
     let found = {
         let store = store.clone();
-        blocking(move || names::resolve(&*store, &spec)).await?
+        blocking(move || names::resolve_in(&*store, &view, &spec)).await?
     };
     let m = found.manifest;
     let len = m.file_len;
@@ -300,22 +303,28 @@ fn none_match(header: &str, etag: &str) -> bool {
 /// stay until gc. Answers what was removed.
 pub async fn remove(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(spec): Path<String>,
 ) -> Result<Json<names::Removed>, ApiError> {
     let store = st.store();
-    Ok(Json(blocking(move || names::remove(&*store, &spec)).await?))
+    let view = st.view(&who);
+    Ok(Json(
+        blocking(move || names::remove_in(&*store, &view, &spec)).await?,
+    ))
 }
 
 /// `GET /v1/manifests/{name or id}`: the whole manifest, JSON or (with `Accept:
 /// application/octet-stream`) binary.
 pub async fn manifest(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(spec): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let store = st.store();
+    let view = st.view(&who);
     let flat = blocking(move || {
-        let m = names::resolve(&*store, &spec)?.manifest;
+        let m = names::resolve_in(&*store, &view, &spec)?.manifest;
         let mut chunks: Vec<ChunkRef> = Vec::with_capacity(m.chunk_count as usize);
         restore::for_each_page(&*store, &m, |page| {
             chunks.extend(page.chunks);
@@ -346,10 +355,15 @@ pub async fn manifest(
     Ok(resp)
 }
 
-/// `GET /v1/files`: every name with its versions, then unnamed files.
-pub async fn list(State(st): State<AppState>) -> Result<Response, ApiError> {
+/// `GET /v1/files`: every name of the caller's namespace with its versions, then (for a
+/// caller who may reach every file) unnamed files.
+pub async fn list(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
     let store = st.store();
-    let files = blocking(move || listing::list(&*store)).await?;
+    let view = st.view(&who);
+    let files = blocking(move || listing::list_in(&*store, &view)).await?;
     Ok(Json(json!({ "files": files })).into_response())
 }
 

@@ -36,7 +36,7 @@ use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-pub use auth::{Auth, Scope};
+pub use auth::{Auth, Principal, Scope, TokensSource};
 pub use error::ApiError;
 pub use files::{RangeChoice, choose_range};
 pub use hooks::{Event, HookConfig, Hooks};
@@ -121,6 +121,8 @@ pub struct Options {
     pub cors_origins: Vec<String>,
     /// Where upload events go.
     pub hooks: HookConfig,
+    /// Where the tokens came from, to read them again on SIGHUP (none: they stay as given).
+    pub tokens: Option<TokensSource>,
 }
 
 /// Longest a request waits for a slot or its share of memory before it gets 503.
@@ -153,7 +155,9 @@ struct Shared {
     sink: ChunkSink,
     sessions: Sessions,
     limits: Limits,
-    auth: Auth,
+    /// The tokens in force; replaced whole when SIGHUP reads them again.
+    auth: std::sync::RwLock<Arc<Auth>>,
+    tokens: Option<TokensSource>,
     tus: TusUploads,
     hooks: Hooks,
     cors: Option<tower_http::cors::CorsLayer>,
@@ -201,7 +205,8 @@ impl AppState {
             sink,
             sessions,
             limits,
-            auth,
+            auth: std::sync::RwLock::new(Arc::new(auth)),
+            tokens: options.tokens,
             tus,
             hooks: Hooks::new(options.hooks),
             cors,
@@ -246,8 +251,41 @@ impl AppState {
         &self.0.limits
     }
 
-    fn auth(&self) -> &Auth {
-        &self.0.auth
+    /// What `who` sees of names and files: its namespace's names, and every file by id if it
+    /// is an admin or the server has no namespace but the default one.
+    fn view(&self, who: &Principal) -> crate::names::View {
+        crate::names::View {
+            ns: who.ns.clone(),
+            every_file: who.scope == Scope::Admin || self.auth().namespaces().len() == 1,
+        }
+    }
+
+    fn auth(&self) -> Arc<Auth> {
+        self.0
+            .auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the tokens again from where they came from (SIGHUP): requests that already
+    /// passed the check go on; the next ones are checked against the new tokens. Returns how
+    /// many tokens are in force, or `None` for a server whose tokens were given in code.
+    ///
+    /// # Errors
+    /// What reading them failed on; the tokens in force stay.
+    pub fn reload_tokens(&self) -> Result<Option<usize>> {
+        let Some(source) = &self.0.tokens else {
+            return Ok(None);
+        };
+        let fresh = source.load()?;
+        let n = fresh.token_count();
+        *self
+            .0
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+        Ok(Some(n))
     }
 }
 
@@ -480,10 +518,12 @@ pub async fn serve(
     let sweeper = tokio::spawn(maintenance::sweep_sessions(state.clone()));
     let collector = tokio::spawn(maintenance::collect_garbage(state.clone()));
     let hooks = tokio::spawn(state.0.hooks.clone().deliver());
+    let reloader = tokio::spawn(reload_on_hangup(state.clone()));
     let app = router(state.clone());
     let served = listen::accept_loop(listener, app, state.limits(), shutdown).await;
     sweeper.abort();
     collector.abort();
+    reloader.abort();
     let _ = sweeper.await;
     let _ = collector.await;
     // Events queued before the shutdown get a moment to go out.
@@ -499,6 +539,33 @@ pub async fn serve(
     // Dropping the last handle joins the sink thread after its queue is empty.
     tokio::task::spawn_blocking(move || drop(state)).await.ok();
     served
+}
+
+/// Reads the tokens again at each SIGHUP, without dropping a connection; a tokens file that
+/// does not read keeps the tokens in force (logged).
+async fn reload_on_hangup(state: AppState) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let st = state.clone();
+            match tokio::task::spawn_blocking(move || st.reload_tokens()).await {
+                Ok(Ok(Some(n))) => tracing::info!(tokens = n, "tokens read again (SIGHUP)"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: cannot read the tokens again; the ones in force stay: fix the \
+                     file and send SIGHUP again"
+                ),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reading the tokens failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -3,7 +3,7 @@
 //! (`crate::tus`), so existing upload clients (tus-js-client, Uppy, tuspy) get dedup too.
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::{DRAIN_AFTER_ERROR, drain, drain_read};
 use super::error::ApiError;
 use super::hooks::Event;
-use super::{AppState, blocking};
+use super::{AppState, Principal, blocking};
 use crate::error::Error;
 use crate::upload::session::SessionId;
 use crate::upload::tus::{CHECKSUM_ALGORITHMS, Checksum, Stop, TusState, TusUploads, Upload};
@@ -122,7 +122,7 @@ fn event(kind: &'static str, up: &Upload) -> Event {
     };
     Event {
         upload: Some(up.id.to_string()),
-        name: up.name.clone(),
+        name: up.name().map(str::to_owned),
         file_id: up.file_id,
         size: Some(up.length),
         new_bytes: Some(up.new_bytes),
@@ -135,6 +135,7 @@ fn event(kind: &'static str, up: &Upload) -> Event {
 /// body of `application/offset+octet-stream`, appends it at once (creation-with-upload).
 pub async fn create(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -159,14 +160,23 @@ pub async fn create(
     let with_body = is_offset_stream(&headers);
     super::room_for_upload(&st, crate::store::UploadKind::Tus).await?;
     let state = st.clone();
-    let up = blocking(move || state.0.tus.create(length, metadata.as_deref())).await?;
-    tracing::info!(upload = %up.id, length, name = ?up.name, "tus upload created");
+    // Where not every file is reachable by id, an unnamed file would be reachable by nobody.
+    let needs_name = !st.view(&who).every_file;
+    let ns = who.ns.clone();
+    let up = blocking(move || {
+        state
+            .0
+            .tus
+            .create(&ns, needs_name, length, metadata.as_deref())
+    })
+    .await?;
+    tracing::info!(upload = %up.id, length, name = ?up.name(), "tus upload created");
     st.0.hooks.emit(event("upload.start", &up));
     let id = up.id;
     let location = HeaderValue::from_str(&format!("/v1/tus/{id}"))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let up = if with_body || length == 0 {
-        match append(&st, id, 0, &headers, body, checksum).await {
+        match append(&st, &who, id, 0, &headers, body, checksum).await {
             Ok(up) => up,
             Err(e) => {
                 // The upload exists: say where, so the client can resume it.
@@ -201,12 +211,15 @@ fn checksum_of(headers: &HeaderMap) -> Result<Option<Checksum>, ApiError> {
 /// (which keeps what it received).
 async fn stopping_others(
     st: &AppState,
+    who: &Principal,
     id: &str,
     op: fn(&TusUploads, SessionId) -> crate::Result<Upload>,
 ) -> Result<Upload, ApiError> {
     let id = upload_id(id)?;
     let state = st.clone();
+    let ns = who.ns.clone();
     blocking(move || {
+        state.0.tus.check_owner(id, &ns)?;
         state.0.tus.preempt(id);
         op(&state.0.tus, id)
     })
@@ -217,9 +230,10 @@ async fn stopping_others(
 /// that lost its connection and came back) is stopped first, keeping what it received.
 pub async fn head(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let up = stopping_others(&st, &id, TusUploads::info).await?;
+    let up = stopping_others(&st, &who, &id, TusUploads::info).await?;
     let mut resp = StatusCode::OK.into_response();
     describe(&mut resp, &up, &st);
     // A completed upload's URL is also its file's (GET serves it): say what a GET returns.
@@ -242,15 +256,22 @@ pub async fn head(
 /// included), which is the link tus clients such as Uppy show; 409 while it is unfinished.
 pub async fn download(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = upload_id(&id)?;
     let state = st.clone();
-    let up = blocking(move || state.0.tus.info(id)).await?;
+    let ns = who.ns.clone();
+    let up = blocking(move || {
+        state.0.tus.check_owner(id, &ns)?;
+        state.0.tus.info(id)
+    })
+    .await?;
     match (up.state, up.file_id) {
         (TusState::Complete, Some(file)) => {
-            super::files::download(State(st), Method::GET, Path(file.to_hex()), headers).await
+            let file = Path(file.to_hex());
+            super::files::download(State(st), Extension(who), Method::GET, file, headers).await
         }
         _ => Err(ApiError::NotComplete(format!(
             "upload {id} is at offset {} of {}: its file exists once the last byte arrives",
@@ -263,6 +284,7 @@ pub async fn download(
 /// `PATCH /v1/tus/{id}`: appends the body at `Upload-Offset`.
 pub async fn patch(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -287,7 +309,7 @@ pub async fn patch(
             return Err(e);
         }
     };
-    let up = append(&st, id, offset, &headers, body, checksum).await?;
+    let up = append(&st, &who, id, offset, &headers, body, checksum).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     describe(&mut resp, &up, &st);
     Ok(resp)
@@ -300,6 +322,7 @@ pub async fn patch(
 /// and the answer says where the upload stands.
 async fn append(
     st: &AppState,
+    who: &Principal,
     id: SessionId,
     offset: u64,
     headers: &HeaderMap,
@@ -307,6 +330,12 @@ async fn append(
     checksum: Option<Checksum>,
 ) -> Result<Upload, ApiError> {
     let declared = header_u64(headers, header::CONTENT_LENGTH.as_str())?;
+    // Another namespace's upload answers as an unknown one, before anything disturbs it.
+    let (state, ns) = (st.clone(), who.ns.clone());
+    if let Err(e) = blocking(move || state.0.tus.check_owner(id, &ns)).await {
+        tokio::spawn(drain(body, DRAIN_AFTER_ERROR as usize));
+        return Err(e);
+    }
     // A request still writing to this upload lets go (keeping what it received), also before
     // waiting for a slot, which a stalled request may be holding.
     st.0.tus.preempt(id);
@@ -347,7 +376,7 @@ async fn append(
         )?;
         let up = &appended.upload;
         if appended.completed {
-            tracing::info!(upload = %id, file = ?up.file_id, name = ?up.name,
+            tracing::info!(upload = %id, file = ?up.file_id, name = ?up.name(),
                 new_bytes = up.new_bytes, received = up.received, "tus upload complete");
             state.0.metrics.file_stored(up.length, up.new_bytes);
             state.0.hooks.emit(event("upload.complete", up));
@@ -365,9 +394,10 @@ async fn append(
 /// `DELETE /v1/tus/{id}`: terminates the upload.
 pub async fn terminate(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let up = stopping_others(&st, &id, TusUploads::terminate).await?;
+    let up = stopping_others(&st, &who, &id, TusUploads::terminate).await?;
     // Terminating a completed upload only forgets the record: the file stays.
     if up.state == TusState::Uploading {
         let mut ev = event("upload.failure", &up);

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
@@ -13,9 +13,10 @@ use super::body::is_binary;
 use super::chunks::{ids_response, read_body};
 use super::error::ApiError;
 use super::hooks::Event;
-use super::{AppState, blocking};
+use super::{AppState, Principal, blocking};
 use crate::error::Error;
-use crate::upload::session::{Progress, SessionId};
+use crate::namespace::Namespace;
+use crate::upload::session::{Progress, SessionId, unnamed};
 use crate::wire::{FlatManifest, ManifestReader};
 
 /// The JSON body of `POST /v1/uploads`: the manifest and the name it is to get.
@@ -36,6 +37,7 @@ pub struct NameQuery {
 /// manifest in gives the missing ids packed, the session in headers.
 pub async fn open(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<NameQuery>,
     headers: HeaderMap,
     body: Body,
@@ -43,8 +45,13 @@ pub async fn open(
     super::room_for_upload(&st, crate::store::UploadKind::Session).await?;
     let binary = is_binary(&headers);
     let max_chunk = st.limits().max_chunk;
+    // Where not every file is reachable by id, an unnamed file would be reachable by nobody.
+    let needs_name = !st.view(&who).every_file;
     let (progress, missing) = if binary {
-        open_streamed(&st, q.name, body).await?
+        if needs_name && q.name.is_none() {
+            return Err(ApiError::Lib(unnamed(&who.ns)));
+        }
+        open_streamed(&st, who.ns, q.name, body).await?
     } else {
         // Parsed, a JSON manifest's refs, pages and missing list take about twice its text.
         let (body, _held) = read_body(&st, body, "manifest", st.limits().max_body, 3).await?;
@@ -55,10 +62,13 @@ pub async fn open(
                 detail: e.to_string(),
             })?;
             let name = r.name.or(q.name);
+            if needs_name && name.is_none() {
+                return Err(unnamed(&who.ns));
+            }
             state
                 .0
                 .sessions
-                .open(name.as_deref(), &r.manifest, max_chunk)
+                .open_in(&who.ns, name.as_deref(), &r.manifest, max_chunk)
         })
         .await?
     };
@@ -94,6 +104,7 @@ pub async fn open(
 /// file's stored chunks on the first refs, while the client is still reading its file.
 async fn open_streamed(
     st: &AppState,
+    ns: Namespace,
     name: Option<String>,
     body: Body,
 ) -> Result<(crate::upload::session::Progress, Vec<crate::hash::Hash>), ApiError> {
@@ -130,7 +141,7 @@ async fn open_streamed(
                     state
                         .0
                         .sessions
-                        .begin(name.as_deref(), Some(c), max_chunk)?,
+                        .begin(&ns, name.as_deref(), Some(c), max_chunk)?,
                 );
             }
             if let Some(o) = opening.as_mut() {
@@ -226,27 +237,30 @@ fn sid(s: &str) -> Result<SessionId, ApiError> {
 /// `GET /v1/uploads/{sid}`: state and what is still missing.
 pub async fn progress(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = sid(&id)?;
-    let p = blocking(move || st.0.sessions.progress(id)).await?;
+    let p = blocking(move || st.0.sessions.progress(id, &who.ns)).await?;
     Ok(Json(p).into_response())
 }
 
 /// `POST /v1/uploads/{sid}/complete`: 200 when the file is recorded; 409 with the missing ids.
 pub async fn complete(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = sid(&id)?;
     let state = st.clone();
-    let done = blocking(move || state.0.sessions.complete(id)).await;
+    let ns = who.ns.clone();
+    let done = blocking(move || state.0.sessions.complete(id, &ns)).await;
     let (p, now_complete) = match done {
         Ok(done) => done,
         // The chunks do not make the file the manifest claims: this upload cannot complete.
         Err(ApiError::Lib(e @ Error::Rejected(_))) => {
             let state = st.clone();
-            if let Ok(p) = blocking(move || state.0.sessions.progress(id)).await {
+            if let Ok(p) = blocking(move || state.0.sessions.progress(id, &who.ns)).await {
                 let mut ev = event("upload.failure", &p);
                 ev.error = Some(e.to_string());
                 st.0.hooks.emit(ev);
@@ -266,13 +280,14 @@ pub async fn complete(
 /// `DELETE /v1/uploads/{sid}`: aborts and forgets the session.
 pub async fn abort(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = sid(&id)?;
     let state = st.clone();
     let before = blocking(move || {
-        let p = state.0.sessions.progress(id)?;
-        state.0.sessions.abort(id)?;
+        let p = state.0.sessions.progress(id, &who.ns)?;
+        state.0.sessions.abort(id, &who.ns)?;
         Ok(p)
     })
     .await?;

@@ -180,7 +180,8 @@ fn a_tokens_file_with_anything_but_scope_and_token_stops_the_server() {
         ("write GOOD\nRead SECRETR\n", "line 2", "unknown scope"),
         ("readonly X\n", "line 1", "unknown scope"),
         ("read A\nwrite A\n", "line 2", "same token"),
-        ("write a b\n", "line 1", "field"),
+        ("write a b c\n", "line 1", "field"),
+        ("write a B\n", "line 1", "not a namespace name"),
     ];
     for (text, line, why) in cases {
         let f = s.file("tokens", text.as_bytes());

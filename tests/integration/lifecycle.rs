@@ -155,7 +155,9 @@ fn gc_spares_what_pins_sessions_and_the_grace_period_hold() {
     assert!(missing.is_empty());
     let r = gc(&*store, &no_grace(0.2)).unwrap();
     assert_eq!(r.chunks_freed, 0, "gc took chunks an open session holds");
-    sessions.abort(progress.id.parse().unwrap()).unwrap();
+    sessions
+        .abort(progress.id.parse().unwrap(), &Default::default())
+        .unwrap();
 
     // A plain missing query that said "present" holds them for the grace period.
     store.missing(&ids).unwrap();

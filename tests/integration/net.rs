@@ -270,6 +270,16 @@ impl ChildServer {
         Self::spawn_serving(hoard, log)
     }
 
+    /// `hoard` as given: a command that already says `serve` and where to listen.
+    pub fn start_command(hoard: Command) -> Self {
+        Self::spawn_serving(hoard, Stdio::null())
+    }
+
+    /// Its process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn spawn_from(mut hoard: Command, stderr: Stdio) -> Self {
         hoard.args(["serve", "--listen", "127.0.0.1:0"]);
         Self::spawn_serving(hoard, stderr)

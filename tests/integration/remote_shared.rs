@@ -335,7 +335,7 @@ fn remote_session_completed_on_two_servers_at_once_records_one_version() {
                 let barrier = &barrier;
                 scope.spawn(move || {
                     barrier.wait();
-                    sessions.complete(id).unwrap().1
+                    sessions.complete(id, &Default::default()).unwrap().1
                 })
             });
             ends.map(|e| e.join().unwrap()).to_vec()

@@ -80,7 +80,8 @@ fn curl_put_streams_a_file_in_and_get_gives_it_back_with_ranges() {
 }
 
 /// Opens a session for `data` cut with the store's default params.
-fn manifest_of(data: &[u8]) -> FlatManifest {
+/// The manifest of `data` at the default chunker params.
+pub(super) fn manifest_of(data: &[u8]) -> FlatManifest {
     let scan = hoard::scan::scan(data, hoard::ChunkerParams::DEFAULT, &|_| {}).unwrap();
     FlatManifest {
         id: scan.id,

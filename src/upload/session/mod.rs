@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{Manifest, ManifestBuilder};
 use crate::names;
+use crate::namespace::Namespace;
 use crate::record;
 use crate::restore;
 use crate::store::{ChunkStore, UploadKind};
@@ -133,8 +134,8 @@ pub struct Sessions {
     /// Per-session locks, so two `complete` calls on one session cannot both record it.
     locks: Mutex<HashMap<SessionId, Arc<Mutex<()>>>>,
     /// Last use of each session seen by this process, kept in memory between persisted touches.
-    /// With the chunk body bytes received for it.
-    activity: Mutex<HashMap<SessionId, (u64, u64)>>,
+    /// With the chunk body bytes received for it, and whose it is.
+    activity: Mutex<HashMap<SessionId, (u64, u64, Namespace)>>,
     arrivals: Arc<Arrivals>,
     verifiers: Mutex<HashMap<SessionId, Verifier>>,
     /// Background hashes running, opened sessions and openings alike.
@@ -183,6 +184,16 @@ impl Sessions {
         record::decode("upload session", SESSION_VERSION, &bytes)
     }
 
+    /// Loads session `id` if it is namespace `ns`'s: another namespace's session answers
+    /// exactly as an unknown one.
+    fn load_in(&self, id: SessionId, ns: &Namespace) -> Result<Session> {
+        let s = self.load(id)?;
+        if owner(&s) != *ns {
+            return Err(Error::NoSession(id));
+        }
+        Ok(s)
+    }
+
     fn save(&self, s: &Session) -> Result<()> {
         self.store.put_upload(
             UploadKind::Session,
@@ -203,20 +214,26 @@ impl Sessions {
     /// # Errors
     /// [`Error::NoSession`] for an unknown id, [`Error::SessionEnded`] for a completed or
     /// expired one; store errors.
-    pub fn touch(&self, id: SessionId, bytes: u64) -> Result<()> {
-        // Not seen by this process yet (opened before a restart, or not at all): look first.
-        if !crate::lock(&self.activity).contains_key(&id) {
-            let s = self.load(id)?;
-            if !s.state.is_open() {
-                return Err(Error::SessionEnded {
-                    id,
-                    state: s.state.as_str(),
-                });
+    pub fn touch(&self, id: SessionId, ns: &Namespace, bytes: u64) -> Result<()> {
+        let seen = crate::lock(&self.activity).get(&id).map(|a| a.2.clone());
+        match seen {
+            // Seen by this process already: whose it is is known.
+            Some(owner) if owner != *ns => return Err(Error::NoSession(id)),
+            Some(_) => {}
+            // Opened before a restart, or on another server, or not at all: look.
+            None => {
+                let s = self.load_in(id, ns)?;
+                if !s.state.is_open() {
+                    return Err(Error::SessionEnded {
+                        id,
+                        state: s.state.as_str(),
+                    });
+                }
             }
         }
         {
             let mut activity = crate::lock(&self.activity);
-            let a = activity.entry(id).or_default();
+            let a = activity.entry(id).or_insert_with(|| (0, 0, ns.clone()));
             a.0 = now();
             a.1 += bytes;
         }
@@ -252,7 +269,21 @@ impl Sessions {
         flat: &FlatManifest,
         max_chunk: u32,
     ) -> Result<(Progress, Vec<Hash>)> {
-        let mut o = self.begin(name, flat.chunker, max_chunk)?;
+        self.open_in(&Namespace::default_one(), name, flat, max_chunk)
+    }
+
+    /// As [`Sessions::open`], for namespace `ns` (see [`Sessions::begin`]).
+    ///
+    /// # Errors
+    /// As [`Sessions::open`].
+    pub fn open_in(
+        &self,
+        ns: &Namespace,
+        name: Option<&str>,
+        flat: &FlatManifest,
+        max_chunk: u32,
+    ) -> Result<(Progress, Vec<Hash>)> {
+        let mut o = self.begin(ns, name, flat.chunker, max_chunk)?;
         o.push(&flat.chunks)?;
         o.finish(flat.id, flat.size)
     }
@@ -260,16 +291,23 @@ impl Sessions {
     /// Starts opening a session whose manifest arrives in pieces (a streamed upload): the
     /// background hash of the file starts on the first refs.
     ///
+    /// The session is namespace `ns`'s: only requests of `ns` see it, and its file is named
+    /// in `ns` (its record keeps the name's key, which says the namespace).
+    ///
     /// # Errors
-    /// [`Error::InvalidName`]; [`Error::Malformed`] for params out of range.
+    /// [`Error::InvalidName`]; [`Error::Malformed`] for params out of range; [`Error::Malformed`]
+    /// for an unnamed session outside the default namespace (nobody there could reach it).
     pub fn begin(
         &self,
+        ns: &Namespace,
         name: Option<&str>,
         chunker: Option<ChunkerParams>,
         max_chunk: u32,
     ) -> Result<Opening<'_>> {
         if let Some(n) = name {
             names::validate(n)?;
+        } else if !ns.is_default() {
+            return Err(unnamed(ns));
         }
         let chunker = match chunker {
             Some(c) => ChunkerParams::new(c.min, c.avg, c.max).map_err(|e| Error::Malformed {
@@ -284,7 +322,7 @@ impl Sessions {
         };
         Ok(Opening {
             sessions: self,
-            name: name.map(str::to_owned),
+            name: name.map(|n| ns.key(n).into_owned()),
             chunker,
             max_chunk,
             builder: ManifestBuilder::default(),
@@ -305,7 +343,7 @@ impl Sessions {
         Progress {
             id: s.id.to_string(),
             state: s.state.as_str(),
-            name: s.name.clone(),
+            name: s.name.as_deref().map(|k| Namespace::of_key(k).1.to_owned()),
             file_id: s.manifest.file_id,
             size: s.manifest.file_len,
             chunks: s.manifest.chunk_count,
@@ -344,11 +382,11 @@ impl Sessions {
     ///
     /// # Errors
     /// [`Error::NoSession`] for an unknown id; store errors.
-    pub fn progress(&self, id: SessionId) -> Result<Progress> {
+    pub fn progress(&self, id: SessionId, ns: &Namespace) -> Result<Progress> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
         let _shared = self.store.lock_upload(&id.0, None)?;
-        let mut s = self.load(id)?;
+        let mut s = self.load_in(id, ns)?;
         self.expire_if_idle(&mut s)?;
         if s.state == SessionState::Complete {
             return Ok(self.report(&s, 0, 0));
@@ -380,11 +418,11 @@ impl Sessions {
     /// [`Error::Incomplete`] with the missing ids; [`Error::Rejected`] if the chunks do
     /// not make the file the manifest claims; [`Error::SessionEnded`] for an expired session;
     /// [`Error::NoSession`]; store errors.
-    pub fn complete(&self, id: SessionId) -> Result<(Progress, bool)> {
+    pub fn complete(&self, id: SessionId, ns: &Namespace) -> Result<(Progress, bool)> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
         let _shared = self.store.lock_upload(&id.0, None)?;
-        let mut s = self.load(id)?;
+        let mut s = self.load_in(id, ns)?;
         self.expire_if_idle(&mut s)?;
         match s.state {
             SessionState::Complete => return Ok((self.report(&s, 0, 0), false)),
@@ -424,8 +462,9 @@ impl Sessions {
             }
             self.store.put_manifest(&s.manifest)?;
         }
-        if let Some(n) = &s.name {
-            names::record(&*self.store, n, &s.manifest)?;
+        if let Some(key) = &s.name {
+            let (ns, name) = Namespace::of_key(key);
+            names::record_in(&*self.store, &ns, name, &s.manifest)?;
         }
         s.state = SessionState::Complete;
         crate::lock(&self.lacking).remove(&s.id);
@@ -438,11 +477,11 @@ impl Sessions {
     ///
     /// # Errors
     /// [`Error::NoSession`]; store errors.
-    pub fn abort(&self, id: SessionId) -> Result<()> {
+    pub fn abort(&self, id: SessionId, ns: &Namespace) -> Result<()> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
         let _shared = self.store.lock_upload(&id.0, None)?;
-        self.load(id)?;
+        self.load_in(id, ns)?;
         self.take_verifier(id, true);
         self.store.delete_upload(UploadKind::Session, &id.0)?;
         self.forget(id);
@@ -495,6 +534,24 @@ impl Sessions {
     }
 }
 
+/// The namespace session `s` belongs to: its name's (the default one for an unnamed session).
+fn owner(s: &Session) -> Namespace {
+    s.name
+        .as_deref()
+        .map_or_else(Namespace::default_one, |k| Namespace::of_key(k).0)
+}
+
+/// The refusal of an unnamed upload in namespace `ns`.
+pub fn unnamed(ns: &Namespace) -> Error {
+    Error::Malformed {
+        what: "upload",
+        detail: format!(
+            "an upload in namespace {ns} needs a name: a file without one would be reachable \
+             by nobody in it"
+        ),
+    }
+}
+
 /// Every open session's manifest in `store`: chunks gc must keep. A session past its TTL
 /// that no sweep has expired yet counts as open; a record that does not decode is left out
 /// (no request can use it; the sweep drops it).
@@ -522,7 +579,9 @@ mod tests {
     fn a_damaged_session_record_is_dropped_and_stops_neither_sweep_nor_gc() {
         let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(crate::StoreConfig::default()));
         let sessions = Sessions::new(store.clone(), Duration::from_secs(3600));
-        let good = sessions.begin(Some("f"), None, 1 << 20).unwrap();
+        let good = sessions
+            .begin(&Namespace::default_one(), Some("f"), None, 1 << 20)
+            .unwrap();
         let (opened, _) = good.finish(Hash::of(b""), 0).unwrap();
         let damaged = [0xfbu8; 16];
         store

@@ -14,6 +14,7 @@ use crate::hash::Hash;
 use crate::import;
 use crate::manifest::ManifestBuilder;
 use crate::names;
+use crate::namespace::Namespace;
 use crate::restore;
 use crate::store::{ChunkStore, Pin};
 use crate::upload::session::SessionId;
@@ -213,8 +214,9 @@ impl TusUploads {
             None => restore::hash_file(store, &manifest)?,
         };
         store.put_manifest(&manifest)?;
-        if let Some(name) = &up.name {
-            names::record(store, name, &manifest)?;
+        if let Some(key) = &up.name {
+            let (ns, name) = Namespace::of_key(key);
+            names::record_in(store, &ns, name, &manifest)?;
         }
         up.state = TusState::Complete;
         up.file_id = Some(manifest.file_id);

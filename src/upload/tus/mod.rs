@@ -47,6 +47,7 @@ use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::manifest::{ChunkRef, PAGE_CHUNKS, PageRef};
+use crate::namespace::Namespace;
 use crate::record;
 use crate::store::{ChunkStore, Hold, TailRun, UploadKind};
 use crate::upload::session::SessionId;
@@ -92,7 +93,8 @@ pub struct Upload {
     pub length: u64,
     /// `Upload-Metadata` as the client sent it (echoed by `HEAD`).
     pub metadata: Option<String>,
-    /// The name the file gets (metadata `filename`, else `name`).
+    /// The key of the name the file gets (metadata `filename`, else `name`), which says the
+    /// upload's namespace (see `namespace.rs`); see [`Upload::name`].
     pub name: Option<String>,
     /// Params the stream is cut with (the store's at creation).
     pub chunker: ChunkerParams,
@@ -172,6 +174,18 @@ fn le_u64(b: &[u8]) -> u64 {
 }
 
 impl Upload {
+    /// The namespace the upload belongs to.
+    pub fn owner(&self) -> Namespace {
+        self.name
+            .as_deref()
+            .map_or_else(Namespace::default_one, |k| Namespace::of_key(k).0)
+    }
+
+    /// The name the file gets, as its namespace writes it.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref().map(|k| Namespace::of_key(k).1)
+    }
+
     /// Bytes received and kept so far: the `Upload-Offset`.
     pub fn offset(&self) -> u64 {
         if self.state == TusState::Complete {
@@ -335,6 +349,18 @@ impl TusUploads {
         }
     }
 
+    /// Checks that upload `id` is namespace `ns`'s: another namespace's answers exactly as an
+    /// unknown one (and is not disturbed: check before stopping a request writing to it).
+    ///
+    /// # Errors
+    /// [`Error::NoSession`]; store errors.
+    pub fn check_owner(&self, id: SessionId, ns: &Namespace) -> Result<()> {
+        match self.load_any(id)? {
+            Some(up) if up.owner() == *ns => Ok(()),
+            _ => Err(Error::NoSession(id)),
+        }
+    }
+
     fn load(&self, id: SessionId) -> Result<Upload> {
         let up = self.load_any(id)?.ok_or(Error::NoSession(id))?;
         // One past its TTL that no sweep has forgotten yet is gone all the same.
@@ -378,7 +404,16 @@ impl TusUploads {
     /// # Errors
     /// [`Error::TooLarge`] past the max size; [`Error::Malformed`] or [`Error::InvalidName`]
     /// for bad metadata; store errors.
-    pub fn create(&self, length: u64, metadata: Option<&str>) -> Result<Upload> {
+    ///
+    /// The upload is namespace `ns`'s, and its file is named there; `needs_name` refuses one
+    /// without a name (where a file without one would be reachable by nobody in `ns`).
+    pub fn create(
+        &self,
+        ns: &Namespace,
+        needs_name: bool,
+        length: u64,
+        metadata: Option<&str>,
+    ) -> Result<Upload> {
         if length > self.max_size {
             return Err(Error::TooLarge {
                 what: "upload",
@@ -400,6 +435,10 @@ impl TusUploads {
             Some(m) => name_from(&parse_metadata(m)?)?,
             None => None,
         };
+        if name.is_none() && (needs_name || !ns.is_default()) {
+            return Err(crate::upload::session::unnamed(ns));
+        }
+        let name = name.map(|n| ns.key(&n).into_owned());
         let now = crate::unix_now();
         let id = SessionId::generate(&length.to_le_bytes());
         let up = Upload {
@@ -549,7 +588,9 @@ mod tests {
         let data: Vec<u8> = (0..60_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        let up = tus.create(data.len() as u64, None).unwrap();
+        let up = tus
+            .create(&Namespace::default_one(), false, data.len() as u64, None)
+            .unwrap();
         for at in 0..data.len() - 1 {
             let mut body = &data[at..=at];
             let done = tus
