@@ -209,9 +209,11 @@ pub fn fsck(
     for (name, mut rec) in store.names()? {
         let before = rec.versions.len();
         let mut broken = Vec::new();
+        // A name of another namespace than the default one shows as `NAMESPACE:NAME`.
+        let shown = crate::listing::display_key(&name);
         for (i, v) in rec.versions.iter().enumerate() {
             if store.get_manifest(&v.file_id)?.is_none() {
-                broken.push(format!("{name}@{} -> {}", i + 1, v.file_id));
+                broken.push(format!("{shown}@{} -> {}", i + 1, v.file_id));
             }
         }
         if broken.is_empty() {
@@ -221,7 +223,7 @@ pub fn fsck(
         for b in broken {
             r.problems.push(Problem {
                 kind: "broken_name",
-                subject: name.clone(),
+                subject: shown.clone(),
                 detail: format!("{b}: that file is not stored"),
                 files: Vec::new(),
             });

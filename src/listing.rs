@@ -162,10 +162,41 @@ pub fn list_in(store: &dyn ChunkStore, view: &View) -> Result<Vec<Listed>> {
 /// # Errors
 /// Index errors, I/O errors reading pack sizes.
 pub fn stats(store: &dyn ChunkStore) -> Result<Stats> {
-    let manifests = store.manifests()?;
-    let names = store.names()?.len();
+    stats_in(store, &View::whole())
+}
+
+/// Totals as `view` sees them: for a view that reaches every file, the whole store's (every
+/// name, a name of another namespace labelled `NAMESPACE:NAME`); else `files`, `names`,
+/// `logical_bytes` and `per_file` count only the files its namespace names, each file's
+/// unique bytes counted among those files only (so they tell nothing of other namespaces'
+/// files), while the chunk and byte totals stay the store's.
+///
+/// # Errors
+/// Index errors, I/O errors reading pack sizes.
+pub fn stats_in(store: &dyn ChunkStore, view: &View) -> Result<Stats> {
+    let (manifests, names, labels) = if view.every_file {
+        let all = store.names()?;
+        (
+            store.manifests()?,
+            all.len(),
+            labels_of(all, display_key),
+        )
+    } else {
+        let mine = view.names(store)?;
+        let mut ids: Vec<Hash> = mine
+            .iter()
+            .flat_map(|(_, rec)| rec.versions.iter().map(|v| v.file_id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut manifests = Vec::with_capacity(ids.len());
+        for id in ids {
+            manifests.extend(store.get_manifest(&id)?);
+        }
+        (manifests, mine.len(), labels_of(mine, str::to_owned))
+    };
     let logical: u64 = manifests.iter().map(|m| m.file_len).sum();
-    let per_file = usage(store, &manifests)?;
+    let per_file = usage(store, &manifests, labels)?;
     let totals = store.chunk_totals()?;
     let stored = store.chunk_data_bytes()?;
     let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
@@ -197,7 +228,11 @@ enum Owner {
 ///
 /// # Errors
 /// Index errors, damaged or missing pages.
-fn usage(store: &dyn ChunkStore, manifests: &[Manifest]) -> Result<Vec<FileUsage>> {
+fn usage(
+    store: &dyn ChunkStore,
+    manifests: &[Manifest],
+    mut names: HashMap<Hash, Vec<String>>,
+) -> Result<Vec<FileUsage>> {
     let mut owner: HashMap<Hash, (Owner, u32)> = HashMap::new();
     for (i, m) in manifests.iter().enumerate() {
         restore::for_each_page(store, m, |page| {
@@ -220,7 +255,6 @@ fn usage(store: &dyn ChunkStore, manifests: &[Manifest]) -> Result<Vec<FileUsage
             unique[*i] += u64::from(*len);
         }
     }
-    let mut names = file_labels(store)?;
     let mut out: Vec<FileUsage> = manifests
         .iter()
         .zip(unique)
@@ -240,8 +274,26 @@ fn usage(store: &dyn ChunkStore, manifests: &[Manifest]) -> Result<Vec<FileUsage
 /// # Errors
 /// Index errors.
 pub fn file_labels(store: &dyn ChunkStore) -> Result<HashMap<Hash, Vec<String>>> {
+    Ok(labels_of(store.names()?, display_key))
+}
+
+/// How a stored name key is shown where every namespace's names are: `NAME` for the
+/// default namespace, `NAMESPACE:NAME` for another.
+pub fn display_key(key: &str) -> String {
+    match crate::namespace::split_key(key) {
+        (None, name) => name.to_owned(),
+        (Some(ns), name) => format!("{ns}:{name}"),
+    }
+}
+
+/// The labels of `names` (keys or names, shown through `show`) by file.
+fn labels_of(
+    names: Vec<(String, crate::store::NameRecord)>,
+    show: impl Fn(&str) -> String,
+) -> HashMap<Hash, Vec<String>> {
     let mut out: HashMap<Hash, Vec<String>> = HashMap::new();
-    for (name, rec) in store.names()? {
+    for (key, rec) in names {
+        let name = show(&key);
         let last = rec.versions.len();
         for (i, v) in rec.versions.iter().enumerate() {
             let label = if i + 1 == last {
@@ -252,5 +304,5 @@ pub fn file_labels(store: &dyn ChunkStore) -> Result<HashMap<Hash, Vec<String>>>
             out.entry(v.file_id).or_default().push(label);
         }
     }
-    Ok(out)
+    out
 }

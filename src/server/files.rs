@@ -368,9 +368,13 @@ pub async fn list(
 }
 
 /// `GET /v1/stats`: logical vs stored bytes and the ratios.
-pub async fn stats(State(st): State<AppState>) -> Result<Response, ApiError> {
+pub async fn stats(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
     let store = st.store();
-    let stats = blocking(move || listing::stats(&*store)).await?;
+    let view = st.view(&who);
+    let stats = blocking(move || listing::stats_in(&*store, &view)).await?;
     Ok(Json(stats).into_response())
 }
 

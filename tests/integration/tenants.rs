@@ -146,6 +146,26 @@ fn each_namespace_sees_only_its_own_names_and_files() {
     );
     assert_eq!(get(&api, "root", &format!("/v1/files/{ida}")).1, va);
 
+    // Stats count a namespace's own files; an admin's name every namespace's.
+    let stats = |t: &str| json_of(&get(&api, t, "/v1/stats").1);
+    let b = stats("b-rw");
+    assert_eq!((&b["files"], &b["names"]), (&json!(1), &json!(1)));
+    assert_eq!(b["logical_bytes"], json!(vb.len()));
+    assert_eq!(b["per_file"][0]["id"], json!(idb));
+    assert_eq!(b["per_file"][0]["names"], json!(["r/report.bin"]));
+    assert_eq!(b["per_file"].as_array().unwrap().len(), 1);
+    let all = stats("root");
+    assert_eq!(all["files"], json!(2));
+    let mut labels: Vec<String> = all["per_file"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["names"].as_array().unwrap().clone())
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    labels.sort();
+    assert_eq!(labels, ["team-a:r/report.bin", "team-b:r/report.bin"]);
+
     // Removing team a's name leaves team b's name and file as they were; team a's file goes.
     let (st, b) = call(&api, "a-rw", M::DELETE, "/v1/files/r/report.bin", None);
     assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
