@@ -176,11 +176,7 @@ pub fn stats(store: &dyn ChunkStore) -> Result<Stats> {
 pub fn stats_in(store: &dyn ChunkStore, view: &View) -> Result<Stats> {
     let (manifests, names, labels) = if view.every_file {
         let all = store.names()?;
-        (
-            store.manifests()?,
-            all.len(),
-            labels_of(all, display_key),
-        )
+        (store.manifests()?, all.len(), labels_of(all, display_key))
     } else {
         let mine = view.names(store)?;
         let mut ids: Vec<Hash> = mine
