@@ -115,20 +115,25 @@ const MISSING_GROUP: usize = 1 << 16;
 /// looked up group by group as it streams in, so memory holds one group and the answer.
 pub async fn missing(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = st.limits().max_ids;
     let store = st.store();
+    // A namespace sharing the server is told only of chunks it referenced or sent.
+    let private = st.private_chunks(&who);
     if !is_binary(&headers) {
         // 67 bytes per id covers a JSON array of hex strings with separators. Parsed, the
         // ids, their flags and the answer (as long as the body if every id is missing) take
         // about twice as much again (measured: 24 concurrent 67 MB queries reserving 2x peaked
         // the server at 553 MiB, over the 512 MiB budget).
         let (body, _held) = read_body(&st, body, "id list", max * 67 + 64, 3).await?;
+        let state = st.clone();
         let missing = blocking(move || {
             let ids = parse_ids(&headers, &body, max)?;
-            let flags = store.missing(&ids)?;
+            let mut flags = store.missing(&ids)?;
+            state.hide_unknown(private.as_ref(), &ids, &mut flags)?;
             Ok(ids
                 .into_iter()
                 .zip(flags)
@@ -179,10 +184,11 @@ pub async fn missing(
                 }
                 .into());
             }
-            let store = store.clone();
+            let (store, state, private) = (store.clone(), st.clone(), private.clone());
             let packed = blocking(move || {
                 let ids = wire::unpack_ids(&group, usize::MAX)?;
-                let flags = store.missing(&ids)?;
+                let mut flags = store.missing(&ids)?;
+                state.hide_unknown(private.as_ref(), &ids, &mut flags)?;
                 let found: Vec<Hash> = ids
                     .into_iter()
                     .zip(flags)
@@ -199,6 +205,20 @@ pub async fn missing(
         }
     }
     Ok(([(header::CONTENT_TYPE, BINARY)], answer).into_response())
+}
+
+/// Notes that `who`'s namespace sent `ids` (stored, so checked against their ids by now),
+/// where its chunk answers must come from what it referenced or sent (`known.rs`).
+pub(super) async fn remember(
+    st: &AppState,
+    who: &Principal,
+    ids: Vec<Hash>,
+) -> Result<(), ApiError> {
+    let Some(ns) = st.private_chunks(who) else {
+        return Ok(());
+    };
+    let state = st.clone();
+    blocking(move || state.note_known(Some(&ns), &ids)).await
 }
 
 /// Query of the upload endpoints: the session the chunks belong to, to keep it alive.
@@ -436,6 +456,7 @@ pub async fn upload_one(
         .into());
     }
     let (_, report) = store_frames(&st, raw, Some(id), session).await?;
+    remember(&st, &who, vec![id]).await?;
     let status = if report.new_chunks > 0 {
         StatusCode::CREATED
     } else {
@@ -460,7 +481,17 @@ pub async fn upload_batch(
     let _slot = st.upload_slot().await?;
     let (body, _held) = read_body(&st, body, "chunk batch", limit, 2).await?;
     count_sent(&st, &who, session, &body).await;
+    // The ids, for a namespace told only of chunks it sent (headers only: no decoding).
+    let sent: Vec<Hash> = match st.private_chunks(&who) {
+        Some(_) => wire::parse_frames_until_bad(&body, st.limits().max_chunk)
+            .0
+            .iter()
+            .map(|f| f.id)
+            .collect(),
+        None => Vec::new(),
+    };
     let (n, report) = store_frames(&st, body, None, session).await?;
+    remember(&st, &who, sent).await?;
     Ok(Json(json!({
         "chunks": n, "new_chunks": report.new_chunks, "new_bytes": report.new_bytes
     }))
@@ -470,16 +501,27 @@ pub async fn upload_batch(
 /// `GET`/`HEAD /v1/chunks/{id}`: the chunk's bytes (verified), or whether it is there.
 pub async fn download_one(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     method: Method,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let store = st.store();
+    // A chunk its namespace may not be told of is not found, exactly as one nobody stored.
+    let private = st.private_chunks(&who);
+    let present = {
+        let (store, state) = (store.clone(), st.clone());
+        blocking(move || {
+            let mut missing = store.missing(&[id])?;
+            state.hide_unknown(private.as_ref(), &[id], &mut missing)?;
+            Ok(!missing[0])
+        })
+        .await?
+    };
+    if !present {
+        return Err(Error::ChunkNotFound(id).into());
+    }
     if method == Method::HEAD {
-        let present = blocking(move || Ok(!store.missing(&[id])?[0])).await?;
-        if !present {
-            return Err(Error::ChunkNotFound(id).into());
-        }
         return Ok(StatusCode::OK.into_response());
     }
     let data = blocking(move || {
@@ -511,6 +553,7 @@ const FETCH_GROUP: usize = 64;
 /// byte is sent if it is the first; later, the stream is cut (the client sees it short).
 pub async fn fetch(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -522,8 +565,14 @@ pub async fn fetch(
     };
     let store = st.store();
     let missing = {
-        let (store, ids) = (store.clone(), ids.clone());
-        blocking(move || store.missing(&ids)).await?
+        let (store, ids, state) = (store.clone(), ids.clone(), st.clone());
+        let private = st.private_chunks(&who);
+        blocking(move || {
+            let mut missing = store.missing(&ids)?;
+            state.hide_unknown(private.as_ref(), &ids, &mut missing)?;
+            Ok(missing)
+        })
+        .await?
     };
     if let Some(i) = missing.iter().position(|m| *m) {
         return Err(Error::ChunkNotFound(ids[i]).into());

@@ -48,6 +48,8 @@ pub async fn upload(
         .map_err(std::io::Error::other);
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let state = st.clone();
+    // A namespace told only of chunks it referenced or sent: this file's it sent whole.
+    let private = st.private_chunks(&who);
     // Everything up to the hooks runs on the blocking pool: it finishes (and reports) even if
     // the client goes away and the request is dropped.
     let (report, version) = blocking(move || {
@@ -62,6 +64,10 @@ pub async fn upload(
         let stored =
             ingest::ingest(&*store, &mut reader, &|_| {}).and_then(|(manifest, report)| {
                 let rec = names::record_in(&*store, &who.ns, &name, &manifest)?;
+                if let Some(ns) = &private {
+                    let ids = super::known::chunks_of(&*store, &manifest)?;
+                    state.note_known(Some(ns), &ids)?;
+                }
                 Ok((report, rec.versions.len()))
             });
         if stored.is_err() {

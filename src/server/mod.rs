@@ -11,6 +11,7 @@ mod chunks;
 mod error;
 mod files;
 mod hooks;
+mod known;
 mod listen;
 mod maintenance;
 mod metrics;
@@ -159,6 +160,8 @@ struct Shared {
     auth: std::sync::RwLock<Arc<Auth>>,
     tokens: Option<TokensSource>,
     tus: TusUploads,
+    /// Which chunks each namespace may be told are stored (`known.rs`).
+    known: known::Known,
     hooks: Hooks,
     cors: Option<tower_http::cors::CorsLayer>,
     metrics: metrics::Metrics,
@@ -208,6 +211,7 @@ impl AppState {
             auth: std::sync::RwLock::new(Arc::new(auth)),
             tokens: options.tokens,
             tus,
+            known: known::Known::default(),
             hooks: Hooks::new(options.hooks),
             cors,
             metrics: metrics::Metrics::default(),
@@ -257,6 +261,41 @@ impl AppState {
         crate::names::View {
             ns: who.ns.clone(),
             every_file: who.scope == Scope::Admin || self.auth().namespaces().len() == 1,
+        }
+    }
+
+    /// The namespace whose chunk answers must come from what it referenced or sent
+    /// (`known.rs`), if `who`'s must: a namespace's token on a server with several.
+    fn private_chunks(&self, who: &Principal) -> Option<crate::namespace::Namespace> {
+        (!self.view(who).every_file).then(|| who.ns.clone())
+    }
+
+    /// Marks as missing, among `ids` with their `missing` flags, those namespace `ns` (if
+    /// any) may not be told are stored.
+    fn hide_unknown(
+        &self,
+        ns: Option<&crate::namespace::Namespace>,
+        ids: &[crate::hash::Hash],
+        missing: &mut [bool],
+    ) -> Result<()> {
+        if let Some(ns) = ns {
+            let known = self.0.known.knows(&*self.0.store, ns, ids)?;
+            for (m, k) in missing.iter_mut().zip(known) {
+                *m |= !k;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that namespace `ns` (if any) sent or references `ids`.
+    fn note_known(
+        &self,
+        ns: Option<&crate::namespace::Namespace>,
+        ids: &[crate::hash::Hash],
+    ) -> Result<()> {
+        match ns {
+            Some(ns) => self.0.known.add(&*self.0.store, ns, ids),
+            None => Ok(()),
         }
     }
 

@@ -348,6 +348,8 @@ async fn append(
         .map_err(std::io::Error::other);
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let state = st.clone();
+    // A namespace told only of chunks it referenced or sent: a completed upload's it sent.
+    let private = st.private_chunks(who);
     let appended = blocking(move || {
         let _slot = slot;
         let tus = &state.0.tus;
@@ -380,6 +382,12 @@ async fn append(
                 new_bytes = up.new_bytes, received = up.received, "tus upload complete");
             state.0.metrics.file_stored(up.length, up.new_bytes);
             state.0.hooks.emit(event("upload.complete", up));
+            if let (Some(ns), Some(file)) = (&private, up.file_id) {
+                let store = state.store();
+                if let Some(m) = store.get_manifest(&file)? {
+                    state.note_known(Some(ns), &super::known::chunks_of(&*store, &m)?)?;
+                }
+            }
         }
         if let Some(e) = &appended.cut_off {
             tracing::info!(upload = %id, offset = up.offset(), error = %e,

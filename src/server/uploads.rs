@@ -13,8 +13,10 @@ use super::body::is_binary;
 use super::chunks::{ids_response, read_body};
 use super::error::ApiError;
 use super::hooks::Event;
+use super::known;
 use super::{AppState, Principal, blocking};
 use crate::error::Error;
+use crate::hash::Hash;
 use crate::namespace::Namespace;
 use crate::upload::session::{Progress, SessionId, unnamed};
 use crate::wire::{FlatManifest, ManifestReader};
@@ -51,11 +53,11 @@ pub async fn open(
         if needs_name && q.name.is_none() {
             return Err(ApiError::Lib(unnamed(&who.ns)));
         }
-        open_streamed(&st, who.ns, q.name, body).await?
+        open_streamed(&st, who.ns.clone(), q.name, body).await?
     } else {
         // Parsed, a JSON manifest's refs, pages and missing list take about twice its text.
         let (body, _held) = read_body(&st, body, "manifest", st.limits().max_body, 3).await?;
-        let state = st.clone();
+        let (state, ns) = (st.clone(), who.ns.clone());
         blocking(move || {
             let r: OpenRequest = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
                 what: "manifest",
@@ -63,15 +65,16 @@ pub async fn open(
             })?;
             let name = r.name.or(q.name);
             if needs_name && name.is_none() {
-                return Err(unnamed(&who.ns));
+                return Err(unnamed(&ns));
             }
             state
                 .0
                 .sessions
-                .open_in(&who.ns, name.as_deref(), &r.manifest, max_chunk)
+                .open_in(&ns, name.as_deref(), &r.manifest, max_chunk)
         })
         .await?
     };
+    let (progress, missing) = hide_stored(&st, &who, progress, missing).await?;
     st.0.hooks.emit(event("upload.start", &progress));
     let location = format!("/v1/uploads/{}", progress.id);
     let mut resp = if binary {
@@ -98,6 +101,53 @@ pub async fn open(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// For a namespace told only of chunks it referenced or sent (`known.rs`): adds to a session
+/// just opened, as missing, the file's stored chunks it did neither. It proves it has them
+/// by sending them; completing checks that it did.
+async fn hide_stored(
+    st: &AppState,
+    who: &Principal,
+    mut progress: Progress,
+    mut missing: Vec<Hash>,
+) -> Result<(Progress, Vec<Hash>), ApiError> {
+    let Some(ns) = st.private_chunks(who) else {
+        return Ok((progress, missing));
+    };
+    let state = st.clone();
+    blocking(move || {
+        let id: SessionId = progress.id.parse()?;
+        let m = state.0.sessions.manifest(id, &ns)?;
+        let refs = known::refs_of(&*state.store(), &m)?;
+        let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
+        let mut hidden = vec![false; ids.len()];
+        state.hide_unknown(Some(&ns), &ids, &mut hidden)?;
+        let already: std::collections::HashSet<Hash> = missing.iter().copied().collect();
+        for (r, hide) in refs.iter().zip(hidden) {
+            if hide && !already.contains(&r.id) {
+                missing.push(r.id);
+                progress.missing_chunks += 1;
+                progress.missing_bytes += u64::from(r.len);
+            }
+        }
+        Ok((progress, missing))
+    })
+    .await
+}
+
+/// The chunks of session `id` that namespace `ns` neither referenced nor sent.
+fn unproven(st: &AppState, id: SessionId, ns: &Namespace) -> crate::Result<Vec<Hash>> {
+    let m = st.0.sessions.manifest(id, ns)?;
+    let ids = known::chunks_of(&*st.store(), &m)?;
+    let mut hidden = vec![false; ids.len()];
+    st.hide_unknown(Some(ns), &ids, &mut hidden)?;
+    Ok(ids
+        .into_iter()
+        .zip(hidden)
+        .filter(|(_, h)| *h)
+        .map(|(id, _)| id)
+        .collect())
 }
 
 /// Opens a session from a binary manifest as it streams in: the server starts hashing the
@@ -254,7 +304,19 @@ pub async fn complete(
     let id = sid(&id)?;
     let state = st.clone();
     let ns = who.ns.clone();
-    let done = blocking(move || state.0.sessions.complete(id, &ns)).await;
+    let private = st.private_chunks(&who);
+    let done = blocking(move || {
+        // A namespace told only of chunks it referenced or sent completes only with those:
+        // another namespace's chunks make no file of its own unless it sent them.
+        if let Some(ns) = &private {
+            let missing = unproven(&state, id, ns)?;
+            if !missing.is_empty() {
+                return Err(Error::Incomplete { missing });
+            }
+        }
+        state.0.sessions.complete(id, &ns)
+    })
+    .await;
     let (p, now_complete) = match done {
         Ok(done) => done,
         // The chunks do not make the file the manifest claims: this upload cannot complete.

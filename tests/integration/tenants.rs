@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::data;
-use super::net::{Api, ChildServer, TestServer};
+use super::net::{Api, ChildServer, TestServer, push};
 use super::server::manifest_of;
 use super::support::{Scratch, b3, hoard};
 
@@ -454,4 +454,144 @@ fn a_tokens_file_with_a_bad_line_stops_the_server_naming_it() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("quotas are not enforced"), "{err}");
+}
+
+#[test]
+fn a_namespace_learns_nothing_of_another_s_chunks_and_proves_what_it_adds() {
+    let s = Scratch::new();
+    let (_server, api) = two_teams(&s);
+    let v = data::mixed(3 << 20, 8);
+    let m = manifest_of(&v);
+    let mut ids: Vec<String> = m.chunks.iter().map(|r| r.id.to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    let missing_of = |t: &str, ids: &[String]| -> Vec<String> {
+        let (st, _, b) = api.call(
+            api.req(M::POST, "/v1/chunks/missing")
+                .bearer_auth(t)
+                .json(&json!(ids)),
+        );
+        assert_eq!(st, StatusCode::OK);
+        let mut got: Vec<String> = serde_json::from_slice(&b).unwrap();
+        got.sort();
+        got
+    };
+    // Before and after team a stores the file, team b gets the same answers.
+    let before = missing_of("b-rw", &ids);
+    let sample = format!("/v1/chunks/{}", ids[0]);
+    let head_before = status(&api, "b-rw", M::HEAD, &sample);
+    assert_eq!(
+        call(&api, "a-rw", M::PUT, "/v1/files/big.bin", Some(v.clone())).0,
+        StatusCode::CREATED
+    );
+    let stored_once = json_of(&get(&api, "root", "/v1/stats").1)["stored_bytes"].clone();
+    assert!(
+        missing_of("a-ro", &ids).is_empty(),
+        "team a references them"
+    );
+    assert_eq!(missing_of("b-rw", &ids), before);
+    assert_eq!(before, ids);
+    assert_eq!(status(&api, "b-rw", M::HEAD, &sample), head_before);
+    assert_eq!(status(&api, "b-rw", M::GET, &sample), StatusCode::NOT_FOUND);
+    let (st, _, _) = api.call(
+        api.req(M::POST, "/v1/chunks/fetch")
+            .bearer_auth("b-rw")
+            .json(&json!([ids[0]])),
+    );
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // A session of team b for the same file lists every chunk missing, and does not complete
+    // until team b sent them: another namespace's chunks make no file of its own.
+    let mut open = serde_json::to_value(&m).unwrap();
+    open["name"] = json!("mine.bin");
+    let (st, _, b) = api.call(
+        api.req(M::POST, "/v1/uploads")
+            .bearer_auth("b-rw")
+            .json(&open),
+    );
+    assert_eq!(st, StatusCode::CREATED);
+    let sid = json_of(&b)["id"].as_str().unwrap().to_owned();
+    let mut listed: Vec<String> = serde_json::from_value(json_of(&b)["missing"].clone()).unwrap();
+    listed.sort();
+    assert_eq!(listed, ids);
+    let done = format!("/v1/uploads/{sid}/complete");
+    let (st, b) = call(&api, "b-rw", M::POST, &done, None);
+    assert_eq!(st, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(json_of(&b)["missing"].as_array().unwrap().len(), ids.len());
+    // Team b sends them (its proof of possession): stored once at rest all the same.
+    let mut at = 0usize;
+    let mut batch = Vec::new();
+    let mut sent = std::collections::HashSet::new();
+    for r in &m.chunks {
+        let raw = &v[at..at + r.len as usize];
+        at += r.len as usize;
+        if sent.insert(r.id) {
+            hoard::wire::put_frame(&mut batch, &r.id, hoard::codec::Codec::Raw, r.len, raw);
+        }
+    }
+    let path = format!("/v1/chunks?session={sid}");
+    assert_eq!(
+        call(&api, "b-rw", M::POST, &path, Some(batch)).0,
+        StatusCode::OK
+    );
+    let (st, b) = call(&api, "b-rw", M::POST, &done, None);
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(get(&api, "b-rw", "/v1/files/mine.bin"), (StatusCode::OK, v));
+    assert!(missing_of("b-rw", &ids).is_empty());
+    let stats = json_of(&get(&api, "root", "/v1/stats").1);
+    assert_eq!(stats["stored_bytes"], stored_once, "a chunk stored twice");
+}
+
+#[test]
+fn pushes_of_two_namespaces_each_send_their_first_version_whole_and_store_it_once() {
+    let s = Scratch::new();
+    let (server, api) = two_teams(&s);
+    let v1 = data::mixed(8 << 20, 9);
+    let v2 = data::edit(&v1, 5, 10);
+    let (p1, p2) = (s.file("v1", &v1), s.file("v2", &v2));
+    let client = |t: &str| hoard::client::Client::new(&server.url, Some(t.to_owned())).unwrap();
+    let (a, b) = (client("a-rw"), client("b-rw"));
+    let stored = || {
+        json_of(&get(&api, "root", "/v1/stats").1)["stored_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let a1 = push(&a, &p1, "disk.img").unwrap();
+    let a2 = push(&a, &p2, "disk.img").unwrap();
+    let after_a = stored();
+    let b1 = push(&b, &p1, "disk.img").unwrap();
+    let b2 = push(&b, &p2, "disk.img").unwrap();
+    // Team b proves every chunk of its first version by sending it, as team a did; its second
+    // version moves only what changed, as team a's did. Nothing is stored twice.
+    assert_eq!(
+        b1.new_chunks, 0,
+        "stored once: team a's copy is the one kept"
+    );
+    assert!(
+        b1.bytes_sent * 10 >= a1.bytes_sent * 9,
+        "{} vs {}",
+        b1.bytes_sent,
+        a1.bytes_sent
+    );
+    assert!(
+        b2.bytes_sent * 10 <= a2.bytes_sent * 11 + 65_536,
+        "{} vs {}",
+        b2.bytes_sent,
+        a2.bytes_sent
+    );
+    assert!(
+        b2.bytes_sent * 4 < b1.bytes_sent,
+        "{} vs {}",
+        b2.bytes_sent,
+        b1.bytes_sent
+    );
+    assert_eq!(stored(), after_a, "a chunk stored twice");
+    eprintln!(
+        "two namespaces, 8 MiB + 5 edits: team a sent {} + {} bytes, team b {} + {}",
+        a1.bytes_sent, a2.bytes_sent, b1.bytes_sent, b2.bytes_sent
+    );
+    assert_eq!(
+        get(&api, "b-rw", "/v1/files/disk.img"),
+        (StatusCode::OK, v2)
+    );
 }

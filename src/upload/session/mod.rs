@@ -194,6 +194,14 @@ impl Sessions {
         Ok(s)
     }
 
+    /// The manifest of session `id` of namespace `ns`.
+    ///
+    /// # Errors
+    /// [`Error::NoSession`] (also for another namespace's); store errors.
+    pub fn manifest(&self, id: SessionId, ns: &Namespace) -> Result<Manifest> {
+        Ok(self.load_in(id, ns)?.manifest)
+    }
+
     fn save(&self, s: &Session) -> Result<()> {
         self.store.put_upload(
             UploadKind::Session,
