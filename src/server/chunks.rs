@@ -207,18 +207,33 @@ pub async fn missing(
     Ok(([(header::CONTENT_TYPE, BINARY)], answer).into_response())
 }
 
-/// Notes that `who`'s namespace sent `ids` (stored, so checked against their ids by now),
-/// where its chunk answers must come from what it referenced or sent (`known.rs`).
+/// Notes that `who`'s namespace sent `chunks` (id and length; stored, so checked against
+/// their ids by now), where its chunk answers must come from what it referenced or sent
+/// (`known.rs`). Returns, for such a namespace, what was new to it: what was new to the store
+/// would tell it what other namespaces stored.
 pub(super) async fn remember(
     st: &AppState,
     who: &Principal,
-    ids: Vec<Hash>,
-) -> Result<(), ApiError> {
+    mut chunks: Vec<(Hash, u32)>,
+) -> Result<Option<SinkReport>, ApiError> {
     let Some(ns) = st.private_chunks(who) else {
-        return Ok(());
+        return Ok(None);
     };
     let state = st.clone();
-    blocking(move || state.note_known(Some(&ns), &ids)).await
+    blocking(move || {
+        chunks.sort_unstable();
+        chunks.dedup_by_key(|c| c.0);
+        let ids: Vec<Hash> = chunks.iter().map(|c| c.0).collect();
+        let mut new = vec![false; ids.len()];
+        state.hide_unknown(Some(&ns), &ids, &mut new)?;
+        state.note_known(Some(&ns), &ids)?;
+        let fresh = chunks.iter().zip(&new).filter(|(_, n)| **n);
+        Ok(Some(SinkReport {
+            new_chunks: fresh.clone().count() as u64,
+            new_bytes: fresh.map(|(c, _)| u64::from(c.1)).sum(),
+        }))
+    })
+    .await
 }
 
 /// Query of the upload endpoints: the session the chunks belong to, to keep it alive.
@@ -455,8 +470,11 @@ pub async fn upload_one(
         }
         .into());
     }
+    let len = raw.len() as u32;
     let (_, report) = store_frames(&st, raw, Some(id), session).await?;
-    remember(&st, &who, vec![id]).await?;
+    let report = remember(&st, &who, vec![(id, len)])
+        .await?
+        .unwrap_or(report);
     let status = if report.new_chunks > 0 {
         StatusCode::CREATED
     } else {
@@ -482,16 +500,16 @@ pub async fn upload_batch(
     let (body, _held) = read_body(&st, body, "chunk batch", limit, 2).await?;
     count_sent(&st, &who, session, &body).await;
     // The ids, for a namespace told only of chunks it sent (headers only: no decoding).
-    let sent: Vec<Hash> = match st.private_chunks(&who) {
+    let sent: Vec<(Hash, u32)> = match st.private_chunks(&who) {
         Some(_) => wire::parse_frames_until_bad(&body, st.limits().max_chunk)
             .0
             .iter()
-            .map(|f| f.id)
+            .map(|f| (f.id, f.raw_len))
             .collect(),
         None => Vec::new(),
     };
     let (n, report) = store_frames(&st, body, None, session).await?;
-    remember(&st, &who, sent).await?;
+    let report = remember(&st, &who, sent).await?.unwrap_or(report);
     Ok(Json(json!({
         "chunks": n, "new_chunks": report.new_chunks, "new_bytes": report.new_bytes
     }))

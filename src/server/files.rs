@@ -64,9 +64,19 @@ pub async fn upload(
         let stored =
             ingest::ingest(&*store, &mut reader, &|_| {}).and_then(|(manifest, report)| {
                 let rec = names::record_in(&*store, &who.ns, &name, &manifest)?;
+                let mut report = report;
                 if let Some(ns) = &private {
-                    let ids = super::known::chunks_of(&*store, &manifest)?;
+                    // What was new to the namespace, not to the store (which would tell it
+                    // what others stored); what the store wrote is not told (0).
+                    let refs = super::known::refs_of(&*store, &manifest)?;
+                    let ids: Vec<_> = refs.iter().map(|r| r.id).collect();
+                    let mut new = vec![false; ids.len()];
+                    state.hide_unknown(Some(ns), &ids, &mut new)?;
                     state.note_known(Some(ns), &ids)?;
+                    let fresh = refs.iter().zip(&new).filter(|(_, n)| **n);
+                    report.new_chunks = fresh.clone().count() as u64;
+                    report.new_bytes = fresh.map(|(r, _)| u64::from(r.len)).sum();
+                    report.stored_bytes = 0;
                 }
                 Ok((report, rec.versions.len()))
             });

@@ -530,16 +530,33 @@ fn a_namespace_learns_nothing_of_another_s_chunks_and_proves_what_it_adds() {
         }
     }
     let path = format!("/v1/chunks?session={sid}");
-    assert_eq!(
-        call(&api, "b-rw", M::POST, &path, Some(batch)).0,
-        StatusCode::OK
-    );
+    let (st, b) = call(&api, "b-rw", M::POST, &path, Some(batch));
+    assert_eq!(st, StatusCode::OK);
+    // Reported new: new to team b (new to the store would tell it of team a's copy).
+    assert_eq!(json_of(&b)["new_chunks"], json!(ids.len()));
     let (st, b) = call(&api, "b-rw", M::POST, &done, None);
     assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     assert_eq!(get(&api, "b-rw", "/v1/files/mine.bin"), (StatusCode::OK, v));
     assert!(missing_of("b-rw", &ids).is_empty());
     let stats = json_of(&get(&api, "root", "/v1/stats").1);
     assert_eq!(stats["stored_bytes"], stored_once, "a chunk stored twice");
+    // Nor does a whole-file upload tell: what it reports new is new to the namespace.
+    let w = data::mixed(1 << 20, 11);
+    let put = |t: &str| call(&api, t, M::PUT, "/v1/files/w.bin", Some(w.clone()));
+    assert_eq!(put("a-rw").0, StatusCode::CREATED);
+    let stored = json_of(&get(&api, "root", "/v1/stats").1)["stored_bytes"].clone();
+    let (st, b) = put("b-rw");
+    assert_eq!(st, StatusCode::CREATED);
+    let r = json_of(&b);
+    assert_eq!(
+        (&r["new_bytes"], &r["stored_bytes"]),
+        (&json!(w.len()), &json!(0)),
+        "{r}"
+    );
+    assert_eq!(
+        json_of(&get(&api, "root", "/v1/stats").1)["stored_bytes"],
+        stored
+    );
 }
 
 #[test]
@@ -563,10 +580,8 @@ fn pushes_of_two_namespaces_each_send_their_first_version_whole_and_store_it_onc
     let b2 = push(&b, &p2, "disk.img").unwrap();
     // Team b proves every chunk of its first version by sending it, as team a did; its second
     // version moves only what changed, as team a's did. Nothing is stored twice.
-    assert_eq!(
-        b1.new_chunks, 0,
-        "stored once: team a's copy is the one kept"
-    );
+    // New to team b, as its pushes report it (new to the store would tell it of team a's).
+    assert_eq!((b1.new_chunks, b1.new_bytes), (a1.new_chunks, a1.new_bytes));
     assert!(
         b1.bytes_sent * 10 >= a1.bytes_sent * 9,
         "{} vs {}",
