@@ -287,6 +287,18 @@ impl AppState {
         Ok(())
     }
 
+    /// What an upload session of `who` must count missing besides what the store lacks: the
+    /// chunks its namespace may not be told are stored (see [`AppState::private_chunks`]).
+    fn session_hide(&self, who: &Principal) -> Option<crate::upload::session::Hide> {
+        let ns = self.private_chunks(who)?;
+        let state = self.clone();
+        Some(Arc::new(
+            move |ids: &[crate::hash::Hash], missing: &mut [bool]| {
+                state.hide_unknown(Some(&ns), ids, missing)
+            },
+        ))
+    }
+
     /// Notes that namespace `ns` (if any) sent or references `ids`.
     fn note_known(
         &self,

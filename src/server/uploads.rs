@@ -13,12 +13,10 @@ use super::body::is_binary;
 use super::chunks::{ids_response, read_body};
 use super::error::ApiError;
 use super::hooks::Event;
-use super::known;
 use super::{AppState, Principal, blocking};
 use crate::error::Error;
-use crate::hash::Hash;
 use crate::namespace::Namespace;
-use crate::upload::session::{Progress, SessionId, unnamed};
+use crate::upload::session::{Hide, Progress, SessionId, unnamed};
 use crate::wire::{FlatManifest, ManifestReader};
 
 /// The JSON body of `POST /v1/uploads`: the manifest and the name it is to get.
@@ -53,11 +51,11 @@ pub async fn open(
         if needs_name && q.name.is_none() {
             return Err(ApiError::Lib(unnamed(&who.ns)));
         }
-        open_streamed(&st, who.ns.clone(), q.name, body).await?
+        open_streamed(&st, who.ns.clone(), st.session_hide(&who), q.name, body).await?
     } else {
         // Parsed, a JSON manifest's refs, pages and missing list take about twice its text.
         let (body, _held) = read_body(&st, body, "manifest", st.limits().max_body, 3).await?;
-        let (state, ns) = (st.clone(), who.ns.clone());
+        let (state, ns, hide) = (st.clone(), who.ns.clone(), st.session_hide(&who));
         blocking(move || {
             let r: OpenRequest = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
                 what: "manifest",
@@ -70,11 +68,10 @@ pub async fn open(
             state
                 .0
                 .sessions
-                .open_in(&ns, name.as_deref(), &r.manifest, max_chunk)
+                .open_in(&ns, hide, name.as_deref(), &r.manifest, max_chunk)
         })
         .await?
     };
-    let (progress, missing) = hide_stored(&st, &who, progress, missing).await?;
     st.0.hooks.emit(event("upload.start", &progress));
     let location = format!("/v1/uploads/{}", progress.id);
     let mut resp = if binary {
@@ -103,58 +100,12 @@ pub async fn open(
     Ok(resp)
 }
 
-/// For a namespace told only of chunks it referenced or sent (`known.rs`): adds to a session
-/// just opened, as missing, the file's stored chunks it did neither. It proves it has them
-/// by sending them; completing checks that it did.
-async fn hide_stored(
-    st: &AppState,
-    who: &Principal,
-    mut progress: Progress,
-    mut missing: Vec<Hash>,
-) -> Result<(Progress, Vec<Hash>), ApiError> {
-    let Some(ns) = st.private_chunks(who) else {
-        return Ok((progress, missing));
-    };
-    let state = st.clone();
-    blocking(move || {
-        let id: SessionId = progress.id.parse()?;
-        let m = state.0.sessions.manifest(id, &ns)?;
-        let refs = known::refs_of(&*state.store(), &m)?;
-        let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
-        let mut hidden = vec![false; ids.len()];
-        state.hide_unknown(Some(&ns), &ids, &mut hidden)?;
-        let already: std::collections::HashSet<Hash> = missing.iter().copied().collect();
-        for (r, hide) in refs.iter().zip(hidden) {
-            if hide && !already.contains(&r.id) {
-                missing.push(r.id);
-                progress.missing_chunks += 1;
-                progress.missing_bytes += u64::from(r.len);
-            }
-        }
-        Ok((progress, missing))
-    })
-    .await
-}
-
-/// The chunks of session `id` that namespace `ns` neither referenced nor sent.
-fn unproven(st: &AppState, id: SessionId, ns: &Namespace) -> crate::Result<Vec<Hash>> {
-    let m = st.0.sessions.manifest(id, ns)?;
-    let ids = known::chunks_of(&*st.store(), &m)?;
-    let mut hidden = vec![false; ids.len()];
-    st.hide_unknown(Some(ns), &ids, &mut hidden)?;
-    Ok(ids
-        .into_iter()
-        .zip(hidden)
-        .filter(|(_, h)| *h)
-        .map(|(id, _)| id)
-        .collect())
-}
-
 /// Opens a session from a binary manifest as it streams in: the server starts hashing the
 /// file's stored chunks on the first refs, while the client is still reading its file.
 async fn open_streamed(
     st: &AppState,
     ns: Namespace,
+    mut hide: Option<Hide>,
     name: Option<String>,
     body: Body,
 ) -> Result<(crate::upload::session::Progress, Vec<crate::hash::Hash>), ApiError> {
@@ -187,12 +138,13 @@ async fn open_streamed(
             if opening.is_none()
                 && let Some(c) = reader.chunker()
             {
-                opening = Some(
-                    state
-                        .0
-                        .sessions
-                        .begin(&ns, name.as_deref(), Some(c), max_chunk)?,
-                );
+                opening = Some(state.0.sessions.begin_hiding(
+                    &ns,
+                    hide.take(),
+                    name.as_deref(),
+                    Some(c),
+                    max_chunk,
+                )?);
             }
             if let Some(o) = opening.as_mut() {
                 o.push(&refs)?;
@@ -291,7 +243,8 @@ pub async fn progress(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = sid(&id)?;
-    let p = blocking(move || st.0.sessions.progress(id, &who.ns)).await?;
+    let hide = st.session_hide(&who);
+    let p = blocking(move || st.0.sessions.progress_hiding(id, &who.ns, hide.as_ref())).await?;
     Ok(Json(p).into_response())
 }
 
@@ -304,19 +257,10 @@ pub async fn complete(
     let id = sid(&id)?;
     let state = st.clone();
     let ns = who.ns.clone();
-    let private = st.private_chunks(&who);
-    let done = blocking(move || {
-        // A namespace told only of chunks it referenced or sent completes only with those:
-        // another namespace's chunks make no file of its own unless it sent them.
-        if let Some(ns) = &private {
-            let missing = unproven(&state, id, ns)?;
-            if !missing.is_empty() {
-                return Err(Error::Incomplete { missing });
-            }
-        }
-        state.0.sessions.complete(id, &ns)
-    })
-    .await;
+    // A namespace told only of chunks it referenced or sent completes only with those:
+    // another namespace's chunks make no file of its own unless it sent them.
+    let hide = st.session_hide(&who);
+    let done = blocking(move || state.0.sessions.complete_hiding(id, &ns, hide.as_ref())).await;
     let (p, now_complete) = match done {
         Ok(done) => done,
         // The chunks do not make the file the manifest claims: this upload cannot complete.

@@ -514,6 +514,13 @@ fn a_namespace_learns_nothing_of_another_s_chunks_and_proves_what_it_adds() {
     let mut listed: Vec<String> = serde_json::from_value(json_of(&b)["missing"].clone()).unwrap();
     listed.sort();
     assert_eq!(listed, ids);
+    // Its progress counts against what team b referenced or sent too, not the store.
+    let (st, b) = get(&api, "b-rw", &format!("/v1/uploads/{sid}"));
+    assert_eq!(st, StatusCode::OK);
+    let p = json_of(&b);
+    assert_eq!(p["state"], "waiting", "{p}");
+    assert_eq!(p["missing_chunks"], json!(ids.len()), "{p}");
+    assert_eq!(p["missing_at_open"], json!(ids.len()), "{p}");
     let done = format!("/v1/uploads/{sid}/complete");
     let (st, b) = call(&api, "b-rw", M::POST, &done, None);
     assert_eq!(st, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&b));

@@ -11,7 +11,7 @@ use crate::manifest::{ChunkRef, ManifestBuilder};
 use crate::restore;
 use crate::store::{ChunkStore, Pin};
 use crate::upload::session::verify::Verifier;
-use crate::upload::session::{Progress, Session, SessionId, SessionState, Sessions, now};
+use crate::upload::session::{Hide, Progress, Session, SessionId, SessionState, Sessions, now};
 
 /// Refs of missing chunks all sessions together may keep in memory (36 bytes each: 36 MiB);
 /// a session that lacks more keeps only its counts.
@@ -30,18 +30,26 @@ pub(super) struct Lacking {
     bytes: u64,
     at: Instant,
     cost: Duration,
+    /// Counted with a [`Hide`]: reused only for a query that hides too.
+    hidden: bool,
 }
 
 impl Sessions {
     /// The distinct chunks of `s` the store lacks, with their bytes.
-    pub(super) fn still_missing(&self, s: &Session) -> Result<(Vec<ChunkRef>, u64)> {
-        if self.store.get_manifest(&s.manifest.file_id)?.is_some() {
+    /// With `hide`, also those it hides (see [`Hide`]).
+    pub(super) fn still_missing(
+        &self,
+        s: &Session,
+        hide: Option<&Hide>,
+    ) -> Result<(Vec<ChunkRef>, u64)> {
+        // (A file stored whole lacks nothing, unless what the store holds is hidden.)
+        if hide.is_none() && self.store.get_manifest(&s.manifest.file_id)?.is_some() {
             return Ok((Vec::new(), 0));
         }
         // Page by page, keeping only what is missing (not every ref of a huge manifest).
         let mut lacking = Vec::new();
         restore::for_each_page(&*self.store, &s.manifest, |page| {
-            keep_missing(&*self.store, &page.chunks, &mut lacking)
+            keep_missing(&*self.store, hide, &page.chunks, &mut lacking)
         })?;
         Ok(distinct(&lacking))
     }
@@ -51,31 +59,34 @@ impl Sessions {
     /// [`MAX_LACKING_REFS`] for all sessions) and only they are looked up again, and an answer
     /// that took at least [`REUSE_FROM`] is reused while younger than ten times that, so
     /// polling a huge upload spends at most about a tenth of a core on it.
-    pub(super) fn lacking(&self, s: &Session) -> Result<(u64, u64)> {
+    /// With `hide`, also those it hides (see [`Hide`]).
+    pub(super) fn lacking(&self, s: &Session, hide: Option<&Hide>) -> Result<(u64, u64)> {
+        let hidden = hide.is_some();
         let last = {
             let mut lacking = crate::lock(&self.lacking);
             if let Some(l) = lacking.get(&s.id)
+                && l.hidden == hidden
                 && l.cost >= REUSE_FROM
                 && l.at.elapsed() < l.cost * 10
             {
                 return Ok((l.chunks, l.bytes));
             }
-            lacking.remove(&s.id)
+            lacking.remove(&s.id).filter(|l| l.hidden == hidden)
         };
         let started = Instant::now();
         let (refs, bytes) = match last.and_then(|l| l.refs) {
             // Distinct already (kept from a full look or the opening): look them up again.
-            Some(refs) if self.store.get_manifest(&s.manifest.file_id)?.is_none() => {
+            Some(refs) if hidden || self.store.get_manifest(&s.manifest.file_id)?.is_none() => {
                 let mut still = Vec::new();
-                keep_missing(&*self.store, &refs, &mut still)?;
+                keep_missing(&*self.store, hide, &refs, &mut still)?;
                 let bytes = still.iter().map(|r| u64::from(r.len)).sum();
                 (still, bytes)
             }
             Some(_) => (Vec::new(), 0),
-            None => self.still_missing(s)?,
+            None => self.still_missing(s, hide)?,
         };
         let chunks = refs.len() as u64;
-        self.remember_lacking(s.id, refs, bytes, started.elapsed());
+        self.remember_lacking(s.id, refs, bytes, started.elapsed(), hidden);
         Ok((chunks, bytes))
     }
 
@@ -86,6 +97,7 @@ impl Sessions {
         refs: Vec<ChunkRef>,
         bytes: u64,
         cost: Duration,
+        hidden: bool,
     ) {
         let mut lacking = crate::lock(&self.lacking);
         let kept: usize = lacking
@@ -101,19 +113,25 @@ impl Sessions {
                 bytes,
                 at: Instant::now(),
                 cost,
+                hidden,
             },
         );
     }
 }
 
-/// Appends to `out` the refs among `refs` whose chunks the store lacks, in order.
+/// Appends to `out` the refs among `refs` whose chunks the store lacks (or `hide` hides), in
+/// order.
 pub(super) fn keep_missing(
     store: &dyn ChunkStore,
+    hide: Option<&Hide>,
     refs: &[ChunkRef],
     out: &mut Vec<ChunkRef>,
 ) -> Result<()> {
     let ids: Vec<Hash> = refs.iter().map(|r| r.id).collect();
-    let flags = store.missing(&ids)?;
+    let mut flags = store.missing(&ids)?;
+    if let Some(hide) = hide {
+        hide(&ids, &mut flags)?;
+    }
     out.extend(refs.iter().zip(flags).filter(|(_, m)| *m).map(|(r, _)| *r));
     Ok(())
 }
@@ -152,6 +170,8 @@ pub struct Opening<'a> {
     pub(super) verifier: Option<Verifier>,
     /// Keeps gc off the pages and chunks until the session record holds them.
     pub(super) pin: Pin,
+    /// What the opener may not be told is stored (see [`Hide`]).
+    pub(super) hide: Option<Hide>,
 }
 
 impl Opening<'_> {
@@ -205,7 +225,12 @@ impl Opening<'_> {
         if self.unpaged.is_empty() {
             return Ok(());
         }
-        keep_missing(&*self.sessions.store, &self.unpaged, &mut self.missing)?;
+        keep_missing(
+            &*self.sessions.store,
+            self.hide.as_ref(),
+            &self.unpaged,
+            &mut self.missing,
+        )?;
         self.unpaged.clear();
         Ok(())
     }
@@ -234,8 +259,9 @@ impl Opening<'_> {
             self.feed_page(p.pref.hash);
         }
         self.look_up_unpaged()?;
-        // A file the store holds already needs no chunk, whatever boundaries this client cut.
-        let stored = store.get_manifest(&file_id)?.is_some();
+        // A file the store holds already needs no chunk, whatever boundaries this client cut
+        // (unless what the store holds is hidden from the opener: see `Hide`).
+        let stored = self.hide.is_none() && store.get_manifest(&file_id)?.is_some();
         let (missing, missing_bytes) = if stored {
             (Vec::new(), 0)
         } else {
@@ -267,7 +293,8 @@ impl Opening<'_> {
         let p = sessions.report(&s, missing.len() as u64, missing_bytes);
         let ids = missing.iter().map(|r| r.id).collect();
         // The first progress query looks up only these (a new session lacks at most them).
-        sessions.remember_lacking(s.id, missing, missing_bytes, Duration::ZERO);
+        let hidden = self.hide.is_some();
+        sessions.remember_lacking(s.id, missing, missing_bytes, Duration::ZERO, hidden);
         Ok((p, ids))
     }
 }

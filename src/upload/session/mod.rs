@@ -76,6 +76,12 @@ impl SessionState {
     }
 }
 
+/// Marks, among ids with their store-missing flags, those the caller may not be told are
+/// stored (a namespace on a server shared by several: `server/known.rs`). A session opened,
+/// queried or completed with one counts them missing: neither its answers nor its completion
+/// tell of chunks another namespace stored.
+pub type Hide = Arc<dyn Fn(&[Hash], &mut [bool]) -> Result<()> + Send + Sync>;
+
 /// The persisted record of one session.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Session {
@@ -277,7 +283,7 @@ impl Sessions {
         flat: &FlatManifest,
         max_chunk: u32,
     ) -> Result<(Progress, Vec<Hash>)> {
-        self.open_in(&Namespace::default_one(), name, flat, max_chunk)
+        self.open_in(&Namespace::default_one(), None, name, flat, max_chunk)
     }
 
     /// As [`Sessions::open`], for namespace `ns` (see [`Sessions::begin`]).
@@ -287,11 +293,12 @@ impl Sessions {
     pub fn open_in(
         &self,
         ns: &Namespace,
+        hide: Option<Hide>,
         name: Option<&str>,
         flat: &FlatManifest,
         max_chunk: u32,
     ) -> Result<(Progress, Vec<Hash>)> {
-        let mut o = self.begin(ns, name, flat.chunker, max_chunk)?;
+        let mut o = self.begin_hiding(ns, hide, name, flat.chunker, max_chunk)?;
         o.push(&flat.chunks)?;
         o.finish(flat.id, flat.size)
     }
@@ -308,6 +315,21 @@ impl Sessions {
     pub fn begin(
         &self,
         ns: &Namespace,
+        name: Option<&str>,
+        chunker: Option<ChunkerParams>,
+        max_chunk: u32,
+    ) -> Result<Opening<'_>> {
+        self.begin_hiding(ns, None, name, chunker, max_chunk)
+    }
+
+    /// As [`Sessions::begin`], counting missing what `hide` hides (see [`Hide`]).
+    ///
+    /// # Errors
+    /// As [`Sessions::begin`].
+    pub fn begin_hiding(
+        &self,
+        ns: &Namespace,
+        hide: Option<Hide>,
         name: Option<&str>,
         chunker: Option<ChunkerParams>,
         max_chunk: u32,
@@ -340,6 +362,7 @@ impl Sessions {
             feed,
             verifier,
             pin: self.store.guard().pin(),
+            hide,
         })
     }
 
@@ -391,6 +414,19 @@ impl Sessions {
     /// # Errors
     /// [`Error::NoSession`] for an unknown id; store errors.
     pub fn progress(&self, id: SessionId, ns: &Namespace) -> Result<Progress> {
+        self.progress_hiding(id, ns, None)
+    }
+
+    /// As [`Sessions::progress`], counting missing what `hide` hides (see [`Hide`]).
+    ///
+    /// # Errors
+    /// As [`Sessions::progress`].
+    pub fn progress_hiding(
+        &self,
+        id: SessionId,
+        ns: &Namespace,
+        hide: Option<&Hide>,
+    ) -> Result<Progress> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
         let _shared = self.store.lock_upload(&id.0, None)?;
@@ -402,13 +438,13 @@ impl Sessions {
         if s.state == SessionState::Expired {
             // Nothing is kept for it any more, but what is missing is still what the store
             // lacks of its file (all of it, once gc has taken its manifest pages too).
-            let (n, bytes) = match self.still_missing(&s) {
+            let (n, bytes) = match self.still_missing(&s, hide) {
                 Ok((missing, bytes)) => (missing.len() as u64, bytes),
                 Err(_) => (s.manifest.chunk_count, s.manifest.file_len),
             };
             return Ok(self.report(&s, n, bytes));
         }
-        let (missing, bytes) = self.lacking(&s)?;
+        let (missing, bytes) = self.lacking(&s, hide)?;
         if s.state == SessionState::Waiting && missing < s.missing_at_open {
             s.state = SessionState::Uploading;
         }
@@ -427,6 +463,20 @@ impl Sessions {
     /// not make the file the manifest claims; [`Error::SessionEnded`] for an expired session;
     /// [`Error::NoSession`]; store errors.
     pub fn complete(&self, id: SessionId, ns: &Namespace) -> Result<(Progress, bool)> {
+        self.complete_hiding(id, ns, None)
+    }
+
+    /// As [`Sessions::complete`], counting missing what `hide` hides (see [`Hide`]): another
+    /// namespace's chunks complete no file of the caller's until it sent them.
+    ///
+    /// # Errors
+    /// As [`Sessions::complete`].
+    pub fn complete_hiding(
+        &self,
+        id: SessionId,
+        ns: &Namespace,
+        hide: Option<&Hide>,
+    ) -> Result<(Progress, bool)> {
         let lock = self.lock_of(id);
         let _held = crate::lock(&lock);
         let _shared = self.store.lock_upload(&id.0, None)?;
@@ -442,7 +492,7 @@ impl Sessions {
             }
             SessionState::Waiting | SessionState::Uploading => {}
         }
-        let (missing, _) = self.still_missing(&s)?;
+        let (missing, _) = self.still_missing(&s, hide)?;
         if !missing.is_empty() {
             s.touched = now();
             self.save(&s)?;
