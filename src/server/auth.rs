@@ -292,6 +292,14 @@ impl Auth {
         self.quotas.get(ns).copied()
     }
 
+    /// True when a token or a quota names a namespace other than the default one: then
+    /// names, files and chunks are kept apart (README "Sharing a server"). Asked by every
+    /// request: no allocation.
+    pub fn shared(&self) -> bool {
+        self.tokens.iter().any(|e| !e.ns.is_default())
+            || self.quotas.keys().any(|ns| !ns.is_default())
+    }
+
     /// The namespaces named by a token or a quota, the default one always among them.
     pub fn namespaces(&self) -> Vec<Namespace> {
         let mut all: Vec<Namespace> = self
@@ -482,6 +490,12 @@ mod tests {
         assert_eq!(
             a.namespaces(),
             vec![Namespace::default_one(), ns("team-a"), ns("team-b")]
+        );
+        assert!(a.shared());
+        assert!(
+            !Auth::new(&["read:x".into(), "y".into()], false)
+                .unwrap()
+                .shared()
         );
         for (bad, says) in [
             (

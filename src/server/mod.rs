@@ -260,7 +260,7 @@ impl AppState {
     fn view(&self, who: &Principal) -> crate::names::View {
         crate::names::View {
             ns: who.ns.clone(),
-            every_file: who.scope == Scope::Admin || self.auth().namespaces().len() == 1,
+            every_file: who.scope == Scope::Admin || !self.auth().shared(),
         }
     }
 
