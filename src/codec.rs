@@ -120,22 +120,34 @@ pub fn decode_into(id: &Hash, codec: Codec, payload: &[u8], out: &mut [u8]) -> R
         Codec::Delta => Err(corrupt(
             "stored as a delta, which is never decoded on its own nor used as a base".into(),
         )),
-        Codec::Zstd => DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(zstd::bulk::Decompressor::new().map_err(Error::Zstd)?);
-            }
-            let d = slot.as_mut().expect("just set");
-            // The output slice caps the decoded size: a hostile frame cannot make us allocate.
-            match d.decompress_to_buffer(payload, out) {
-                Ok(n) if n == want => Ok(()),
-                Ok(n) => Err(corrupt(format!(
-                    "decompressed to {n} bytes, expected {want}"
-                ))),
-                Err(e) => Err(corrupt(format!("zstd payload does not decode: {e}"))),
-            }
-        }),
+        // The output slice caps the decoded size: a hostile frame cannot make us allocate.
+        Codec::Zstd => zstd_into(id, payload, out, want),
     }
+}
+
+/// Decodes zstd `payload` of chunk `id` into `out` (a slice, or a vector's spare room), which
+/// must take exactly `want` bytes, with this thread's decompressor.
+fn zstd_into<C: zstd::zstd_safe::WriteBuf + ?Sized>(
+    id: &Hash,
+    payload: &[u8],
+    out: &mut C,
+    want: usize,
+) -> Result<()> {
+    let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(Error::Zstd)?);
+        }
+        let d = slot.as_mut().expect("just set");
+        match d.decompress_to_buffer(payload, out) {
+            Ok(n) if n == want => Ok(()),
+            Ok(n) => Err(corrupt(format!(
+                "decompressed to {n} bytes, expected {want}"
+            ))),
+            Err(e) => Err(corrupt(format!("zstd payload does not decode: {e}"))),
+        }
+    })
 }
 
 /// Compresses `data` as one zstd frame that may refer to `base` (zstd's reference prefix: its
@@ -254,21 +266,8 @@ pub fn decode(id: &Hash, codec: Codec, payload: &[u8], raw_len: usize) -> Result
     }
     // Decoded into the vector's spare room: no zeroing first.
     let mut out = Vec::with_capacity(raw_len);
-    DECOMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().map_err(Error::Zstd)?);
-        }
-        let d = slot.as_mut().expect("just set");
-        let corrupt = |detail: String| Error::Corrupt { id: *id, detail };
-        match d.decompress_to_buffer(payload, &mut out) {
-            Ok(n) if n == raw_len => Ok(out),
-            Ok(n) => Err(corrupt(format!(
-                "decompressed to {n} bytes, expected {raw_len}"
-            ))),
-            Err(e) => Err(corrupt(format!("zstd payload does not decode: {e}"))),
-        }
-    })
+    zstd_into(id, payload, &mut out, raw_len)?;
+    Ok(out)
 }
 
 /// Checks that chunk `id`, recorded as `raw_len` bytes long, is the `want` bytes a caller

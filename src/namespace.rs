@@ -82,6 +82,12 @@ impl Namespace {
         let (ns, name) = split_key(key);
         (Namespace(ns.map(str::to_owned)), name)
     }
+
+    /// The namespace of an upload whose file gets the name stored under `key` (an unnamed
+    /// upload's is the default one).
+    pub fn of_upload(key: Option<&str>) -> Namespace {
+        key.map_or_else(Namespace::default_one, |k| Self::of_key(k).0)
+    }
 }
 
 /// Starts and ends a namespace in a stored key.

@@ -120,7 +120,6 @@ pub async fn missing(
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = st.limits().max_ids;
-    let store = st.store();
     // A namespace sharing the server is told only of chunks it referenced or sent.
     let private = st.private_chunks(&who);
     if !is_binary(&headers) {
@@ -132,8 +131,7 @@ pub async fn missing(
         let state = st.clone();
         let missing = blocking(move || {
             let ids = parse_ids(&headers, &body, max)?;
-            let mut flags = store.missing(&ids)?;
-            state.hide_unknown(private.as_ref(), &ids, &mut flags)?;
+            let flags = state.missing_for(private.as_ref(), &ids)?;
             Ok(ids
                 .into_iter()
                 .zip(flags)
@@ -184,11 +182,10 @@ pub async fn missing(
                 }
                 .into());
             }
-            let (store, state, private) = (store.clone(), st.clone(), private.clone());
+            let (state, private) = (st.clone(), private.clone());
             let packed = blocking(move || {
                 let ids = wire::unpack_ids(&group, usize::MAX)?;
-                let mut flags = store.missing(&ids)?;
-                state.hide_unknown(private.as_ref(), &ids, &mut flags)?;
+                let flags = state.missing_for(private.as_ref(), &ids)?;
                 let found: Vec<Hash> = ids
                     .into_iter()
                     .zip(flags)
@@ -207,33 +204,19 @@ pub async fn missing(
     Ok(([(header::CONTENT_TYPE, BINARY)], answer).into_response())
 }
 
-/// Notes that `who`'s namespace sent `chunks` (id and length; stored, so checked against
-/// their ids by now), where its chunk answers must come from what it referenced or sent
-/// (`known.rs`). Returns, for such a namespace, what was new to it: what was new to the store
-/// would tell it what other namespaces stored.
+/// Where `who`'s chunk answers must come from what its namespace referenced or sent
+/// (`known.rs`): notes that it sent `chunks` and returns what was new to it
+/// ([`AppState::learn`]).
 pub(super) async fn remember(
     st: &AppState,
     who: &Principal,
-    mut chunks: Vec<(Hash, u32)>,
+    chunks: Vec<(Hash, u32)>,
 ) -> Result<Option<SinkReport>, ApiError> {
     let Some(ns) = st.private_chunks(who) else {
         return Ok(None);
     };
     let state = st.clone();
-    blocking(move || {
-        chunks.sort_unstable();
-        chunks.dedup_by_key(|c| c.0);
-        let ids: Vec<Hash> = chunks.iter().map(|c| c.0).collect();
-        let mut new = vec![false; ids.len()];
-        state.hide_unknown(Some(&ns), &ids, &mut new)?;
-        state.note_known(Some(&ns), &ids)?;
-        let fresh = chunks.iter().zip(&new).filter(|(_, n)| **n);
-        Ok(Some(SinkReport {
-            new_chunks: fresh.clone().count() as u64,
-            new_bytes: fresh.map(|(c, _)| u64::from(c.1)).sum(),
-        }))
-    })
-    .await
+    blocking(move || state.learn(&ns, chunks).map(Some)).await
 }
 
 /// Query of the upload endpoints: the session the chunks belong to, to keep it alive.
@@ -528,13 +511,8 @@ pub async fn download_one(
     // A chunk its namespace may not be told of is not found, exactly as one nobody stored.
     let private = st.private_chunks(&who);
     let present = {
-        let (store, state) = (store.clone(), st.clone());
-        blocking(move || {
-            let mut missing = store.missing(&[id])?;
-            state.hide_unknown(private.as_ref(), &[id], &mut missing)?;
-            Ok(!missing[0])
-        })
-        .await?
+        let state = st.clone();
+        blocking(move || Ok(!state.missing_for(private.as_ref(), &[id])?[0])).await?
     };
     if !present {
         return Err(Error::ChunkNotFound(id).into());
@@ -583,14 +561,8 @@ pub async fn fetch(
     };
     let store = st.store();
     let missing = {
-        let (store, ids, state) = (store.clone(), ids.clone(), st.clone());
-        let private = st.private_chunks(&who);
-        blocking(move || {
-            let mut missing = store.missing(&ids)?;
-            state.hide_unknown(private.as_ref(), &ids, &mut missing)?;
-            Ok(missing)
-        })
-        .await?
+        let (ids, state, private) = (ids.clone(), st.clone(), st.private_chunks(&who));
+        blocking(move || state.missing_for(private.as_ref(), &ids)).await?
     };
     if let Some(i) = missing.iter().position(|m| *m) {
         return Err(Error::ChunkNotFound(ids[i]).into());

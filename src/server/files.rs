@@ -69,13 +69,9 @@ pub async fn upload(
                     // What was new to the namespace, not to the store (which would tell it
                     // what others stored); what the store wrote is not told (0).
                     let refs = super::known::refs_of(&*store, &manifest)?;
-                    let ids: Vec<_> = refs.iter().map(|r| r.id).collect();
-                    let mut new = vec![false; ids.len()];
-                    state.hide_unknown(Some(ns), &ids, &mut new)?;
-                    state.note_known(Some(ns), &ids)?;
-                    let fresh = refs.iter().zip(&new).filter(|(_, n)| **n);
-                    report.new_chunks = fresh.clone().count() as u64;
-                    report.new_bytes = fresh.map(|(r, _)| u64::from(r.len)).sum();
+                    let new = state.learn(ns, refs.iter().map(|r| (r.id, r.len)).collect())?;
+                    report.new_chunks = new.new_chunks;
+                    report.new_bytes = new.new_bytes;
                     report.stored_bytes = 0;
                 }
                 Ok((report, rec.versions.len()))

@@ -48,17 +48,6 @@ pub fn refs_of(store: &dyn ChunkStore, manifest: &Manifest) -> Result<Vec<ChunkR
     Ok(refs)
 }
 
-/// The chunk ids of `manifest`, each once.
-///
-/// # Errors
-/// As [`refs_of`].
-pub fn chunks_of(store: &dyn ChunkStore, manifest: &Manifest) -> Result<Vec<Hash>> {
-    Ok(refs_of(store, manifest)?
-        .into_iter()
-        .map(|r| r.id)
-        .collect())
-}
-
 impl Known {
     /// `ns`'s set, built from its names' manifests if this is its first use.
     fn ready(&self, store: &dyn ChunkStore, ns: &Namespace) -> Result<Set> {

@@ -299,16 +299,37 @@ impl AppState {
         ))
     }
 
-    /// Notes that namespace `ns` (if any) sent or references `ids`.
-    fn note_known(
+    /// For each of `ids`, whether the store lacks it as namespace `ns` (if any) may be told:
+    /// a chunk it neither referenced nor sent is missing to it.
+    fn missing_for(
         &self,
         ns: Option<&crate::namespace::Namespace>,
         ids: &[crate::hash::Hash],
-    ) -> Result<()> {
-        match ns {
-            Some(ns) => self.0.known.add(&*self.0.store, ns, ids),
-            None => Ok(()),
-        }
+    ) -> Result<Vec<bool>> {
+        let mut missing = self.0.store.missing(ids)?;
+        self.hide_unknown(ns, ids, &mut missing)?;
+        Ok(missing)
+    }
+
+    /// Notes that namespace `ns` sent `chunks` (id and length; stored, so checked against
+    /// their ids by now) and returns what was new to it: what was new to the store would
+    /// tell it what other namespaces stored.
+    fn learn(
+        &self,
+        ns: &crate::namespace::Namespace,
+        mut chunks: Vec<(crate::hash::Hash, u32)>,
+    ) -> Result<crate::upload::sink::SinkReport> {
+        chunks.sort_unstable();
+        chunks.dedup_by_key(|c| c.0);
+        let ids: Vec<crate::hash::Hash> = chunks.iter().map(|c| c.0).collect();
+        let mut new = vec![false; ids.len()];
+        self.hide_unknown(Some(ns), &ids, &mut new)?;
+        self.0.known.add(&*self.0.store, ns, &ids)?;
+        let fresh = chunks.iter().zip(&new).filter(|(_, n)| **n);
+        Ok(crate::upload::sink::SinkReport {
+            new_chunks: fresh.clone().count() as u64,
+            new_bytes: fresh.map(|(c, _)| u64::from(c.1)).sum(),
+        })
     }
 
     fn auth(&self) -> Arc<Auth> {

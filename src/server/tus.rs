@@ -385,7 +385,8 @@ async fn append(
             if let (Some(ns), Some(file)) = (&private, up.file_id) {
                 let store = state.store();
                 if let Some(m) = store.get_manifest(&file)? {
-                    state.note_known(Some(ns), &super::known::chunks_of(&*store, &m)?)?;
+                    let refs = super::known::refs_of(&*store, &m)?;
+                    state.learn(ns, refs.iter().map(|r| (r.id, r.len)).collect())?;
                 }
             }
         }

@@ -61,9 +61,26 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
-/// Runs a command, asserts exit status `code`, returns stderr as text.
+/// Runs a command, asserts exit status `code`, returns stderr as text. A command that has not
+/// ended after 60 s (a `serve` that was expected to refuse its arguments and listens instead)
+/// is killed by its PID and fails the test.
 pub fn fails(cmd: &mut Command, code: i32) -> String {
-    let out = cmd.output().expect("run hoard");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hoard");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait hoard").is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after 60 s (killed): it was expected to fail");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("wait hoard");
     assert_eq!(
         out.status.code(),
         Some(code),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::data;
 use super::net::{Api, ChildServer, TestServer, push};
 use super::server::manifest_of;
-use super::support::{Scratch, b3, hoard};
+use super::support::{Scratch, b3, fails, hoard};
 
 const TOKENS: &str = "\
 # team a: an append-only token and a write token; team b: a write token
@@ -433,26 +433,24 @@ fn sighup_reads_the_tokens_again_while_an_upload_goes_on() {
 fn a_tokens_file_with_a_bad_line_stops_the_server_naming_it() {
     let s = Scratch::new();
     let file = tokens_file(&s, "read r\nappend a Team-A\n");
-    let out = hoard(Path::new(&s.store()))
-        .args(["serve", "--listen", "127.0.0.1:0", "--tokens-file"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(
+        hoard(Path::new(&s.store()))
+            .args(["serve", "--listen", "127.0.0.1:0", "--tokens-file"])
+            .arg(&file),
+        1,
+    );
     assert!(
         err.contains("line 2") && err.contains("not a namespace name"),
         "{err}"
     );
     // Quotas are read but not enforced yet: refused, so that nobody counts on them.
     std::fs::write(&file, "read r\nquota team-a 10G\n").unwrap();
-    let out = hoard(Path::new(&s.store()))
-        .args(["serve", "--listen", "127.0.0.1:0", "--tokens-file"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(
+        hoard(Path::new(&s.store()))
+            .args(["serve", "--listen", "127.0.0.1:0", "--tokens-file"])
+            .arg(&file),
+        1,
+    );
     assert!(err.contains("quotas are not enforced"), "{err}");
 }
 

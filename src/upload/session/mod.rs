@@ -200,14 +200,6 @@ impl Sessions {
         Ok(s)
     }
 
-    /// The manifest of session `id` of namespace `ns`.
-    ///
-    /// # Errors
-    /// [`Error::NoSession`] (also for another namespace's); store errors.
-    pub fn manifest(&self, id: SessionId, ns: &Namespace) -> Result<Manifest> {
-        Ok(self.load_in(id, ns)?.manifest)
-    }
-
     fn save(&self, s: &Session) -> Result<()> {
         self.store.put_upload(
             UploadKind::Session,
@@ -594,9 +586,7 @@ impl Sessions {
 
 /// The namespace session `s` belongs to: its name's (the default one for an unnamed session).
 fn owner(s: &Session) -> Namespace {
-    s.name
-        .as_deref()
-        .map_or_else(Namespace::default_one, |k| Namespace::of_key(k).0)
+    Namespace::of_upload(s.name.as_deref())
 }
 
 /// The refusal of an unnamed upload in namespace `ns`.

@@ -176,9 +176,7 @@ fn le_u64(b: &[u8]) -> u64 {
 impl Upload {
     /// The namespace the upload belongs to.
     pub fn owner(&self) -> Namespace {
-        self.name
-            .as_deref()
-            .map_or_else(Namespace::default_one, |k| Namespace::of_key(k).0)
+        Namespace::of_upload(self.name.as_deref())
     }
 
     /// The name the file gets, as its namespace writes it.
